@@ -1,0 +1,3 @@
+"""proxyd: an Envoy-compatible service and edge proxy (prefork master, gevent workers)."""
+
+__version__ = "0.1.0"
