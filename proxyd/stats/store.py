@@ -297,6 +297,18 @@ class Snapshot:
             return any(self.used[row:row + L.HIST_BUCKET_ROWS])
         return self.used[row]
 
+    def select(self, filter_re=None, used_only: bool = False):
+        """(name, kind, row) of the public stats (names not starting with ``_``) that pass the filters."""
+        for entry in self.entries:
+            name, kind, row = entry
+            if name.startswith("_"):
+                continue
+            if filter_re is not None and filter_re.search(name) is None:
+                continue
+            if used_only and not self.is_used(kind, row):
+                continue
+            yield entry
+
     def items(self, include_internal: bool = True):
         for name, kind, row in self.entries:
             if include_internal or not name.startswith("_"):
