@@ -1,0 +1,207 @@
+"""Load-time checks Envoy makes beyond PGV: uniqueness, references, filter order, regexes,
+endpoint addresses. Same ``(path, reason)`` output as the other checks."""
+import ipaddress
+import re
+
+from . import loader
+from .errors import MapKey
+from .locate import suggest
+
+HCM_URL = ('type.googleapis.com/'
+           'envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager')
+ROUTER_URL = 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router'
+_REGEX_MATCHER = 'envoy.type.matcher.v3.RegexMatcher'
+
+
+def check(msg, path=(), clusters=None):
+    """Semantic errors of a Bootstrap or one xDS resource.
+
+    ``clusters``: names a route may reference (None: don't check references). For a
+    Bootstrap it is derived from static_resources unless clusters come from CDS.
+    """
+    out = []
+    kind = msg.DESCRIPTOR.full_name
+    if kind == 'envoy.config.bootstrap.v3.Bootstrap':
+        _bootstrap(msg, path, out)
+    elif kind == 'envoy.config.listener.v3.Listener':
+        _listener(msg, path, clusters, out)
+    elif kind == 'envoy.config.cluster.v3.Cluster':
+        _cluster(msg, path, out)
+    elif kind == 'envoy.config.route.v3.RouteConfiguration':
+        _route_config(msg, path, clusters, out)
+    elif HCM_URL.endswith('/' + kind):
+        _hcm(msg, path, clusters, out)
+    _regexes(msg, path, out)
+    return out
+
+
+def _unique(names, path, what, out):
+    seen = {}
+    for i, name in enumerate(names):
+        if name and name in seen:
+            out.append((path + (i, 'name'), f"duplicate {what} '{name}' (first at index {seen[name]})"))
+        seen.setdefault(name, i)
+
+
+def _bootstrap(bs, path, out):
+    sr, base = bs.static_resources, path + ('static_resources',)
+    _unique([listener.name for listener in sr.listeners], base + ('listeners',), 'listener name', out)
+    _unique([c.name for c in sr.clusters], base + ('clusters',), 'cluster name', out)
+    bound = {}
+    for i, listener in enumerate(sr.listeners):
+        sa = listener.address.socket_address
+        if listener.address.HasField('socket_address') and sa.port_value != 0:
+            key = (sa.address, sa.port_value, sa.protocol)
+            if key in bound:
+                out.append((base + ('listeners', i, 'address'),
+                            f"address {sa.address}:{sa.port_value} is already used by listener "
+                            f"'{sr.listeners[bound[key]].name}' (listeners[{bound[key]}])"))
+            bound.setdefault(key, i)
+    dynamic_cds = bs.HasField('dynamic_resources') and bs.dynamic_resources.HasField('cds_config')
+    clusters = None if dynamic_cds else {c.name for c in sr.clusters}
+    for i, listener in enumerate(sr.listeners):
+        _listener(listener, base + ('listeners', i), clusters, out)
+    for i, c in enumerate(sr.clusters):
+        _cluster(c, base + ('clusters', i), out)
+
+
+def _listener(listener, path, clusters, out):
+    if not listener.filter_chains:
+        out.append((path + ('filter_chains',), 'a listener needs at least one filter chain'))
+    elif len(listener.filter_chains) > 1:
+        out.append((path + ('filter_chains', 1), 'more than one filter chain matches every connection '
+                                                 '(filter_chain_match is not supported by proxyd)'))
+    for i, chain in enumerate(listener.filter_chains):
+        cpath = path + ('filter_chains', i)
+        if not chain.filters:
+            out.append((cpath + ('filters',), 'a filter chain needs at least one network filter'))
+        for j, f in enumerate(chain.filters):
+            fpath = cpath + ('filters', j)
+            if not f.HasField('typed_config'):
+                out.append((fpath + ('typed_config',), 'typed_config is required'))
+            elif f.typed_config.type_url == HCM_URL:
+                if j != len(chain.filters) - 1:
+                    out.append((fpath, 'http_connection_manager is a terminal filter and must be '
+                                       'the last network filter of its chain'))
+                _hcm(loader.unpack(f.typed_config), fpath + ('typed_config',), clusters, out)
+
+
+def _hcm(hcm, path, clusters, out):
+    filters = hcm.http_filters
+    if not filters:
+        out.append((path + ('http_filters',), 'at least one HTTP filter is required, and the last '
+                                              'must be the router (envoy.filters.http.router)'))
+    for i, f in enumerate(filters):
+        fpath = path + ('http_filters', i)
+        is_router = f.typed_config.type_url == ROUTER_URL
+        if not f.HasField('typed_config'):
+            out.append((fpath + ('typed_config',), 'typed_config is required'))
+        elif is_router and i != len(filters) - 1:
+            out.append((fpath, 'the router is a terminal filter and must be the last HTTP filter'))
+        elif not is_router and i == len(filters) - 1:
+            out.append((fpath, f"the last HTTP filter must be the router "
+                               f"(envoy.filters.http.router), not '{f.name}'"))
+    if hcm.HasField('route_config'):
+        _route_config(hcm.route_config, path + ('route_config',), clusters, out)
+
+
+def _route_config(rc, path, clusters, out):
+    if rc.HasField('validate_clusters') and not rc.validate_clusters.value:
+        clusters = None
+    domains, wildcard = {}, None
+    for i, vh in enumerate(rc.virtual_hosts):
+        vpath = path + ('virtual_hosts', i)
+        for j, domain in enumerate(vh.domains):
+            dpath = vpath + ('domains', j)
+            key = domain.lower()
+            if domain == '*':
+                if wildcard is not None:
+                    out.append((dpath, f"only one virtual host may have the domain '*' "
+                                       f"(virtual_hosts[{wildcard}] has it too)"))
+                wildcard = i if wildcard is None else wildcard
+            elif key in domains:
+                out.append((dpath, f"duplicate domain '{domain}' (also in virtual_hosts[{domains[key]}])"))
+            domains.setdefault(key, i)
+        for j, route in enumerate(vh.routes):
+            if route.WhichOneof('action') == 'route':
+                _route_action(route.route, vpath + ('routes', j, 'route'), clusters, out)
+
+
+def _route_action(ra, path, clusters, out):
+    def known(name, npath):
+        if clusters is not None and name not in clusters:
+            out.append((npath, f"unknown cluster '{name}'" + suggest(name, clusters)))
+
+    if ra.WhichOneof('cluster_specifier') == 'cluster':
+        known(ra.cluster, path + ('cluster',))
+    elif ra.WhichOneof('cluster_specifier') == 'weighted_clusters':
+        wpath = path + ('weighted_clusters', 'clusters')
+        for i, cw in enumerate(ra.weighted_clusters.clusters):
+            known(cw.name, wpath + (i, 'name'))
+        if ra.weighted_clusters.clusters and not sum(
+                cw.weight.value for cw in ra.weighted_clusters.clusters):
+            out.append((wpath, 'the sum of the cluster weights must be greater than 0'))
+
+
+def _cluster(c, path, out):
+    type_name = c.DESCRIPTOR.fields_by_name['type'].enum_type.values_by_number[c.type].name
+    if type_name != 'STATIC':
+        return
+    for i, lle in enumerate(c.load_assignment.endpoints):
+        for j, lbe in enumerate(lle.lb_endpoints):
+            sa = lbe.endpoint.address.socket_address
+            if not lbe.endpoint.address.HasField('socket_address'):
+                continue
+            try:
+                ipaddress.ip_address(sa.address)
+            except ValueError:
+                out.append((path + ('load_assignment', 'endpoints', i, 'lb_endpoints', j, 'endpoint',
+                                    'address', 'socket_address', 'address'),
+                            f"a STATIC cluster needs IP addresses, not '{sa.address}' "
+                            f"(use type STRICT_DNS for hostnames)"))
+
+
+_RE2_MISSING = ((re.compile(r'\(\?<?[=!]'), 'lookaround assertions'),
+                (re.compile(r'(?<!\\)(?:\\\\)*\\[1-9]'), 'backreferences'))
+
+
+def regex_problem(pattern):
+    """Why ``pattern`` would not compile under RE2 (approximated with Python's re), or None."""
+    for probe, what in _RE2_MISSING:
+        if probe.search(pattern):
+            return f'invalid regex: RE2 does not support {what}'
+    try:
+        re.compile(pattern.replace(r'\z', r'\Z'))
+    except re.error as e:
+        return f'invalid regex: {e}'
+    return None
+
+
+def _regexes(msg, path, out):
+    name = msg.DESCRIPTOR.full_name
+    if name == 'google.protobuf.Any':
+        try:
+            msg = loader.unpack(msg)
+        except ValueError:
+            return
+        name = msg.DESCRIPTOR.full_name
+    if name.startswith('google.protobuf.'):
+        return
+    if name == _REGEX_MATCHER:
+        problem = regex_problem(msg.regex)
+        if problem:
+            out.append((path + ('regex',), problem))
+        return
+    for field, value in msg.ListFields():
+        if field.message_type is None:
+            continue
+        fpath = path + (field.name,)
+        if field.message_type.GetOptions().map_entry:
+            if field.message_type.fields_by_name['value'].message_type is not None:
+                for k, v in value.items():
+                    _regexes(v, fpath + (MapKey(k),), out)
+        elif field.is_repeated:
+            for i, v in enumerate(value):
+                _regexes(v, fpath + (i,), out)
+        else:
+            _regexes(value, fpath, out)

@@ -1,0 +1,137 @@
+"""What proxyd implements: the one table that says which config fields and extensions work.
+
+Anything set in a config but absent here is an error, never silently ignored. A feature
+that adds support extends ``FIELDS`` / ``ENUMS`` / ``EXTENSIONS`` in the same change.
+"""
+from . import loader
+from .errors import MapKey
+
+_CORE = 'envoy.config.core.v3.'
+_ROUTE = 'envoy.config.route.v3.'
+_HCM = 'envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager'
+_ROUTER = 'envoy.extensions.filters.http.router.v3.Router'
+
+_FIELDS = {
+    'envoy.config.bootstrap.v3.Bootstrap': 'admin node static_resources',
+    'envoy.config.bootstrap.v3.Bootstrap.StaticResources': 'listeners clusters',
+    'envoy.config.bootstrap.v3.Admin': 'address',
+    _CORE + 'Node': 'id cluster metadata locality',
+    _CORE + 'Locality': 'region zone sub_zone',
+    _CORE + 'Address': 'socket_address',
+    _CORE + 'SocketAddress': 'address port_value protocol',
+    _CORE + 'HttpProtocolOptions': 'idle_timeout',
+    _CORE + 'HeaderValueOption': 'header append append_action',
+    _CORE + 'HeaderValue': 'key value',
+    _CORE + 'DataSource': 'inline_string inline_bytes filename',
+    'envoy.config.listener.v3.Listener': 'name address filter_chains',
+    'envoy.config.listener.v3.FilterChain': 'filters',
+    'envoy.config.listener.v3.Filter': 'name typed_config',
+    _HCM: 'stat_prefix codec_type route_config http_filters common_http_protocol_options '
+          'max_request_headers_kb generate_request_id preserve_external_request_id '
+          'always_set_request_id_in_response use_remote_address server_name '
+          'stream_idle_timeout request_timeout',
+    'envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter': 'name typed_config',
+    _ROUTER: '',
+    _ROUTE + 'RouteConfiguration': 'name virtual_hosts request_headers_to_add '
+                                   'request_headers_to_remove response_headers_to_add '
+                                   'response_headers_to_remove validate_clusters',
+    _ROUTE + 'VirtualHost': 'name domains routes request_headers_to_add request_headers_to_remove '
+                            'response_headers_to_add response_headers_to_remove',
+    _ROUTE + 'Route': 'name match route redirect direct_response request_headers_to_add '
+                      'request_headers_to_remove response_headers_to_add response_headers_to_remove',
+    _ROUTE + 'RouteMatch': 'prefix path safe_regex case_sensitive headers',
+    _ROUTE + 'RouteAction': 'cluster weighted_clusters prefix_rewrite timeout '
+                            'host_rewrite_literal auto_host_rewrite',
+    _ROUTE + 'WeightedCluster': 'clusters',
+    _ROUTE + 'WeightedCluster.ClusterWeight': 'name weight',
+    _ROUTE + 'RedirectAction': 'https_redirect scheme_redirect host_redirect port_redirect '
+                               'path_redirect prefix_rewrite response_code strip_query',
+    _ROUTE + 'DirectResponseAction': 'status body',
+    'envoy.type.matcher.v3.RegexMatcher': 'google_re2 regex',
+    'envoy.type.matcher.v3.RegexMatcher.GoogleRE2': '',
+    'envoy.type.matcher.v3.StringMatcher': 'exact prefix suffix contains safe_regex ignore_case',
+    _ROUTE + 'HeaderMatcher': 'name exact_match safe_regex_match present_match prefix_match '
+                              'suffix_match contains_match string_match invert_match',
+    'envoy.config.cluster.v3.Cluster': 'name type connect_timeout lb_policy load_assignment '
+                                       'dns_refresh_rate dns_lookup_family',
+    'envoy.config.endpoint.v3.ClusterLoadAssignment': 'cluster_name endpoints',
+    'envoy.config.endpoint.v3.LocalityLbEndpoints': 'lb_endpoints locality',
+    'envoy.config.endpoint.v3.LbEndpoint': 'endpoint load_balancing_weight',
+    'envoy.config.endpoint.v3.Endpoint': 'address hostname',
+}
+FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
+"""Full message name -> names of the fields proxyd implements."""
+
+ENUMS = {
+    (_CORE + 'SocketAddress', 'protocol'): frozenset({'TCP'}),
+    ('envoy.config.cluster.v3.Cluster', 'type'): frozenset({'STATIC', 'STRICT_DNS'}),
+    ('envoy.config.cluster.v3.Cluster', 'lb_policy'): frozenset({'ROUND_ROBIN'}),
+    ('envoy.config.cluster.v3.Cluster', 'dns_lookup_family'):
+        frozenset({'AUTO', 'V4_ONLY', 'V6_ONLY', 'V4_PREFERRED'}),
+    (_HCM, 'codec_type'): frozenset({'AUTO', 'HTTP1'}),
+}
+"""(message, enum field) -> the values proxyd implements; other enum fields allow every value."""
+
+NETWORK_FILTER, HTTP_FILTER = 'network filter', 'HTTP filter'
+EXTENSIONS = {
+    'type.googleapis.com/' + _HCM: NETWORK_FILTER,
+    'type.googleapis.com/' + _ROUTER: HTTP_FILTER,
+}
+"""Supported typed_config type URL -> the kind of extension it is."""
+
+SLOTS = {
+    ('envoy.config.listener.v3.Filter', 'typed_config'): NETWORK_FILTER,
+    ('envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter', 'typed_config'):
+        HTTP_FILTER,
+}
+"""(message, Any field) -> the kind of extension that field takes."""
+
+
+def check(msg, path=()):
+    """Every set field, enum value and extension proxyd does not implement, as [(path, reason)]."""
+    out = []
+    _check(msg, path, out)
+    return out
+
+
+def _check(msg, path, out):
+    desc = msg.DESCRIPTOR
+    if desc.full_name.startswith('google.protobuf.'):
+        return  # Struct, Duration, wrappers: leaves (Any is handled by its field's slot)
+    supported = FIELDS.get(desc.full_name, frozenset())
+    for field, value in msg.ListFields():
+        fpath = path + (field.name,)
+        if field.name not in supported:
+            out.append((fpath, f"field '{field.name}' of {desc.full_name} is not supported by proxyd"))
+            continue
+        allowed = ENUMS.get((desc.full_name, field.name))
+        if allowed is not None:
+            name = field.enum_type.values_by_number.get(value)
+            name = name.name if name is not None else str(value)
+            if name not in allowed:
+                out.append((fpath, f"value {name} of {desc.full_name}.{field.name} is not supported "
+                                   f"by proxyd (supported: {', '.join(sorted(allowed))})"))
+        if field.message_type is None:
+            continue
+        if field.message_type.GetOptions().map_entry:
+            if field.message_type.fields_by_name['value'].message_type is not None:
+                for k, v in value.items():
+                    _sub(v, (desc.full_name, field.name), fpath + (MapKey(k),), out)
+        elif field.is_repeated:
+            for i, v in enumerate(value):
+                _sub(v, (desc.full_name, field.name), fpath + (i,), out)
+        else:
+            _sub(value, (desc.full_name, field.name), fpath, out)
+
+
+def _sub(msg, slot, path, out):
+    if msg.DESCRIPTOR.full_name != 'google.protobuf.Any':
+        _check(msg, path, out)
+        return
+    kind = EXTENSIONS.get(msg.type_url)
+    if kind is None:
+        out.append((path, f'extension {msg.type_url} is not supported by proxyd'))
+    elif SLOTS.get(slot, kind) != kind:
+        out.append((path, f'extension {msg.type_url} is a {kind}, not a {SLOTS[slot]}'))
+    else:
+        _check(loader.unpack(msg), path, out)
