@@ -1,0 +1,134 @@
+"""`proxyd` command line: run | check | stop | reload. Flag names follow Envoy's where
+Envoy has one, so operators' habits carry over."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+COMMANDS = ("run", "check", "stop", "reload")
+
+
+def default_runtime_dir() -> str:
+    return os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or "/run/proxyd"
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="proxyd", description="Envoy-compatible proxy")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="serve the config (foreground)")
+    run.add_argument("-c", "--config-path", required=True, help="Envoy v3 bootstrap (YAML or JSON)")
+    run.add_argument("--concurrency", type=int, default=os.cpu_count() or 1,
+                     help="worker processes (default: number of CPUs)")
+    run.add_argument("--runtime-dir", default=default_runtime_dir(),
+                     help="control socket and pid file (default $RUNTIME_DIRECTORY or /run/proxyd)")
+    run.add_argument("--base-id", type=int, default=0, help="separates proxyd families on one host")
+    run.add_argument("--drain-time-s", type=float, default=60.0,
+                     help="how long in-flight requests may take to finish on stop or reload")
+    run.add_argument("--parent-shutdown-time-s", type=float, default=90.0,
+                     help="hot restart: the old master exits by then at the latest")
+    run.add_argument("--restart-epoch", type=int, default=0, help=argparse.SUPPRESS)
+    run.add_argument("-l", "--log-level", default="info",
+                     choices=("trace", "debug", "info", "warning", "warn", "error", "critical", "off"))
+    run.add_argument("--log-format", default="text", choices=("text", "json"))
+
+    check = sub.add_parser("check", help="validate a config without serving")
+    check.add_argument("-c", "--config-path", required=True)
+    check.add_argument("config", nargs="?", help=argparse.SUPPRESS)
+
+    for name, text in (("stop", "graceful stop of the running proxyd"),
+                       ("reload", "hot restart the running proxyd with the config on disk")):
+        p = sub.add_parser(name, help=text)
+        p.add_argument("--runtime-dir", default=default_runtime_dir())
+        p.add_argument("--timeout", type=float, default=None,
+                       help="give up waiting after this many seconds")
+    return ap
+
+
+def _normalise(argv: list[str]) -> list[str]:
+    """`proxyd -c FILE` means `proxyd run -c FILE`; `proxyd check FILE` is accepted too."""
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+        return ["run"] + argv
+    if len(argv) == 2 and argv[0] == "check" and not argv[1].startswith("-"):
+        return ["check", "-c", argv[1]]
+    return argv
+
+
+def cmd_check(args) -> int:
+    from proxyd.config import ConfigError, load_bootstrap, summarize
+    try:
+        bs = load_bootstrap(args.config_path)
+    except ConfigError as e:
+        for line in e.errors:
+            print(line, file=sys.stderr)
+        print("proxyd check: %s: %d error(s)" % (args.config_path, len(e.errors)), file=sys.stderr)
+        return 1
+    except OSError as e:
+        print("proxyd check: %s" % e, file=sys.stderr)
+        return 1
+    print("%s: OK (%s)" % (args.config_path, summarize(bs)))
+    return 0
+
+
+def cmd_run(args) -> int:
+    from gevent import monkey
+    monkey.patch_all()
+    from proxyd.master.arbiter import run
+    from proxyd.observability.logging import configure_logging
+    configure_logging(args.log_level, args.log_format, role="master", epoch=args.restart_epoch)
+    if args.concurrency < 1:
+        print("proxyd: --concurrency must be at least 1", file=sys.stderr)
+        return 1
+    return run(args)
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def cmd_stop(args) -> int:
+    from proxyd.master.control import request
+    try:
+        resp = request(args.runtime_dir, {"cmd": "stop"}, timeout=10)
+    except OSError as e:
+        print("proxyd stop: no running proxyd in %s (%s)" % (args.runtime_dir, e), file=sys.stderr)
+        return 1
+    pid = resp.get("pid")
+    deadline = time.monotonic() + args.timeout if args.timeout else None
+    while pid and _pid_alive(pid):
+        if deadline and time.monotonic() > deadline:
+            print("proxyd stop: master %d still draining after %ss" % (pid, args.timeout),
+                  file=sys.stderr)
+            return 1
+        time.sleep(0.05)
+    print("proxyd stopped (master pid %s)" % pid)
+    return 0
+
+
+def cmd_reload(args) -> int:
+    from proxyd.master.control import request
+    try:
+        resp = request(args.runtime_dir, {"cmd": "reload"}, timeout=args.timeout)
+    except OSError as e:
+        print("proxyd reload: no running proxyd in %s (%s)" % (args.runtime_dir, e), file=sys.stderr)
+        return 1
+    if not resp.get("ok"):
+        print("proxyd reload: %s" % resp.get("error", "failed"), file=sys.stderr)
+        return 1
+    print("proxyd reloaded: new master pid %s, epoch %s" % (resp.get("pid"), resp.get("epoch")))
+    return 0
+
+
+def main(argv=None) -> None:
+    argv = _normalise(list(sys.argv[1:] if argv is None else argv))
+    args = _parser().parse_args(argv)
+    handler = {"run": cmd_run, "check": cmd_check, "stop": cmd_stop, "reload": cmd_reload}
+    sys.exit(handler[args.command](args))

@@ -1,0 +1,280 @@
+"""HTTP/1.1 codec, sans-IO: bytes in, events out; heads in, bytes out.
+
+Parsing is llhttp (httptools), strict by default. llhttp lets four request-smuggling
+shapes through (missing or duplicate Host, Transfer-Encoding on HTTP/1.0, irregular
+whitespace in the request line: see research/ecosystem.md section 1); the checks in
+`_on_headers_complete` close them. One parser is reused per connection (about 3 us a
+request); events are queued so a caller can pull a request body at its own pace and
+pipelined requests are answered in order without reading ahead unboundedly (the caller
+reads more bytes only when the queue is empty).
+"""
+from __future__ import annotations
+
+from collections import deque
+
+import httptools
+
+from proxyd.http.headers import Headers
+from proxyd.http.message import RequestHead, ResponseHead
+
+HEAD = 0   # payload: RequestHead / ResponseHead
+DATA = 1   # payload: bytes
+END = 2    # payload: None
+
+class ProtocolError(Exception):
+    """A request we must refuse: `status` is what the client gets (400 or 431)."""
+
+    def __init__(self, status: int, details: str):
+        super().__init__(details)
+        self.status = status
+        self.details = details
+
+
+class RequestParser:
+    """Server side: parses requests arriving on one downstream connection."""
+
+    __slots__ = ("_p", "events", "_url", "_headers", "_head_bytes", "_in_head",
+                 "_window", "_max_head", "_max_headers", "_scheme", "_content_length",
+                 "_te", "_hosts", "_upgrade")
+
+    def __init__(self, max_header_bytes: int = 60 * 1024, max_headers: int = 100,
+                 scheme: str = "http"):
+        self._p = httptools.HttpRequestParser(self)
+        self.events: deque = deque()
+        self._max_head = max_header_bytes
+        self._max_headers = max_headers
+        self._scheme = scheme
+        self._in_head = False
+        self._window = b""
+        self._reset()
+
+    def _reset(self) -> None:
+        self._url = b""
+        self._headers: list = []
+        self._head_bytes = 0
+        self._content_length = None
+        self._te = None
+        self._hosts = 0
+
+    @property
+    def idle(self) -> bool:
+        """True between messages: nothing of a next request has arrived."""
+        return not self._in_head and not self.events
+
+    def feed(self, data: bytes) -> None:
+        """Parse `data`; append events. Raises ProtocolError; the connection must then close."""
+        if self._in_head:
+            self._window += data
+            if len(self._window) > self._max_head + 8192:
+                raise ProtocolError(431, "http1.headers_too_large")
+        else:
+            self._window = data
+        try:
+            self._p.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            raise ProtocolError(403, "upgrade_failed") from None
+        except httptools.HttpParserCallbackError as e:
+            cause = e.__context__
+            if isinstance(cause, ProtocolError):
+                raise cause from None
+            raise ProtocolError(400, "http1.codec_error") from e
+        except httptools.HttpParserError as e:
+            raise ProtocolError(400, "http1.codec_error: %s" % (e.args[0] if e.args else "")) from None
+        if not self._in_head:
+            self._window = b""
+
+    # llhttp callbacks
+    def on_message_begin(self) -> None:
+        self._in_head = True
+        self._reset()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+        self._head_bytes += len(url)
+        if self._head_bytes > self._max_head:
+            raise ProtocolError(431, "http1.headers_too_large")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > self._max_head:
+            raise ProtocolError(431, "http1.headers_too_large")
+        headers = self._headers
+        if len(headers) >= self._max_headers:
+            raise ProtocolError(431, "http1.too_many_headers")
+        n = name.decode("latin-1").lower()
+        v = value.decode("latin-1")
+        if n == "host":
+            self._hosts += 1
+        elif n == "content-length":
+            self._content_length = v
+        elif n == "transfer-encoding":
+            self._te = v
+        headers.append((n, v))
+
+    def on_headers_complete(self) -> None:
+        p = self._p
+        version = "HTTP/" + p.get_http_version()
+        method = p.get_method().decode("ascii")
+        url = self._url.decode("latin-1")
+        if self._hosts != 1 and (self._hosts > 1 or version == "HTTP/1.1"):
+            raise ProtocolError(400, "http1.invalid_host" if self._hosts else "http1.missing_host_header")
+        if self._te is not None and version == "HTTP/1.0":
+            raise ProtocolError(400, "http1.transfer_encoding_not_allowed")
+        # llhttp tolerates repeated spaces in the request line; the exact single-space
+        # line must be present in the bytes this head arrived in.
+        line = b"%s %s %s\r\n" % (method.encode(), self._url, version.encode())
+        if line not in self._window:
+            raise ProtocolError(400, "http1.invalid_request_line")
+        headers = Headers(self._headers)
+        req = RequestHead(method, url, headers.get("host") or "", self._scheme, version, headers)
+        req.keep_alive = p.should_keep_alive()
+        if self._te is not None:
+            req.chunked = True
+        elif self._content_length is not None:
+            req.content_length = int(self._content_length)
+        expect = headers.get("expect")
+        if expect is not None and expect.lower() == "100-continue" and version == "HTTP/1.1":
+            req.expect_continue = True
+        self._in_head = False
+        self.events.append((HEAD, req))
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append((DATA, body))
+
+    def on_message_complete(self) -> None:
+        self.events.append((END, None))
+
+
+class ResponseParser:
+    """Client side: parses one response from an upstream connection.
+
+    A new parser per exchange keeps HEAD and early-close handling simple (llhttp cannot
+    be told a response has no body); creating one costs about a microsecond.
+    """
+
+    __slots__ = ("_p", "events", "_headers", "_head_only", "head", "done",
+                 "_reason", "_until_close", "_max_head", "_head_bytes")
+
+    def __init__(self, head_only: bool = False, max_header_bytes: int = 80 * 1024):
+        self._p = httptools.HttpResponseParser(self)
+        self.events: deque = deque()
+        self._headers: list = []
+        self._head_only = head_only
+        self._max_head = max_header_bytes
+        self._head_bytes = 0
+        self._reason = b""
+        self.head: ResponseHead | None = None
+        self.done = False
+        self._until_close = False
+
+    def feed(self, data: bytes) -> None:
+        """Raises ProtocolError(502) on a malformed response."""
+        if self.done:
+            return
+        try:
+            self._p.feed_data(data)
+        except httptools.HttpParserCallbackError as e:
+            if isinstance(e.__context__, _HeadDone):
+                return
+            raise ProtocolError(502, "upstream_protocol_error") from e
+        except httptools.HttpParserError as e:
+            raise ProtocolError(502, "upstream_protocol_error: %s" % (e.args[0] if e.args else "")) from None
+
+    def feed_eof(self) -> bool:
+        """The upstream closed. True if that ended the response (close-delimited body)."""
+        if self.head is not None and self._until_close and not self.done:
+            self.done = True
+            self.events.append((END, None))
+            return True
+        return self.done
+
+    def on_status(self, reason: bytes) -> None:
+        self._reason += reason
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._head_bytes += len(name) + len(value)
+        if self._head_bytes > self._max_head:
+            raise ProtocolError(502, "upstream_headers_too_large")
+        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+
+    def on_headers_complete(self) -> None:
+        p = self._p
+        status = p.get_status_code()
+        headers = Headers(self._headers)
+        self._headers = []
+        resp = ResponseHead(status, headers, self._reason.decode("latin-1"),
+                            "HTTP/" + p.get_http_version())
+        self._reason = b""
+        resp.keep_alive = p.should_keep_alive()
+        te = headers.get("transfer-encoding")
+        cl = headers.get("content-length")
+        if te is not None:
+            resp.chunked = True
+        elif cl is not None:
+            resp.content_length = int(cl)
+        if 100 <= status < 200 and status != 101:
+            # 1xx interim response: report it, keep parsing the final one.
+            self.events.append((HEAD, resp))
+            return
+        self.head = resp
+        self.events.append((HEAD, resp))
+        bodyless = self._head_only or status in (204, 304)
+        if bodyless:
+            self.done = True
+            self.events.append((END, None))
+            if self._head_only:
+                raise _HeadDone()
+        elif te is None and cl is None:
+            self._until_close = True
+            resp.keep_alive = False
+
+    def on_body(self, body: bytes) -> None:
+        self.events.append((DATA, body))
+
+    def on_message_complete(self) -> None:
+        if not self.done and self.head is not None:
+            self.done = True
+            self.events.append((END, None))
+
+
+class _HeadDone(Exception):
+    """Raised inside llhttp to stop after the head of a response to HEAD."""
+
+
+def encode_request_head(req: RequestHead, headers: Headers) -> bytes:
+    """Serialise a request line and headers for an upstream (always HTTP/1.1)."""
+    parts = ["%s %s HTTP/1.1\r\n" % (req.method, req.path)]
+    parts.extend("%s: %s\r\n" % kv for kv in headers.items)
+    parts.append("\r\n")
+    return "".join(parts).encode("latin-1")
+
+
+_REASONS = {
+    100: "Continue", 101: "Switching Protocols", 200: "OK", 201: "Created", 202: "Accepted",
+    204: "No Content", 206: "Partial Content", 301: "Moved Permanently", 302: "Found",
+    303: "See Other", 304: "Not Modified", 307: "Temporary Redirect", 308: "Permanent Redirect",
+    400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
+    405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large",
+    429: "Too Many Requests", 431: "Request Header Fields Too Large",
+    500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+    504: "Gateway Timeout",
+}
+
+
+def reason_phrase(status: int) -> str:
+    return _REASONS.get(status, "Unknown")
+
+
+def encode_response_head(status: int, headers: Headers, version: str = "HTTP/1.1") -> bytes:
+    parts = ["%s %d %s\r\n" % (version, status, _REASONS.get(status, "Unknown"))]
+    parts.extend("%s: %s\r\n" % kv for kv in headers.items)
+    parts.append("\r\n")
+    return "".join(parts).encode("latin-1")
+
+
+def encode_chunk(data: bytes) -> bytes:
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+LAST_CHUNK = b"0\r\n\r\n"
+

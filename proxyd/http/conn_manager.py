@@ -1,0 +1,109 @@
+"""envoy.filters.network.http_connection_manager: the network filter that turns a
+connection into HTTP streams.
+
+`create()` runs once per config snapshot and precomputes everything a request needs
+(route table, HTTP filter objects, stat handles, timeouts); `on_connection()` picks the
+codec for the connection and serves it until it closes.
+"""
+from __future__ import annotations
+
+import time
+import uuid
+
+from proxyd import registry
+from proxyd.config import unpack
+from proxyd.router.route_table import RouteTable
+
+DEFAULT_IDLE_TIMEOUT = 3600.0
+DEFAULT_STREAM_IDLE_TIMEOUT = 300.0
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+
+def _seconds(msg, field: str, default: float) -> float:
+    if not msg.HasField(field):
+        return default
+    d = getattr(msg, field)
+    return d.seconds + d.nanos / 1e9
+
+
+def _opt_bool(msg, field: str, default: bool) -> bool:
+    return getattr(msg, field).value if msg.HasField(field) else default
+
+
+class HcmStats:
+    _COUNTERS = ("downstream_cx_total", "downstream_cx_http1_total", "downstream_cx_http2_total",
+                 "downstream_cx_destroy", "downstream_cx_destroy_remote",
+                 "downstream_cx_destroy_local", "downstream_cx_drain_close",
+                 "downstream_cx_idle_timeout", "downstream_cx_protocol_error",
+                 "downstream_rq_total", "downstream_rq_http1_total", "downstream_rq_http2_total",
+                 "downstream_rq_rx_reset", "downstream_rq_tx_reset", "downstream_rq_timeout",
+                 "downstream_rq_too_large", "no_route", "no_cluster", "rq_direct_response",
+                 "rq_redirect", "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total")
+    _GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_cx_http2_active",
+               "downstream_rq_active")
+
+    def __init__(self, store, prefix: str):
+        p = "http.%s." % prefix
+        for n in self._COUNTERS:
+            setattr(self, n, store.counter(p + n))
+        for n in self._GAUGES:
+            setattr(self, n, store.gauge(p + n))
+        self.downstream_rq_xx = [None] + [store.counter("%sdownstream_rq_%dxx" % (p, i))
+                                          for i in range(1, 6)]
+        self.downstream_rq_time = store.histogram(p + "downstream_rq_time")
+        self.downstream_cx_length_ms = store.histogram(p + "downstream_cx_length_ms")
+
+
+class HttpConnectionManager:
+    """One listener filter chain's HTTP settings, shared by all its connections."""
+
+    def __init__(self, config, ctx):
+        self.ctx = ctx
+        self.config = config
+        self.stat_prefix = config.stat_prefix
+        self.stats = HcmStats(ctx.stats, config.stat_prefix)
+        self.route_table = RouteTable(config.route_config)
+        self.filters = []
+        for f in config.http_filters:
+            mod = registry.factory(f.typed_config.type_url)
+            self.filters.append(mod.create(unpack(f.typed_config), ctx))
+        self.codec_type = config.codec_type  # 0 AUTO, 1 HTTP1, 2 HTTP2
+        self.idle_timeout = _seconds(config.common_http_protocol_options, "idle_timeout",
+                                     DEFAULT_IDLE_TIMEOUT) or None
+        self.stream_idle_timeout = _seconds(config, "stream_idle_timeout",
+                                            DEFAULT_STREAM_IDLE_TIMEOUT) or None
+        self.max_request_headers = (config.max_request_headers_kb.value
+                                    if config.HasField("max_request_headers_kb") else 60) * 1024
+        self.generate_request_id = _opt_bool(config, "generate_request_id", True)
+        self.preserve_external_request_id = config.preserve_external_request_id
+        self.always_set_request_id_in_response = config.always_set_request_id_in_response
+        self.use_remote_address = _opt_bool(config, "use_remote_address", False)
+        self.server_name = config.server_name or "envoy"
+        self.access_logs: list = []
+        self.tracer = None
+
+    def new_request_id(self) -> str:
+        return str(uuid.uuid4())
+
+    def on_connection(self, conn) -> None:
+        """Serve `conn` (a DownstreamConnection) until it closes."""
+        stats = self.stats
+        stats.downstream_cx_total.inc()
+        stats.downstream_cx_active.inc()
+        t0 = time.monotonic()
+        try:
+            from proxyd.http.http1_connection import Http1Connection
+            stats.downstream_cx_http1_total.inc()
+            stats.downstream_cx_http1_active.inc()
+            try:
+                Http1Connection(self, conn).serve()
+            finally:
+                stats.downstream_cx_http1_active.dec()
+        finally:
+            stats.downstream_cx_active.dec()
+            stats.downstream_cx_destroy.inc()
+            stats.downstream_cx_length_ms.record((time.monotonic() - t0) * 1000.0)
+
+
+def create(config, ctx) -> HttpConnectionManager:
+    return HttpConnectionManager(config, ctx)

@@ -1,0 +1,258 @@
+"""envoy.filters.http.router: the terminal filter that forwards a request upstream.
+
+Direct responses and redirects are answered here too, as in Envoy. The exchange runs in
+the stream's greenlet: the request is written upstream as it is read, the response is
+relayed as it arrives, and each upstream read is followed by one downstream write, so a
+slow client slows the upstream read instead of growing a buffer.
+"""
+from __future__ import annotations
+
+import time
+
+import gevent
+
+from proxyd.http import local_reply
+from proxyd.http.codec.http1 import (DATA, END, HEAD, LAST_CHUNK, ProtocolError,
+                                     ResponseParser, encode_chunk, encode_request_head)
+from proxyd.http.filter import HttpFilter
+from proxyd.http.message import ResponseHead
+from proxyd.http.stream import DownstreamGone
+from proxyd.upstream.cluster import UpstreamConnectError
+
+RECV_SIZE = 65536
+
+
+class RouteTimeout(Exception):
+    pass
+
+
+class UpstreamReset(Exception):
+    pass
+
+
+class Router(HttpFilter):
+    def __init__(self, ctx):
+        self.ctx = ctx
+
+    def decode_headers(self, stream) -> bool:
+        route = stream.route
+        kind = route.kind
+        if kind == "direct":
+            stream.hcm.stats.rq_direct_response.inc()
+            stream.local_reply(route.direct_status, route.direct_body, "direct_response")
+            return False
+        if kind == "redirect":
+            stream.hcm.stats.rq_redirect.inc()
+            status, location = route.redirect(stream.request)
+            stream.local_reply(status, None, "redirect", None,
+                               [("location", location)])
+            return False
+        req = stream.request
+        info = stream.info
+        name = route.cluster_for(req)
+        info.upstream_cluster = name
+        cluster = self.ctx.cluster_manager.get(name)
+        if cluster is None:
+            stream.hcm.stats.no_cluster.inc()
+            stream.local_reply(*local_reply.NO_CLUSTER)
+            return False
+        route.rewrite_request(req)
+        host = cluster.choose_host()
+        if host is None:
+            cluster.stats.upstream_cx_none_healthy.inc()
+            stream.local_reply(*local_reply.NO_HEALTHY_UPSTREAM)
+            return False
+        forward(stream, route, cluster, host)
+        return False
+
+
+def _upstream_headers(stream, route, host):
+    req = stream.request
+    h = req.headers.copy()
+    h.remove_hop_by_hop()
+    h.remove("expect")  # proxyd answers 100-continue itself, as Envoy does by default
+    if route.auto_host_rewrite and host.hostname:
+        req.authority = host.hostname
+        h.set("host", host.hostname)
+    if req.chunked:
+        h.add("transfer-encoding", "chunked")
+    if route.timeout:
+        h.set("x-envoy-expected-rq-timeout-ms", str(int(route.timeout * 1000)))
+    route.apply_request_headers(req, stream.info)
+    return h
+
+
+def forward(stream, route, cluster, host) -> None:
+    """Proxy one request to `host` over a pooled HTTP/1.1 connection."""
+    req = stream.request
+    info = stream.info
+    cstats = cluster.stats
+    cstats.upstream_rq_total.inc()
+    cstats.upstream_rq_active.inc()
+    host.rq_total.inc()
+    host.rq_active.inc()
+    info.upstream_host = host.addr_str
+    conn = None
+    t0 = time.monotonic()
+    timer = gevent.Timeout(route.timeout or None, RouteTimeout)
+    timer.start()
+    try:
+        head_bytes = encode_request_head(req, _upstream_headers(stream, route, host))
+        for attempt in (0, 1):
+            try:
+                conn = host.pool.acquire()
+            except UpstreamConnectError as e:
+                host.rq_error.inc()
+                stream.local_reply(*local_reply.connect_failure(e.reason))
+                return
+            info.upstream_local_address = conn.local_address
+            info.upstream_start_mono = time.monotonic()
+            try:
+                _exchange(stream, conn, head_bytes, cstats, host, t0)
+                return
+            except UpstreamReset:
+                # A reused keep-alive connection the upstream closed just now: retry a
+                # bodiless request once on a fresh connection (nothing was sent downstream).
+                conn.close()
+                if attempt or not conn.reused or req.has_body or stream.headers_sent:
+                    raise
+                conn = None
+    except RouteTimeout as t:
+        if t is not timer:
+            raise
+        cstats.upstream_rq_timeout.inc()
+        host.rq_timeout.inc()
+        _abort(stream, conn, local_reply.ROUTE_TIMEOUT)
+    except UpstreamReset:
+        cstats.upstream_rq_rx_reset.inc()
+        _abort(stream, conn, local_reply.upstream_reset())
+    except ProtocolError:
+        _abort(stream, conn, local_reply.upstream_protocol_error())
+    except DownstreamGone:
+        if conn is not None and conn.sock is not None:
+            conn.close()
+            cstats.upstream_cx_destroy_local.inc()
+        raise
+    finally:
+        timer.close()
+        cstats.upstream_rq_active.dec()
+        host.rq_active.dec()
+
+
+def _abort(stream, conn, reply) -> None:
+    """The exchange failed: a local reply if nothing was sent yet, else a reset."""
+    if conn is not None:
+        conn.close()
+    conn_host = conn.host if conn is not None else None
+    if conn_host is not None:
+        conn_host.rq_error.inc()
+    status, body, details, flag = reply
+    if stream.headers_sent:
+        stream.info.response_code_details = details
+        stream.info.response_flags.append(flag)
+        stream.reset()
+    else:
+        stream.local_reply(status, body, details, flag)
+
+
+def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float) -> None:
+    req = stream.request
+    info = stream.info
+    sock = conn.sock
+    # request
+    try:
+        if req.has_body:
+            sock.sendall(head_bytes)
+            sent = len(head_bytes)
+            chunked = req.chunked
+            while True:
+                data = stream.read_body()
+                if data is None:
+                    if chunked:
+                        sock.sendall(LAST_CHUNK)
+                        sent += 5
+                    break
+                if chunked:
+                    data = encode_chunk(data)
+                sock.sendall(data)
+                sent += len(data)
+        else:
+            sock.sendall(head_bytes)
+            sent = len(head_bytes)
+    except OSError:
+        raise UpstreamReset() from None
+    cstats.upstream_cx_tx_bytes_total.inc(sent)
+    info.request_end_mono = time.monotonic()
+    # response
+    parser = ResponseParser(head_only=req.method == "HEAD")
+    events = parser.events
+    resp = None
+    keep_alive = False
+    rx = 0
+    try:
+        while True:
+            try:
+                data = sock.recv(RECV_SIZE)
+            except OSError:
+                data = b""
+            if data:
+                rx += len(data)
+                parser.feed(data)
+            elif not parser.feed_eof():
+                cstats.upstream_cx_rx_bytes_total.inc(rx)
+                cstats.upstream_cx_destroy_remote.inc()
+                raise UpstreamReset()
+            while events:
+                kind, payload = events.popleft()
+                if kind == DATA:
+                    stream.send_data(payload, False)
+                elif kind == HEAD:
+                    if payload.status < 200:
+                        continue  # interim 1xx: proxyd sent its own 100 Continue
+                    resp = payload
+                    keep_alive = resp.keep_alive
+                    _send_response_head(stream, resp, t0, parser.done and len(events) == 1)
+                else:  # END
+                    stream.send_data(b"", True)
+                    stream.flush()
+                    cstats.upstream_cx_rx_bytes_total.inc(rx)
+                    _complete(cstats, host, resp, info, t0)
+                    if keep_alive and not events and parser.done:
+                        host.pool.release(conn)
+                    else:
+                        conn.close()
+                        cstats.upstream_cx_destroy_local.inc()
+                    return
+            stream.flush()
+    except ProtocolError:
+        cstats.upstream_cx_rx_bytes_total.inc(rx)
+        raise
+
+
+def _send_response_head(stream, resp: ResponseHead, t0: float, end_stream: bool) -> None:
+    h = resp.headers
+    h.remove_hop_by_hop()
+    if resp.content_length is None:
+        h.remove("content-length")
+    h.set("x-envoy-upstream-service-time", str(int((time.monotonic() - t0) * 1000)))
+    out = ResponseHead(resp.status, h, resp.reason)
+    out.content_length = resp.content_length
+    stream.send_headers(out, end_stream)
+
+
+def _complete(cstats, host, resp, info, t0: float) -> None:
+    status = resp.status
+    code, cls = cstats.response(status)
+    code.inc()
+    cls.inc()
+    cstats.upstream_rq_completed.inc()
+    cstats.upstream_rq_time.record((time.monotonic() - t0) * 1000.0)
+    if status >= 500:
+        host.rq_error.inc()
+    else:
+        host.rq_success.inc()
+    info.response_code_details = "via_upstream"
+
+
+def create(config, ctx) -> Router:
+    return Router(ctx)

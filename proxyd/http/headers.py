@@ -1,0 +1,74 @@
+"""HTTP header block shared by every codec, filter and the router.
+
+Names are lower-case `str`, values `str` (latin-1 round-trips every byte), kept in
+arrival order as a flat list of pairs so duplicates survive and serialisation is a join.
+HTTP/2 pseudo-headers are not stored here: requests carry method/path/authority/scheme
+as attributes of `RequestHead`.
+"""
+from __future__ import annotations
+
+# RFC 9110 7.6.1 plus the legacy ones proxies strip (Envoy strips the same set).
+HOP_BY_HOP = frozenset((
+    "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade",
+    "te", "trailer", "proxy-authenticate", "proxy-authorization",
+))
+
+
+class Headers:
+    __slots__ = ("items",)
+
+    def __init__(self, items: list[tuple[str, str]] | None = None):
+        self.items = items if items is not None else []
+
+    def get(self, name: str, default: str | None = None) -> str | None:
+        for k, v in self.items:
+            if k == name:
+                return v
+        return default
+
+    def get_all(self, name: str) -> list[str]:
+        return [v for k, v in self.items if k == name]
+
+    def __contains__(self, name: str) -> bool:
+        for k, _ in self.items:
+            if k == name:
+                return True
+        return False
+
+    def add(self, name: str, value: str) -> None:
+        self.items.append((name, value))
+
+    def set(self, name: str, value: str) -> None:
+        """Replace every `name` header with one, keeping the first one's position."""
+        items = self.items
+        for i, (k, _) in enumerate(items):
+            if k == name:
+                items[i] = (name, value)
+                if i + 1 < len(items):
+                    items[i + 1:] = [kv for kv in items[i + 1:] if kv[0] != name]
+                return
+        items.append((name, value))
+
+    def remove(self, name: str) -> None:
+        if self.__contains__(name):
+            self.items = [kv for kv in self.items if kv[0] != name]
+
+    def remove_hop_by_hop(self) -> None:
+        """Drop hop-by-hop headers, including any named in Connection."""
+        drop = HOP_BY_HOP
+        conn = self.get("connection")
+        if conn:
+            drop = drop | {t.strip().lower() for t in conn.split(",")}
+        self.items = [kv for kv in self.items if kv[0] not in drop]
+
+    def copy(self) -> "Headers":
+        return Headers(list(self.items))
+
+    def __iter__(self):
+        return iter(self.items)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __repr__(self) -> str:
+        return f"Headers({self.items!r})"

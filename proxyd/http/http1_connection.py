@@ -1,0 +1,204 @@
+"""One downstream HTTP/1.1 connection: reads requests in order (keep-alive and
+pipelining), runs each as a Stream, writes responses with HTTP/1.1 framing."""
+from __future__ import annotations
+
+import socket
+
+from proxyd.http import local_reply
+from proxyd.http.codec.http1 import (DATA, END, HEAD, LAST_CHUNK, ProtocolError,
+                                     RequestParser, encode_chunk, encode_response_head)
+from proxyd.http.headers import Headers
+from proxyd.http.message import ResponseHead
+from proxyd.http.stream import DownstreamGone, Stream, http_date
+
+RECV_SIZE = 65536
+CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+
+
+class Http1Connection:
+    __slots__ = ("hcm", "conn", "sock", "parser", "stream", "idle")
+
+    def __init__(self, hcm, conn):
+        self.hcm = hcm
+        self.conn = conn
+        self.sock = conn.sock
+        self.parser = RequestParser(hcm.max_request_headers, scheme=conn.scheme)
+        self.stream = None
+        self.idle = True
+        conn.protocol = self
+
+    def recv_into_parser(self) -> bool:
+        """Read once and parse; False when the client closed. Raises ProtocolError."""
+        try:
+            data = self.sock.recv(RECV_SIZE)
+        except socket.timeout:
+            raise
+        except OSError:
+            return False
+        if not data:
+            return False
+        self.hcm.stats.downstream_cx_rx_bytes_total.inc(len(data))
+        self.parser.feed(data)
+        return True
+
+    def serve(self) -> None:
+        hcm = self.hcm
+        stats = hcm.stats
+        conn = self.conn
+        events = self.parser.events
+        sock = self.sock
+        closed_by = "remote"
+        try:
+            while True:
+                if not events:
+                    if conn.draining:
+                        closed_by = "local"
+                        break
+                    self.idle = True
+                    sock.settimeout(hcm.idle_timeout)
+                    try:
+                        if not self.recv_into_parser():
+                            break
+                    except socket.timeout:
+                        stats.downstream_cx_idle_timeout.inc()
+                        closed_by = "local"
+                        break
+                    finally:
+                        self.idle = False
+                    sock.settimeout(hcm.stream_idle_timeout)
+                    continue
+                kind, head = events.popleft()
+                if kind != HEAD:
+                    continue
+                stats.downstream_rq_http1_total.inc()
+                stream = self.stream = Http1Stream(hcm, conn, head, self)
+                stream.run()
+                self.stream = None
+                if stream.closing or not stream.request_complete:
+                    closed_by = "local"
+                    break
+        except ProtocolError as e:
+            closed_by = "local"
+            stats.downstream_cx_protocol_error.inc()
+            self._codec_error(e)
+        except socket.timeout:
+            stats.downstream_rq_timeout.inc()
+            closed_by = "local"
+        finally:
+            if closed_by == "remote":
+                stats.downstream_cx_destroy_remote.inc()
+            else:
+                stats.downstream_cx_destroy_local.inc()
+
+    def _codec_error(self, e: ProtocolError) -> None:
+        """400/431 for a request we refuse; the connection closes after it (Envoy)."""
+        body = local_reply.CODEC_BODIES.get(e.status, b"Bad Request")
+        if e.status == 431:
+            self.hcm.stats.downstream_rq_too_large.inc()
+        h = Headers([("content-length", str(len(body))), ("content-type", "text/plain"),
+                     ("date", http_date()), ("server", self.hcm.server_name),
+                     ("connection", "close")])
+        try:
+            self.sock.sendall(encode_response_head(e.status, h) + body)
+        except OSError:
+            pass
+
+
+class Http1Stream(Stream):
+    __slots__ = ("h1", "_out", "_chunked", "_no_body", "_keep_alive", "_continue_sent")
+
+    def __init__(self, hcm, conn, request, h1: Http1Connection):
+        super().__init__(hcm, conn, request, request.version)
+        self.h1 = h1
+        self._out: list = []
+        self._chunked = False
+        self._no_body = False
+        self._keep_alive = request.keep_alive
+        self._continue_sent = False
+
+    def read_body(self):
+        """The next request body chunk, or None at the end of the request."""
+        if self.request_complete:
+            return None
+        if self.request.expect_continue and not self._continue_sent:
+            self._continue_sent = True
+            self._write(CONTINUE)
+        events = self.h1.parser.events
+        while True:
+            while not events:
+                try:
+                    ok = self.h1.recv_into_parser()
+                except ProtocolError:
+                    ok = False
+                if not ok:
+                    self.hcm.stats.downstream_rq_rx_reset.inc()
+                    self.closing = True
+                    raise DownstreamGone()
+            kind, data = events.popleft()
+            if kind == DATA:
+                self.info.bytes_received += len(data)
+                return data
+            if kind == END:
+                self.request_complete = True
+                return None
+
+    def send_headers(self, resp: ResponseHead, end_stream: bool) -> None:
+        self.finalize_response_headers(resp)
+        req = self.request
+        h = resp.headers
+        status = resp.status
+        no_body = self._no_body = (req.method == "HEAD" or status in (204, 304)
+                                   or 100 <= status < 200)
+        if self.conn.draining:
+            self.hcm.stats.downstream_cx_drain_close.inc()
+            self._keep_alive = False
+        if not no_body and resp.content_length is None:
+            if end_stream:
+                h.set("content-length", "0")
+            elif req.version == "HTTP/1.1":
+                h.set("transfer-encoding", "chunked")
+                self._chunked = True
+            else:
+                self._keep_alive = False  # HTTP/1.0: the body ends when we close
+        if not self._keep_alive or not self.request_complete:
+            h.set("connection", "close")
+            self.closing = True
+        elif req.version == "HTTP/1.0":
+            h.set("connection", "keep-alive")
+        self._out.append(encode_response_head(status, h, "HTTP/1.1"))
+        self.headers_sent = True
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        out = self._out
+        if data and not self._no_body:
+            self.info.bytes_sent += len(data)
+            out.append(encode_chunk(data) if self._chunked else data)
+        if end_stream and self._chunked:
+            out.append(LAST_CHUNK)
+        if len(out) > 16:
+            self.flush()
+
+    def flush(self) -> None:
+        out = self._out
+        if out:
+            data = out[0] if len(out) == 1 else b"".join(out)
+            out.clear()
+            self._write(data)
+
+    def _write(self, data: bytes) -> None:
+        try:
+            self.h1.sock.sendall(data)
+        except OSError:
+            self.closing = True
+            raise DownstreamGone() from None
+        self.hcm.stats.downstream_cx_tx_bytes_total.inc(len(data))
+
+    def reset(self) -> None:
+        """Abort: the response cannot be completed (HTTP/1 has no stream reset)."""
+        self.closing = True
+        self._out.clear()
+        self.hcm.stats.downstream_rq_tx_reset.inc()
+        try:
+            self.h1.sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass

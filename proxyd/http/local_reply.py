@@ -1,0 +1,29 @@
+"""Envoy's local replies: the statuses, bodies, details and response flags it uses when
+proxyd answers a request itself."""
+from __future__ import annotations
+
+UPSTREAM_RESET = "upstream connect error or disconnect/reset before headers. reset reason: "
+
+# name -> (status, body, response_code_details, response_flag)
+NO_ROUTE = (404, b"", "route_not_found", "NR")
+NO_CLUSTER = (503, b"", "cluster_not_found", "NC")
+NO_HEALTHY_UPSTREAM = (503, b"no healthy upstream", "no_healthy_upstream", "UH")
+ROUTE_TIMEOUT = (504, b"upstream request timeout", "upstream_response_timeout", "UT")
+
+
+def connect_failure(reason: str):
+    return (503, (UPSTREAM_RESET + reason).encode(),
+            "upstream_reset_before_response_started{%s}" % reason.replace(" ", "_"), "UF")
+
+
+def upstream_reset():
+    return (503, (UPSTREAM_RESET + "connection termination").encode(),
+            "upstream_reset_before_response_started{connection_termination}", "UC")
+
+
+def upstream_protocol_error():
+    return (502, (UPSTREAM_RESET + "protocol error").encode(),
+            "upstream_reset_before_response_started{protocol_error}", "UPE")
+
+
+CODEC_BODIES = {400: b"Bad Request", 403: b"Forbidden", 431: b"Request Header Fields Too Large"}

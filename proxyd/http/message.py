@@ -1,0 +1,90 @@
+"""Protocol-neutral request/response heads and the per-stream record (StreamInfo).
+
+Codecs (HTTP/1.1, HTTP/2) produce and consume these; HTTP filters, the router, access
+logs and tracing read them. Nothing here does I/O.
+"""
+from __future__ import annotations
+
+import time
+
+from proxyd.http.headers import Headers
+
+
+class RequestHead:
+    __slots__ = ("method", "path", "authority", "scheme", "version", "headers",
+                 "keep_alive", "expect_continue", "chunked", "content_length")
+
+    def __init__(self, method: str, path: str, authority: str, scheme: str, version: str,
+                 headers: Headers):
+        self.method = method
+        self.path = path            # origin-form target, query included
+        self.authority = authority  # Host header (HTTP/1) or :authority (HTTP/2)
+        self.scheme = scheme
+        self.version = version      # "HTTP/1.0", "HTTP/1.1", "HTTP/2"
+        self.headers = headers
+        self.keep_alive = True
+        self.expect_continue = False
+        self.chunked = False
+        self.content_length: int | None = None
+
+    @property
+    def has_body(self) -> bool:
+        return self.chunked or bool(self.content_length)
+
+
+class ResponseHead:
+    __slots__ = ("status", "reason", "version", "headers", "keep_alive", "chunked",
+                 "content_length")
+
+    def __init__(self, status: int, headers: Headers, reason: str = "", version: str = "HTTP/1.1"):
+        self.status = status
+        self.reason = reason
+        self.version = version
+        self.headers = headers
+        self.keep_alive = True
+        self.chunked = False
+        self.content_length: int | None = None
+
+
+class StreamInfo:
+    """What happened to one request; the access log and tracer read it after the stream ends.
+
+    Times are `time.monotonic()` seconds except `start_time` (unix seconds, for
+    %START_TIME%). Durations are derived by the formatter, so the hot path only stamps.
+    """
+    __slots__ = (
+        "start_time", "start_mono", "request_end_mono", "upstream_start_mono",
+        "response_start_mono", "end_mono", "protocol", "request", "response",
+        "response_trailers", "response_code", "response_code_details", "response_flags",
+        "bytes_received", "bytes_sent", "upstream_host", "upstream_cluster",
+        "upstream_local_address", "downstream_remote_address", "downstream_local_address",
+        "route_name", "connection_id", "request_id", "is_health_check", "trace",
+    )
+
+    def __init__(self, connection_id: int, downstream_remote_address: str,
+                 downstream_local_address: str, protocol: str):
+        self.start_time = time.time()
+        self.start_mono = time.monotonic()
+        self.request_end_mono: float | None = None     # last request byte received
+        self.upstream_start_mono: float | None = None  # request sent upstream
+        self.response_start_mono: float | None = None  # first response byte sent downstream
+        self.end_mono: float | None = None             # last response byte sent
+        self.protocol = protocol
+        self.request: RequestHead | None = None
+        self.response: ResponseHead | None = None
+        self.response_trailers: Headers | None = None
+        self.response_code = 0                         # 0: nothing was sent downstream
+        self.response_code_details = ""
+        self.response_flags: list[str] = []            # Envoy short flags: "NR", "UF", "UT", ...
+        self.bytes_received = 0                        # request body bytes
+        self.bytes_sent = 0                            # response body bytes
+        self.upstream_host: str | None = None          # "ip:port"
+        self.upstream_cluster: str | None = None
+        self.upstream_local_address: str | None = None
+        self.downstream_remote_address = downstream_remote_address
+        self.downstream_local_address = downstream_local_address
+        self.route_name: str | None = None
+        self.connection_id = connection_id
+        self.request_id: str | None = None
+        self.is_health_check = False
+        self.trace = None                              # tracing span context, when traced

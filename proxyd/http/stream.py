@@ -1,0 +1,149 @@
+"""The protocol-neutral life of one request: request id, route, HTTP filters, local
+replies, stats and the access log. Codecs subclass `Stream` and supply the I/O
+(`read_body`, `send_headers`, `send_data`, `flush`, `reset`)."""
+from __future__ import annotations
+
+import time
+from email.utils import formatdate
+
+from proxyd.http import local_reply
+from proxyd.http.headers import Headers
+from proxyd.http.message import ResponseHead, StreamInfo
+
+_date_cache = [0, ""]
+
+
+def http_date() -> str:
+    """RFC 9110 Date, formatted at most once a second."""
+    now = int(time.time())
+    if _date_cache[0] != now:
+        _date_cache[0] = now
+        _date_cache[1] = formatdate(now, usegmt=True)
+    return _date_cache[1]
+
+
+class DownstreamGone(Exception):
+    """The client closed or reset while we were writing to it."""
+
+
+class Stream:
+    __slots__ = ("hcm", "conn", "request", "info", "route", "headers_sent", "closing",
+                 "request_complete")
+
+    def __init__(self, hcm, conn, request, protocol: str):
+        self.hcm = hcm
+        self.conn = conn
+        self.request = request
+        self.info = info = StreamInfo(conn.id, conn.remote_address, conn.local_address, protocol)
+        info.request = request
+        self.route = None
+        self.headers_sent = False
+        self.closing = False
+        self.request_complete = not request.has_body
+
+    def run(self) -> None:
+        """Decode side: request id, route, filters. The router (last filter) answers."""
+        hcm = self.hcm
+        stats = hcm.stats
+        stats.downstream_rq_total.inc()
+        stats.downstream_rq_active.inc()
+        req = self.request
+        info = self.info
+        try:
+            headers = req.headers
+            rid = headers.get("x-request-id") if hcm.preserve_external_request_id or not hcm.use_remote_address else None
+            if rid is None and hcm.generate_request_id:
+                rid = hcm.new_request_id()
+                headers.set("x-request-id", rid)
+            info.request_id = rid
+            if hcm.use_remote_address:
+                ip = self.conn.remote_ip
+                xff = headers.get("x-forwarded-for")
+                headers.set("x-forwarded-for", "%s, %s" % (xff, ip) if xff else ip)
+                headers.set("x-forwarded-proto", req.scheme)
+            elif "x-forwarded-proto" not in headers:
+                headers.set("x-forwarded-proto", req.scheme)
+            route = self.route = hcm.route_table.match(req)
+            if route is None:
+                stats.no_route.inc()
+                self.local_reply(*local_reply.NO_ROUTE)
+                return
+            info.route_name = route.name
+            for f in hcm.filters:
+                if not f.decode_headers(self):
+                    return
+        except DownstreamGone:
+            info.response_flags.append("DC")
+            stats.downstream_rq_rx_reset.inc()
+            self.closing = True
+        finally:
+            self._complete()
+
+    def _complete(self) -> None:
+        hcm = self.hcm
+        stats = hcm.stats
+        info = self.info
+        info.end_mono = now = time.monotonic()
+        stats.downstream_rq_active.dec()
+        code = info.response_code
+        if code:
+            stats.downstream_rq_xx[code // 100 if 1 <= code // 100 <= 5 else 5].inc()
+        stats.downstream_rq_time.record((now - info.start_mono) * 1000.0)
+        for log in hcm.access_logs:
+            log.log(info)
+
+    def local_reply(self, status: int, body: bytes | None, details: str, flag: str | None = None,
+                    headers: list | None = None) -> None:
+        """Answer the request from proxyd itself (Envoy's local reply)."""
+        info = self.info
+        info.response_code_details = details
+        if flag:
+            info.response_flags.append(flag)
+        if self.headers_sent:
+            self.reset()
+            return
+        h = Headers(list(headers) if headers else [])
+        if body:
+            h.add("content-type", "text/plain")
+        h.add("content-length", str(len(body) if body else 0))
+        resp = ResponseHead(status, h)
+        resp.content_length = len(body) if body else 0
+        self.send_headers(resp, not body)
+        if body:
+            self.send_data(body, True)
+        self.flush()
+
+    def finalize_response_headers(self, resp: ResponseHead) -> None:
+        """What every response gets on its way out: route header mutations, encoder
+        filters, request id echo, Date and Server."""
+        self.info.response = resp
+        self.info.response_code = resp.status
+        if self.info.response_start_mono is None:
+            self.info.response_start_mono = time.monotonic()
+        h = resp.headers
+        hcm = self.hcm
+        if self.route is not None:
+            self.route.apply_response_headers(h, self.info)
+        for f in reversed(hcm.filters):
+            f.encode_headers(self, resp)
+        if hcm.always_set_request_id_in_response and self.info.request_id:
+            h.set("x-request-id", self.info.request_id)
+        if "date" not in h:
+            h.add("date", http_date())
+        h.set("server", hcm.server_name)
+
+    # codec hooks
+    def read_body(self):
+        raise NotImplementedError
+
+    def send_headers(self, resp: ResponseHead, end_stream: bool) -> None:
+        raise NotImplementedError
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        raise NotImplementedError
+
+    def flush(self) -> None:
+        raise NotImplementedError
+
+    def reset(self) -> None:
+        raise NotImplementedError

@@ -1,0 +1,67 @@
+"""Messages between the master and its children over a Unix stream socket.
+
+A frame is a 4-byte length and a pickle (both ends are proxyd processes of the same
+user, started by the same master). File descriptors ride with the length prefix as
+SCM_RIGHTS, and the frame says how many belong to it, so a listener socket arrives
+together with the snapshot that names it.
+"""
+from __future__ import annotations
+
+import array
+import os
+import pickle
+import socket
+import struct
+
+_LEN = struct.Struct("!I")
+_MAX_FDS = 64
+
+
+class Channel:
+    def __init__(self, sock: socket.socket):
+        self.sock = sock
+        self._buf = bytearray()
+        self._fds: list[int] = []
+
+    def send(self, obj, fds: list[int] = ()) -> None:
+        payload = pickle.dumps((obj, len(fds)), protocol=pickle.HIGHEST_PROTOCOL)
+        header = _LEN.pack(len(payload))
+        if fds:
+            socket.send_fds(self.sock, [header], list(fds))
+            self.sock.sendall(payload)
+        else:
+            self.sock.sendall(header + payload)
+
+    def recv(self):
+        """Next (message, fds); raises EOFError when the peer is gone."""
+        buf = self._buf
+        while True:
+            if len(buf) >= 4:
+                (n,) = _LEN.unpack_from(buf)
+                if len(buf) >= 4 + n:
+                    obj, nfds = pickle.loads(bytes(buf[4:4 + n]))
+                    del buf[:4 + n]
+                    fds, self._fds = self._fds[:nfds], self._fds[nfds:]
+                    return obj, fds
+            try:
+                data, anc, _flags, _addr = self.sock.recvmsg(
+                    262144, socket.CMSG_SPACE(_MAX_FDS * 4))
+            except (ConnectionError, OSError) as e:
+                raise EOFError(str(e)) from None
+            for level, kind, cdata in anc:
+                if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
+                    fds = array.array("i")
+                    fds.frombytes(cdata[:len(cdata) - len(cdata) % fds.itemsize])
+                    self._fds.extend(fds)
+            if not data:
+                raise EOFError("peer closed")
+            buf += data
+
+    def close(self) -> None:
+        for fd in self._fds:
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        self._fds = []
+        self.sock.close()

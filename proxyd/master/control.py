@@ -1,0 +1,75 @@
+"""The control socket (`<runtime-dir>/control.sock`): newline-delimited JSON requests
+from `proxyd stop` / `proxyd reload` to the running master."""
+from __future__ import annotations
+
+import json
+import os
+import socket
+
+CONTROL_SOCK = "control.sock"
+PID_FILE = "proxyd.pid"
+
+
+class ControlServer:
+    """Serves one JSON request per connection; `handler(request) -> response dict`
+    runs in the master's loop (a greenlet per client)."""
+
+    def __init__(self, path: str, handler):
+        from gevent.server import StreamServer
+        self.path = path
+        if os.path.exists(path):
+            os.unlink(path)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        old = os.umask(0o177)
+        try:
+            sock.bind(path)
+        finally:
+            os.umask(old)
+        sock.listen(16)
+        self.handler = handler
+        self.server = StreamServer(sock, self._serve)
+
+    def start(self) -> None:
+        self.server.start()
+
+    def _serve(self, sock, _addr) -> None:
+        f = sock.makefile("rwb")
+        try:
+            line = f.readline(65536)
+            if not line:
+                return
+            try:
+                resp = self.handler(json.loads(line))
+            except Exception as e:  # a bad request must not take the master down
+                resp = {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
+            f.write(json.dumps(resp).encode() + b"\n")
+            f.flush()
+        except OSError:
+            pass
+        finally:
+            f.close()
+            sock.close()
+
+    def close(self) -> None:
+        self.server.close()
+        try:
+            os.unlink(self.path)
+        except OSError:
+            pass
+
+
+def request(runtime_dir: str, req: dict, timeout: float | None = None) -> dict:
+    """Client side (plain blocking socket): send one request, return the response."""
+    path = os.path.join(runtime_dir, CONTROL_SOCK)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(timeout)
+    try:
+        sock.connect(path)
+        sock.sendall(json.dumps(req).encode() + b"\n")
+        f = sock.makefile("rb")
+        line = f.readline()
+        if not line:
+            raise ConnectionError("the master closed the control connection")
+        return json.loads(line)
+    finally:
+        sock.close()

@@ -1,0 +1,65 @@
+"""Cluster membership as the master computes it: STATIC endpoints as written, STRICT_DNS
+names resolved here (every address a name returns is a host, re-resolved every
+dns_refresh_rate), so workers never block on DNS."""
+from __future__ import annotations
+
+import socket
+
+from envoy.config.cluster.v3 import cluster_pb2
+
+DEFAULT_DNS_REFRESH = 5.0
+
+_FAMILIES = {
+    cluster_pb2.Cluster.V4_ONLY: (socket.AF_INET,),
+    cluster_pb2.Cluster.V6_ONLY: (socket.AF_INET6,),
+    cluster_pb2.Cluster.V4_PREFERRED: (socket.AF_INET, socket.AF_INET6),
+    cluster_pb2.Cluster.AUTO: (socket.AF_INET6, socket.AF_INET),
+    cluster_pb2.Cluster.ALL: (socket.AF_INET6, socket.AF_INET),
+}
+
+
+def is_dns(cluster) -> bool:
+    return cluster.type == cluster_pb2.Cluster.STRICT_DNS
+
+
+def refresh_rate(cluster) -> float:
+    r = cluster.dns_refresh_rate
+    return (r.seconds + r.nanos / 1e9) if cluster.HasField("dns_refresh_rate") else DEFAULT_DNS_REFRESH
+
+
+def _lb_endpoints(cluster):
+    for locality in cluster.load_assignment.endpoints:
+        for lbe in locality.lb_endpoints:
+            weight = lbe.load_balancing_weight.value if lbe.HasField("load_balancing_weight") else 1
+            yield lbe.endpoint, weight
+
+
+def static_endpoints(cluster) -> list:
+    return [(ep.address.socket_address.address, ep.address.socket_address.port_value, w,
+             ep.hostname) for ep, w in _lb_endpoints(cluster)]
+
+
+def resolve(cluster) -> list:
+    """Resolve a STRICT_DNS cluster; raises OSError when a name does not resolve.
+
+    AUTO prefers IPv6 and falls back to IPv4 (Envoy's AUTO); V4_PREFERRED the reverse.
+    """
+    families = _FAMILIES.get(cluster.dns_lookup_family, (socket.AF_INET6, socket.AF_INET))
+    out = []
+    for ep, weight in _lb_endpoints(cluster):
+        sa = ep.address.socket_address
+        addrs = []
+        err = None
+        for fam in families:
+            try:
+                infos = socket.getaddrinfo(sa.address, sa.port_value, fam, socket.SOCK_STREAM)
+            except OSError as e:
+                err = e
+                continue
+            addrs = sorted({i[4][0] for i in infos})
+            if addrs:
+                break
+        if not addrs:
+            raise err or OSError("no addresses for %s" % sa.address)
+        out.extend((ip, sa.port_value, weight, ep.hostname or sa.address) for ip in addrs)
+    return out

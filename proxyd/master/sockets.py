@@ -1,0 +1,30 @@
+"""Listening sockets the master owns and lends to workers (and to its successor on a
+hot restart)."""
+from __future__ import annotations
+
+import socket
+
+
+class BindError(Exception):
+    pass
+
+
+def address_key(socket_address) -> str:
+    """'tcp://ip:port', the key a hot restart uses to hand a socket over (as Envoy)."""
+    return "tcp://%s:%d" % (socket_address.address, socket_address.port_value)
+
+
+def bind_tcp(address: str, port: int, backlog: int = 1024) -> socket.socket:
+    """A non-inheritable listening TCP socket; the master passes it on explicitly."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, port))
+        sock.listen(backlog)
+    except OSError as e:
+        sock.close()
+        raise BindError("cannot bind %s:%d: %s" % (address, port, e.strerror or e)) from None
+    return sock

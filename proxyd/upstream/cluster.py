@@ -1,0 +1,129 @@
+"""A cluster as a worker sees it: hosts, load balancer, per-host pools, Envoy's stats."""
+from __future__ import annotations
+
+import errno
+import socket
+import time
+
+import gevent
+from gevent import socket as gsocket
+
+from proxyd.upstream.host import Host
+from proxyd.upstream.lb import RoundRobin
+from proxyd.upstream.pool_http1 import Http1Pool
+
+DEFAULT_CONNECT_TIMEOUT = 5.0
+DEFAULT_IDLE_TIMEOUT = 3600.0
+
+
+class UpstreamConnectError(Exception):
+    def __init__(self, host, timeout: bool, reason: str):
+        super().__init__(reason)
+        self.host = host
+        self.timeout = timeout
+        self.reason = reason
+
+
+class ClusterStats:
+    """`cluster.<name>.*` handles; response-code counters are created on first use."""
+
+    _COUNTERS = ("upstream_cx_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
+                 "upstream_cx_destroy_local", "upstream_cx_destroy_remote",
+                 "upstream_rq_total", "upstream_rq_completed", "upstream_rq_timeout",
+                 "upstream_rq_rx_reset", "upstream_rq_tx_reset", "upstream_rq_retry",
+                 "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
+                 "membership_change", "upstream_cx_none_healthy")
+    _GAUGES = ("upstream_cx_active", "upstream_rq_active", "membership_total",
+               "membership_healthy")
+
+    def __init__(self, store, name: str):
+        self._store = store
+        self._prefix = prefix = "cluster.%s." % name
+        for n in self._COUNTERS:
+            setattr(self, n, store.counter(prefix + n))
+        for n in self._GAUGES:
+            setattr(self, n, store.gauge(prefix + n))
+        self.upstream_cx_connect_ms = store.histogram(prefix + "upstream_cx_connect_ms")
+        self.upstream_rq_time = store.histogram(prefix + "upstream_rq_time")
+        self._codes: dict = {}
+
+    def response(self, status: int):
+        """Counters for `upstream_rq_<code>` and `upstream_rq_<N>xx`."""
+        pair = self._codes.get(status)
+        if pair is None:
+            c = self._store.counter
+            pair = self._codes[status] = (c("%supstream_rq_%d" % (self._prefix, status)),
+                                          c("%supstream_rq_%dxx" % (self._prefix, status // 100)))
+        return pair
+
+
+class Cluster:
+    def __init__(self, config, endpoints: list, store):
+        """`config`: envoy.config.cluster.v3.Cluster; `endpoints`: resolved
+        [(ip, port, weight, hostname)] (the master resolves STRICT_DNS)."""
+        self.name = config.name
+        self.config = config
+        self.removed = False
+        self._store = store
+        self.stats = ClusterStats(store, self.name)
+        ct = config.connect_timeout
+        self.connect_timeout = (ct.seconds + ct.nanos / 1e9) if config.HasField("connect_timeout") \
+            else DEFAULT_CONNECT_TIMEOUT
+        self.idle_timeout = DEFAULT_IDLE_TIMEOUT
+        self.hosts: list[Host] = []
+        self.lb = RoundRobin([])
+        self.update_hosts(endpoints)
+
+    def update_hosts(self, endpoints: list) -> None:
+        """Swap membership; pools of hosts that stay are kept, removed hosts' idle
+        connections close (in-flight ones finish on their own)."""
+        old = {h.key: h for h in self.hosts}
+        hosts = []
+        for ip, port, weight, hostname in endpoints:
+            key = ((ip, port), weight, hostname)
+            h = old.pop(key, None)
+            if h is None:
+                h = Host(ip, port, weight, hostname, self._store, self.name)
+                h.pool = Http1Pool(h, self, self.idle_timeout)
+            hosts.append(h)
+        for h in old.values():
+            h.pool.close_idle()
+        if old or len(hosts) != len(self.hosts):
+            self.stats.membership_change.inc()
+        self.hosts = hosts
+        self.lb = RoundRobin(hosts)
+        self.stats.membership_total.set(len(hosts))
+        self.stats.membership_healthy.set(sum(1 for h in hosts if h.healthy))
+
+    def choose_host(self):
+        return self.lb.choose()
+
+    def connect(self, host):
+        """A new TCP connection to `host` within connect_timeout; counts Envoy's stats."""
+        stats = self.stats
+        stats.upstream_cx_total.inc()
+        host.cx_total.inc()
+        t0 = time.monotonic()
+        try:
+            sock = gsocket.create_connection(host.address, timeout=self.connect_timeout)
+        except (socket.timeout, gevent.Timeout):
+            stats.upstream_cx_connect_fail.inc()
+            stats.upstream_cx_connect_timeout.inc()
+            host.cx_connect_fail.inc()
+            raise UpstreamConnectError(host, True, "connection timeout") from None
+        except OSError as e:
+            stats.upstream_cx_connect_fail.inc()
+            host.cx_connect_fail.inc()
+            reason = "connection refused" if e.errno == errno.ECONNREFUSED else "connection failure"
+            raise UpstreamConnectError(host, False, reason) from None
+        sock.settimeout(None)
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        stats.upstream_cx_connect_ms.record((time.monotonic() - t0) * 1000.0)
+        stats.upstream_cx_active.inc()
+        host.cx_active.inc()
+        return sock
+
+    def close(self) -> None:
+        self.removed = True
+        for h in self.hosts:
+            h.pool.close_idle()

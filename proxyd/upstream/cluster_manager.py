@@ -1,0 +1,33 @@
+"""The worker's clusters by name, rebuilt from each config snapshot."""
+from __future__ import annotations
+
+from proxyd.upstream.cluster import Cluster
+
+
+class ClusterManager:
+    def __init__(self, store):
+        self._store = store
+        self.clusters: dict[str, Cluster] = {}
+
+    def get(self, name: str):
+        return self.clusters.get(name)
+
+    def apply(self, cluster_configs: list, endpoints: dict) -> None:
+        """Apply a snapshot: unchanged clusters keep their objects (and pools), changed
+        ones are rebuilt, missing ones are closed. `endpoints` maps cluster name to
+        [(ip, port, weight, hostname)]."""
+        new = {}
+        for cfg in cluster_configs:
+            eps = endpoints.get(cfg.name, [])
+            cur = self.clusters.get(cfg.name)
+            if cur is not None and cur.config == cfg:
+                cur.update_hosts(eps)
+                new[cfg.name] = cur
+            else:
+                if cur is not None:
+                    cur.close()
+                new[cfg.name] = Cluster(cfg, eps, self._store)
+        for name, cur in self.clusters.items():
+            if name not in new:
+                cur.close()
+        self.clusters = new
