@@ -16,6 +16,12 @@ _MODULES: dict[str, str] = {
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager":
         "proxyd.http.conn_manager",
     "envoy.extensions.filters.http.router.v3.Router": "proxyd.http.filters.router",
+    "envoy.extensions.access_loggers.file.v3.FileAccessLog":
+        "proxyd.observability.access_log.loggers",
+    "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog":
+        "proxyd.observability.access_log.loggers",
+    "envoy.extensions.access_loggers.stream.v3.StderrAccessLog":
+        "proxyd.observability.access_log.loggers",
 }
 
 _loaded: dict[str, object] = {}

@@ -1,0 +1,50 @@
+"""Factories for the access-logger extensions, looked up through proxyd.registry.
+
+`create(config, ctx) -> (Formatter, FileSink)` for
+envoy.extensions.access_loggers.file.v3.FileAccessLog and
+envoy.extensions.access_loggers.stream.v3.StdoutAccessLog / StderrAccessLog.
+"""
+from __future__ import annotations
+
+from proxyd.observability.access_log.formatter import (
+    compile_json, compile_substitution_format, compile_text)
+from proxyd.observability.access_log.sinks import get_sink
+
+FILE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
+STDOUT = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+STDERR = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
+TYPES = (FILE, STDOUT, STDERR)
+
+
+def _struct_to_dict(struct) -> dict:
+    from google.protobuf.json_format import MessageToDict
+    return MessageToDict(struct)
+
+
+def _formatter(config):
+    which = config.WhichOneof("access_log_format")
+    if which == "log_format":
+        return compile_substitution_format(config.log_format)
+    if which == "format":
+        return compile_text(config.format)
+    if which == "json_format":
+        return compile_json(_struct_to_dict(config.json_format), typed=False)
+    if which == "typed_json_format":
+        return compile_json(_struct_to_dict(config.typed_json_format), typed=True)
+    return compile_text(None)
+
+
+def create(config, ctx):
+    name = config.DESCRIPTOR.full_name
+    stats = getattr(ctx, "stats", None)
+    if name == FILE:
+        if not config.path:
+            raise ValueError("path: required")
+        path = config.path
+    elif name == STDOUT:
+        path = "/dev/stdout"
+    elif name == STDERR:
+        path = "/dev/stderr"
+    else:
+        raise ValueError(f"not an access logger config: {name}")
+    return _formatter(config), get_sink(path, stats)
