@@ -144,8 +144,7 @@ def _route_action(ra, path, clusters, out):
 
 
 def _cluster(c, path, out):
-    type_name = c.DESCRIPTOR.fields_by_name['type'].enum_type.values_by_number[c.type].name
-    if type_name != 'STATIC':
+    if c.type != c.DESCRIPTOR.fields_by_name['type'].enum_type.values_by_name['STATIC'].number:
         return
     for i, lle in enumerate(c.load_assignment.endpoints):
         for j, lbe in enumerate(lle.lb_endpoints):

@@ -106,10 +106,10 @@ def _check(msg, path, out):
             continue
         allowed = ENUMS.get((desc.full_name, field.name))
         if allowed is not None:
-            name = field.enum_type.values_by_number.get(value)
-            name = name.name if name is not None else str(value)
-            if name not in allowed:
-                out.append((fpath, f"value {name} of {desc.full_name}.{field.name} is not supported "
+            value_desc = field.enum_type.values_by_number.get(value)
+            # An undefined number is PGV's defined_only error, which every listed enum has.
+            if value_desc is not None and value_desc.name not in allowed:
+                out.append((fpath, f"value {value_desc.name} of {desc.full_name}.{field.name} is not supported "
                                    f"by proxyd (supported: {', '.join(sorted(allowed))})"))
         if field.message_type is None:
             continue

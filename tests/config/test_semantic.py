@@ -1,0 +1,167 @@
+"""Load-time checks Envoy makes beyond PGV, and validate_resource for single xDS resources."""
+from envoy.config.cluster.v3.cluster_pb2 import Cluster
+from envoy.config.route.v3.route_pb2 import RouteConfiguration
+
+from proxyd.config import validate_resource
+from proxyd.config.semantic import regex_problem
+
+HCM_PATH = 'static_resources.listeners[0].filter_chains[0].filters[0].typed_config'
+VH_PATH = HCM_PATH + '.route_config.virtual_hosts[0]'
+
+SECOND_LISTENER = '''\
+  - name: {name}
+    address:
+      socket_address: {{ address: 0.0.0.0, port_value: {port} }}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: second
+          route_config: {{ virtual_hosts: [{{ name: x, domains: ["*"], routes: [] }}] }}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router
+  clusters:
+'''
+
+
+def _with_listener(config, name, port):
+    return config(replace={'\n  clusters:\n': '\n' + SECOND_LISTENER.format(name=name, port=port)})
+
+
+def test_duplicate_listener_name(config):
+    cfg = _with_listener(config, 'http', 8081)
+    assert cfg.error('static_resources.listeners[1].name') == (
+        cfg.line('- name: http', 2), "duplicate listener name 'http' (first at index 0)")
+
+
+def test_duplicate_listener_address(config):
+    cfg = _with_listener(config, 'other', 8080)
+    line, reason = cfg.error('static_resources.listeners[1].address')
+    assert line == [i for i, t in enumerate(cfg.text.splitlines(), 1) if t == '    address:'][1]
+    assert reason == "address 0.0.0.0:8080 is already used by listener 'http' (listeners[0])"
+
+
+def test_distinct_listeners_load(config):
+    from proxyd.config import load_bootstrap
+    bs = load_bootstrap(_with_listener(config, 'other', 8081).path)
+    assert len(bs.static_resources.listeners) == 2
+
+
+def test_duplicate_cluster_name(config):
+    cfg = config(replace={'- name: service2': '- name: service1'})
+    assert cfg.error('static_resources.clusters[1].name') == (
+        cfg.line('- name: service1', 2), "duplicate cluster name 'service1' (first at index 0)")
+
+
+def test_http_filters_must_not_be_empty(config):
+    cfg = config(replace={'          http_filters:\n': '          http_filters: []\n',
+                          '          - name: envoy.filters.http.router\n': '',
+                          '            typed_config:\n              "@type": type.googleapis.com/'
+                          'envoy.extensions.filters.http.router.v3.Router\n': ''})
+    line, reason = cfg.error(HCM_PATH + '.http_filters')
+    assert line == cfg.line('http_filters: []')
+    assert reason.startswith('at least one HTTP filter is required')
+
+
+def test_router_must_be_last(config):
+    extra = ('          - name: envoy.filters.http.router\n            typed_config:\n'
+             '              "@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router\n')
+    cfg = config(replace={extra: extra + '          - name: second\n            typed_config:\n'
+                                          '              "@type": type.googleapis.com/envoy.extensions.'
+                                          'filters.http.router.v3.Router\n'})
+    assert cfg.error(HCM_PATH + '.http_filters[0]') == (
+        cfg.line('- name: envoy.filters.http.router'),
+        'the router is a terminal filter and must be the last HTTP filter')
+
+
+def test_unknown_route_cluster(config):
+    cfg = config(replace={'route: { cluster: service1,': 'route: { cluster: servce1,'})
+    assert cfg.error(VH_PATH + '.routes[0].route.cluster') == (
+        cfg.line('cluster: servce1'), "unknown cluster 'servce1'; did you mean 'service1'?")
+
+
+def test_unknown_weighted_cluster(config):
+    cfg = config(replace={'{ name: service2, weight: 20 }': '{ name: nothere, weight: 20 }'})
+    line, reason = cfg.error(VH_PATH + '.routes[1].route.weighted_clusters.clusters[1].name')
+    assert (line, reason) == (cfg.line('name: nothere'), "unknown cluster 'nothere'")
+
+
+def test_validate_clusters_false_skips_reference_check(config):
+    from proxyd.config import load_bootstrap
+    cfg = config(replace={'route: { cluster: service1,': 'route: { cluster: later,',
+                          'name: local_route': 'name: local_route\n            validate_clusters: false'})
+    load_bootstrap(cfg.path)
+
+
+def test_duplicate_domain(config):
+    cfg = config(replace={'- match: { prefix: "/" }': '- match: { prefix: "/" }',
+                          '            - name: backend\n':
+                          '            - name: other\n              domains: ["Example.com"]\n'
+                          '              routes: []\n            - name: backend\n'})
+    line, reason = cfg.error(HCM_PATH + '.route_config.virtual_hosts[1].domains[0]')
+    assert line == cfg.line('domains: ["example.com", "*"]')
+    assert reason == "duplicate domain 'example.com' (also in virtual_hosts[0])"
+
+
+def test_single_wildcard_domain(config):
+    cfg = config(replace={'            - name: backend\n':
+                          '            - name: other\n              domains: ["*"]\n'
+                          '              routes: []\n            - name: backend\n'})
+    line, reason = cfg.error(HCM_PATH + '.route_config.virtual_hosts[1].domains[1]')
+    assert reason == "only one virtual host may have the domain '*' (virtual_hosts[0] has it too)"
+
+
+def test_regex_must_compile(config):
+    cfg = config(replace={'"^/s/[0-9]+$"': '"^/s/[0-9+$"'})
+    line, reason = cfg.error(VH_PATH + '.routes[1].match.safe_regex.regex')
+    assert line == cfg.line('safe_regex')
+    assert reason.startswith('invalid regex: unterminated character set')
+
+
+def test_re2_differences():
+    assert regex_problem('^/a(?=b)') == 'invalid regex: RE2 does not support lookaround assertions'
+    assert regex_problem(r'(a)\1') == 'invalid regex: RE2 does not support backreferences'
+    assert regex_problem(r'a\\1') is None
+    assert regex_problem(r'^/api/.*\z') is None
+
+
+def test_static_cluster_needs_ip_literals(config):
+    cfg = config(replace={'address: 10.0.0.2': 'address: backend.local'})
+    path = ('static_resources.clusters[1].load_assignment.endpoints[0].lb_endpoints[0]'
+            '.endpoint.address.socket_address.address')
+    assert cfg.error(path) == (
+        cfg.line('backend.local'),
+        "a STATIC cluster needs IP addresses, not 'backend.local' (use type STRICT_DNS for hostnames)")
+
+
+def test_all_check_kinds_reported_together(config):
+    cfg = config(replace={'address: 10.0.0.2': 'address: backend.local',
+                          'connect_timeout: 0.25s': 'connect_timeout: 0s',
+                          'lb_policy: ROUND_ROBIN': 'lb_policy: RANDOM'})
+    assert [e.split(': ', 2)[1].rsplit('.', 1)[-1] for e in cfg.errors()] == [
+        'connect_timeout', 'lb_policy', 'address']
+
+
+def test_validate_resource_cluster():
+    c = Cluster(name='c', type=Cluster.EDS)
+    c.load_assignment.cluster_name = 'c'
+    assert validate_resource(c, 'clusters[0]') == [
+        'clusters[0].type: value EDS of envoy.config.cluster.v3.Cluster.type is not supported '
+        'by proxyd (supported: STATIC, STRICT_DNS)']
+    ok = Cluster(name='c')
+    ok.connect_timeout.seconds = 1
+    assert validate_resource(ok) == []
+
+
+def test_validate_resource_route_configuration():
+    rc = RouteConfiguration(name='r')
+    vh = rc.virtual_hosts.add(name='v', domains=['*'])
+    route = vh.routes.add()
+    route.match.prefix = '/'
+    route.route.cluster = 'gone'
+    assert validate_resource(rc) == []
+    assert validate_resource(rc, clusters={'here'}) == [
+        "virtual_hosts[0].routes[0].route.cluster: unknown cluster 'gone'"]
