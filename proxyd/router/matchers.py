@@ -158,7 +158,7 @@ def string_matcher(msg, path: str) -> Callable[[str], bool]:
         return lambda v: v.startswith(expected)
     if which == "suffix":
         return lambda v: v.endswith(expected)
-    return expected.__contains__  # "contains": expected in v
+    return lambda v: expected in v
 
 
 # Pseudo-headers live on RequestHead as attributes, not in Headers.
@@ -234,7 +234,7 @@ def header_matcher(msg, path: str) -> tuple[Callable[[object], bool], str]:
         elif which == "suffix_match":
             check = lambda v: v.endswith(expected)
         else:
-            check = expected.__contains__
+            check = lambda v: expected in v
         desc = f"{name} {which.split('_')[0]} {getattr(msg, which)!r}"
     elif which == "string_match":
         check = string_matcher(msg.string_match, f"{path}.string_match")
