@@ -118,18 +118,20 @@ class HeaderMutation:
     __slots__ = ("remove", "add")
 
     def __init__(self, to_add, to_remove, path: str, add_field: str, remove_field: str):
+        """`path` is the level's location ("" for the route configuration itself)."""
+        prefix = f"{path}." if path else ""
         remove = []
         for i, name in enumerate(to_remove):
             lname = name.lower()
             if not lname:
-                raise ValueError(f"{path}.{remove_field}[{i}]: value length must be at least 1 characters")
+                raise ValueError(f"{prefix}{remove_field}[{i}]: value length must be at least 1 characters")
             if not _modifiable(lname):
-                raise ValueError(f"{path}.{remove_field}[{i}]: "
+                raise ValueError(f"{prefix}{remove_field}[{i}]: "
                                  f"':'-prefixed or host headers may not be removed")
             remove.append(wire(lname))
         add = []
         for i, opt in enumerate(to_add):
-            p = f"{path}.{add_field}[{i}]"
+            p = f"{prefix}{add_field}[{i}]"
             hv = opt.header
             key = hv.key.lower()
             if not key:
