@@ -9,7 +9,7 @@ import difflib
 import re
 
 import yaml
-from google.protobuf import json_format
+from google.protobuf import descriptor, json_format
 
 from . import loader
 from .errors import MapKey
@@ -104,7 +104,15 @@ def clean(err):
     return text
 
 
+_FD = descriptor.FieldDescriptor
+_EXPECTED = {_FD.CPPTYPE_STRING: 'a string', _FD.CPPTYPE_BOOL: 'a boolean',
+             _FD.CPPTYPE_DOUBLE: 'a number', _FD.CPPTYPE_FLOAT: 'a number',
+             _FD.CPPTYPE_ENUM: 'an enum value name'}
+
+
 def _scalar_reason(field, value, err):
+    if isinstance(value, (dict, list)):
+        return f"expected {_EXPECTED.get(field.cpp_type, 'an integer')}, got {_kind(value)}"
     if field.enum_type is not None and isinstance(value, str):
         names = [v.name for v in field.enum_type.values]
         match = difflib.get_close_matches(value.upper(), names, n=1, cutoff=0.6)
@@ -115,6 +123,11 @@ def _scalar_reason(field, value, err):
 
 def _is_map(field):
     return field.message_type is not None and field.message_type.GetOptions().map_entry
+
+
+_TEXT_WKT = {'google.protobuf.Duration': "a duration string such as '0.25s'",
+             'google.protobuf.Timestamp': "an RFC 3339 timestamp string",
+             'google.protobuf.FieldMask': "a field mask string"}
 
 
 def _fields_by_key(desc):
@@ -134,8 +147,10 @@ def _message(value, desc, path, out, err):
     before = len(out)
     if desc.full_name == 'google.protobuf.Any':
         _any(value, path, out, err)
+    elif desc.full_name in _TEXT_WKT and not isinstance(value, str):
+        out.append((path, f'expected {_TEXT_WKT[desc.full_name]}, got {_kind(value)}'))
     elif desc.full_name.startswith('google.protobuf.'):
-        pass  # a well-known type: protobuf's own message names the problem
+        pass  # another well-known type: protobuf's own message names the problem
     elif not isinstance(value, dict):
         out.append((path, f'expected an object ({desc.full_name}), got {_kind(value)}'))
     else:

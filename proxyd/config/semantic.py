@@ -96,6 +96,8 @@ def _hcm(hcm, path, clusters, out):
         is_router = f.typed_config.type_url == ROUTER_URL
         if not f.HasField('typed_config'):
             out.append((fpath + ('typed_config',), 'typed_config is required'))
+        elif not f.typed_config.type_url:
+            continue  # reported by the supported-field check
         elif is_router and i != len(filters) - 1:
             out.append((fpath, 'the router is a terminal filter and must be the last HTTP filter'))
         elif not is_router and i == len(filters) - 1:

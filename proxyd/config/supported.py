@@ -129,7 +129,9 @@ def _sub(msg, slot, path, out):
         _check(msg, path, out)
         return
     kind = EXTENSIONS.get(msg.type_url)
-    if kind is None:
+    if not msg.type_url:
+        out.append((path, "'@type' is missing"))
+    elif kind is None:
         out.append((path, f'extension {msg.type_url} is not supported by proxyd'))
     elif SLOTS.get(slot, kind) != kind:
         out.append((path, f'extension {msg.type_url} is a {kind}, not a {SLOTS[slot]}'))

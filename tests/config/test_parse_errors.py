@@ -92,7 +92,7 @@ def test_list_where_string_expected(config):
     cfg = config(replace={'- name: service2': '- name: [service2]'})
     line, reason = cfg.error('static_resources.clusters[1].name')
     assert line == cfg.line('name: [service2]')
-    assert reason == 'expected a string, got list'
+    assert reason == 'expected a string, got a list'
 
 
 def test_two_oneof_members(config):
@@ -141,3 +141,17 @@ def test_missing_file(tmp_path):
         assert err.startswith(f'{tmp_path / "nope.yaml"}: cannot read config')
     else:
         raise AssertionError('no error')
+
+
+def test_number_where_duration_expected(config):
+    cfg = config(replace={'connect_timeout: 1s': 'connect_timeout: 1'})
+    assert cfg.error('static_resources.clusters[1].connect_timeout') == (
+        cfg.line('connect_timeout: 1'), "expected a duration string such as '0.25s', got a number")
+
+
+def test_empty_typed_config(config):
+    cfg = config(replace={'"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router':
+                          '{}'})
+    cfg = config(cfg.text.replace('typed_config:\n              {}', 'typed_config: {}'))
+    assert [e.split(': ', 1)[1] for e in cfg.errors()] == [
+        HCM_PATH + ".http_filters[0].typed_config: '@type' is missing"]
