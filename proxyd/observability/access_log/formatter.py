@@ -462,14 +462,29 @@ def compile_json(spec: dict, typed: bool = True, omit_empty_values: bool = False
     return Formatter(gen.build("_format_json", ret), "json")
 
 
-def compile_substitution_format(sfs) -> Formatter:
-    """From an `envoy.config.core.v3.SubstitutionFormatString` message."""
+def struct_to_dict(struct) -> dict:
+    """A google.protobuf.Struct as a dict with keys sorted at every level.
+
+    A Struct is a map, so the YAML order is gone by the time we see it; Envoy's JSON
+    logs come out with sorted keys, and so do ours.
+    """
     from google.protobuf.json_format import MessageToDict
 
+    def srt(v):
+        if isinstance(v, dict):
+            return {k: srt(v[k]) for k in sorted(v)}
+        if isinstance(v, list):
+            return [srt(x) for x in v]
+        return v
+    return srt(MessageToDict(struct))
+
+
+def compile_substitution_format(sfs) -> Formatter:
+    """From an `envoy.config.core.v3.SubstitutionFormatString` message."""
     omit = sfs.omit_empty_values
     which = sfs.WhichOneof("format")
     if which == "json_format":
-        return compile_json(MessageToDict(sfs.json_format), True, omit)
+        return compile_json(struct_to_dict(sfs.json_format), True, omit)
     if which == "text_format_source":
         src = sfs.text_format_source
         kind = src.WhichOneof("specifier")

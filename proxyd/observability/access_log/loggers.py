@@ -7,18 +7,13 @@ envoy.extensions.access_loggers.stream.v3.StdoutAccessLog / StderrAccessLog.
 from __future__ import annotations
 
 from proxyd.observability.access_log.formatter import (
-    compile_json, compile_substitution_format, compile_text)
+    compile_json, compile_substitution_format, compile_text, struct_to_dict)
 from proxyd.observability.access_log.sinks import get_sink
 
 FILE = "envoy.extensions.access_loggers.file.v3.FileAccessLog"
 STDOUT = "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 STDERR = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
 TYPES = (FILE, STDOUT, STDERR)
-
-
-def _struct_to_dict(struct) -> dict:
-    from google.protobuf.json_format import MessageToDict
-    return MessageToDict(struct)
 
 
 def _formatter(config):
@@ -28,9 +23,9 @@ def _formatter(config):
     if which == "format":
         return compile_text(config.format)
     if which == "json_format":
-        return compile_json(_struct_to_dict(config.json_format), typed=False)
+        return compile_json(struct_to_dict(config.json_format), typed=False)
     if which == "typed_json_format":
-        return compile_json(_struct_to_dict(config.typed_json_format), typed=True)
+        return compile_json(struct_to_dict(config.typed_json_format), typed=True)
     return compile_text(None)
 
 
