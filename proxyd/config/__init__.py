@@ -8,6 +8,8 @@ resource.
 """
 import os
 
+import yaml
+
 from . import loader, locate, pgv, semantic, supported
 from .errors import ConfigError, format_path
 from .loader import unpack
@@ -25,6 +27,12 @@ def _overlaps(path, others):
     return False
 
 
+def _failed_message(path):
+    """The message holding a failed field, or the field itself near the root."""
+    parent = path[:-2] if path[-1:] == ('@type',) else path[:-1]
+    return parent if len(parent) >= 2 else path
+
+
 def _check(msg, path=(), clusters=None):
     """supported + PGV + semantic errors; nothing is reported inside an unsupported field."""
     unsupported = supported.check(msg, path)
@@ -37,7 +45,6 @@ def _check(msg, path=(), clusters=None):
 def load_bootstrap(path):
     """Parses and validates a bootstrap file; raises ConfigError listing every error found."""
     from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
-    import yaml
 
     name = os.fspath(path)
     try:
@@ -64,9 +71,9 @@ def load_bootstrap(path):
     except Exception as e:  # noqa: BLE001 - json_format raises more than ParseError
         errors = locate.locate(data, Bootstrap.DESCRIPTOR, e)
         # Parse what is left so the other checks can report in the same run, except inside
-        # the messages that failed: a dropped field there would cause misleading errors.
-        broken = [tuple(locate.norm(s) for s in p[:-2 if p[-1:] == ('@type',) else -1])
-                  for p, _ in errors]
+        # the messages that failed (below the top two levels): a dropped field there would
+        # cause misleading errors.
+        broken = [tuple(locate.norm(s) for s in _failed_message(p)) for p, _ in errors]
         pruned = locate.prune(data, [p for p, _ in errors])
         bootstrap = None
         if pruned is not None:

@@ -5,6 +5,7 @@ protobuf's json_format stops at the first problem and reports a dotted path with
 node positions, then walk the dict alongside the descriptors, re-running ParseDict on
 sub-trees to find every innermost failing node.
 """
+import copy
 import difflib
 import re
 
@@ -237,7 +238,6 @@ def prune(data, paths):
 
     Lets the loader parse the rest of a broken file so validation can report its errors too.
     """
-    import copy
     data = copy.deepcopy(data)
     for path in paths:
         if path and path[-1] == '@type':

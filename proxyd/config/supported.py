@@ -109,8 +109,8 @@ def _check(msg, path, out):
             value_desc = field.enum_type.values_by_number.get(value)
             # An undefined number is PGV's defined_only error, which every listed enum has.
             if value_desc is not None and value_desc.name not in allowed:
-                out.append((fpath, f"value {value_desc.name} of {desc.full_name}.{field.name} is not supported "
-                                   f"by proxyd (supported: {', '.join(sorted(allowed))})"))
+                out.append((fpath, f"value {value_desc.name} of {desc.full_name}.{field.name} is not "
+                                   f"supported by proxyd (supported: {', '.join(sorted(allowed))})"))
         if field.message_type is None:
             continue
         if field.message_type.GetOptions().map_entry:

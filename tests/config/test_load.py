@@ -84,4 +84,4 @@ def test_types_are_imported_lazily(config):
             'print(sum(m.startswith("envoy.") and m.endswith("_pb2") for m in sys.modules))')
     out = subprocess.run([sys.executable, '-c', code, str(config().path)], cwd=ROOT,
                          capture_output=True, text=True, check=True).stdout
-    assert int(out) < 60
+    assert int(out) < 100  # of 603

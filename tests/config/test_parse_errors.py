@@ -155,3 +155,9 @@ def test_empty_typed_config(config):
     cfg = config(cfg.text.replace('typed_config:\n              {}', 'typed_config: {}'))
     assert [e.split(': ', 1)[1] for e in cfg.errors()] == [
         HCM_PATH + ".http_filters[0].typed_config: '@type' is missing"]
+
+
+def test_top_level_typo_does_not_hide_other_errors(config):
+    cfg = config(replace={'node:': 'nod:', 'connect_timeout: 0.25s': 'connect_timeout: 0s'})
+    assert [e.split(': ', 2)[1] for e in cfg.errors()] == [
+        'nod', 'static_resources.clusters[0].connect_timeout']

@@ -37,7 +37,7 @@ def _mutate(data, rnd):
     return data
 
 
-@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.randoms(use_true_random=False))
 def test_mangled_configs_fail_cleanly(config, rnd):
     base = yaml.safe_load(config().text)
