@@ -3,6 +3,7 @@ pipelining), runs each as a Stream, writes responses with HTTP/1.1 framing."""
 from __future__ import annotations
 
 import socket
+import time
 
 from proxyd.http import local_reply
 from proxyd.http.codec.http1 import (DATA, END, HEAD, LAST_CHUNK, ProtocolError,
@@ -16,7 +17,7 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 
 
 class Http1Connection:
-    __slots__ = ("hcm", "conn", "sock", "parser", "stream", "idle")
+    __slots__ = ("hcm", "conn", "sock", "parser", "stream", "idle", "idle_since")
 
     def __init__(self, hcm, conn):
         self.hcm = hcm
@@ -25,6 +26,7 @@ class Http1Connection:
         self.parser = RequestParser(hcm.max_request_headers, scheme=conn.scheme)
         self.stream = None
         self.idle = True
+        self.idle_since = time.monotonic()
         conn.protocol = self
 
     def recv_into_parser(self) -> bool:
@@ -55,6 +57,7 @@ class Http1Connection:
                         closed_by = "local"
                         break
                     self.idle = True
+                    self.idle_since = time.monotonic()
                     sock.settimeout(hcm.idle_timeout)
                     try:
                         if not self.recv_into_parser():

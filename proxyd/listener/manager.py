@@ -13,6 +13,7 @@ from proxyd import registry
 from proxyd.config import unpack
 
 _conn_ids = itertools.count(1)
+IDLE_GRACE = 1.0
 
 
 def listener_stat_name(config) -> str:
@@ -104,12 +105,16 @@ class ActiveListener:
         """Stop accepting; idle connections close now, busy ones after their response."""
         self.draining = True
         self.server.close()
-        self.close_idle()
 
-    def close_idle(self) -> None:
+    def close_idle(self, min_idle: float = IDLE_GRACE) -> None:
+        """Close keep-alive connections idle for `min_idle` seconds. A connection that
+        just finished a response is not closed at once: its client may be sending the
+        next request right now (a race that fails the request); it gets
+        `Connection: close` on that response instead."""
+        now = time.monotonic()
         for conn in list(self.connections):
             proto = conn.protocol
-            if proto is None or proto.idle:
+            if proto is None or (proto.idle and now - proto.idle_since >= min_idle):
                 try:
                     conn.sock.close()
                 except OSError:

@@ -22,6 +22,7 @@ from proxyd import __version__
 from proxyd.config import ConfigError, load_bootstrap
 from proxyd.ipc import Channel
 from proxyd.master import endpoints as eps
+from proxyd.master import hot_restart, sdnotify
 from proxyd.master.control import CONTROL_SOCK, PID_FILE, ControlServer
 from proxyd.master.sockets import BindError, address_key, bind_tcp
 from proxyd.observability.logging import get_logger, set_level
@@ -70,6 +71,9 @@ class Master:
         self.endpoints: dict[str, list] = {}
         self.version = 0
         self.stopping = False
+        self.handed_over = False       # a successor took over: leave shared state to it
+        self.reloading = False
+        self.predecessor = None        # hot_restart.Predecessor while taking over
         self.healthcheck_failed = False
         self.stopped = Event()
         self.live = Event()
@@ -83,9 +87,21 @@ class Master:
             raise StartupError(str(e)) from None
         os.makedirs(opts.runtime_dir, mode=0o755, exist_ok=True)
         self.state = "INITIALIZING"
-        self.stats = StatsStore.create(stats_path(opts))
-        self.stats.bind(self.stats.claim_slot(os.getpid(), role="master"))
-        self._bind_all()
+        inherited = {}
+        if opts.restart_epoch > 0:
+            try:
+                self.predecessor = hot_restart.Predecessor(opts.runtime_dir, opts.restart_epoch)
+                inherited, self.first_start_time = self.predecessor.take_sockets()
+            except (OSError, EOFError) as e:
+                raise StartupError("hot restart: %s" % e) from None
+            self.stats = StatsStore.attach(stats_path(opts))
+            self.stats.reap_dead_slots()
+        else:
+            self._refuse_if_running()
+            self.stats = StatsStore.create(stats_path(opts))
+        self.master_slot = self.stats.claim_slot(os.getpid(), role="master")
+        self.stats.bind(self.master_slot)
+        self._bind_all(inherited)
         self._resolve_all()
         self._start_admin()
         self.control = ControlServer(os.path.join(opts.runtime_dir, CONTROL_SOCK), self.handle_control)
@@ -101,23 +117,48 @@ class Master:
         gevent.spawn(self._stats_loop)
         gevent.spawn(self._await_live)
 
-    def _bind_all(self) -> None:
+    def _refuse_if_running(self) -> None:
+        """A cold start must not steal another live master's runtime dir."""
+        from proxyd.master.control import request
+        try:
+            resp = request(self.options.runtime_dir, {"cmd": "status"}, timeout=2)
+        except OSError:
+            return
+        raise StartupError("another proxyd (pid %s) is running with runtime dir %s; use "
+                           "`proxyd reload` or another --runtime-dir"
+                           % (resp.get("pid"), self.options.runtime_dir))
+
+    def _bind_all(self, inherited: dict) -> None:
+        """Bind every listener, reusing sockets inherited from a predecessor; sockets
+        inherited but not needed are closed here (they are only our copies)."""
         for lst in self.bootstrap.static_resources.listeners:
             sa = lst.address.socket_address
             key = address_key(sa)
             if key not in self.listen_socks:
-                try:
-                    self.listen_socks[key] = bind_tcp(sa.address, sa.port_value)
-                except BindError as e:
-                    raise StartupError("listener %r: %s" % (lst.name, e)) from None
+                sock = inherited.pop(key, None)
+                how = "inherited" if sock is not None else "bound"
+                if sock is None:
+                    try:
+                        sock = bind_tcp(sa.address, sa.port_value)
+                    except BindError as e:
+                        raise StartupError("listener %r: %s" % (lst.name, e)) from None
+                self.listen_socks[key] = sock
+                self.log.info("listener_" + how, listener=lst.name, address=key)
             self.listener_keys[lst.name] = key
-            self.log.info("listener_bound", listener=lst.name, address=key)
         if self.bootstrap.HasField("admin") and self.bootstrap.admin.HasField("address"):
             sa = self.bootstrap.admin.address.socket_address
-            try:
-                self.admin_sock = bind_tcp(sa.address, sa.port_value, backlog=128)
-            except BindError as e:
-                raise StartupError("admin: %s" % e) from None
+            sock = inherited.pop(hot_restart.ADMIN_KEY, None)
+            if sock is not None and sock.getsockname()[:2] != (sa.address, sa.port_value):
+                sock.close()
+                sock = None
+            if sock is None:
+                try:
+                    sock = bind_tcp(sa.address, sa.port_value, backlog=128)
+                except BindError as e:
+                    raise StartupError("admin: %s" % e) from None
+            self.admin_sock = sock
+        for sock in inherited.values():
+            sock.close()
 
     def _start_admin(self) -> None:
         if self.admin_sock is None:
@@ -243,7 +284,18 @@ class Master:
             if self.workers and all(w.applied_version >= 0 for w in self.workers):
                 self.state = "LIVE"
                 self.live.set()
-                self.log.info("live", workers=len(self.workers), pid=os.getpid())
+                self.log.info("live", workers=len(self.workers), pid=os.getpid(),
+                              epoch=self.options.restart_epoch)
+                status = "STATUS=live: %d workers, epoch %d" % (len(self.workers),
+                                                                self.options.restart_epoch)
+                if self.predecessor is not None:
+                    # systemd must know the new main pid before the old master exits.
+                    sdnotify.notify("MAINPID=%d" % os.getpid(), "READY=1", status)
+                    sdnotify.barrier()
+                    self.predecessor.live()
+                    self.predecessor = None
+                else:
+                    sdnotify.notify("READY=1", status)
                 return
             gevent.sleep(0.02)
 
@@ -270,6 +322,7 @@ class Master:
 
     def _stop(self, graceful: bool) -> None:
         deadline = self.options.drain_time_s
+        hard = self.options.parent_shutdown_time_s if self.handed_over else deadline + 5.0
         for w in self.workers:
             if w.proc is None or w.proc.returncode is not None:
                 continue
@@ -282,7 +335,10 @@ class Master:
                 w.proc.send_signal(signal.SIGQUIT)
         for sock in self.listen_socks.values():
             sock.close()
-        with gevent.Timeout(deadline + 5.0 if graceful else 5.0, False):
+        if self.admin is not None and self.handed_over:
+            self.admin.stop()  # the successor serves admin on its copy of the socket
+            self.admin = None
+        with gevent.Timeout(hard if graceful else 5.0, False):
             for w in self.workers:
                 if w.proc is not None:
                     w.proc.wait()
@@ -294,17 +350,26 @@ class Master:
         self.stopped.set()
 
     def shutdown(self) -> None:
-        """Release what only this master owns; called once the workers are gone."""
+        """Release what only this master owns; called once the workers are gone. After
+        a handover the control socket, pid file and stats region belong to the
+        successor: only our stats slot is retired (its counters fold, never lost)."""
         if self.admin is not None:
             self.admin.stop()
         if self.control is not None:
             self.control.close()
+        pid_file = os.path.join(self.options.runtime_dir, PID_FILE)
         try:
-            os.unlink(os.path.join(self.options.runtime_dir, PID_FILE))
+            with open(pid_file) as f:
+                if f.read().strip() == str(os.getpid()):
+                    os.unlink(pid_file)
         except OSError:
             pass
         if self.stats is not None:
-            self.stats.unlink()
+            if self.handed_over:
+                self.stats.retire_slot(self.master_slot)
+            else:
+                sdnotify.notify("STOPPING=1")
+                self.stats.unlink()
 
     # --- control socket -----------------------------------------------------------
     def handle_control(self, req: dict) -> dict:
@@ -312,11 +377,46 @@ class Master:
         if cmd == "stop":
             self.stop(graceful=not req.get("fast"))
             return {"ok": True, "pid": os.getpid()}
+        if cmd == "reload":
+            return self.reload()
         if cmd == "status":
             return {"ok": True, "pid": os.getpid(), "state": self.state,
                     "epoch": self.options.restart_epoch,
                     "workers": [w.proc.pid for w in self.workers if w.proc]}
         return {"ok": False, "error": "unknown command %r" % cmd}
+
+    # --- hot restart ------------------------------------------------------------
+    def reload(self) -> dict:
+        """Validate the config on disk, start a successor, hand over, drain. The
+        response is the reload's result (ExecReload waits for it)."""
+        if self.stopping:
+            return {"ok": False, "error": "proxyd is stopping"}
+        if self.reloading:
+            return {"ok": False, "error": "a reload is already in progress"}
+        try:
+            load_bootstrap(self.options.config_path)
+        except ConfigError as e:
+            self.log.error("reload_refused", errors=len(e.errors))
+            return {"ok": False, "error": "invalid config, nothing changed:\n" + str(e)}
+        self.reloading = True
+        sdnotify.notify("RELOADING=1", "MONOTONIC_USEC=%d" % sdnotify.monotonic_usec(),
+                        "STATUS=reloading: starting epoch %d" % (self.options.restart_epoch + 1))
+        self.log.info("reload_started", next_epoch=self.options.restart_epoch + 1)
+        try:
+            pid, epoch = hot_restart.start_successor(self)
+        except hot_restart.ReloadFailed as e:
+            self.log.error("reload_failed", error=str(e))
+            sdnotify.notify("READY=1", "STATUS=reload failed, still serving: %s" % e)
+            return {"ok": False, "error": "reload failed, still serving: %s" % e}
+        finally:
+            self.reloading = False
+        self.log.info("handed_over", successor_pid=pid, epoch=epoch)
+        self.handed_over = True
+        self.stop(graceful=True)
+        return {"ok": True, "pid": pid, "epoch": epoch}
+
+    def reload_on_signal(self) -> None:
+        gevent.spawn(self.reload)
 
     # --- admin context (proxyd/admin/context.py) ----------------------------------
     def processes(self) -> list:
@@ -349,6 +449,12 @@ class Master:
                 except OSError:
                     pass
 
+    def reopen_logs(self) -> None:
+        """SIGUSR1: workers reopen their access log files (logrotate)."""
+        for w in self.workers:
+            if w.proc is not None and w.proc.returncode is None:
+                w.proc.send_signal(signal.SIGUSR1)
+
     def quit(self) -> None:
         self.stop(graceful=False)
 
@@ -378,15 +484,19 @@ def run(options) -> int:
     gevent.signal_handler(signal.SIGTERM, master.stop, True)
     gevent.signal_handler(signal.SIGINT, master.stop, False)
     gevent.signal_handler(signal.SIGQUIT, master.stop, False)
+    gevent.signal_handler(signal.SIGHUP, master.reload_on_signal)
+    gevent.signal_handler(signal.SIGUSR1, master.reopen_logs)
     try:
         master.start()
     except StartupError as e:
+        if master.predecessor is not None:
+            master.predecessor.failed(str(e))
         for line in str(e).splitlines():
             print("proxyd: %s" % line, file=sys.stderr)
         log.error("startup_failed", error=str(e).splitlines()[0])
         for sock in master.listen_socks.values():
             sock.close()
-        if master.stats is not None:
+        if master.stats is not None and options.restart_epoch == 0:
             master.stats.unlink()
         return 1
     log.info("started", pid=os.getpid(), version=__version__, concurrency=options.concurrency,

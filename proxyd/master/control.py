@@ -26,6 +26,7 @@ class ControlServer:
         finally:
             os.umask(old)
         sock.listen(16)
+        self.inode = os.stat(path).st_ino
         self.handler = handler
         self.server = StreamServer(sock, self._serve)
 
@@ -51,9 +52,11 @@ class ControlServer:
             sock.close()
 
     def close(self) -> None:
+        """Stop serving; remove the socket file unless a successor has replaced it."""
         self.server.close()
         try:
-            os.unlink(self.path)
+            if os.stat(self.path).st_ino == self.inode:
+                os.unlink(self.path)
         except OSError:
             pass
 

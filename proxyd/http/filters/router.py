@@ -39,7 +39,9 @@ class Router(HttpFilter):
         kind = route.kind
         if kind == "direct":
             stream.hcm.stats.rq_direct_response.inc()
-            stream.local_reply(route.direct_status, route.direct_body, "direct_response")
+            location = route.direct_location(stream.request)
+            stream.local_reply(route.direct_status, route.direct_body, "direct_response", None,
+                               [("location", location)] if location else None)
             return False
         if kind == "redirect":
             stream.hcm.stats.rq_redirect.inc()
@@ -56,7 +58,6 @@ class Router(HttpFilter):
             stream.hcm.stats.no_cluster.inc()
             stream.local_reply(*local_reply.NO_CLUSTER)
             return False
-        route.rewrite_request(req)
         host = cluster.choose_host()
         if host is None:
             cluster.stats.upstream_cx_none_healthy.inc()
@@ -68,6 +69,7 @@ class Router(HttpFilter):
 
 def _upstream_headers(stream, route, host):
     req = stream.request
+    route.finalize_request(req, stream.info)
     h = req.headers.copy()
     h.remove_hop_by_hop()
     h.remove("expect")  # proxyd answers 100-continue itself, as Envoy does by default
@@ -78,7 +80,6 @@ def _upstream_headers(stream, route, host):
         h.add("transfer-encoding", "chunked")
     if route.timeout:
         h.set("x-envoy-expected-rq-timeout-ms", str(int(route.timeout * 1000)))
-    route.apply_request_headers(req, stream.info)
     return h
 
 
