@@ -1,0 +1,70 @@
+"""Builders for xDS resources as protobufs (tests only)."""
+from __future__ import annotations
+
+from envoy.config.cluster.v3 import cluster_pb2
+from envoy.config.endpoint.v3 import endpoint_pb2
+from envoy.config.listener.v3 import listener_pb2
+from envoy.config.route.v3 import route_pb2
+from envoy.extensions.filters.http.router.v3 import router_pb2
+from envoy.extensions.filters.network.http_connection_manager.v3 import (
+    http_connection_manager_pb2 as hcm_pb2)
+from google.protobuf import json_format
+
+
+def route_config(name: str, cluster: str = "upstream", prefix: str = "/", direct: int | None = None,
+                 body: str = "") -> route_pb2.RouteConfiguration:
+    r = {"match": {"prefix": prefix}}
+    if direct is not None:
+        r["direct_response"] = {"status": direct, "body": {"inline_string": body}}
+    else:
+        r["route"] = {"cluster": cluster}
+    return json_format.ParseDict({"name": name, "virtual_hosts": [
+        {"name": "vh", "domains": ["*"], "routes": [r]}]}, route_pb2.RouteConfiguration())
+
+
+def listener(name: str, port: int, rds: str | None = None, rc=None, stat_prefix: str = "ingress",
+             ads: bool = True, http_filters=None) -> listener_pb2.Listener:
+    hcm = hcm_pb2.HttpConnectionManager(stat_prefix=stat_prefix)
+    if http_filters is None:
+        f = hcm.http_filters.add(name="envoy.filters.http.router")
+        f.typed_config.Pack(router_pb2.Router())
+    if rds is not None:
+        hcm.rds.route_config_name = rds
+        if ads:
+            hcm.rds.config_source.ads.SetInParent()
+        hcm.rds.config_source.resource_api_version = 2  # V3
+    else:
+        hcm.route_config.CopyFrom(rc if rc is not None else route_config("local"))
+    lst = listener_pb2.Listener(name=name)
+    lst.address.socket_address.address = "127.0.0.1"
+    lst.address.socket_address.port_value = port
+    flt = lst.filter_chains.add().filters.add(name="envoy.filters.network.http_connection_manager")
+    flt.typed_config.Pack(hcm)
+    return lst
+
+
+def eds_cluster(name: str, service_name: str = "", ads: bool = True) -> cluster_pb2.Cluster:
+    c = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.EDS, lb_policy=cluster_pb2.Cluster.ROUND_ROBIN)
+    c.connect_timeout.FromMilliseconds(1000)
+    if ads:
+        c.eds_cluster_config.eds_config.ads.SetInParent()
+    c.eds_cluster_config.eds_config.resource_api_version = 2
+    if service_name:
+        c.eds_cluster_config.service_name = service_name
+    return c
+
+
+def static_cluster(name: str, endpoints) -> cluster_pb2.Cluster:
+    c = cluster_pb2.Cluster(name=name, type=cluster_pb2.Cluster.STATIC)
+    c.connect_timeout.FromMilliseconds(1000)
+    c.load_assignment.CopyFrom(cla(name, endpoints))
+    return c
+
+
+def cla(name: str, endpoints) -> endpoint_pb2.ClusterLoadAssignment:
+    out = endpoint_pb2.ClusterLoadAssignment(cluster_name=name)
+    loc = out.endpoints.add()
+    for host, port in endpoints:
+        sa = loc.lb_endpoints.add().endpoint.address.socket_address
+        sa.address, sa.port_value = host, port
+    return out
