@@ -11,25 +11,36 @@ import importlib
 
 TYPE_PREFIX = "type.googleapis.com/"
 
-# type URL (without prefix) -> module defining `create(config, ctx)`; imported on first use
-_MODULES: dict[str, str] = {
+NETWORK_FILTER = "network filter"
+HTTP_FILTER = "HTTP filter"
+ACCESS_LOGGER = "access logger"
+
+# type URL (without prefix) -> (kind, module defining `create(config, ctx)`); modules are
+# imported on first use. `proxyd.config.supported.EXTENSIONS` is derived from this table,
+# so what `proxyd check` accepts and what the worker can build never disagree.
+_MODULES: dict[str, tuple[str, str]] = {
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager":
-        "proxyd.http.conn_manager",
-    "envoy.extensions.filters.http.router.v3.Router": "proxyd.http.filters.router",
+        (NETWORK_FILTER, "proxyd.http.conn_manager"),
+    "envoy.extensions.filters.http.router.v3.Router": (HTTP_FILTER, "proxyd.http.filters.router"),
     "envoy.extensions.access_loggers.file.v3.FileAccessLog":
-        "proxyd.observability.access_log.loggers",
+        (ACCESS_LOGGER, "proxyd.observability.access_log.loggers"),
     "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog":
-        "proxyd.observability.access_log.loggers",
+        (ACCESS_LOGGER, "proxyd.observability.access_log.loggers"),
     "envoy.extensions.access_loggers.stream.v3.StderrAccessLog":
-        "proxyd.observability.access_log.loggers",
+        (ACCESS_LOGGER, "proxyd.observability.access_log.loggers"),
 }
 
 _loaded: dict[str, object] = {}
 
 
-def register(type_name: str, module: str) -> None:
-    """Add an extension implemented in `module` (used by later features and tests)."""
-    _MODULES[type_name] = module
+def register(type_name: str, kind: str, module: str) -> None:
+    """Add an extension implemented in `module` (used by tests)."""
+    _MODULES[type_name] = (kind, module)
+
+
+def kinds() -> dict[str, str]:
+    """Full type URL -> kind, for the config layer."""
+    return {TYPE_PREFIX + name: kind for name, (kind, _mod) in _MODULES.items()}
 
 
 def known(type_url: str) -> bool:
@@ -41,5 +52,5 @@ def factory(type_url: str):
     name = type_url.removeprefix(TYPE_PREFIX)
     mod = _loaded.get(name)
     if mod is None:
-        mod = _loaded[name] = importlib.import_module(_MODULES[name])
+        mod = _loaded[name] = importlib.import_module(_MODULES[name][1])
     return mod

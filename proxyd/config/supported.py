@@ -3,6 +3,7 @@
 Anything set in a config but absent here is an error, never silently ignored. A feature
 that adds support extends ``FIELDS`` / ``ENUMS`` / ``EXTENSIONS`` in the same change.
 """
+from .. import registry
 from . import loader
 from .errors import MapKey
 
@@ -72,12 +73,10 @@ ENUMS = {
 }
 """(message, enum field) -> the values proxyd implements; other enum fields allow every value."""
 
-NETWORK_FILTER, HTTP_FILTER = 'network filter', 'HTTP filter'
-EXTENSIONS = {
-    'type.googleapis.com/' + _HCM: NETWORK_FILTER,
-    'type.googleapis.com/' + _ROUTER: HTTP_FILTER,
-}
-"""Supported typed_config type URL -> the kind of extension it is."""
+NETWORK_FILTER, HTTP_FILTER = registry.NETWORK_FILTER, registry.HTTP_FILTER
+EXTENSIONS = registry.kinds()
+"""Supported typed_config type URL -> the kind of extension it is (from proxyd.registry,
+the table the worker builds extensions from)."""
 
 SLOTS = {
     ('envoy.config.listener.v3.Filter', 'typed_config'): NETWORK_FILTER,
