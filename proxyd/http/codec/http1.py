@@ -95,6 +95,8 @@ class RequestParser:
             raise ProtocolError(431, "http1.headers_too_large")
 
     def on_header(self, name: bytes, value: bytes) -> None:
+        if not self._in_head:
+            return  # a chunked trailer: dropped, as Envoy's HTTP/1 codec does by default
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > self._max_head:
             raise ProtocolError(431, "http1.headers_too_large")
@@ -102,7 +104,7 @@ class RequestParser:
         if len(headers) >= self._max_headers:
             raise ProtocolError(431, "http1.too_many_headers")
         n = name.decode("latin-1").lower()
-        v = value.decode("latin-1")
+        v = value.decode("latin-1").rstrip(" \t")  # llhttp keeps trailing OWS (RFC 9112 5)
         if n == "host":
             self._hosts += 1
         elif n == "content-length":
