@@ -564,3 +564,55 @@ def process_rss(pids) -> int:
         except OSError:
             pass
     return total
+
+
+# --- the HTTP/1.1 request corpus (tests/corpus/http1/README.md) ------------------------
+CORPUS_DIR = Path(__file__).resolve().parent / "corpus" / "http1"
+
+
+def decode_corpus_text(text: str) -> bytes:
+    out = bytearray()
+    text = text.replace("\n", "")
+    i = 0
+    while i < len(text):
+        c = text[i]
+        if c != "\\":
+            out += c.encode("latin-1")
+            i += 1
+            continue
+        e = text[i + 1]
+        if e == "x":
+            out.append(int(text[i + 2:i + 4], 16))
+            i += 4
+            continue
+        out += {"r": b"\r", "n": b"\n", "t": b"\t", "\\": b"\\"}[e]
+        i += 2
+    return bytes(out)
+
+
+def _expand(obj, expand: dict):
+    if isinstance(obj, str):
+        for token, (text, count) in expand.items():
+            obj = obj.replace(token, text * count)
+        return obj
+    if isinstance(obj, list):
+        return [_expand(x, expand) for x in obj]
+    if isinstance(obj, dict):
+        return {k: _expand(v, expand) for k, v in obj.items()}
+    return obj
+
+
+def http1_corpus(kind: str) -> list[tuple[str, bytes, dict]]:
+    """[(case id like "invalid/003", raw request bytes, expected outcome)] for
+    kind "valid" or "invalid"."""
+    out = []
+    for path in sorted((CORPUS_DIR / kind).glob("*.http")):
+        expected = json.loads(path.with_suffix(".json").read_text())
+        raw = decode_corpus_text(path.read_text())
+        expand = expected.pop("expand", None)
+        if expand:
+            for token, (text, count) in expand.items():
+                raw = raw.replace(token.encode(), text.encode("latin-1") * count)
+            expected = _expand(expected, expand)
+        out.append(("%s/%s" % (kind, path.stem), raw, expected))
+    return out
