@@ -13,7 +13,23 @@ _HCM = 'envoy.extensions.filters.network.http_connection_manager.v3.HttpConnecti
 _ROUTER = 'envoy.extensions.filters.http.router.v3.Router'
 
 _FIELDS = {
-    'envoy.config.bootstrap.v3.Bootstrap': 'admin node static_resources',
+    'envoy.config.bootstrap.v3.Bootstrap': 'admin node static_resources dynamic_resources '
+                                           'layered_runtime',
+    'envoy.config.bootstrap.v3.Bootstrap.DynamicResources': 'lds_config cds_config ads_config',
+    'envoy.config.bootstrap.v3.LayeredRuntime': 'layers',
+    'envoy.config.bootstrap.v3.RuntimeLayer': 'name static_layer rtds_layer',
+    'envoy.config.bootstrap.v3.RuntimeLayer.RtdsLayer': 'name rtds_config',
+    'envoy.service.runtime.v3.Runtime': 'name layer',
+    _CORE + 'ConfigSource': 'ads api_config_source path_config_source initial_fetch_timeout '
+                            'resource_api_version',
+    _CORE + 'AggregatedConfigSource': '',
+    _CORE + 'ApiConfigSource': 'api_type transport_api_version grpc_services '
+                               'set_node_on_first_message_only',
+    _CORE + 'GrpcService': 'envoy_grpc timeout',
+    _CORE + 'GrpcService.EnvoyGrpc': 'cluster_name',
+    _CORE + 'PathConfigSource': 'path watched_directory',
+    _CORE + 'WatchedDirectory': 'path',
+    _CORE + 'Http2ProtocolOptions': '',
     'envoy.config.bootstrap.v3.Bootstrap.StaticResources': 'listeners clusters',
     'envoy.config.bootstrap.v3.Admin': 'address',
     _CORE + 'Node': 'id cluster metadata locality',
@@ -30,7 +46,9 @@ _FIELDS = {
     _HCM: 'stat_prefix codec_type route_config http_filters common_http_protocol_options '
           'max_request_headers_kb generate_request_id preserve_external_request_id '
           'always_set_request_id_in_response use_remote_address server_name '
-          'stream_idle_timeout request_timeout',
+          'stream_idle_timeout request_timeout rds',
+    'envoy.extensions.filters.network.http_connection_manager.v3.Rds':
+        'config_source route_config_name',
     'envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter': 'name typed_config',
     _ROUTER: '',
     _ROUTE + 'RouteConfiguration': 'name virtual_hosts request_headers_to_add '
@@ -54,7 +72,9 @@ _FIELDS = {
     _ROUTE + 'HeaderMatcher': 'name exact_match safe_regex_match present_match prefix_match '
                               'suffix_match contains_match string_match invert_match',
     'envoy.config.cluster.v3.Cluster': 'name type connect_timeout lb_policy load_assignment '
-                                       'dns_refresh_rate dns_lookup_family',
+                                       'dns_refresh_rate dns_lookup_family eds_cluster_config '
+                                       'http2_protocol_options',
+    'envoy.config.cluster.v3.Cluster.EdsClusterConfig': 'eds_config service_name',
     'envoy.config.endpoint.v3.ClusterLoadAssignment': 'cluster_name endpoints',
     'envoy.config.endpoint.v3.LocalityLbEndpoints': 'lb_endpoints locality',
     'envoy.config.endpoint.v3.LbEndpoint': 'endpoint load_balancing_weight',
@@ -65,11 +85,15 @@ FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
 
 ENUMS = {
     (_CORE + 'SocketAddress', 'protocol'): frozenset({'TCP'}),
-    ('envoy.config.cluster.v3.Cluster', 'type'): frozenset({'STATIC', 'STRICT_DNS'}),
+    ('envoy.config.cluster.v3.Cluster', 'type'): frozenset({'STATIC', 'STRICT_DNS', 'EDS'}),
     ('envoy.config.cluster.v3.Cluster', 'lb_policy'): frozenset({'ROUND_ROBIN'}),
     ('envoy.config.cluster.v3.Cluster', 'dns_lookup_family'):
         frozenset({'AUTO', 'V4_ONLY', 'V6_ONLY', 'V4_PREFERRED'}),
     (_HCM, 'codec_type'): frozenset({'AUTO', 'HTTP1'}),
+    (_CORE + 'ApiConfigSource', 'api_type'):
+        frozenset({'GRPC', 'DELTA_GRPC', 'AGGREGATED_GRPC', 'AGGREGATED_DELTA_GRPC'}),
+    (_CORE + 'ConfigSource', 'resource_api_version'): frozenset({'V3'}),
+    (_CORE + 'ApiConfigSource', 'transport_api_version'): frozenset({'V3'}),
 }
 """(message, enum field) -> the values proxyd implements; other enum fields allow every value."""
 

@@ -146,11 +146,11 @@ def test_all_check_kinds_reported_together(config):
 
 
 def test_validate_resource_cluster():
-    c = Cluster(name='c', type=Cluster.EDS)
+    c = Cluster(name='c', type=Cluster.LOGICAL_DNS)
     c.load_assignment.cluster_name = 'c'
     assert validate_resource(c, 'clusters[0]') == [
-        'clusters[0].type: value EDS of envoy.config.cluster.v3.Cluster.type is not supported '
-        'by proxyd (supported: STATIC, STRICT_DNS)']
+        'clusters[0].type: value LOGICAL_DNS of envoy.config.cluster.v3.Cluster.type is not supported '
+        'by proxyd (supported: EDS, STATIC, STRICT_DNS)']
     ok = Cluster(name='c')
     ok.connect_timeout.seconds = 1
     assert validate_resource(ok) == []
