@@ -11,6 +11,7 @@ from proxyd.http.codec.http1 import (DATA, END, HEAD, LAST_CHUNK, ProtocolError,
 from proxyd.http.headers import Headers
 from proxyd.http.message import ResponseHead
 from proxyd.http.stream import DownstreamGone, Stream, http_date
+from proxyd.network.io import send_all
 
 RECV_SIZE = 65536
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
@@ -31,6 +32,8 @@ class Http1Connection:
 
     def recv_into_parser(self) -> bool:
         """Read once and parse; False when the client closed. Raises ProtocolError."""
+        if self.parser.error is not None:
+            raise self.parser.error
         try:
             data = self.sock.recv(RECV_SIZE)
         except socket.timeout:
@@ -102,7 +105,7 @@ class Http1Connection:
                      ("date", http_date()), ("server", self.hcm.server_name),
                      ("connection", "close")])
         try:
-            self.sock.sendall(encode_response_head(e.status, h) + body)
+            send_all(self.sock, encode_response_head(e.status, h) + body)
         except OSError:
             pass
 
@@ -190,7 +193,7 @@ class Http1Stream(Stream):
 
     def _write(self, data: bytes) -> None:
         try:
-            self.h1.sock.sendall(data)
+            send_all(self.h1.sock, data)
         except OSError:
             self.closing = True
             raise DownstreamGone() from None

@@ -35,7 +35,7 @@ class RequestParser:
 
     __slots__ = ("_p", "events", "_url", "_headers", "_head_bytes", "_in_head",
                  "_window", "_max_head", "_max_headers", "_scheme", "_content_length",
-                 "_te", "_hosts", "_upgrade")
+                 "_te", "_hosts", "_upgrade", "error")
 
     def __init__(self, max_header_bytes: int = 60 * 1024, max_headers: int = 100,
                  scheme: str = "http"):
@@ -46,6 +46,7 @@ class RequestParser:
         self._scheme = scheme
         self._in_head = False
         self._window = b""
+        self.error: ProtocolError | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -62,7 +63,24 @@ class RequestParser:
         return not self._in_head and not self.events
 
     def feed(self, data: bytes) -> None:
-        """Parse `data`; append events. Raises ProtocolError; the connection must then close."""
+        """Parse `data`; append events. Raises ProtocolError; the connection must then close.
+
+        When complete requests precede the bad one in `data`, their events stay queued and
+        the error is kept in `error` (raised by the next feed), so pipelined requests
+        before a malformed one are still answered in order, as Envoy does."""
+        if self.error is not None:
+            raise self.error
+        try:
+            self._feed(data)
+        except ProtocolError as e:
+            events = self.events
+            if not any(kind == END for kind, _ in events):
+                raise
+            while events[-1][0] != END:
+                events.pop()
+            self.error = e
+
+    def _feed(self, data: bytes) -> None:
         if self._in_head:
             self._window += data
             if len(self._window) > self._max_head + 8192:
@@ -128,6 +146,13 @@ class RequestParser:
         if line not in self._window:
             raise ProtocolError(400, "http1.invalid_request_line")
         headers = Headers(self._headers)
+        if url[:1] != "/" and "://" in url:
+            # absolute-form (RFC 9112 3.2.2): the target's authority replaces Host and the
+            # path goes on as origin-form, as Envoy's allow_absolute_url does.
+            authority, _, path = url.split("://", 1)[1].partition("/")
+            url = "/" + path
+            if authority:
+                headers.set("host", authority)
         req = RequestHead(method, url, headers.get("host") or "", self._scheme, version, headers)
         req.keep_alive = p.should_keep_alive()
         if self._te is not None:
