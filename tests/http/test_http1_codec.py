@@ -45,7 +45,7 @@ def parse(pieces, max_header_bytes=60 * 1024):
     except ProtocolError as e:
         err = e
         drain()
-    return done, err
+    return done, err or p.error
 
 
 @pytest.mark.parametrize("case_id,raw,expected", VALID, ids=[c[0] for c in VALID])
@@ -92,6 +92,19 @@ def test_header_limit_is_configurable():
     assert err is not None and err.status == 431
 
 
+def test_error_after_complete_requests_is_deferred():
+    """Requests completed before a malformed one are delivered; the error waits in
+    `error` and is raised by the next feed."""
+    p = RequestParser()
+    p.feed(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n"
+           b"GET / HTTP/1.1\r\nHost: a\r\nX(: 1\r\n\r\n")
+    assert [(k, getattr(v, "path", v)) for k, v in p.events] == [
+        (HEAD, "/a"), (END, None), (HEAD, "/b"), (END, None)]
+    assert p.error is not None and p.error.status == 400
+    with pytest.raises(ProtocolError):
+        p.feed(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+
+
 def test_keep_alive_flags():
     """HTTP/1.1 is persistent unless Connection: close; HTTP/1.0 only with keep-alive."""
     cases = [(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n", True),
@@ -124,3 +137,13 @@ def test_body_is_streamed_not_buffered():
     p.events.clear()
     p.feed(b"y" * 5000)
     assert [(k, len(v)) for k, v in p.events] == [(DATA, 5000)]
+
+
+def test_absolute_form_target():
+    """The absolute-form authority replaces Host; the path goes on in origin-form."""
+    done, err = parse([b"GET http://a.example:81/p?q HTTP/1.1\r\nHost: b.example\r\n\r\n"
+                       b"GET http://c.example HTTP/1.1\r\nHost: c.example\r\n\r\n"])
+    assert err is None
+    (h1, _), (h2, _) = done
+    assert (h1.path, h1.authority, h1.headers.get_all("host")) == ("/p?q", "a.example:81", ["a.example:81"])
+    assert (h2.path, h2.authority) == ("/", "c.example")
