@@ -104,14 +104,21 @@ class Cluster:
         stats.upstream_cx_total.inc()
         host.cx_total.inc()
         t0 = time.monotonic()
+        ip, port = host.address
+        sock = gsocket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
         try:
-            sock = gsocket.create_connection(host.address, timeout=self.connect_timeout)
+            # Addresses are IPs (the master resolves names), so no getaddrinfo and no
+            # resolver thread in the worker, unlike create_connection.
+            sock.settimeout(self.connect_timeout)
+            sock.connect((ip, port))
         except (socket.timeout, gevent.Timeout):
+            sock.close()
             stats.upstream_cx_connect_fail.inc()
             stats.upstream_cx_connect_timeout.inc()
             host.cx_connect_fail.inc()
             raise UpstreamConnectError(host, True, "connection timeout") from None
         except OSError as e:
+            sock.close()
             stats.upstream_cx_connect_fail.inc()
             host.cx_connect_fail.inc()
             reason = "connection refused" if e.errno == errno.ECONNREFUSED else "connection failure"

@@ -6,6 +6,9 @@ import time
 from collections import deque
 
 
+FRESH = 1.0
+
+
 class UpstreamConnection:
     __slots__ = ("sock", "host", "cluster", "last_used", "local_address", "reused")
 
@@ -48,7 +51,11 @@ class Http1Pool:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if now - conn.last_used < self.idle_timeout and _alive(conn.sock):
+            age = now - conn.last_used
+            # A connection used within the last second is taken on trust (saves a
+            # syscall per request); if the upstream closed it anyway, the router
+            # retries a bodiless request once on a fresh connection.
+            if age < self.idle_timeout and (age < FRESH or _alive(conn.sock)):
                 conn.reused = True
                 return conn
             conn.close()

@@ -65,17 +65,7 @@ def test_valid_request_parses(case_id, raw, expected):
             assert head.authority == (host[0] if host else "")
 
 
-def _known_bug(case_id):
-    if case_id == "invalid/052":
-        return pytest.mark.xfail(strict=True, reason=(
-            "RequestParser checks the request line by searching the whole feed window, so "
-            "the exact line inside an earlier pipelined body vouches for a malformed one"))
-    return ()
-
-
-@pytest.mark.parametrize("case_id,raw,expected",
-                         [pytest.param(*c, marks=_known_bug(c[0])) for c in INVALID],
-                         ids=[c[0] for c in INVALID])
+@pytest.mark.parametrize("case_id,raw,expected", INVALID, ids=[c[0] for c in INVALID])
 def test_invalid_request_is_refused(case_id, raw, expected):
     for n, pieces in enumerate(splits(raw, hash(case_id))):
         done, err = parse(pieces)

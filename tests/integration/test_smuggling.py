@@ -47,8 +47,6 @@ def split_responses(data: bytes, methods=()) -> list[tuple[int, dict, bytes]]:
 @pytest.mark.parametrize("case_id,raw,expected", INVALID, ids=[c[0] for c in INVALID])
 def test_invalid_request_refused_and_closed(setup, case_id, raw, expected):
     px, up = setup
-    if case_id == "invalid/052":
-        pytest.xfail("request-line check searches the whole feed window (see test_http1_codec)")
     before = up.stats()["requests"]
     data, closed = raw_exchange(px.port, raw, timeout=5)
     assert closed, "%s: connection left open" % expected["description"]

@@ -34,8 +34,8 @@ class RequestParser:
     """Server side: parses requests arriving on one downstream connection."""
 
     __slots__ = ("_p", "events", "_url", "_headers", "_head_bytes", "_in_head",
-                 "_window", "_max_head", "_max_headers", "_scheme", "_content_length",
-                 "_te", "_hosts", "_upgrade", "error")
+                 "_window", "_pos", "_max_head", "_max_headers", "_scheme",
+                 "_content_length", "_te", "_hosts", "error")
 
     def __init__(self, max_header_bytes: int = 60 * 1024, max_headers: int = 100,
                  scheme: str = "http"):
@@ -46,6 +46,7 @@ class RequestParser:
         self._scheme = scheme
         self._in_head = False
         self._window = b""
+        self._pos = 0
         self.error: ProtocolError | None = None
         self._reset()
 
@@ -87,6 +88,7 @@ class RequestParser:
                 raise ProtocolError(431, "http1.headers_too_large")
         else:
             self._window = data
+            self._pos = 0
         try:
             self._p.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -142,9 +144,16 @@ class RequestParser:
             raise ProtocolError(400, "http1.transfer_encoding_not_allowed")
         # llhttp tolerates repeated spaces in the request line; the exact single-space
         # line must be present in the bytes this head arrived in.
+        # The search starts where the previous message in this window ended, so the
+        # line inside an earlier pipelined body cannot vouch for this one (exact for
+        # Content-Length bodies; after a chunked body, from the end of its head).
         line = b"%s %s %s\r\n" % (method.encode(), self._url, version.encode())
-        if line not in self._window:
+        window = self._window
+        at = window.find(line, self._pos)
+        if at < 0:
             raise ProtocolError(400, "http1.invalid_request_line")
+        end = window.find(b"\r\n\r\n", at)
+        self._pos = end + 4 if end >= 0 else len(window)
         headers = Headers(self._headers)
         if url[:1] != "/" and "://" in url:
             # absolute-form (RFC 9112 3.2.2): the target's authority replaces Host and the
@@ -159,6 +168,7 @@ class RequestParser:
             req.chunked = True
         elif self._content_length is not None:
             req.content_length = int(self._content_length)
+            self._pos += req.content_length
         expect = headers.get("expect")
         if expect is not None and expect.lower() == "100-continue" and version == "HTTP/1.1":
             req.expect_continue = True

@@ -17,6 +17,7 @@ from proxyd.http.codec.http1 import (DATA, END, HEAD, LAST_CHUNK, ProtocolError,
 from proxyd.http.filter import HttpFilter
 from proxyd.http.message import ResponseHead
 from proxyd.http.stream import DownstreamGone
+from proxyd.network.io import send_all
 from proxyd.upstream.cluster import UpstreamConnectError
 
 RECV_SIZE = 65536
@@ -163,22 +164,22 @@ def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float) -> None:
     # request
     try:
         if req.has_body:
-            sock.sendall(head_bytes)
+            send_all(sock, head_bytes)
             sent = len(head_bytes)
             chunked = req.chunked
             while True:
                 data = stream.read_body()
                 if data is None:
                     if chunked:
-                        sock.sendall(LAST_CHUNK)
+                        send_all(sock, LAST_CHUNK)
                         sent += 5
                     break
                 if chunked:
                     data = encode_chunk(data)
-                sock.sendall(data)
+                send_all(sock, data)
                 sent += len(data)
         else:
-            sock.sendall(head_bytes)
+            send_all(sock, head_bytes)
             sent = len(head_bytes)
     except OSError:
         raise UpstreamReset() from None

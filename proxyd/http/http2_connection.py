@@ -1,0 +1,465 @@
+"""One downstream HTTP/2 connection: a reader greenlet feeds the codec and hands each
+new stream to its own greenlet, which runs the HTTP filters and the router like an
+HTTP/1 request does. A slow stream blocks only its own greenlet.
+
+Flow control, both ways:
+- sending: `Http2Stream.send_data` writes only what the peer's stream and connection
+  windows allow and otherwise waits for a WINDOW_UPDATE, so a slow reader parks the
+  stream's greenlet, which in turn stops reading the upstream;
+- receiving: request body bytes are acknowledged (WINDOW_UPDATE) when the stream
+  consumes them, not when they arrive, so what we buffer is bounded by the window we
+  advertise.
+
+`H2Transport` (socket writes, window waits) is shared with the upstream HTTP/2 pool.
+"""
+from __future__ import annotations
+
+import socket
+from collections import deque
+
+import gevent
+from gevent.event import Event
+
+from proxyd.http.codec import http2 as h2c
+from proxyd.http.headers import Headers
+from proxyd.http.message import RequestHead
+from proxyd.http.stream import DownstreamGone, Stream
+
+RECV_SIZE = 65536
+FLUSH_AT = 65536  # send buffered output once this much is waiting
+
+
+class ConnectionClosed(Exception):
+    """The HTTP/2 connection is gone (socket error, GOAWAY with an error, protocol error)."""
+
+
+class H2Transport:
+    """Socket side of an HTTP/2 connection shared by many greenlets.
+
+    A dedicated writer greenlet does every socket write, so no other greenlet can be
+    interrupted half-way through a frame (stream greenlets are killed on a client reset);
+    the reader only wakes it and keeps reading, stream greenlets wait for it to drain
+    the buffer (`flush_wait`), so a stream cannot run ahead of the socket.
+    """
+
+    def __init__(self, sock, codec: h2c.Http2Codec):
+        self.sock = sock
+        self.codec = codec
+        self.closed = False
+        self._want = Event()
+        self._drained = Event()
+        self._drained.set()
+        self._window_waiters: dict = {}
+        self._writer = gevent.spawn(self._write_loop)
+
+    def _write_loop(self) -> None:
+        codec = self.codec
+        want = self._want
+        sendall = self.sock.sendall
+        try:
+            while not self.closed:
+                want.wait()
+                want.clear()
+                while True:
+                    data = codec.data_to_send()
+                    if not data:
+                        break
+                    sendall(data)
+                    self.on_tx(len(data))
+                self._drained.set()
+        except OSError:
+            self.on_io_error()
+        finally:
+            self._drained.set()
+
+    def flush(self) -> None:
+        """Have the writer send what the codec has queued; does not wait."""
+        if not self.closed and self.codec.pending():
+            self._drained.clear()
+            self._want.set()
+
+    def flush_wait(self) -> None:
+        """Flush and wait until the queued bytes are written (backpressure)."""
+        self.flush()
+        if not self._drained.is_set():
+            self._drained.wait()
+
+    def stop_writer(self) -> None:
+        """Send what is queued (waiting at most a second), then stop the writer."""
+        self.flush()
+        if not self._drained.is_set():
+            self._drained.wait(timeout=1.0)
+        self.closed = True
+        self._want.set()
+        self.wake(0)
+
+    def wait_window(self, sid: int) -> None:
+        """Block until the peer opens a window (or the stream/connection ends)."""
+        ev = self._window_waiters.get(sid)
+        if ev is None:
+            ev = self._window_waiters[sid] = Event()
+        ev.clear()
+        self.flush()
+        ev.wait()
+
+    def wake(self, sid: int) -> None:
+        if sid == 0:
+            for ev in self._window_waiters.values():
+                ev.set()
+        else:
+            ev = self._window_waiters.get(sid)
+            if ev is not None:
+                ev.set()
+
+    def forget(self, sid: int) -> None:
+        self._window_waiters.pop(sid, None)
+
+    def send_body(self, sid: int, data, end_stream: bool, is_open) -> None:
+        """Send `data` on `sid` as the windows allow; `is_open()` says whether to go on."""
+        codec = self.codec
+        n = len(data)
+        if n == 0:
+            if end_stream:
+                codec.end_stream(sid)
+            return
+        view = memoryview(data)
+        off = 0
+        while off < n:
+            if self.closed or not is_open():
+                raise ConnectionClosed()
+            win = codec.window(sid)
+            if win <= 0:
+                self.wait_window(sid)
+                continue
+            size = min(win, codec.max_frame, n - off)
+            last = off + size >= n
+            codec.send_data(sid, bytes(view[off:off + size]) if size != n else data,
+                            end_stream and last)
+            off += size
+            if codec.pending() >= FLUSH_AT:
+                self.flush_wait()
+
+    def on_tx(self, n: int) -> None:
+        pass
+
+    def on_io_error(self) -> None:
+        self.closed = True
+        self.wake(0)
+
+
+class Http2Connection(H2Transport):
+    """Server side of one HTTP/2 connection (h2c prior knowledge or TLS with ALPN h2)."""
+
+    def __init__(self, hcm, conn):
+        super().__init__(conn.sock, h2c.Http2Codec(False, hcm.http2_options,
+                                                   hcm.max_request_headers))
+        self.hcm = hcm
+        self.conn = conn
+        self.streams: dict[int, Http2Stream] = {}
+        self.last_stream_id = 0
+        self.draining = False
+        conn.protocol = self
+
+    @property
+    def idle(self) -> bool:
+        """The listener may close us outright; not while a GOAWAY is on its way."""
+        return not self.streams and not self.draining
+
+    def on_tx(self, n: int) -> None:
+        self.hcm.stats.downstream_cx_tx_bytes_total.inc(n)
+
+    def on_drain(self) -> None:
+        """Graceful close (drain, hot restart): GOAWAY now, finish the streams we have."""
+        if self.draining or self.closed:
+            return
+        self.draining = True
+        self.hcm.stats.downstream_cx_drain_close.inc()
+        self.codec.goaway(self.codec.highest_inbound_stream_id)
+        self.flush()
+        if not self.streams:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        """End the reader's recv (it then flushes what is queued and closes)."""
+        try:
+            self.sock.shutdown(socket.SHUT_RD)
+        except OSError:
+            pass
+
+    def serve(self) -> None:
+        hcm = self.hcm
+        stats = hcm.stats
+        codec = self.codec
+        sock = self.sock
+        self.flush()  # our SETTINGS (+ connection WINDOW_UPDATE) go first
+        closed_by = "remote"
+        try:
+            while not self.closed:
+                sock.settimeout(None if self.streams else hcm.idle_timeout)
+                try:
+                    data = sock.recv(RECV_SIZE)
+                except socket.timeout:
+                    stats.downstream_cx_idle_timeout.inc()
+                    codec.goaway()
+                    self.flush()
+                    closed_by = "local"
+                    break
+                except OSError:
+                    break
+                if not data:
+                    break
+                stats.downstream_cx_rx_bytes_total.inc(len(data))
+                try:
+                    events = codec.receive(data)
+                except h2c.H2ProtocolError:
+                    stats.downstream_cx_protocol_error.inc()
+                    self.flush()
+                    closed_by = "local"
+                    break
+                for ev in events:
+                    self._on_event(ev)
+                self.flush()
+                if self.draining and not self.streams:
+                    closed_by = "local"
+                    break
+        finally:
+            self.stop_writer()
+            if closed_by == "remote":
+                stats.downstream_cx_destroy_remote.inc()
+            else:
+                stats.downstream_cx_destroy_local.inc()
+            streams = list(self.streams.values())
+            for s in streams:
+                s.on_reset(h2c.CANCEL, connection=True)
+            gevent.joinall([s.greenlet for s in streams if s.greenlet is not None], timeout=1.0)
+
+    def _on_event(self, ev) -> None:
+        kind = ev[0]
+        if kind == h2c.DATA:
+            s = self.streams.get(ev[1])
+            if s is None:
+                self.codec.acknowledge(ev[1], ev[3])
+            else:
+                s.on_data(ev[2], ev[3])
+        elif kind == h2c.HEADERS:
+            self._on_request(ev[1], ev[2], ev[3])
+        elif kind == h2c.END:
+            s = self.streams.get(ev[1])
+            if s is not None:
+                s.on_end()
+        elif kind == h2c.WINDOW:
+            self.wake(ev[1])
+        elif kind == h2c.TRAILERS:
+            s = self.streams.get(ev[1])
+            if s is not None:
+                s.trailers = Headers(ev[2])
+        elif kind == h2c.RESET:
+            s = self.streams.get(ev[1])
+            if s is not None:
+                s.on_reset(ev[2])
+        elif kind == h2c.SETTINGS:
+            self.wake(0)
+        elif kind == h2c.GOAWAY:
+            # The client will open no more streams; finish ours, then close.
+            self.draining = True
+
+    def _on_request(self, sid: int, raw: list, end_stream: bool) -> None:
+        hcm = self.hcm
+        if self.draining:
+            self.codec.reset(sid, h2c.REFUSED_STREAM)
+            return
+        method = path = authority = None
+        scheme = self.conn.scheme
+        items = []
+        cookies = None
+        for n, v in raw:
+            if n[0] == ":":
+                if n == ":method":
+                    method = v
+                elif n == ":path":
+                    path = v
+                elif n == ":authority":
+                    authority = v
+                elif n == ":scheme":
+                    scheme = v
+            elif n == "cookie":
+                # RFC 9113 8.2.3: crumbs are joined for HTTP/1 and for our matchers
+                cookies = v if cookies is None else cookies + "; " + v
+            else:
+                items.append((n, v))
+        if cookies is not None:
+            items.append(("cookie", cookies))
+        headers = Headers(items)
+        if authority is None:
+            authority = headers.get("host") or ""
+        req = RequestHead(method or "GET", path or "/", authority, scheme, "HTTP/2", headers)
+        if not end_stream:
+            cl = headers.get("content-length")
+            if cl is not None and cl.isdigit():
+                req.content_length = int(cl)
+            else:
+                req.chunked = True  # length unknown: an HTTP/1 upstream gets it chunked
+        hcm.stats.downstream_rq_http2_total.inc()
+        s = Http2Stream(hcm, self.conn, req, self, sid)
+        s.request_complete = end_stream
+        self.streams[sid] = s
+        self.last_stream_id = sid
+        s.greenlet = gevent.spawn(s.serve)
+
+    def stream_done(self, s: "Http2Stream") -> None:
+        self.streams.pop(s.sid, None)
+        self.forget(s.sid)
+        if self.draining and not self.streams:
+            self._shutdown()
+
+
+class Http2Stream(Stream):
+    __slots__ = ("h2", "sid", "greenlet", "_body", "_body_evt", "trailers", "reset_code",
+                 "response_complete", "started")
+
+    def __init__(self, hcm, conn, request, h2: Http2Connection, sid: int):
+        super().__init__(hcm, conn, request, "HTTP/2")
+        self.h2 = h2
+        self.sid = sid
+        self.greenlet = None
+        self._body: deque = deque()
+        self._body_evt = Event()
+        self.trailers: Headers | None = None  # request trailers, once they arrived
+        self.reset_code: int | None = None
+        self.response_complete = False
+        self.started = False
+
+    # -- reader side (called in the connection's greenlet) ------------------------------
+
+    def on_data(self, data: bytes, flow_len: int) -> None:
+        self._body.append((data, flow_len))
+        self._body_evt.set()
+
+    def on_end(self) -> None:
+        self._body.append(None)
+        self._body_evt.set()
+
+    def on_reset(self, code: int, connection: bool = False) -> None:
+        """The client reset the stream (or the connection went away): abort whatever
+        the stream's greenlet is blocked in; the router then resets the upstream."""
+        if self.reset_code is not None or self.response_complete:
+            return
+        self.reset_code = code
+        self._body_evt.set()
+        self.h2.wake(self.sid)
+        g = self.greenlet
+        # Not yet started: serve() sees reset_code (killing it would skip serve entirely).
+        # Running: the DownstreamGone lands where it waits and Stream.run counts it.
+        if self.started and g is not None and not g.dead and gevent.getcurrent() is not g:
+            g.kill(DownstreamGone(), block=False)
+
+    # -- stream greenlet ----------------------------------------------------------------
+
+    def serve(self) -> None:
+        h2 = self.h2
+        self.started = True
+        try:
+            if self.reset_code is not None:
+                self.hcm.stats.downstream_rq_rx_reset.inc()
+                return
+            self.run()
+            if not self.response_complete and self.reset_code is None:
+                self.reset()
+            elif not self.request_complete and self.reset_code is None:
+                # answered before the request ended: tell the client to stop sending
+                h2.codec.reset(self.sid, h2c.NO_ERROR)
+                self._drop_body()
+            h2.flush()
+        except DownstreamGone:
+            pass
+        except Exception:
+            if self.reset_code is None and not self.response_complete:
+                self.reset()
+            raise
+        finally:
+            h2.stream_done(self)
+
+    def _drop_body(self) -> None:
+        ack = self.h2.codec.acknowledge
+        for item in self._body:
+            if item is not None:
+                ack(self.sid, item[1])
+        self._body.clear()
+
+    def read_body(self):
+        if self.request_complete:
+            return None
+        body = self._body
+        while not body:
+            if self.reset_code is not None:
+                raise DownstreamGone()
+            self._body_evt.clear()
+            self._body_evt.wait()
+        if self.reset_code is not None:
+            raise DownstreamGone()
+        item = body.popleft()
+        if item is None:
+            self.request_complete = True
+            return None
+        data, flow_len = item
+        self.h2.codec.acknowledge(self.sid, flow_len)
+        self.info.bytes_received += len(data)
+        if not data:
+            return self.read_body()
+        return data
+
+    def _check(self) -> None:
+        if self.reset_code is not None or self.h2.closed:
+            self.closing = True
+            raise DownstreamGone()
+
+    def send_headers(self, resp, end_stream: bool) -> None:
+        self._check()
+        self.finalize_response_headers(resp)
+        if self.h2.draining:
+            self.hcm.stats.downstream_cx_drain_close.inc()
+        out = [(":status", str(resp.status))]
+        drop = h2c.CONNECTION_SPECIFIC
+        out.extend(kv for kv in resp.headers.items if kv[0] not in drop)
+        if end_stream:
+            self.response_complete = True
+        self.h2.codec.send_headers(self.sid, out, end_stream)
+        self.headers_sent = True
+
+    def send_data(self, data: bytes, end_stream: bool) -> None:
+        self._check()
+        if end_stream:
+            self.response_complete = True
+        if data:
+            self.info.bytes_sent += len(data)
+        try:
+            self.h2.send_body(self.sid, data, end_stream, self._is_open)
+        except ConnectionClosed:
+            self.closing = True
+            raise DownstreamGone() from None
+
+    def _is_open(self) -> bool:
+        return self.reset_code is None
+
+    def send_trailers(self, trailers: Headers) -> None:
+        self._check()
+        self.info.response_trailers = trailers
+        drop = h2c.CONNECTION_SPECIFIC
+        self.response_complete = True
+        self.h2.codec.send_headers(self.sid, [kv for kv in trailers.items if kv[0] not in drop],
+                                   True)
+
+    def flush(self) -> None:
+        self.h2.flush_wait()
+        if self.h2.closed:
+            self.closing = True
+            raise DownstreamGone()
+
+    def reset(self, code: int = h2c.INTERNAL_ERROR) -> None:
+        """Abort the response (RST_STREAM); the client sees the stream fail."""
+        self.closing = True
+        self.response_complete = True
+        self.hcm.stats.downstream_rq_tx_reset.inc()
+        if self.h2.codec.reset(self.sid, code):
+            self._drop_body()
+            self.h2.flush()
