@@ -14,11 +14,22 @@ TYPE_PREFIX = "type.googleapis.com/"
 NETWORK_FILTER = "network filter"
 HTTP_FILTER = "HTTP filter"
 ACCESS_LOGGER = "access logger"
+TRACER = "tracer"
+LISTENER_FILTER = "listener filter"
+TRANSPORT_SOCKET = "transport socket"
 
 # type URL (without prefix) -> (kind, module defining `create(config, ctx)`); modules are
 # imported on first use. `proxyd.config.supported.EXTENSIONS` is derived from this table,
 # so what `proxyd check` accepts and what the worker can build never disagree.
 _MODULES: dict[str, tuple[str, str]] = {
+    "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy":
+        (NETWORK_FILTER, "proxyd.network.filters.tcp_proxy"),
+    "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector":
+        (LISTENER_FILTER, "proxyd.listener.filters.tls_inspector"),
+    "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext":
+        (TRANSPORT_SOCKET, "proxyd.transport.tls"),
+    "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext":
+        (TRANSPORT_SOCKET, "proxyd.transport.tls"),
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager":
         (NETWORK_FILTER, "proxyd.http.conn_manager"),
     "envoy.extensions.filters.http.router.v3.Router": (HTTP_FILTER, "proxyd.http.filters.router"),
@@ -28,6 +39,7 @@ _MODULES: dict[str, tuple[str, str]] = {
         (ACCESS_LOGGER, "proxyd.observability.access_log.loggers"),
     "envoy.extensions.access_loggers.stream.v3.StderrAccessLog":
         (ACCESS_LOGGER, "proxyd.observability.access_log.loggers"),
+    "envoy.config.trace.v3.ZipkinConfig": (TRACER, "proxyd.observability.tracing.zipkin"),
 }
 
 _loaded: dict[str, object] = {}

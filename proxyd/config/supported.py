@@ -46,7 +46,38 @@ _FIELDS = {
     _HCM: 'stat_prefix codec_type route_config http_filters common_http_protocol_options '
           'max_request_headers_kb generate_request_id preserve_external_request_id '
           'always_set_request_id_in_response use_remote_address server_name '
-          'stream_idle_timeout request_timeout rds',
+          'stream_idle_timeout request_timeout rds access_log tracing',
+    _HCM + '.Tracing': 'client_sampling random_sampling overall_sampling provider',
+    'envoy.type.v3.Percent': 'value',
+    'envoy.config.trace.v3.Tracing.Http': 'name typed_config',
+    'envoy.config.trace.v3.ZipkinConfig': 'collector_cluster collector_endpoint trace_id_128bit '
+                                          'shared_span_context collector_endpoint_version '
+                                          'collector_hostname split_spans_for_request '
+                                          'trace_context_option',
+    'envoy.config.accesslog.v3.AccessLog': 'name filter typed_config',
+    'envoy.config.accesslog.v3.AccessLogFilter': 'status_code_filter duration_filter '
+                                                 'not_health_check_filter traceable_filter '
+                                                 'runtime_filter and_filter or_filter '
+                                                 'response_flag_filter header_filter',
+    'envoy.config.accesslog.v3.StatusCodeFilter': 'comparison',
+    'envoy.config.accesslog.v3.DurationFilter': 'comparison',
+    'envoy.config.accesslog.v3.ComparisonFilter': 'op value',
+    _CORE + 'RuntimeUInt32': 'default_value runtime_key',
+    'envoy.config.accesslog.v3.NotHealthCheckFilter': '',
+    'envoy.config.accesslog.v3.TraceableFilter': '',
+    'envoy.config.accesslog.v3.RuntimeFilter': 'runtime_key percent_sampled '
+                                               'use_independent_randomness',
+    'envoy.type.v3.FractionalPercent': 'numerator denominator',
+    'envoy.config.accesslog.v3.AndFilter': 'filters',
+    'envoy.config.accesslog.v3.OrFilter': 'filters',
+    'envoy.config.accesslog.v3.ResponseFlagFilter': 'flags',
+    'envoy.config.accesslog.v3.HeaderFilter': 'header',
+    'envoy.extensions.access_loggers.file.v3.FileAccessLog': 'path format json_format '
+                                                             'typed_json_format log_format',
+    'envoy.extensions.access_loggers.stream.v3.StdoutAccessLog': 'log_format',
+    'envoy.extensions.access_loggers.stream.v3.StderrAccessLog': 'log_format',
+    _CORE + 'SubstitutionFormatString': 'text_format json_format text_format_source '
+                                        'omit_empty_values',
     'envoy.extensions.filters.network.http_connection_manager.v3.Rds':
         'config_source route_config_name',
     'envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter': 'name typed_config',
@@ -80,6 +111,31 @@ _FIELDS = {
     'envoy.config.endpoint.v3.LbEndpoint': 'endpoint load_balancing_weight',
     'envoy.config.endpoint.v3.Endpoint': 'address hostname',
 }
+_TLS = 'envoy.extensions.transport_sockets.tls.v3.'
+_TCP = 'envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy'
+for _name, _more in {  # TLS, listener filters, filter chain match, tcp_proxy
+    'envoy.config.listener.v3.Listener': 'listener_filters listener_filters_timeout '
+                                         'continue_on_listener_filters_timeout default_filter_chain',
+    'envoy.config.listener.v3.FilterChain': 'name filter_chain_match transport_socket '
+                                            'transport_socket_connect_timeout',
+    'envoy.config.listener.v3.FilterChainMatch': 'destination_port server_names '
+                                                 'transport_protocol application_protocols',
+    'envoy.config.listener.v3.ListenerFilter': 'name typed_config',
+    'envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector': 'max_client_hello_size',
+    _CORE + 'TransportSocket': 'name typed_config',
+    _TLS + 'DownstreamTlsContext': 'common_tls_context require_client_certificate',
+    _TLS + 'UpstreamTlsContext': 'common_tls_context sni',
+    _TLS + 'CommonTlsContext': 'tls_params tls_certificates validation_context alpn_protocols',
+    _TLS + 'TlsParameters': 'tls_minimum_protocol_version tls_maximum_protocol_version '
+                            'cipher_suites',
+    _TLS + 'TlsCertificate': 'certificate_chain private_key password',
+    _TLS + 'CertificateValidationContext': 'trusted_ca',
+    'envoy.config.cluster.v3.Cluster': 'transport_socket',
+    _TCP: 'stat_prefix cluster weighted_clusters idle_timeout max_connect_attempts access_log',
+    _TCP + '.WeightedCluster': 'clusters',
+    _TCP + '.WeightedCluster.ClusterWeight': 'name weight',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
 """Full message name -> names of the fields proxyd implements."""
 
@@ -106,6 +162,10 @@ SLOTS = {
     ('envoy.config.listener.v3.Filter', 'typed_config'): NETWORK_FILTER,
     ('envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter', 'typed_config'):
         HTTP_FILTER,
+    ('envoy.config.accesslog.v3.AccessLog', 'typed_config'): registry.ACCESS_LOGGER,
+    ('envoy.config.trace.v3.Tracing.Http', 'typed_config'): registry.TRACER,
+    ('envoy.config.listener.v3.ListenerFilter', 'typed_config'): registry.LISTENER_FILTER,
+    (_CORE + 'TransportSocket', 'typed_config'): registry.TRANSPORT_SOCKET,
 }
 """(message, Any field) -> the kind of extension that field takes."""
 

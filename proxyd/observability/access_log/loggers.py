@@ -16,7 +16,21 @@ STDERR = "envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
 TYPES = (FILE, STDOUT, STDERR)
 
 
-def _formatter(config):
+def format_path(config) -> tuple:
+    """Where the format sits inside `config`, for locating a format error in the file."""
+    which = config.WhichOneof("access_log_format")
+    if which is None:
+        return ()
+    if which != "log_format":
+        return (which,)
+    sub = config.log_format.WhichOneof("format")
+    if sub == "text_format_source":
+        return ("log_format", sub, config.log_format.text_format_source.WhichOneof("specifier"))
+    return ("log_format", sub) if sub else ("log_format",)
+
+
+def formatter(config):
+    """The compiled format of a FileAccessLog / StdoutAccessLog / StderrAccessLog."""
     which = config.WhichOneof("access_log_format")
     if which == "log_format":
         return compile_substitution_format(config.log_format)
@@ -42,4 +56,4 @@ def create(config, ctx):
         path = "/dev/stderr"
     else:
         raise ValueError(f"not an access logger config: {name}")
-    return _formatter(config), get_sink(path, stats)
+    return formatter(config), get_sink(path, stats)
