@@ -54,7 +54,13 @@ class Headers:
             self.items = [kv for kv in self.items if kv[0] != name]
 
     def remove_hop_by_hop(self) -> None:
-        """Drop hop-by-hop headers, including any named in Connection."""
+        """Drop hop-by-hop headers, including any named in Connection. Most blocks
+        carry none: one scan decides that before anything is rebuilt."""
+        for k, _ in self.items:
+            if k in HOP_BY_HOP:
+                break
+        else:
+            return
         drop = HOP_BY_HOP
         conn = self.get("connection")
         if conn:
