@@ -138,6 +138,10 @@ class RequestParser:
         version = "HTTP/" + p.get_http_version()
         method = p.get_method().decode("ascii")
         url = self._url.decode("latin-1")
+        if version != "HTTP/1.1" and version != "HTTP/1.0":
+            # llhttp also takes "HTTP/0.9" and "HTTP/2.0" request lines, which would skip
+            # the Host and Transfer-Encoding checks below.
+            raise ProtocolError(400, "http1.invalid_http_version")
         if self._hosts != 1 and (self._hosts > 1 or version == "HTTP/1.1"):
             raise ProtocolError(400, "http1.invalid_host" if self._hosts else "http1.missing_host_header")
         if self._te is not None and version == "HTTP/1.0":
