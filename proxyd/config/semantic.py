@@ -3,6 +3,9 @@ endpoint addresses. Same ``(path, reason)`` output as the other checks."""
 import ipaddress
 import re
 
+from proxyd.listener import filter_chain
+from proxyd.transport import tls
+
 from . import loader
 from .errors import MapKey
 from .locate import suggest
@@ -66,13 +69,13 @@ def _bootstrap(bs, path, out):
 
 
 def _listener(listener, path, clusters, out):
-    if not listener.filter_chains:
+    if not listener.filter_chains and not listener.HasField('default_filter_chain'):
         out.append((path + ('filter_chains',), 'a listener needs at least one filter chain'))
-    elif len(listener.filter_chains) > 1:
-        out.append((path + ('filter_chains', 1), 'more than one filter chain matches every connection '
-                                                 '(filter_chain_match is not supported by proxyd)'))
+    out.extend(filter_chain.problems(listener, path))
     for i, chain in enumerate(listener.filter_chains):
         cpath = path + ('filter_chains', i)
+        if chain.HasField('transport_socket'):
+            out.extend(tls.problems(chain.transport_socket, cpath + ('transport_socket',), False))
         if not chain.filters:
             out.append((cpath + ('filters',), 'a filter chain needs at least one network filter'))
         for j, f in enumerate(chain.filters):
@@ -146,6 +149,8 @@ def _route_action(ra, path, clusters, out):
 
 
 def _cluster(c, path, out):
+    if c.HasField('transport_socket'):
+        out.extend(tls.problems(c.transport_socket, path + ('transport_socket',), True))
     if c.type != c.DESCRIPTOR.fields_by_name['type'].enum_type.values_by_name['STATIC'].number:
         return
     for i, lle in enumerate(c.load_assignment.endpoints):

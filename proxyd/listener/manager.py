@@ -7,10 +7,13 @@ import itertools
 import socket
 import time
 
+import gevent
 from gevent.server import StreamServer
 
 from proxyd import registry
 from proxyd.config import unpack
+from proxyd.listener.filter_chain import Selector
+from proxyd.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, peer_has_certificate, server_tls
 
 _conn_ids = itertools.count(1)
 IDLE_GRACE = 1.0
@@ -24,7 +27,8 @@ def listener_stat_name(config) -> str:
 
 class DownstreamConnection:
     __slots__ = ("sock", "id", "remote_address", "remote_ip", "local_address", "scheme",
-                 "listener", "protocol")
+                 "listener", "protocol", "alpn", "transport_protocol", "requested_server_name",
+                 "requested_alpn", "local_port")
 
     def __init__(self, sock, addr, listener):
         self.sock = sock
@@ -35,6 +39,11 @@ class DownstreamConnection:
         self.scheme = "http"
         self.listener = listener
         self.protocol = None  # the codec connection, so draining can close it when idle
+        self.alpn = None                  # protocol negotiated by TLS ALPN ("h2", ...)
+        self.transport_protocol = ""      # "tls" when tls_inspector saw a ClientHello
+        self.requested_server_name = ""   # SNI, from tls_inspector
+        self.requested_alpn = ()          # ALPN offered by the client, from tls_inspector
+        self.local_port = listener.port
 
     @property
     def draining(self) -> bool:
@@ -45,6 +54,22 @@ class FilterChain:
     def __init__(self, config, ctx):
         self.filters = [registry.factory(f.typed_config.type_url).create(unpack(f.typed_config), ctx)
                         for f in config.filters]
+        self.tls = server_tls(config.transport_socket) if config.HasField("transport_socket") \
+            else None
+        t = config.transport_socket_connect_timeout
+        self.handshake_timeout = (t.seconds + t.nanos / 1e9) \
+            if config.HasField("transport_socket_connect_timeout") else DEFAULT_HANDSHAKE_TIMEOUT
+
+
+class SslStats:
+    """`listener.<address>.ssl.*`, created only for listeners with a TLS chain."""
+
+    def __init__(self, stats, prefix: str):
+        p = prefix + "ssl."
+        self.handshake = stats.counter(p + "handshake")
+        self.connection_error = stats.counter(p + "connection_error")
+        self.no_certificate = stats.counter(p + "no_certificate")
+        self.fail_verify_no_cert = stats.counter(p + "fail_verify_no_cert")
 
 
 class ActiveListener:
@@ -53,6 +78,7 @@ class ActiveListener:
         self.ctx = ctx
         sa = config.address.socket_address
         self.address = "%s:%d" % (sa.address, sa.port_value)
+        self.port = sa.port_value
         self.draining = False
         self.connections: set[DownstreamConnection] = set()
         stats = ctx.stats
@@ -63,8 +89,14 @@ class ActiveListener:
         self.cx_length = stats.histogram(p + "downstream_cx_length_ms")
         self.no_chain = stats.counter(p + "no_filter_chain_match")
         self.server_total = stats.counter("server.total_connections_accepted")
+        self.stat_prefix = p
+        self.ssl_stats = None
         self.config = None
         self.chains: list[FilterChain] = []
+        self.selector = None
+        self.listener_filters: list = []
+        self.listener_filters_timeout = 15.0
+        self.continue_on_listener_filters_timeout = False
         self.update(config)
         self.server = StreamServer(sock, self._handle)
         if ctx.concurrency > 1:
@@ -75,11 +107,24 @@ class ActiveListener:
         """New connections use the new filter chains; existing ones keep theirs."""
         self.config = config
         self.chains = [FilterChain(fc, self.ctx) for fc in config.filter_chains]
+        default = FilterChain(config.default_filter_chain, self.ctx) \
+            if config.HasField("default_filter_chain") else None
+        self.selector = Selector([(fc.filter_chain_match, c)
+                                  for fc, c in zip(config.filter_chains, self.chains)], default)
+        self.listener_filters = [registry.factory(f.typed_config.type_url)
+                                 .create(unpack(f.typed_config), self.ctx)
+                                 for f in config.listener_filters]
+        t = config.listener_filters_timeout
+        self.listener_filters_timeout = (t.seconds + t.nanos / 1e9) \
+            if config.HasField("listener_filters_timeout") else 15.0
+        self.continue_on_listener_filters_timeout = config.continue_on_listener_filters_timeout
+        if self.ssl_stats is None and any(c.tls for c in self.chains + [default] if c):
+            self.ssl_stats = SslStats(self.ctx.stats, self.stat_prefix)
 
     def _handle(self, sock, addr) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        chains = self.chains
-        if not chains:
+        selector = self.selector
+        if selector is None or (not self.chains and selector.default is None):
             self.no_chain.inc()
             sock.close()
             return
@@ -89,22 +134,64 @@ class ActiveListener:
         self.cx_active.inc()
         t0 = time.monotonic()
         try:
-            for f in chains[0].filters:
-                f.on_connection(conn)
+            chain = self._select_chain(conn, selector)
+            if chain is not None and (chain.tls is None or self._handshake(conn, chain)):
+                for f in chain.filters:
+                    f.on_connection(conn)
         finally:
             self.connections.discard(conn)
             self.cx_active.dec()
             self.cx_destroy.inc()
             self.cx_length.record((time.monotonic() - t0) * 1000.0)
             try:
-                sock.close()
+                conn.sock.close()
             except OSError:
                 pass
+
+    def _select_chain(self, conn, selector):
+        """Listener filters (bounded by listener_filters_timeout), then filter_chain_match."""
+        if self.listener_filters:
+            ok = True
+            with gevent.Timeout(self.listener_filters_timeout or None, False):
+                for lf in self.listener_filters:
+                    if not lf.on_accept(conn):
+                        return None
+                ok = None
+            if ok is not None and not self.continue_on_listener_filters_timeout:
+                return None
+        chain = selector.select(self.port, conn.requested_server_name, conn.transport_protocol,
+                                conn.requested_alpn)
+        if chain is None:
+            self.no_chain.inc()
+        return chain
+
+    def _handshake(self, conn, chain) -> bool:
+        """TLS server handshake; on success conn.sock is the TLS socket."""
+        ssl_stats = self.ssl_stats
+        try:
+            ssock = chain.tls.wrap(conn.sock, chain.handshake_timeout)
+        except Exception as e:  # noqa: BLE001 - ssl, socket and timeout errors alike
+            ssl_stats.connection_error.inc()
+            if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in str(e) or \
+                    "peer did not return a certificate" in str(e):
+                ssl_stats.fail_verify_no_cert.inc()
+            return False
+        conn.sock = ssock
+        conn.scheme = "https"
+        conn.alpn = ssock.selected_alpn_protocol()
+        ssl_stats.handshake.inc()
+        if not peer_has_certificate(ssock):
+            ssl_stats.no_certificate.inc()
+        return True
 
     def drain(self) -> None:
         """Stop accepting; idle connections close now, busy ones after their response."""
         self.draining = True
         self.server.close()
+        for conn in list(self.connections):
+            on_drain = getattr(conn.protocol, "on_drain", None)
+            if on_drain is not None:
+                on_drain()  # HTTP/2: GOAWAY now, close after the streams in flight
 
     def close_idle(self, min_idle: float = IDLE_GRACE) -> None:
         """Close keep-alive connections idle for `min_idle` seconds. A connection that

@@ -8,6 +8,7 @@ import time
 import gevent
 from gevent import socket as gsocket
 
+from proxyd.transport.tls import client_tls
 from proxyd.upstream.host import Host
 from proxyd.upstream.lb import RoundRobin
 from proxyd.upstream.pool_http1 import Http1Pool
@@ -70,6 +71,10 @@ class Cluster:
         self.connect_timeout = (ct.seconds + ct.nanos / 1e9) if config.HasField("connect_timeout") \
             else DEFAULT_CONNECT_TIMEOUT
         self.idle_timeout = DEFAULT_IDLE_TIMEOUT
+        self.tls = client_tls(config)
+        if self.tls is not None:
+            self.ssl_handshake = store.counter("cluster.%s.ssl.handshake" % self.name)
+            self.ssl_connection_error = store.counter("cluster.%s.ssl.connection_error" % self.name)
         self.hosts: list[Host] = []
         self.lb = RoundRobin([])
         self.update_hosts(endpoints)
@@ -125,10 +130,23 @@ class Cluster:
             raise UpstreamConnectError(host, False, reason) from None
         sock.settimeout(None)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if self.tls is not None:
+            sock = self._tls_handshake(sock, host)
         stats.upstream_cx_connect_ms.record((time.monotonic() - t0) * 1000.0)
         stats.upstream_cx_active.inc()
         host.cx_active.inc()
         return sock
+
+    def _tls_handshake(self, sock, host):
+        """UpstreamTlsContext handshake within connect_timeout; a failure is a connect
+        failure to the caller (503 UF), counted under cluster.<name>.ssl.connection_error."""
+        try:
+            ssock = self.tls.wrap(sock, self.connect_timeout)
+        except Exception as e:  # noqa: BLE001 - ssl, socket and timeout errors alike
+            self.ssl_connection_error.inc()
+            raise UpstreamConnectError(host, False, "TLS handshake failed: %s" % e) from None
+        self.ssl_handshake.inc()
+        return ssock
 
     def close(self) -> None:
         self.removed = True

@@ -1,0 +1,1 @@
+"""Listener filters: run after accept, before a filter chain is chosen."""

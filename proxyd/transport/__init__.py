@@ -1,0 +1,1 @@
+"""Transport sockets: what wraps a TCP connection before network filters see it (TLS)."""
