@@ -1,0 +1,192 @@
+"""Envoy admin JSON documents built as admin.v3 protos, so field names and shapes are Envoy's."""
+
+from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory, timestamp_pb2
+
+from envoy.admin.v3 import clusters_pb2, config_dump_pb2, config_dump_shared_pb2, listeners_pb2, server_info_pb2
+from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
+from udpa.annotations import sensitive_pb2
+
+from .. import __version__
+from ..stats import layout
+
+VERSION = f"proxyd/{__version__}/Clean/RELEASE/Python"
+HOT_RESTART_VERSION = f"proxyd.{layout.VERSION}"
+REDACTED = "[redacted]"
+
+# Envoy's defaults when a cluster has no circuit_breakers thresholds.
+DEFAULT_THRESHOLDS = {"max_connections": 1024, "max_pending_requests": 1024, "max_requests": 1024, "max_retries": 3}
+HOST_COUNTERS = ("cx_connect_fail", "cx_total", "rq_error", "rq_success", "rq_timeout", "rq_total")
+HOST_GAUGES = ("cx_active", "rq_active")
+
+
+def to_json(message, defaults: bool = False) -> bytes:
+    return json_format.MessageToJson(message, preserving_proto_field_name=True,
+                                     always_print_fields_with_no_presence=defaults).encode() + b"\n"
+
+
+def socket_address(address: str) -> address_pb2.Address:
+    """'ip:port' or '[v6]:port' -> core.v3.Address."""
+    host, _, port = address.rpartition(":")
+    return address_pb2.Address(socket_address=address_pb2.SocketAddress(
+        address=host.strip("[]"), port_value=int(port or 0)))
+
+
+def _seconds(value) -> str:
+    return f"{int(value or 0)}s"
+
+
+def server_info(ctx, now: float) -> bytes:
+    options = ctx.options
+    info = server_info_pb2.ServerInfo(
+        version=VERSION,
+        state=server_info_pb2.ServerInfo.State.Value(ctx.state),
+        hot_restart_version=HOT_RESTART_VERSION,
+    )
+    info.uptime_current_epoch.FromSeconds(int(now - ctx.epoch_start_time))
+    info.uptime_all_epochs.FromSeconds(int(now - ctx.first_start_time))
+    cli = info.command_line_options
+    cli.base_id = int(getattr(options, "base_id", 0) or 0)
+    cli.concurrency = int(getattr(options, "concurrency", 0) or 0)
+    cli.config_path = str(getattr(options, "config_path", "") or "")
+    cli.restart_epoch = int(getattr(options, "restart_epoch", 0) or 0)
+    cli.log_level = str(getattr(options, "log_level", "") or "")
+    cli.log_format = str(getattr(options, "log_format", "") or "")
+    cli.socket_path = str(getattr(options, "runtime_dir", "") or "")
+    cli.drain_time.FromSeconds(int(getattr(options, "drain_time_s", 600) or 0))
+    cli.parent_shutdown_time.FromSeconds(int(getattr(options, "parent_shutdown_time_s", 900) or 0))
+    cli.mode = server_info_pb2.CommandLineOptions.Serve
+    if ctx.bootstrap is not None and ctx.bootstrap.HasField("node"):
+        info.node.CopyFrom(ctx.bootstrap.node)
+    info.node.user_agent_name = info.node.user_agent_name or "proxyd"
+    return to_json(info, defaults=True)
+
+
+def _health_status(flags: str) -> clusters_pb2.HostHealthStatus:
+    status = clusters_pb2.HostHealthStatus(eds_health_status=health_check_pb2.HEALTHY)
+    for flag in filter(None, flags.split("/")):
+        if flag == "failed_active_hc":
+            status.failed_active_health_check = True
+        elif flag == "failed_outlier_check":
+            status.failed_outlier_check = True
+        elif flag == "failed_eds_health":
+            status.eds_health_status = health_check_pb2.UNHEALTHY
+        elif flag == "degraded_eds_health":
+            status.eds_health_status = health_check_pb2.DEGRADED
+        elif flag == "degraded_active_hc":
+            status.failed_active_degraded_check = True
+        elif flag == "pending_dynamic_removal":
+            status.pending_dynamic_removal = True
+        elif flag == "pending_active_hc":
+            status.pending_active_hc = True
+        elif flag == "excluded_via_immediate_hc_fail":
+            status.excluded_via_immediate_hc_fail = True
+        elif flag == "active_hc_timeout":
+            status.active_hc_timeout = True
+    return status
+
+
+def thresholds(cluster: dict) -> list[tuple[str, dict]]:
+    """[('default', {...}), ('high', {...})] with Envoy's defaults filled in."""
+    given = cluster.get("circuit_breakers") or {}
+    return [(p, {**DEFAULT_THRESHOLDS, **(given.get(p) or {})}) for p in ("default", "high")]
+
+
+def clusters_json(clusters: list[dict], host_stat) -> bytes:
+    """admin.v3.Clusters; ``host_stat(cluster, address, stat)`` reads a per-host value."""
+    out = clusters_pb2.Clusters()
+    for cluster in clusters:
+        status = out.cluster_statuses.add(name=cluster["name"], observability_name=cluster["name"],
+                                          added_via_api=bool(cluster.get("added_via_api")))
+        for priority, values in thresholds(cluster):
+            t = status.circuit_breakers.thresholds.add(
+                priority=base_pb2.RoutingPriority.Value(priority.upper()))
+            for key, value in values.items():
+                getattr(t, key).value = value
+        for host in cluster.get("hosts", ()):
+            hs = status.host_statuses.add(address=socket_address(host["address"]),
+                                          hostname=host.get("hostname", ""), weight=int(host.get("weight", 1)),
+                                          health_status=_health_status(host.get("health_flags", "healthy")))
+            for stat in HOST_COUNTERS:
+                hs.stats.add(name=stat, type=clusters_pb2.SimpleMetric.COUNTER,
+                             value=host_stat(cluster["name"], host["address"], stat))
+            for stat in HOST_GAUGES:
+                hs.stats.add(name=stat, type=clusters_pb2.SimpleMetric.GAUGE,
+                             value=max(0, host_stat(cluster["name"], host["address"], stat)))
+    return to_json(out)
+
+
+def listeners_json(listeners: list[tuple[str, str]]) -> bytes:
+    out = listeners_pb2.Listeners()
+    for name, address in listeners:
+        out.listener_statuses.add(name=name, local_address=socket_address(address))
+    return to_json(out)
+
+
+def config_dump(bootstrap, updated_at: float) -> bytes:
+    """Bootstrap, static clusters and static listeners, with sensitive fields redacted."""
+    stamp = timestamp_pb2.Timestamp()
+    stamp.FromNanoseconds(int(updated_at * 1e9))
+    boot = type(bootstrap)()
+    boot.CopyFrom(bootstrap)
+    redact(boot)
+    clusters = config_dump_shared_pb2.ClustersConfigDump()
+    for cluster in boot.static_resources.clusters:
+        clusters.static_clusters.add(last_updated=stamp).cluster.Pack(cluster)
+    listeners = config_dump_shared_pb2.ListenersConfigDump()
+    for listener in boot.static_resources.listeners:
+        listeners.static_listeners.add(last_updated=stamp).listener.Pack(listener)
+    dump = config_dump_pb2.ConfigDump()
+    dump.configs.add().Pack(config_dump_pb2.BootstrapConfigDump(bootstrap=boot, last_updated=stamp))
+    dump.configs.add().Pack(clusters)
+    dump.configs.add().Pack(listeners)
+    return to_json(dump)
+
+
+def redact(message) -> None:
+    """Blank every field Envoy marks ``(udpa.annotations.sensitive)``, inside ``Any`` too."""
+    for field, value in message.ListFields():
+        if field.GetOptions().Extensions[sensitive_pb2.sensitive]:
+            _blank(message, field, value)
+        elif field.message_type is not None:
+            items = value.values() if field.message_type.GetOptions().map_entry else (
+                value if field.label == field.LABEL_REPEATED else [value])
+            for item in items:
+                if hasattr(item, "ListFields"):
+                    _redact_one(item)
+
+
+def _redact_one(message) -> None:
+    if isinstance(message, any_pb2.Any):
+        inner = _unpack(message)
+        if inner is not None:
+            redact(inner)
+            message.Pack(inner)
+        return
+    redact(message)
+
+
+def _unpack(message):
+    try:
+        descriptor = descriptor_pool.Default().FindMessageTypeByName(message.TypeName())
+    except KeyError:
+        return None
+    inner = message_factory.GetMessageClass(descriptor)()
+    message.Unpack(inner)
+    return inner
+
+
+def _blank(message, field, value) -> None:
+    if field.message_type is None:
+        if field.label == field.LABEL_REPEATED:
+            message.ClearField(field.name)
+        elif field.type == field.TYPE_BYTES:
+            setattr(message, field.name, REDACTED.encode())
+        elif field.type == field.TYPE_STRING:
+            setattr(message, field.name, REDACTED)
+        else:
+            message.ClearField(field.name)
+        return
+    items = value if field.label == field.LABEL_REPEATED else [value]
+    for item in items:
+        for sub, sub_value in item.ListFields():
+            _blank(item, sub, sub_value)
