@@ -14,6 +14,7 @@ working on any path):
 - interval=S          sleep S seconds between body writes (slow/streaming response)
 - delay=S             sleep S seconds before sending the response head
 - close=1             read the request, then close without answering
+- close_after=1       answer with Connection: close, then close
 - eof=1               no Content-Length nor chunked: the body ends when we close
 - hdr=name:value      add a response header (repeatable)
 - continue=1          send an interim "100 Continue" before the final response
@@ -104,9 +105,7 @@ def body_bytes(n):
 
 class Handler(socketserver.BaseRequestHandler):
     def handle(self):
-        with LOCK:
-            STATE["connections"] += 1
-            conn_id = STATE["connections"]
+        conn_id = []  # numbered at its first proxied request (control calls don't count)
         sock = self.request
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         f = sock.makefile("rb", buffering=262144)
@@ -138,9 +137,12 @@ class Handler(socketserver.BaseRequestHandler):
         if url.path.startswith("/__upstream/"):
             return self.control(sock, url.path[len("/__upstream/"):])
         with LOCK:
+            if not conn_id:
+                STATE["connections"] += 1
+                conn_id.append(STATE["connections"])
             STATE["requests"] += 1
             STATE["log"].append({"method": method, "path": target, "version": version,
-                                 "headers": headers, "conn_id": conn_id})
+                                 "headers": headers, "conn_id": conn_id[0]})
             del STATE["log"][:-200]
         if qv("continue"):
             sock.sendall(b"HTTP/1.1 100 Continue\r\n\r\n")
@@ -164,7 +166,7 @@ class Handler(socketserver.BaseRequestHandler):
         else:
             echo = {"server": self.server.name, "method": method, "path": target,
                     "version": version, "headers": headers, "body_len": n,
-                    "body_sha256": h.hexdigest(), "conn_id": conn_id,
+                    "body_sha256": h.hexdigest(), "conn_id": conn_id[0],
                     "conn_requests": served}
             if n <= 65536:
                 echo["body"] = b"".join(kept).decode("latin-1")
@@ -185,7 +187,7 @@ class Handler(socketserver.BaseRequestHandler):
         for hv in q.get("hdr", []):
             name, _, value = hv.partition(":")
             out.append("%s: %s\r\n" % (name, value))
-        keep = not eof and version == "HTTP/1.1" and not any(
+        keep = not eof and not qv("close_after") and version == "HTTP/1.1" and not any(
             k == "connection" and v.lower() == "close" for k, v in headers)
         if not keep:
             out.append("connection: close\r\n")
