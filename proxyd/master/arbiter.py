@@ -77,6 +77,7 @@ class Master:
         self.healthcheck_failed = False
         self.stopped = Event()
         self.live = Event()
+        self.dynamic = None            # master/dynamic.py: xDS and watched-file config
 
     # --- start-up -------------------------------------------------------------
     def start(self) -> None:
@@ -103,6 +104,7 @@ class Master:
         self.stats.bind(self.master_slot)
         self._bind_all(inherited)
         self._resolve_all()
+        self._start_dynamic()
         self._start_admin()
         self.control = ControlServer(os.path.join(opts.runtime_dir, CONTROL_SOCK), self.handle_control)
         self.control.start()
@@ -116,6 +118,15 @@ class Master:
             gevent.spawn(self._dns_loop, name, cluster)
         gevent.spawn(self._stats_loop)
         gevent.spawn(self._await_live)
+
+    def _start_dynamic(self) -> None:
+        from proxyd.master import dynamic
+        if dynamic.needs_dynamic(self.bootstrap):
+            self.dynamic = dynamic.DynamicConfig(self)
+            try:
+                self.dynamic.start()
+            except dynamic.Refused as e:
+                raise StartupError(str(e)) from None
 
     def _refuse_if_running(self) -> None:
         """A cold start must not steal another live master's runtime dir."""
@@ -257,9 +268,10 @@ class Master:
 
     def _snapshot_message(self, w: WorkerHandle):
         new = [name for name, key in self.listener_keys.items() if name not in w.sent_listeners]
-        msg = {"kind": "snapshot", "version": self.version,
-               "bootstrap": self.bootstrap.SerializeToString(),
-               "endpoints": self.endpoints, "new_listeners": new}
+        bootstrap, endpoints = (self.dynamic.snapshot() if self.dynamic is not None
+                                else (self.bootstrap.SerializeToString(), self.endpoints))
+        msg = {"kind": "snapshot", "version": self.version, "bootstrap": bootstrap,
+               "endpoints": endpoints, "new_listeners": new}
         fds = [self.listen_socks[self.listener_keys[name]].fileno() for name in new]
         return msg, fds, new
 
@@ -281,7 +293,8 @@ class Master:
 
     def _await_live(self) -> None:
         while not self.stopping:
-            if self.workers and all(w.applied_version >= 0 for w in self.workers):
+            if self.workers and all(w.applied_version >= 0 for w in self.workers) and \
+                    (self.dynamic is None or self.dynamic.initialized):
                 self.state = "LIVE"
                 self.live.set()
                 self.log.info("live", workers=len(self.workers), pid=os.getpid(),
@@ -322,6 +335,8 @@ class Master:
 
     def _stop(self, graceful: bool) -> None:
         deadline = self.options.drain_time_s
+        if self.dynamic is not None:
+            self.dynamic.stop()
         hard = self.options.parent_shutdown_time_s if self.handed_over else deadline + 5.0
         for w in self.workers:
             if w.proc is None or w.proc.returncode is not None:
@@ -432,6 +447,8 @@ class Master:
                       "hostname": hostname, "health_flags": "healthy", "weight": weight}
                      for ip, port, weight, hostname in self.endpoints.get(c.name, [])]
             out.append({"name": c.name, "added_via_api": False, "hosts": hosts})
+        if self.dynamic is not None:
+            out.extend(self.dynamic.clusters_status())
         return out
 
     def listeners_status(self) -> list:
