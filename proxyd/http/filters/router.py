@@ -96,7 +96,8 @@ def forward(stream, route, cluster, host) -> None:
     info.upstream_host = host.addr_str
     conn = None
     t0 = time.monotonic()
-    timer = gevent.Timeout(route.timeout or None, RouteTimeout)
+    expired = RouteTimeout()  # gevent raises this instance, not the Timeout
+    timer = gevent.Timeout(route.timeout or None, expired)
     timer.start()
     try:
         head_bytes = encode_request_head(req, _upstream_headers(stream, route, host))
@@ -120,7 +121,7 @@ def forward(stream, route, cluster, host) -> None:
                     raise
                 conn = None
     except RouteTimeout as t:
-        if t is not timer:
+        if t is not expired:
             raise
         cstats.upstream_rq_timeout.inc()
         host.rq_timeout.inc()
