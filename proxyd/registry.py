@@ -17,6 +17,7 @@ ACCESS_LOGGER = "access logger"
 TRACER = "tracer"
 LISTENER_FILTER = "listener filter"
 TRANSPORT_SOCKET = "transport socket"
+UPSTREAM_PROTOCOL_OPTIONS = "upstream protocol options"
 
 # type URL (without prefix) -> (kind, module defining `create(config, ctx)`); modules are
 # imported on first use. `proxyd.config.supported.EXTENSIONS` is derived from this table,
@@ -40,6 +41,8 @@ _MODULES: dict[str, tuple[str, str]] = {
     "envoy.extensions.access_loggers.stream.v3.StderrAccessLog":
         (ACCESS_LOGGER, "proxyd.observability.access_log.loggers"),
     "envoy.config.trace.v3.ZipkinConfig": (TRACER, "proxyd.observability.tracing.zipkin"),
+    "envoy.extensions.upstreams.http.v3.HttpProtocolOptions":
+        (UPSTREAM_PROTOCOL_OPTIONS, "proxyd.upstream.pool_http2"),
 }
 
 _loaded: dict[str, object] = {}

@@ -136,6 +136,20 @@ for _name, _more in {  # TLS, listener filters, filter chain match, tcp_proxy
     _TCP + '.WeightedCluster.ClusterWeight': 'name weight',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+_UPH = 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions'
+for _name, _more in {  # HTTP/2 both ways, gRPC deadlines
+    _HCM: 'http2_protocol_options',
+    _CORE + 'Http2ProtocolOptions': 'max_concurrent_streams initial_stream_window_size '
+                                    'initial_connection_window_size',
+    _CORE + 'Http1ProtocolOptions': '',
+    'envoy.config.cluster.v3.Cluster': 'typed_extension_protocol_options',
+    'envoy.config.cluster.v3.Cluster.TypedExtensionProtocolOptionsEntry': 'key value',
+    _UPH: 'explicit_http_config use_downstream_protocol_config',
+    _UPH + '.ExplicitHttpConfig': 'http_protocol_options http2_protocol_options',
+    _UPH + '.UseDownstreamHttpConfig': 'http_protocol_options http2_protocol_options',
+    _ROUTE + 'RouteAction': 'max_grpc_timeout grpc_timeout_offset',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
 """Full message name -> names of the fields proxyd implements."""
 
@@ -145,7 +159,7 @@ ENUMS = {
     ('envoy.config.cluster.v3.Cluster', 'lb_policy'): frozenset({'ROUND_ROBIN'}),
     ('envoy.config.cluster.v3.Cluster', 'dns_lookup_family'):
         frozenset({'AUTO', 'V4_ONLY', 'V6_ONLY', 'V4_PREFERRED'}),
-    (_HCM, 'codec_type'): frozenset({'AUTO', 'HTTP1'}),
+    (_HCM, 'codec_type'): frozenset({'AUTO', 'HTTP1', 'HTTP2'}),
     (_CORE + 'ApiConfigSource', 'api_type'):
         frozenset({'GRPC', 'DELTA_GRPC', 'AGGREGATED_GRPC', 'AGGREGATED_DELTA_GRPC'}),
     (_CORE + 'ConfigSource', 'resource_api_version'): frozenset({'V3'}),
@@ -166,6 +180,8 @@ SLOTS = {
     ('envoy.config.trace.v3.Tracing.Http', 'typed_config'): registry.TRACER,
     ('envoy.config.listener.v3.ListenerFilter', 'typed_config'): registry.LISTENER_FILTER,
     (_CORE + 'TransportSocket', 'typed_config'): registry.TRANSPORT_SOCKET,
+    ('envoy.config.cluster.v3.Cluster', 'typed_extension_protocol_options'):
+        registry.UPSTREAM_PROTOCOL_OPTIONS,
 }
 """(message, Any field) -> the kind of extension that field takes."""
 

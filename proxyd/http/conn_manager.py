@@ -15,6 +15,7 @@ import gevent
 
 from proxyd import registry
 from proxyd.config import unpack
+from proxyd.http.codec.http2 import Http2Options
 from proxyd.router.route_table import RouteTable
 
 DEFAULT_IDLE_TIMEOUT = 3600.0
@@ -74,7 +75,6 @@ class HttpConnectionManager:
             mod = registry.factory(f.typed_config.type_url)
             self.filters.append(mod.create(unpack(f.typed_config), ctx))
         self.codec_type = config.codec_type  # 0 AUTO, 1 HTTP1, 2 HTTP2
-        from proxyd.http.codec.http2 import Http2Options
         self.http2_options = Http2Options(config.http2_protocol_options
                                           if config.HasField("http2_protocol_options") else None)
         self.idle_timeout = _seconds(config.common_http_protocol_options, "idle_timeout",

@@ -184,6 +184,19 @@ class Http1Stream(Stream):
         if len(out) > 16:
             self.flush()
 
+    def send_trailers(self, trailers: Headers) -> None:
+        """HTTP/1.1 carries trailers only in a chunked body, and only to a client that
+        said `TE: trailers`; otherwise they are dropped (Envoy's default)."""
+        self.info.response_trailers = trailers
+        if not self._chunked:
+            return
+        te = self.request.headers.get("te")
+        if te and "trailers" in te.lower() and trailers.items and not self._no_body:
+            self._out.append(b"0\r\n" + "".join("%s: %s\r\n" % kv for kv in trailers.items)
+                             .encode("latin-1") + b"\r\n")
+        else:
+            self._out.append(LAST_CHUNK)
+
     def flush(self) -> None:
         out = self._out
         if out:

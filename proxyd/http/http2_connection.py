@@ -15,6 +15,7 @@ Flow control, both ways:
 from __future__ import annotations
 
 import socket
+import time
 from collections import deque
 
 import gevent
@@ -158,6 +159,7 @@ class Http2Connection(H2Transport):
         self.streams: dict[int, Http2Stream] = {}
         self.last_stream_id = 0
         self.draining = False
+        self.idle_since = time.monotonic()
         conn.protocol = self
 
     @property
@@ -309,6 +311,8 @@ class Http2Connection(H2Transport):
     def stream_done(self, s: "Http2Stream") -> None:
         self.streams.pop(s.sid, None)
         self.forget(s.sid)
+        if not self.streams:
+            self.idle_since = time.monotonic()
         if self.draining and not self.streams:
             self._shutdown()
 

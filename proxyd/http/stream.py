@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from email.utils import formatdate
 
-from proxyd.http import local_reply
+from proxyd.http import grpc, local_reply
 from proxyd.http.headers import Headers
 from proxyd.http.message import ResponseHead, StreamInfo
 
@@ -102,6 +102,9 @@ class Stream:
         if self.headers_sent:
             self.reset()
             return
+        if grpc.is_grpc(self.request):
+            grpc.local_reply(self, status, body)
+            return
         h = Headers(list(headers) if headers else [])
         if body:
             h.add("content-type", "text/plain")
@@ -140,6 +143,10 @@ class Stream:
         raise NotImplementedError
 
     def send_data(self, data: bytes, end_stream: bool) -> None:
+        raise NotImplementedError
+
+    def send_trailers(self, trailers: Headers) -> None:
+        """End the response with trailers (gRPC's grpc-status)."""
         raise NotImplementedError
 
     def flush(self) -> None:

@@ -60,7 +60,7 @@ SUPPORTED_FIELDS: dict[str, frozenset[str]] = {
     "envoy.config.route.v3.RouteAction": frozenset((
         "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code",
         "prefix_rewrite", "host_rewrite_literal", "auto_host_rewrite",
-        "append_x_forwarded_host", "timeout")),
+        "append_x_forwarded_host", "timeout", "max_grpc_timeout", "grpc_timeout_offset")),
     "envoy.config.route.v3.WeightedCluster": frozenset(("clusters", "total_weight")),
     "envoy.config.route.v3.WeightedCluster.ClusterWeight": frozenset(("name", "weight")),
     "envoy.config.route.v3.RedirectAction": frozenset((
@@ -127,7 +127,8 @@ class RouteEntry:
     Immutable and shared by every request that matches the route.
     """
     __slots__ = (
-        "name", "virtual_host_name", "kind", "timeout", "auto_host_rewrite",
+        "name", "virtual_host_name", "kind", "timeout", "max_grpc_timeout",
+        "grpc_timeout_offset", "auto_host_rewrite",
         "append_x_forwarded_host", "host_rewrite", "prefix_rewrite",
         "cluster_not_found_status", "direct_status", "direct_body", "_cluster",
         "_cluster_header", "_weights", "_cum_weights", "_total_weight", "_matched_len",
@@ -464,6 +465,8 @@ class RouteTable:
         e.name = r.name or None
         e.virtual_host_name = vh_name
         e.timeout = DEFAULT_TIMEOUT
+        e.max_grpc_timeout = None  # set: gRPC requests' grpc-timeout is the deadline
+        e.grpc_timeout_offset = 0.0
         e.auto_host_rewrite = False
         e.append_x_forwarded_host = False
         e.host_rewrite = ""
@@ -562,6 +565,10 @@ class RouteTable:
             if t < 0:
                 raise ValueError(f"{path}.timeout: value must be greater than or equal to 0s")
             e.timeout = t
+        if a.HasField("max_grpc_timeout"):
+            e.max_grpc_timeout = _seconds(a.max_grpc_timeout)
+        if a.HasField("grpc_timeout_offset"):
+            e.grpc_timeout_offset = _seconds(a.grpc_timeout_offset)
         e.prefix_rewrite = wire(a.prefix_rewrite)
         e.host_rewrite = wire(a.host_rewrite_literal)
         e.auto_host_rewrite = a.auto_host_rewrite.value

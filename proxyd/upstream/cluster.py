@@ -12,6 +12,7 @@ from proxyd.transport.tls import client_tls
 from proxyd.upstream.host import Host
 from proxyd.upstream.lb import RoundRobin
 from proxyd.upstream.pool_http1 import Http1Pool
+from proxyd.upstream.pool_http2 import Http2Pool, cluster_http2_options
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_IDLE_TIMEOUT = 3600.0
@@ -71,6 +72,7 @@ class Cluster:
         self.connect_timeout = (ct.seconds + ct.nanos / 1e9) if config.HasField("connect_timeout") \
             else DEFAULT_CONNECT_TIMEOUT
         self.idle_timeout = DEFAULT_IDLE_TIMEOUT
+        self.http2_mode, self.http2_options = cluster_http2_options(config)
         self.tls = client_tls(config)
         if self.tls is not None:
             self.ssl_handshake = store.counter("cluster.%s.ssl.handshake" % self.name)
@@ -90,9 +92,13 @@ class Cluster:
             if h is None:
                 h = Host(ip, port, weight, hostname, self._store, self.name)
                 h.pool = Http1Pool(h, self, self.idle_timeout)
+                if self.http2_mode is not None:
+                    h.h2pool = Http2Pool(h, self, self.http2_options)
             hosts.append(h)
         for h in old.values():
             h.pool.close_idle()
+            if h.h2pool is not None:
+                h.h2pool.close_idle()
         if old or len(hosts) != len(self.hosts):
             self.stats.membership_change.inc()
         self.hosts = hosts
@@ -152,3 +158,5 @@ class Cluster:
         self.removed = True
         for h in self.hosts:
             h.pool.close_idle()
+            if h.h2pool is not None:
+                h.h2pool.close_idle()

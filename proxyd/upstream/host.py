@@ -3,7 +3,7 @@ from __future__ import annotations
 
 
 class Host:
-    __slots__ = ("address", "addr_str", "hostname", "weight", "healthy", "pool",
+    __slots__ = ("address", "addr_str", "hostname", "weight", "healthy", "pool", "h2pool",
                  "cx_total", "cx_active", "cx_connect_fail", "rq_total", "rq_timeout",
                  "rq_success", "rq_error", "rq_active")
 
@@ -14,6 +14,7 @@ class Host:
         self.weight = weight
         self.healthy = True
         self.pool = None
+        self.h2pool = None  # HTTP/2 pool when the cluster's protocol options ask for it
         prefix = "_host.%s.%s." % (cluster, self.addr_str)
         for name in ("cx_total", "cx_connect_fail", "rq_total", "rq_timeout", "rq_success",
                      "rq_error"):

@@ -171,7 +171,7 @@ def test_validate_resource_listener_checks_inside_typed_config():
     from envoy.config.listener.v3.listener_pb2 import Listener
     from envoy.extensions.filters.network.http_connection_manager.v3 import (
         http_connection_manager_pb2 as hcm_pb2)
-    hcm = hcm_pb2.HttpConnectionManager(stat_prefix='', codec_type=hcm_pb2.HttpConnectionManager.HTTP2)
+    hcm = hcm_pb2.HttpConnectionManager(stat_prefix='', codec_type=hcm_pb2.HttpConnectionManager.HTTP3)
     hcm.route_config.name = 'r'
     listener = Listener(name='l')
     listener.address.socket_address.address = '0.0.0.0'
@@ -180,8 +180,8 @@ def test_validate_resource_listener_checks_inside_typed_config():
     f.typed_config.Pack(hcm)
     prefix = 'filter_chains[0].filters[0].typed_config'
     assert validate_resource(listener) == [
-        f'{prefix}.codec_type: value HTTP2 of envoy.extensions.filters.network.http_connection_manager'
-        '.v3.HttpConnectionManager.codec_type is not supported by proxyd (supported: AUTO, HTTP1)',
+        f'{prefix}.codec_type: value HTTP3 of envoy.extensions.filters.network.http_connection_manager'
+        '.v3.HttpConnectionManager.codec_type is not supported by proxyd (supported: AUTO, HTTP1, HTTP2)',
         f'{prefix}.stat_prefix: value length must be at least 1 characters',
         f'{prefix}.http_filters: at least one HTTP filter is required, and the last must be the '
         'router (envoy.filters.http.router)']

@@ -26,11 +26,11 @@ def test_unsupported_field_inside_any(config):
 
 
 def test_unsupported_enum_value(config):
-    cfg = config(replace={'codec_type: AUTO': 'codec_type: HTTP2'})
+    cfg = config(replace={'codec_type: AUTO': 'codec_type: HTTP3'})
     assert cfg.error(HCM_PATH + '.codec_type') == (
-        cfg.line('codec_type: HTTP2'),
-        'value HTTP2 of envoy.extensions.filters.network.http_connection_manager.v3.'
-        'HttpConnectionManager.codec_type is not supported by proxyd (supported: AUTO, HTTP1)')
+        cfg.line('codec_type: HTTP3'),
+        'value HTTP3 of envoy.extensions.filters.network.http_connection_manager.v3.'
+        'HttpConnectionManager.codec_type is not supported by proxyd (supported: AUTO, HTTP1, HTTP2)')
 
 
 def test_unsupported_extension(config):

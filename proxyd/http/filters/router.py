@@ -11,7 +11,7 @@ import time
 
 import gevent
 
-from proxyd.http import local_reply
+from proxyd.http import grpc, local_reply
 from proxyd.http.codec.http1 import (DATA, END, HEAD, LAST_CHUNK, ProtocolError,
                                      ResponseParser, encode_chunk, encode_request_head)
 from proxyd.http.filter import HttpFilter
@@ -77,6 +77,8 @@ def _upstream_headers(stream, route, host):
     if route.auto_host_rewrite and host.hostname:
         req.authority = host.hostname
         h.set("host", host.hostname)
+    elif "host" not in h:
+        h.items.insert(0, ("host", req.authority))  # HTTP/2 downstream: from :authority
     if req.chunked:
         h.add("transfer-encoding", "chunked")
     if route.timeout:
@@ -85,8 +87,13 @@ def _upstream_headers(stream, route, host):
 
 
 def forward(stream, route, cluster, host) -> None:
-    """Proxy one request to `host` over a pooled HTTP/1.1 connection."""
+    """Proxy one request to `host` over a pooled HTTP/1.1 connection (or HTTP/2 when
+    the cluster's protocol options say so)."""
     req = stream.request
+    timeout = grpc.effective_timeout(route, req)
+    if host.h2pool is not None and (cluster.http2_mode == "h2" or req.version == "HTTP/2"):
+        from proxyd.http.filters.router_http2 import forward_http2
+        return forward_http2(stream, route, cluster, host, timeout)
     info = stream.info
     cstats = cluster.stats
     cstats.upstream_rq_total.inc()
@@ -97,7 +104,7 @@ def forward(stream, route, cluster, host) -> None:
     conn = None
     t0 = time.monotonic()
     expired = RouteTimeout()  # gevent raises this instance, not the Timeout
-    timer = gevent.Timeout(route.timeout or None, expired)
+    timer = gevent.Timeout(timeout or None, expired)
     timer.start()
     try:
         head_bytes = encode_request_head(req, _upstream_headers(stream, route, host))

@@ -1,0 +1,207 @@
+"""The router's HTTP/2 upstream path: one stream on a multiplexed connection.
+
+The request body is pumped upstream by a helper greenlet while the stream's own
+greenlet relays the response, because gRPC's streaming calls interleave both
+directions (a bidi client may wait for a response message before sending more).
+Response DATA is acknowledged upstream only after it was handed downstream, so a slow
+client throttles the upstream at its flow-control window.
+"""
+from __future__ import annotations
+
+import time
+
+import gevent
+
+from proxyd.http import local_reply
+from proxyd.http.codec import http2 as h2c
+from proxyd.http.filters.router import (RouteTimeout, _complete, _send_response_head,
+                                        _upstream_headers)
+from proxyd.http.headers import Headers
+from proxyd.http.http2_connection import ConnectionClosed
+from proxyd.http.message import ResponseHead
+from proxyd.http.stream import DownstreamGone
+from proxyd.upstream.cluster import UpstreamConnectError
+from proxyd.upstream.pool_http2 import CONNECTION_GONE, DOWNSTREAM_GONE
+
+
+class UpstreamStreamReset(Exception):
+    def __init__(self, code: int):
+        super().__init__(code)
+        self.code = code
+
+
+def request_headers(stream, route, host, cluster) -> list:
+    """HTTP/2 request head for the upstream: pseudo-headers from the request, Host
+    folded into :authority, hop-by-hop fields dropped except `te: trailers` (gRPC
+    servers require it)."""
+    req = stream.request
+    h = _upstream_headers(stream, route, host)
+    out = [(":method", req.method),
+           (":scheme", "https" if getattr(cluster, "tls", None) is not None else "http"),
+           (":authority", req.authority or h.get("host") or ""), (":path", req.path)]
+    drop = h2c.CONNECTION_SPECIFIC
+    out.extend(kv for kv in h.items if kv[0] not in drop)
+    te = req.headers.get("te")
+    if te is not None and "trailers" in te.lower():
+        out.append(("te", "trailers"))
+    return out
+
+
+def forward_http2(stream, route, cluster, host, timeout) -> None:
+    req = stream.request
+    info = stream.info
+    cstats = cluster.stats
+    cstats.upstream_rq_total.inc()
+    cstats.upstream_rq_active.inc()
+    host.rq_total.inc()
+    host.rq_active.inc()
+    info.upstream_host = host.addr_str
+    us = None
+    pump = None
+    t0 = time.monotonic()
+    timer = gevent.Timeout(timeout or None, RouteTimeout)
+    timer.start()
+    try:
+        headers = request_headers(stream, route, host, cluster)
+        end = stream.request_complete
+        for attempt in (0, 1):
+            try:
+                us = host.h2pool.open_stream(headers, end)
+            except UpstreamConnectError as e:
+                host.rq_error.inc()
+                stream.local_reply(*local_reply.connect_failure(e.reason))
+                return
+            info.upstream_local_address = us.conn.local_address
+            info.upstream_start_mono = time.monotonic()
+            if not end:
+                pump = gevent.spawn(_pump_request, stream, us)
+            try:
+                _relay_response(stream, us, cstats, host, t0)
+                return
+            except UpstreamStreamReset as e:
+                # Refused (GOAWAY raced us, or the peer's stream limit): nothing was
+                # processed upstream, so a bodiless request may go to a fresh connection.
+                if (attempt or e.code != h2c.REFUSED_STREAM or not end
+                        or stream.headers_sent):
+                    raise
+                us = None
+    except RouteTimeout as t:
+        if t is not timer:
+            raise
+        cstats.upstream_rq_timeout.inc()
+        host.rq_timeout.inc()
+        _reset_upstream(us, cstats)
+        _fail(stream, host, local_reply.ROUTE_TIMEOUT)
+    except UpstreamStreamReset as e:
+        cstats.upstream_rq_rx_reset.inc()
+        if not stream.headers_sent:
+            _fail(stream, host, local_reply.upstream_reset())
+        else:
+            host.rq_error.inc()
+            info.response_code_details = "upstream_reset_after_response_started"
+            info.response_flags.append("UR")
+            stream.reset(*((e.code,) if e.code > 0 and _is_h2(stream) else ()))
+    except DownstreamGone:
+        _reset_upstream(us, cstats)
+        raise
+    finally:
+        timer.close()
+        if pump is not None and not pump.dead:
+            pump.kill(block=False)
+        if us is not None:
+            us.done()
+        cstats.upstream_rq_active.dec()
+        host.rq_active.dec()
+
+
+def _is_h2(stream) -> bool:
+    return stream.request.version == "HTTP/2"
+
+
+def _reset_upstream(us, cstats) -> None:
+    if us is not None and not us.closed and us.reset(h2c.CANCEL):
+        cstats.upstream_rq_tx_reset.inc()
+
+
+def _fail(stream, host, reply) -> None:
+    host.rq_error.inc()
+    status, body, details, flag = reply
+    if stream.headers_sent:
+        stream.info.response_code_details = details
+        stream.info.response_flags.append(flag)
+        stream.reset()
+    else:
+        stream.local_reply(status, body, details, flag)
+
+
+def _pump_request(stream, us) -> None:
+    """Downstream request body (and trailers) to the upstream stream."""
+    try:
+        while True:
+            data = stream.read_body()
+            if data is None:
+                trailers = getattr(stream, "trailers", None)
+                if trailers is not None and trailers.items:
+                    us.send_trailers(trailers)
+                else:
+                    us.send_data(b"", True)
+                stream.info.request_end_mono = time.monotonic()
+                return
+            us.send_data(data, False)
+    except DownstreamGone:
+        us.push((DOWNSTREAM_GONE,))
+    except ConnectionClosed:
+        pass  # the upstream stream or connection ended; the relay sees why
+
+
+def _relay_response(stream, us, cstats, host, t0: float) -> None:
+    ended = False
+    resp = None
+    events = us.events
+    while True:
+        ev = us.next_event()
+        kind = ev[0]
+        if kind == h2c.DATA:
+            if not ended:
+                stream.send_data(ev[2], False)
+            us.ack(ev[3])
+        elif kind == h2c.HEADERS:
+            resp = _response_head(ev[2])
+            ended = ev[3]
+            _send_response_head(stream, resp, t0, ended)
+        elif kind == h2c.TRAILERS:
+            trailers = Headers(ev[2])
+            if not ended:
+                ended = True
+                stream.send_trailers(trailers)
+        elif kind == h2c.END:
+            if not ended:
+                stream.send_data(b"", True)
+            stream.flush()
+            us.done()
+            if resp is None:
+                raise UpstreamStreamReset(h2c.PROTOCOL_ERROR)
+            _complete(cstats, host, resp, stream.info, t0)
+            return
+        elif kind == h2c.RESET:
+            us.done()
+            raise UpstreamStreamReset(ev[2] if ev[2] != CONNECTION_GONE else -1)
+        elif kind == DOWNSTREAM_GONE:
+            raise DownstreamGone()
+        if not events:
+            stream.flush()
+
+
+def _response_head(raw: list) -> ResponseHead:
+    status = 502
+    items = []
+    for n, v in raw:
+        if n == ":status":
+            status = int(v)
+        elif n[0] != ":":
+            items.append((n, v))
+    resp = ResponseHead(status, Headers(items), "", "HTTP/2")
+    cl = resp.headers.get("content-length")
+    if cl is not None and cl.isdigit():
+        resp.content_length = int(cl)
+    return resp

@@ -1,0 +1,80 @@
+"""gRPC over HTTP as Envoy treats it: recognising a gRPC request, deadlines from
+`grpc-timeout`, and local replies in gRPC's shape (HTTP 200 with grpc-status in a
+trailers-only response), because a gRPC client ignores HTTP statuses and bodies.
+"""
+from __future__ import annotations
+
+from urllib.parse import quote
+
+from proxyd.http.headers import Headers
+from proxyd.http.message import ResponseHead
+
+OK = 0
+UNKNOWN = 2
+DEADLINE_EXCEEDED = 4
+PERMISSION_DENIED = 7
+UNIMPLEMENTED = 12
+INTERNAL = 13
+UNAVAILABLE = 14
+UNAUTHENTICATED = 16
+
+# Envoy Grpc::Utility::httpToGrpcStatus
+_FROM_HTTP = {400: INTERNAL, 401: UNAUTHENTICATED, 403: PERMISSION_DENIED, 404: UNIMPLEMENTED,
+              429: UNAVAILABLE, 502: UNAVAILABLE, 503: UNAVAILABLE, 504: UNAVAILABLE}
+
+_UNITS = {"H": 3600.0, "M": 60.0, "S": 1.0, "m": 1e-3, "u": 1e-6, "n": 1e-9}
+
+
+def is_grpc(req) -> bool:
+    ct = req.headers.get("content-type")
+    return ct is not None and ct.startswith("application/grpc")
+
+
+def status_from_http(status: int) -> int:
+    return _FROM_HTTP.get(status, UNKNOWN)
+
+
+def parse_timeout(value: str | None) -> float | None:
+    """`grpc-timeout` ("100m", "5S", at most 8 digits and a unit) in seconds; None if
+    absent or malformed (then it is ignored, as Envoy does)."""
+    if not value or len(value) > 9 or not value[:-1].isdigit():
+        return None
+    unit = _UNITS.get(value[-1])
+    return None if unit is None else int(value[:-1]) * unit
+
+
+def format_timeout(seconds: float) -> str:
+    ms = max(int(seconds * 1000), 0)
+    return "%dm" % ms if ms < 100_000_000 else "%dS" % min(int(seconds), 99_999_999)
+
+
+def effective_timeout(route, req) -> float:
+    """The route's deadline for this request (Envoy FilterUtility::finalTimeout): with
+    `max_grpc_timeout` set, a gRPC request's own `grpc-timeout` (less
+    `grpc_timeout_offset`) capped by max_grpc_timeout (0: no cap), no deadline if it
+    sends none and there is no cap; otherwise the route timeout."""
+    cap = route.max_grpc_timeout
+    if cap is None or not is_grpc(req):
+        return route.timeout
+    t = parse_timeout(req.headers.get("grpc-timeout")) or 0.0
+    offset = route.grpc_timeout_offset
+    if t and offset and t > offset:
+        t -= offset
+    if cap and (not t or t > cap):
+        t = cap
+    return t
+
+
+def local_reply(stream, status: int, body: bytes | None) -> None:
+    """Send a local reply as a trailers-only gRPC response."""
+    msg = (body or b"").decode("utf-8", "replace")
+    h = Headers([("content-type", "application/grpc"),
+                 ("grpc-status", str(status_from_http(status)))])
+    if msg:
+        h.add("grpc-message", quote(msg, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~"))
+    if stream.request.version != "HTTP/2":
+        h.add("content-length", "0")
+    resp = ResponseHead(200, h)
+    resp.content_length = 0
+    stream.send_headers(resp, True)
+    stream.flush()
