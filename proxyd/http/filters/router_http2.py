@@ -59,7 +59,8 @@ def forward_http2(stream, route, cluster, host, timeout) -> None:
     us = None
     pump = None
     t0 = time.monotonic()
-    timer = gevent.Timeout(timeout or None, RouteTimeout)
+    expired = RouteTimeout()  # gevent raises this instance, not the Timeout
+    timer = gevent.Timeout(timeout or None, expired)
     timer.start()
     try:
         headers = request_headers(stream, route, host, cluster)
@@ -86,7 +87,7 @@ def forward_http2(stream, route, cluster, host, timeout) -> None:
                     raise
                 us = None
     except RouteTimeout as t:
-        if t is not timer:
+        if t is not expired:
             raise
         cstats.upstream_rq_timeout.inc()
         host.rq_timeout.inc()
