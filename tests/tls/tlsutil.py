@@ -35,3 +35,15 @@ def stats(px) -> dict:
         return {name: value for name, _kind, value in store.items()}
     finally:
         store.close()
+
+
+def wait_stat(px, name: str, value, timeout: float = 3.0):
+    """The stat once it equals `value` (the proxy may count just after the client sees the
+    close), else its last value."""
+    import time
+    deadline = time.monotonic() + timeout
+    while True:
+        got = stats(px).get(name)
+        if got == value or time.monotonic() > deadline:
+            return got
+        time.sleep(0.05)
