@@ -84,6 +84,8 @@ class Stream:
         self.session = Session(agent.node, delta)
         self.lock = threading.Lock()
         self.q: queue.Queue = queue.Queue()
+        self.up = False
+        self._token = None
         self.log = agent.log.bind(stream=method.rsplit("/", 1)[1], target=target_cluster)
 
     def subscribe(self, type_url, names, version="", versions=None) -> None:
@@ -123,13 +125,16 @@ class Stream:
                 self.q = q
                 for r in self.session.connect():
                     q.put(r)
-            up = False
+            token = self._token = object()
+            first = True
             try:
-                for resp in rpc(iter(q.get, None)):
-                    if not up:
-                        up, attempt = True, 0
+                responses = rpc(iter(q.get, None))
+                threading.Thread(target=self._await_ready, args=(channel, token), daemon=True).start()
+                for resp in responses:
+                    if first:
+                        first, attempt = False, 0
                         self.log.info("xds_stream_up")
-                        self._report_connected(True)
+                        self._set_up(token, True)
                     self._on_response(resp)
             except grpc.RpcError as e:
                 code = e.code() if hasattr(e, "code") else None
@@ -137,7 +142,8 @@ class Stream:
                     e.details() if hasattr(e, "details") else str(e)))
             finally:
                 q.put(None)
-            self._report_connected(False)
+            self._set_up(token, False)
+            self._token = None
             delay = backoff_delay(attempt)
             attempt += 1
             self.log.info("xds_reconnect_backoff", delay_s=round(delay, 3))
@@ -164,8 +170,21 @@ class Stream:
                 req = self.session.rejected(update, error)
         self.q.put(req)
 
-    def _report_connected(self, up: bool) -> None:
+    def _await_ready(self, channel, token) -> None:
+        """Connected as soon as the channel is up (as Envoy: a server that has nothing new
+        for our versions answers nothing, and we are connected all the same)."""
+        import grpc
+        try:
+            grpc.channel_ready_future(channel).result(timeout=BACKOFF_MAX)
+        except grpc.FutureTimeoutError:
+            return
+        self._set_up(token, True)
+
+    def _set_up(self, token, up: bool) -> None:
         with self.lock:
+            if token is not self._token or up == self.up:
+                return
+            self.up = up
             types = list(self.session.types)
         self.agent.send({"kind": "connected", "stream": repr(self.key), "up": up,
                          "type_urls": types})
