@@ -43,6 +43,13 @@ def _add_bound(_logger, _method_name, event_dict):
     return event_dict
 
 
+def _fold_exception(_logger, _method_name, event_dict):
+    exc = event_dict.pop("exception", None)
+    if exc:
+        event_dict["exc"] = exc.rstrip("\n").replace("\n", " | ")
+    return event_dict
+
+
 def _orjson_dumps(obj, **_kw) -> bytes:
     return orjson.dumps(obj, default=str)
 
@@ -76,7 +83,10 @@ def configure_logging(level: str = "info", fmt: str = "text", stream=None, **bou
         factory = structlog.BytesLoggerFactory(getattr(stream, "buffer", stream))
     else:
         isatty = getattr(stream, "isatty", lambda: False)()
-        processors = shared + [structlog.dev.ConsoleRenderer(colors=isatty)]
+        # A terminal gets the traceback on its own lines; a file or journald gets it
+        # folded into the event's line, so one event stays one line.
+        tail = [] if isatty else [structlog.processors.format_exc_info, _fold_exception]
+        processors = shared + tail + [structlog.dev.ConsoleRenderer(colors=isatty)]
         factory = structlog.WriteLoggerFactory(stream)
     structlog.configure(
         processors=processors,

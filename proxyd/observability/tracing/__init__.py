@@ -1,2 +1,2 @@
-"""Distributed tracing: B3 propagation (b3.py), request ids (request_id.py) and the
+"""Distributed tracing: B3 propagation (b3.py) and the
 Zipkin tracer (zipkin.py, `build_tracer(hcm.tracing, ctx)`)."""
