@@ -162,6 +162,9 @@ def test_routes_and_endpoints_change_under_load_without_errors(env):
         wait(lambda: served_by(port, "u2"), what="endpoints switch to u2")
         env.server.set(R.CLUSTER, "3", [B.eds_cluster("svc"), B.eds_cluster("other")])
         env.server.set(R.ENDPOINT, "3", [B.cla("svc", [u2.address]), B.cla("other", [u1.address])])
+        # make-before-break, as a control plane orders it: the route moves once the cluster is warm
+        wait(lambda: env.stats()["cluster_manager.active_clusters"] == 3, what="cluster other warm")
+        assert failures == []
         env.server.set(R.ROUTE, "3", [B.route_config("r1", cluster="other")])
         wait(lambda: served_by(port, "u1"), what="route switch to cluster other")
         time.sleep(0.5)
@@ -348,3 +351,27 @@ def _accepts(port):
         return True
     except OSError:
         return False
+
+
+def test_warming_and_initial_fetch_timeout(env):
+    """Not LIVE while a listener waits for its route config; initial_fetch_timeout lets
+    start-up proceed (the listener then answers 404 with its empty route table)."""
+    port = H.free_port()
+    env.proxy.start(wait=False)
+    lst = B.listener("l1", port, rds="missing")
+    from envoy.extensions.filters.network.http_connection_manager.v3 import http_connection_manager_pb2
+    hcm = http_connection_manager_pb2.HttpConnectionManager()
+    lst.filter_chains[0].filters[0].typed_config.Unpack(hcm)
+    hcm.rds.config_source.initial_fetch_timeout.FromSeconds(2)
+    lst.filter_chains[0].filters[0].typed_config.Pack(hcm)
+    env.server.set(R.CLUSTER, "1", [])
+    env.server.set(R.LISTENER, "1", [lst])
+    env.server.wait_for(lambda: env.server.of_type(R.ROUTE), what="RDS subscription")
+    time.sleep(0.5)
+    assert env.proxy.status()["state"] == "INITIALIZING"
+    assert env.stats()["listener_manager.total_listeners_warming"] == 1
+    assert not _accepts(port)
+    env.proxy.wait_live(timeout=10)
+    assert get(port).status == 404
+    env.server.set(R.ROUTE, "1", [B.route_config("missing", direct=200)])
+    wait(lambda: get(port).status == 200, what="late route config")

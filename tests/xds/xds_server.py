@@ -101,6 +101,8 @@ class _Stream:
         w.wildcard = type_url in R.WILDCARD or not req.resource_names
         w.names = set(req.resource_names)
         w.pending = True
+        if req.HasField("error_detail"):
+            return  # NACK: resend only when the snapshot changes (no NACK loop)
         version = self.server.versions.get(type_url)
         if version is not None and (version != req.version_info or
                                     (w.sent_names is not None and w.names != w.sent_names)):
