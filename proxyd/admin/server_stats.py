@@ -8,7 +8,7 @@ import time
 
 import psutil
 
-from ..stats.prometheus import process_figures
+from ..stats.prometheus import process_figures, warm
 
 # Envoy's admin.v3.ServerInfo.State numbers, which server.state reports.
 STATE_CODES = {"LIVE": 0, "DRAINING": 1, "PRE_INITIALIZING": 2, "INITIALIZING": 3}
@@ -28,6 +28,7 @@ def refresh_server_stats(ctx) -> None:
     gauge("server.total_connections").set(int(ctx.active_connections()))
     gauge("server.hot_restart_epoch").set(int(getattr(options, "restart_epoch", 0) or 0))
     gauge("server.hot_restart_generation").set(stats.master_generation)
+    warm(stats)
 
 
 def _memory(ctx) -> int:

@@ -18,16 +18,20 @@ class Catalog:
     def refresh(self) -> None:
         """Read the entries published since the last call."""
         region = self._region
-        published = region.header[L.H_ENTRIES]
-        words = region.catalog
-        names = region.names
-        for i in range(len(self.entries), published):
-            base = i * (L.ENTRY_BYTES // 8)
-            off, length = words[base + L.E_NAME_OFF], words[base + L.E_NAME_LEN]
-            name = bytes(names[off:off + length]).decode("utf-8")
+        seen, published = len(self.entries), region.header[L.H_ENTRIES]
+        if published == seen:
+            return
+        step = L.ENTRY_BYTES // 8
+        words = region.catalog[seen * step:published * step].tolist()
+        first, last = words[L.E_NAME_OFF], words[-step + L.E_NAME_OFF] + words[-step + L.E_NAME_LEN]
+        heap = bytes(region.names[first:last])  # names are appended in entry order
+        index, entries = self._index, self.entries
+        for base in range(0, len(words), step):
+            off = words[base + L.E_NAME_OFF] - first
+            name = heap[off:off + words[base + L.E_NAME_LEN]].decode("utf-8")
             kind, row = words[base + L.E_KIND], words[base + L.E_ROW]
-            self.entries.append((name, kind, row))
-            self._index[name] = (kind, row)
+            entries.append((name, kind, row))
+            index[name] = (kind, row)
 
     def lookup(self, name: str):
         """(kind, row) of ``name``, or None if no process has added it yet."""

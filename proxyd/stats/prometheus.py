@@ -15,7 +15,7 @@ import re
 import psutil
 
 from . import layout as L
-from .tags import extract_tags
+from .tags import extract
 
 _INVALID = re.compile(r"[^a-zA-Z0-9_]")
 _LE = [f'le="{int(b) if b == int(b) else b}"' for b in L.BUCKETS_MS] + ['le="+Inf"']
@@ -38,10 +38,23 @@ def series_of(stat_name: str) -> tuple[str, str]:
     """(metric name, label text) of a stat, e.g. ('envoy_cluster_upstream_rq', 'envoy_response_code="200",...')."""
     found = _series_cache.get(stat_name)
     if found is None:
-        base, tags = extract_tags(stat_name)
-        labels = ",".join(f'{sanitize(tag)}="{escape_label_value(value)}"' for tag, value in tags)
+        base, tags = extract(stat_name)
+        labels = ",".join(f'{label}="{escape_label_value(value)}"' for _, label, value in tags)
         found = _series_cache[stat_name] = ("envoy_" + sanitize(base), labels)
     return found
+
+
+def warm(store) -> None:
+    """Extract tags of names added since the last call, so a scrape after many new names
+    (thousands of clusters) stays fast. The master calls it with the server stats refresh."""
+    catalog = store.catalog
+    catalog.refresh()
+    for name, _, _ in catalog.entries[_warmed.get(id(catalog), 0):]:
+        series_of(name)
+    _warmed[id(catalog)] = len(catalog.entries)
+
+
+_warmed: dict[int, int] = {}  # id(catalog) -> entries already warmed (a stale id only costs a re-warm)
 
 
 def _number(value) -> str:
@@ -54,10 +67,12 @@ def _number(value) -> str:
     return repr(value)
 
 
-def render(snapshot, processes=(), filter_re=None, used_only: bool = False) -> str:
-    """The /stats/prometheus body: one ``# TYPE`` per family, series sorted by labels."""
+def _plan(snapshot, filter_re, used_only) -> list:
+    """[(TYPE line, kind, [(series text, row)])] sorted by metric and labels.
+
+    It depends only on which stats are shown, so without filters it is cached per catalog size.
+    """
     families: dict[str, tuple[int, dict]] = {}
-    totals = snapshot.totals
     for name, kind, row in snapshot.select(filter_re, used_only):
         metric, labels = series_of(name)
         family = families.get(metric)
@@ -65,28 +80,47 @@ def render(snapshot, processes=(), filter_re=None, used_only: bool = False) -> s
             family = families[metric] = (kind, {})
         elif family[0] != kind:
             continue  # two kinds under one metric name would be invalid exposition
-        family[1].setdefault(labels, (kind, row))
-
-    out = []
-    append = out.append
+        family[1].setdefault(labels, row)
+    plan = []
     for metric in sorted(families):
         kind, series = families[metric]
-        append(f"# TYPE {metric} {_TYPE[kind]}\n")
-        for labels in sorted(series):
-            row = series[labels][1]
-            if kind != L.HISTOGRAM:
-                append(f"{metric}{{{labels}}} {totals[row]}\n" if labels else f"{metric} {totals[row]}\n")
-                continue
-            prefix = f"{metric}_bucket{{{labels}," if labels else f"{metric}_bucket{{"
+        if kind == L.HISTOGRAM:
+            rendered = [((f"{metric}_bucket{{{labels}," if labels else f"{metric}_bucket{{"),
+                         (f"{{{labels}}}" if labels else ""), row) for labels, row in sorted(series.items())]
+        else:
+            rendered = [(f"{metric}{{{labels}}} " if labels else f"{metric} ", row)
+                        for labels, row in sorted(series.items())]
+        plan.append((f"# TYPE {metric} {_TYPE[kind]}\n", kind, metric, rendered))
+    return plan
+
+
+def render(snapshot, processes=(), filter_re=None, used_only: bool = False) -> str:
+    """The /stats/prometheus body: one ``# TYPE`` per family, series sorted by labels."""
+    if filter_re is None and not used_only:
+        key = ("prometheus", len(snapshot.entries))
+        plan = snapshot.cache.get(key)
+        if plan is None:
+            snapshot.cache.clear()
+            plan = snapshot.cache[key] = _plan(snapshot, None, False)
+    else:
+        plan = _plan(snapshot, filter_re, used_only)
+    totals = snapshot.totals
+    out = []
+    append = out.append
+    for type_line, kind, metric, series in plan:
+        append(type_line)
+        if kind != L.HISTOGRAM:
+            out += [f"{text}{totals[row]}\n" for text, row in series]
+            continue
+        for bucket_prefix, braces, row in series:
             running = 0
             for i, le in enumerate(_LE):
                 running += totals[row + i]
-                append(f"{prefix}{le}}} {running}\n")
-            braces = f"{{{labels}}}" if labels else ""
+                append(f"{bucket_prefix}{le}}} {running}\n")
             append(f"{metric}_sum{braces} {_number(totals[row + L.HIST_SUM_ROW] / L.SUM_SCALE)}\n")
             append(f"{metric}_count{braces} {running}\n")
     if processes:
-        out.append(render_processes(processes))
+        append(render_processes(processes))
     return "".join(out)
 
 

@@ -47,7 +47,7 @@ class StatsStore:
         self.slot: int | None = None
         self._handles: dict[str, object] = {}
         self._scratch = None
-        self._overflow = None
+        self._render_cache: dict = {}
 
     @classmethod
     def create(cls, path: str, *, max_rows: int = L.DEFAULT_MAX_ROWS, max_slots: int = L.DEFAULT_MAX_SLOTS,
@@ -256,7 +256,7 @@ class StatsStore:
             blocks = [region.values(s)[:rows].tolist() for s in self._read_slots()]
             totals = blocks[0] if len(blocks) == 1 else list(map(sum, zip(*blocks)))
             used = list(map(any, zip(*blocks))) if with_used else None
-            return Snapshot(entries, totals, used)
+            return Snapshot(entries, totals, used, self._render_cache)
 
         return region.read_stable(read)
 
@@ -281,10 +281,11 @@ class StatsStore:
 class Snapshot:
     """Totals of every catalog entry at one instant."""
 
-    def __init__(self, entries, totals, used):
+    def __init__(self, entries, totals, used, cache=None):
         self.entries = entries    # [(name, kind, row)]
         self.totals = totals      # per-row totals
         self.used = used          # per-row "any slot non-zero", when asked for
+        self.cache = {} if cache is None else cache  # renderers' layouts, keyed by catalog size
 
     def value(self, kind: int, row: int):
         if kind == L.HISTOGRAM:

@@ -32,36 +32,52 @@ _DEFAULT = (
     ("envoy.worker_id", r"^server\.worker_((\d+)\.)", "server", None),
 )
 
+def _label(tag: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", tag)
+
+
 _UNPREFIXED = []
 _BY_PREFIX: dict[str, list] = {}
 for _tag, _regex, _prefix, _substr in _DEFAULT:
-    _extractor = (_tag, re.compile(_regex, re.ASCII), _substr)
+    _compiled = re.compile(_regex, re.ASCII)
+    # (tag, Prometheus label name, regex, substring, group holding the value)
+    _extractor = (_tag, _label(_tag), _compiled, _substr, 2 if _compiled.groups >= 2 else 1)
     if _prefix is None:
         _UNPREFIXED.append(_extractor)
     else:
         _BY_PREFIX.setdefault(_prefix, []).append(_extractor)
+# Per first token, the extractors to try, in Envoy's order.
+_PLANS = {prefix: (*_UNPREFIXED, *extractors) for prefix, extractors in _BY_PREFIX.items()}
+_UNPREFIXED = tuple(_UNPREFIXED)
+
+
+def extract(name: str) -> tuple[str, list[tuple[str, str, str]]]:
+    """Tag-extracted name and (tag, label name, value) triples."""
+    tags = []
+    cuts = []
+    dot = name.find(".")
+    for tag, label, regex, substr, group in _PLANS.get(name[:dot] if dot > 0 else name, _UNPREFIXED):
+        if substr is not None and substr not in name:
+            continue
+        match = regex.search(name)
+        if match is not None:
+            tags.append((tag, label, match.group(group)))
+            cuts.append(match.span(1))
+    if not cuts:
+        return name, tags
+    if len(cuts) > 1:
+        cuts.sort()
+    out, pos = [], 0
+    for start, end in cuts:
+        if start > pos:
+            out.append(name[pos:start])
+        if end > pos:
+            pos = end
+    out.append(name[pos:])
+    return "".join(out), tags
 
 
 def extract_tags(name: str) -> tuple[str, list[tuple[str, str]]]:
     """Envoy's tag-extracted name and its (tag, value) pairs."""
-    tags = []
-    cuts = []
-    first_token = name.split(".", 1)[0]
-    for tag, regex, substr in (*_UNPREFIXED, *_BY_PREFIX.get(first_token, ())):
-        if substr is not None and substr not in name:
-            continue
-        match = regex.search(name)
-        if match is None:
-            continue
-        value_group = 2 if regex.groups >= 2 else 1
-        tags.append((tag, match.group(value_group)))
-        cuts.append(match.span(1))
-    if not cuts:
-        return name, tags
-    out, pos = [], 0
-    for start, end in sorted(cuts):
-        if start > pos:
-            out.append(name[pos:start])
-        pos = max(pos, end)
-    out.append(name[pos:])
-    return "".join(out), tags
+    base, tags = extract(name)
+    return base, [(tag, value) for tag, _, value in tags]
