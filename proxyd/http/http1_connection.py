@@ -15,6 +15,7 @@ from proxyd.network.io import send_all
 
 RECV_SIZE = 65536
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
+DRAIN_GRACE = 1.0  # as listener.manager.IDLE_GRACE
 
 
 class Http1Connection:
@@ -56,17 +57,19 @@ class Http1Connection:
         try:
             while True:
                 if not events:
-                    if conn.draining:
-                        closed_by = "local"
-                        break
+                    # Draining after a keep-alive response: the client may be sending its
+                    # next request right now, and closing would fail it. Wait DRAIN_GRACE
+                    # for it (its response says Connection: close), then close.
+                    draining = conn.draining
                     self.idle = True
                     self.idle_since = time.monotonic()
-                    sock.settimeout(hcm.idle_timeout)
+                    sock.settimeout(DRAIN_GRACE if draining else hcm.idle_timeout)
                     try:
                         if not self.recv_into_parser():
                             break
                     except socket.timeout:
-                        stats.downstream_cx_idle_timeout.inc()
+                        if not draining:
+                            stats.downstream_cx_idle_timeout.inc()
                         closed_by = "local"
                         break
                     finally:
