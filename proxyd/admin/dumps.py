@@ -2,7 +2,8 @@
 
 from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory, timestamp_pb2
 
-from envoy.admin.v3 import clusters_pb2, config_dump_pb2, config_dump_shared_pb2, listeners_pb2, server_info_pb2
+from envoy.admin.v3 import (clusters_pb2, config_dump_pb2, config_dump_shared_pb2, listeners_pb2, metrics_pb2,
+                            server_info_pb2)
 from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
 from udpa.annotations import sensitive_pb2
 
@@ -107,10 +108,10 @@ def clusters_json(clusters: list[dict], host_stat) -> bytes:
                                           hostname=host.get("hostname", ""), weight=int(host.get("weight", 1)),
                                           health_status=_health_status(host.get("health_flags", "healthy")))
             for stat in HOST_COUNTERS:
-                hs.stats.add(name=stat, type=clusters_pb2.SimpleMetric.COUNTER,
+                hs.stats.add(name=stat, type=metrics_pb2.SimpleMetric.COUNTER,
                              value=host_stat(cluster["name"], host["address"], stat))
             for stat in HOST_GAUGES:
-                hs.stats.add(name=stat, type=clusters_pb2.SimpleMetric.GAUGE,
+                hs.stats.add(name=stat, type=metrics_pb2.SimpleMetric.GAUGE,
                              value=max(0, host_stat(cluster["name"], host["address"], stat)))
     return to_json(out)
 
@@ -149,7 +150,7 @@ def redact(message) -> None:
             _blank(message, field, value)
         elif field.message_type is not None:
             items = value.values() if field.message_type.GetOptions().map_entry else (
-                value if field.label == field.LABEL_REPEATED else [value])
+                value if field.is_repeated else [value])
             for item in items:
                 if hasattr(item, "ListFields"):
                     _redact_one(item)
@@ -177,7 +178,7 @@ def _unpack(message):
 
 def _blank(message, field, value) -> None:
     if field.message_type is None:
-        if field.label == field.LABEL_REPEATED:
+        if field.is_repeated:
             message.ClearField(field.name)
         elif field.type == field.TYPE_BYTES:
             setattr(message, field.name, REDACTED.encode())
@@ -186,7 +187,7 @@ def _blank(message, field, value) -> None:
         else:
             message.ClearField(field.name)
         return
-    items = value if field.label == field.LABEL_REPEATED else [value]
+    items = value if field.is_repeated else [value]
     for item in items:
         for sub, sub_value in item.ListFields():
             _blank(item, sub, sub_value)
