@@ -48,11 +48,13 @@ def make_info(**over) -> StreamInfo:
     info.upstream_start_mono = 1000.005
     info.response_start_mono = 1000.0155
     info.end_mono = 1000.0237
-    info.request = RequestHead("POST", "/api/v1?x=1", "svc.example.com", "https", "HTTP/1.1", Headers([
+    headers = Headers([
         ("user-agent", "curl/8.5.0"), ("x-forwarded-for", "203.0.113.7"),
         ("x-request-id", "9b1deb4d-3b7d-4bad-9bdd-2b0d7b3dcb6d"), ("content-length", "11"),
         ("x-dup", "first"), ("x-dup", "second"),
-    ]))
+    ])
+    info.request = RequestHead("POST", "/api/v1?x=1", "svc.example.com", "https", "HTTP/1.1",
+                               headers)
     info.response = ResponseHead(201, Headers([
         ("content-type", "application/json"), ("x-envoy-upstream-service-time", "9"),
     ]))

@@ -236,7 +236,7 @@ def test_workers_sharing_one_file_never_interleave(upstream, proxyd_factory, tmp
         assert m and line.count(m.group(2)) == 3000 + (m.group(2) in "client"), line[:80]
 
 
-def tracing(service_port):
+def tracing():
     return {"random_sampling": {"value": 100},
             "provider": {"name": "envoy.tracers.zipkin", "typed_config": {
                 "@type": ZIPKIN, "collector_cluster": "zipkin",
@@ -249,10 +249,10 @@ def test_b3_and_zipkin_across_two_proxyd_hops(upstream, proxyd_factory):
     try:
         zipkin_cluster = cluster("zipkin", [col.address])
         p2, p1 = free_port(), free_port()
-        hop2 = bootstrap([listener(p2, tracing=tracing(p2))],
+        hop2 = bootstrap([listener(p2, tracing=tracing())],
                          [cluster("upstream", [("127.0.0.1", upstream.port)]), zipkin_cluster])
         hop2["node"] = {"id": "hop2-node", "cluster": "hop2"}
-        hop1 = bootstrap([listener(p1, tracing=tracing(p1))],
+        hop1 = bootstrap([listener(p1, tracing=tracing())],
                          [cluster("upstream", [("127.0.0.1", p2)]), zipkin_cluster])
         hop1["node"] = {"id": "hop1-node", "cluster": "hop1"}
         proxyd_factory(hop2)

@@ -13,7 +13,8 @@ from typing import Callable
 
 Filter = Callable[[object], bool]
 
-_DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}  # FractionalPercent HUNDRED, TEN_THOUSAND, MILLION
+# FractionalPercent denominators: HUNDRED, TEN_THOUSAND, MILLION
+_DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}
 
 
 def _runtime_int(ctx, key: str, default: int) -> Callable[[], int]:
