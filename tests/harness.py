@@ -177,12 +177,15 @@ class Proxyd:
         self.log_path = os.path.join(self.runtime_dir, "proxyd.log")
         self.proc: subprocess.Popen | None = None
         self.seen_pids: set[int] = set()
-        cfg = yaml.safe_load(Path(config_path).read_text())
-        self.config = cfg
-        lst = (cfg.get("static_resources") or {}).get("listeners") or []
-        self.ports = [x["address"]["socket_address"]["port_value"] for x in lst]
-        admin = (cfg.get("admin") or {}).get("address", {}).get("socket_address")
-        self.admin_port = admin["port_value"] if admin else None
+        self.ports, self.admin_port = [], None
+        try:  # best effort: broken configs are tested too
+            cfg = yaml.safe_load(Path(config_path).read_text())
+            lst = (cfg.get("static_resources") or {}).get("listeners") or []
+            self.ports = [x["address"]["socket_address"]["port_value"] for x in lst]
+            admin = (cfg.get("admin") or {}).get("address", {}).get("socket_address")
+            self.admin_port = admin["port_value"] if admin else None
+        except (AttributeError, KeyError, TypeError, yaml.YAMLError):
+            pass
 
     @property
     def port(self) -> int:
