@@ -163,3 +163,13 @@ def test_resource_wrapper_is_unwrapped():
     resp.resources.add().Pack(wrapped)
     up, nack = s.handle(resp)
     assert nack is None and set(up.resources) == {"a"}
+
+
+def test_backoff_is_jittered_between_half_a_second_and_thirty():
+    from proxyd.xds.agent import backoff_delay, method_path
+    assert backoff_delay(0, rng=lambda: 1.0) == 0.5
+    assert backoff_delay(3, rng=lambda: 1.0) == 4.0
+    assert backoff_delay(20, rng=lambda: 1.0) == 30.0
+    assert 0 < backoff_delay(5, rng=lambda: 0.0) <= 0.05
+    assert method_path(None, True) == "/envoy.service.discovery.v3.AggregatedDiscoveryService/DeltaAggregatedResources"
+    assert method_path(R.ROUTE, False) == "/envoy.service.route.v3.RouteDiscoveryService/StreamRoutes"
