@@ -267,9 +267,12 @@ class StatsStore:
     # -- lifecycle -------------------------------------------------------------------------
 
     def close(self) -> None:
-        scratch = memoryview(bytearray(self.layout.max_rows * 8)).cast("q")
-        for handle in self._handles.values():
-            handle._rebind(scratch)
+        """Unmap; handles made here keep working but write to private scratch memory."""
+        if self._handles:
+            self.slot = None
+            scratch = self._write_view()
+            for handle in self._handles.values():
+                handle._rebind(scratch)
         self._region.close()
 
     def unlink(self) -> None:
