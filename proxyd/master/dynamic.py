@@ -317,6 +317,9 @@ class DynamicConfig:
             if entry[0] == key:      # removed and re-added before the old one drained
                 self.closing.remove(entry)
                 return entry[1]
+        spare = getattr(self.m, "spare_sockets", None) or {}
+        if key in spare:             # inherited from a predecessor on hot restart
+            return spare.pop(key)
         sa = lst.address.socket_address
         return bind_tcp(sa.address, sa.port_value)
 
