@@ -242,3 +242,19 @@ def test_curl_head_and_100_continue(px, tmp_path):
     assert out.returncode == 0, out.stderr
     assert "HTTP/1.1 100 Continue" in out.stderr
     assert '"body_len": 2000000' in out.stdout
+
+
+def test_nginx_upstream_static_file(nginx_factory, proxyd_factory):
+    """A real server as the upstream: a 5 MiB static file and nginx's own keep-alive."""
+    import hashlib
+    import os as _os
+    data = _os.urandom(5 * 1024 * 1024)
+    ngx = nginx_factory({"blob.bin": data})
+    px = proxyd_factory(simple_config(free_port(), ngx.port))
+    with Conn(px.port) as c:
+        r = c.request("GET", "/blob.bin")
+        assert r.status == 200
+        assert hashlib.sha256(r.body).digest() == hashlib.sha256(data).digest()
+        r = c.request("GET", "/hello")
+        assert (r.status, r.body) == (200, b"hello from nginx\n")
+        assert c.request("GET", "/missing").status == 404
