@@ -108,6 +108,10 @@ def _hcm(hcm, path, clusters, out):
                                f"(envoy.filters.http.router), not '{f.name}'"))
     if hcm.HasField('route_config'):
         _route_config(hcm.route_config, path + ('route_config',), clusters, out)
+    from proxyd.observability.config_check import check_access_logs, check_tracing
+    out += check_access_logs(hcm.access_log, path + ('access_log',))
+    out += check_tracing(hcm.tracing if hcm.HasField('tracing') else None,
+                         path + ('tracing',), clusters)
 
 
 def _route_config(rc, path, clusters, out):

@@ -15,6 +15,8 @@ import gevent
 
 from proxyd import registry
 from proxyd.config import unpack
+from proxyd.observability.access_log import build_access_logs
+from proxyd.observability.tracing.zipkin import build_tracer
 from proxyd.http.codec.http2 import Http2Options
 from proxyd.router.route_table import RouteTable
 
@@ -88,8 +90,8 @@ class HttpConnectionManager:
         self.always_set_request_id_in_response = config.always_set_request_id_in_response
         self.use_remote_address = _opt_bool(config, "use_remote_address", False)
         self.server_name = config.server_name or "envoy"
-        self.access_logs: list = []
-        self.tracer = None
+        self.access_logs = build_access_logs(config.access_log, ctx) if config.access_log else []
+        self.tracer = build_tracer(config.tracing, ctx) if config.HasField("tracing") else None
 
     @staticmethod
     def new_request_id() -> str:

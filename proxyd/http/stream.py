@@ -63,6 +63,8 @@ class Stream:
                 headers.set("x-forwarded-proto", req.scheme)
             elif "x-forwarded-proto" not in headers:
                 headers.set("x-forwarded-proto", req.scheme)
+            if hcm.tracer is not None:
+                hcm.tracer.start(info, req)
             route = self.route = hcm.route_table.match(req)
             if route is None:
                 stats.no_route.inc()
@@ -89,6 +91,8 @@ class Stream:
         if code:
             stats.downstream_rq_xx[code // 100 if 1 <= code // 100 <= 5 else 5].inc()
         stats.downstream_rq_time.record((now - info.start_mono) * 1000.0)
+        if info.trace is not None:
+            hcm.tracer.finish(info.trace, info)
         for log in hcm.access_logs:
             log.log(info)
 

@@ -23,6 +23,8 @@ from gevent.event import Event  # noqa: E402
 
 from proxyd.ipc import Channel  # noqa: E402
 from proxyd.listener.manager import ListenerManager  # noqa: E402
+from proxyd.observability import access_log  # noqa: E402
+from proxyd.observability.tracing import zipkin  # noqa: E402
 from proxyd.observability.logging import configure_logging, get_logger, set_level  # noqa: E402
 from proxyd.stats import StatsStore  # noqa: E402
 from proxyd.upstream.cluster_manager import ClusterManager  # noqa: E402
@@ -58,8 +60,11 @@ class Worker:
         gevent.signal_handler(signal.SIGTERM, self.drain, "signal")
         gevent.signal_handler(signal.SIGINT, self.stopped.set)
         gevent.signal_handler(signal.SIGQUIT, self.stopped.set)
+        gevent.signal_handler(signal.SIGUSR1, access_log.reopen_all)
         gevent.spawn(self._control_loop)
         self.stopped.wait()
+        access_log.flush_all()
+        zipkin.flush_all()
         return 0
 
     def _control_loop(self) -> None:

@@ -74,6 +74,8 @@ def _upstream_headers(stream, route, host):
     h = req.headers.copy()
     h.remove_hop_by_hop()
     h.remove("expect")  # proxyd answers 100-continue itself, as Envoy does by default
+    if stream.info.trace is not None:
+        stream.hcm.tracer.inject(stream.info.trace, h)
     if route.auto_host_rewrite and host.hostname:
         req.authority = host.hostname
         h.set("host", host.hostname)
