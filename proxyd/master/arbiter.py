@@ -72,6 +72,7 @@ class Master:
         self.version = 0
         self.stopping = False
         self.handed_over = False       # a successor took over: leave shared state to it
+        self.spare_sockets: dict = {}  # inherited on hot restart, not (yet) used
         self.reloading = False
         self.predecessor = None        # hot_restart.Predecessor while taking over
         self.healthcheck_failed = False
@@ -106,10 +107,8 @@ class Master:
         self._resolve_all()
         self._start_dynamic()
         self._start_admin()
-        self.control = ControlServer(os.path.join(opts.runtime_dir, CONTROL_SOCK), self.handle_control)
-        self.control.start()
-        with open(os.path.join(opts.runtime_dir, PID_FILE), "w") as f:
-            f.write("%d\n" % os.getpid())
+        if self.predecessor is None:
+            self._take_runtime_dir()
         for i in range(opts.concurrency):
             w = WorkerHandle(i)
             self.workers.append(w)
@@ -118,6 +117,18 @@ class Master:
             gevent.spawn(self._dns_loop, name, cluster)
         gevent.spawn(self._stats_loop)
         gevent.spawn(self._await_live)
+
+    def _take_runtime_dir(self) -> None:
+        """Serve the control socket and own the pid file. A hot-restarted master does
+        this only once live: until then `proxyd reload` and `proxyd stop` must reach the
+        old master, which keeps serving if this one dies while starting."""
+        rt = self.options.runtime_dir
+        self.control = ControlServer(os.path.join(rt, CONTROL_SOCK), self.handle_control)
+        self.control.start()
+        tmp = os.path.join(rt, "%s.%d" % (PID_FILE, os.getpid()))
+        with open(tmp, "w") as f:
+            f.write("%d\n" % os.getpid())
+        os.replace(tmp, os.path.join(rt, PID_FILE))
 
     def _start_dynamic(self) -> None:
         from proxyd.master import dynamic
@@ -168,8 +179,9 @@ class Master:
                 except BindError as e:
                     raise StartupError("admin: %s" % e) from None
             self.admin_sock = sock
-        for sock in inherited.values():
-            sock.close()
+        # Sockets the static config does not use may belong to listeners xDS will send
+        # again (master/dynamic.py takes them from here); the rest close once live.
+        self.spare_sockets = inherited
 
     def _start_admin(self) -> None:
         if self.admin_sock is None:
@@ -297,11 +309,15 @@ class Master:
                     (self.dynamic is None or self.dynamic.initialized):
                 self.state = "LIVE"
                 self.live.set()
+                for sock in self.spare_sockets.values():
+                    sock.close()
+                self.spare_sockets = {}
                 self.log.info("live", workers=len(self.workers), pid=os.getpid(),
                               epoch=self.options.restart_epoch)
                 status = "STATUS=live: %d workers, epoch %d" % (len(self.workers),
                                                                 self.options.restart_epoch)
                 if self.predecessor is not None:
+                    self._take_runtime_dir()
                     # systemd must know the new main pid before the old master exits.
                     sdnotify.notify("MAINPID=%d" % os.getpid(), "READY=1", status)
                     sdnotify.barrier()
