@@ -57,5 +57,12 @@ class AdminContext(Protocol):
     def set_log_level(self, level: str) -> bool:
         """POST /logging?level=: False if the level is unknown."""
 
+    def reopen_logs(self) -> None:
+        """POST /reopen_logs: every worker reopens its access log files (as SIGUSR1)."""
+
     def active_connections(self) -> int:
         """Downstream connections open across workers (server.total_connections)."""
+
+    dynamic: object
+    """master/dynamic.py DynamicConfig when xDS or watched files are in use, else None:
+    `config_dump_sections(stamp_of)` and `runtime_layers()` feed /config_dump and /runtime."""

@@ -123,23 +123,33 @@ def listeners_json(listeners: list[tuple[str, str]]) -> bytes:
     return to_json(out)
 
 
-def config_dump(bootstrap, updated_at: float) -> bytes:
-    """Bootstrap, static clusters and static listeners, with sensitive fields redacted."""
-    stamp = timestamp_pb2.Timestamp()
-    stamp.FromNanoseconds(int(updated_at * 1e9))
+def stamp(unix_time: float) -> timestamp_pb2.Timestamp:
+    ts = timestamp_pb2.Timestamp()
+    ts.FromNanoseconds(int(unix_time * 1e9))
+    return ts
+
+
+def config_dump(bootstrap, updated_at: float, sections=None) -> bytes:
+    """Bootstrap plus the listeners/clusters (/routes/endpoints) dumps, sensitive fields
+    redacted. `sections`: the dynamic-config dumps (static and dynamic resources with
+    versions) when xDS or watched files are in use; else the static resources."""
     boot = type(bootstrap)()
     boot.CopyFrom(bootstrap)
     redact(boot)
-    clusters = config_dump_shared_pb2.ClustersConfigDump()
-    for cluster in boot.static_resources.clusters:
-        clusters.static_clusters.add(last_updated=stamp).cluster.Pack(cluster)
-    listeners = config_dump_shared_pb2.ListenersConfigDump()
-    for listener in boot.static_resources.listeners:
-        listeners.static_listeners.add(last_updated=stamp).listener.Pack(listener)
+    when = stamp(updated_at)
+    if sections is None:
+        clusters = config_dump_shared_pb2.ClustersConfigDump()
+        for cluster in boot.static_resources.clusters:
+            clusters.static_clusters.add(last_updated=when).cluster.Pack(cluster)
+        listeners = config_dump_shared_pb2.ListenersConfigDump()
+        for listener in boot.static_resources.listeners:
+            listeners.static_listeners.add(last_updated=when).listener.Pack(listener)
+        sections = [clusters, listeners]
     dump = config_dump_pb2.ConfigDump()
-    dump.configs.add().Pack(config_dump_pb2.BootstrapConfigDump(bootstrap=boot, last_updated=stamp))
-    dump.configs.add().Pack(clusters)
-    dump.configs.add().Pack(listeners)
+    dump.configs.add().Pack(config_dump_pb2.BootstrapConfigDump(bootstrap=boot, last_updated=when))
+    for section in sections:
+        redact(section)
+        dump.configs.add().Pack(section)
     return to_json(dump)
 
 

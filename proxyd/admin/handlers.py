@@ -4,6 +4,7 @@ State-changing endpoints accept only POST (405 with ``Allow: POST`` otherwise), 
 followed by a browser cannot drain or stop the proxy.
 """
 
+import json
 import re
 import time
 from dataclasses import dataclass, field
@@ -128,7 +129,28 @@ def listeners(ctx, req: Request) -> Response:
 def config_dump(ctx, req: Request) -> Response:
     if ctx.bootstrap is None:
         return Response(200, b'{\n "configs": []\n}\n', JSON)
-    return Response(200, dumps.config_dump(ctx.bootstrap, ctx.epoch_start_time), JSON)
+    dynamic = getattr(ctx, "dynamic", None)
+    sections = dynamic.config_dump_sections(dumps.stamp) if dynamic is not None else None
+    return Response(200, dumps.config_dump(ctx.bootstrap, ctx.epoch_start_time, sections), JSON)
+
+
+def runtime(ctx, req: Request) -> Response:
+    """Envoy's /runtime: the layers, and per key each layer's value and the final one."""
+    dynamic = getattr(ctx, "dynamic", None)
+    layers = dynamic.runtime_layers() if dynamic is not None else []
+    entries: dict = {}
+    for i, (_name, values) in enumerate(layers):
+        for key, value in values.items():
+            e = entries.setdefault(key, {"layer_values": [""] * len(layers), "final_value": ""})
+            e["layer_values"][i] = str(value)
+            e["final_value"] = str(value)
+    body = {"layers": [name for name, _ in layers], "entries": entries}
+    return Response(200, json.dumps(body, indent=1, sort_keys=True).encode() + b"\n", JSON)
+
+
+def reopen_logs(ctx, req: Request) -> Response:
+    ctx.reopen_logs()
+    return Response(200, b"OK\n")
 
 
 def healthcheck_fail(ctx, req: Request) -> Response:
@@ -196,6 +218,8 @@ ENDPOINTS = {
     "/quitquitquit": Endpoint(quitquitquit, True, "exit the server"),
     "/reset_counters": Endpoint(reset_counters, True, "reset all counters to zero"),
     "/logging": Endpoint(logging_level, True, "show or set the log level; ?level=debug"),
+    "/runtime": Endpoint(runtime, False, "runtime layers and values (static and RTDS)"),
+    "/reopen_logs": Endpoint(reopen_logs, True, "reopen access log files (like SIGUSR1)"),
 }
 
 

@@ -59,7 +59,7 @@ class Master:
         self.log = get_logger("master")
         self.bootstrap = None
         self.stats: StatsStore | None = None
-        self.state = "PRE_INITIALIZING"
+        self._state = "PRE_INITIALIZING"
         self.epoch_start_time = time.time()
         self.first_start_time = self.epoch_start_time
         self.listen_socks: dict[str, socket.socket] = {}   # address key -> socket
@@ -79,6 +79,18 @@ class Master:
         self.stopped = Event()
         self.live = Event()
         self.dynamic = None            # master/dynamic.py: xDS and watched-file config
+
+    @property
+    def state(self) -> str:
+        """Envoy's server state; a LIVE server whose health check was failed by
+        `POST /healthcheck/fail` reports DRAINING (so /ready answers 503), as Envoy."""
+        if self._state == "LIVE" and self.healthcheck_failed:
+            return "DRAINING"
+        return self._state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self._state = value
 
     # --- start-up -------------------------------------------------------------
     def start(self) -> None:
@@ -483,7 +495,7 @@ class Master:
                     pass
 
     def reopen_logs(self) -> None:
-        """SIGUSR1: workers reopen their access log files (logrotate)."""
+        """SIGUSR1 and POST /reopen_logs: workers reopen their access log files."""
         for w in self.workers:
             if w.proc is not None and w.proc.returncode is None:
                 w.proc.send_signal(signal.SIGUSR1)

@@ -86,6 +86,9 @@ class FakeMaster:
     def active_connections(self):
         return 3
 
+    def reopen_logs(self):
+        self.calls.append(("reopen_logs",))
+
 
 @pytest.fixture
 def master():

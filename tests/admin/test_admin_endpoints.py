@@ -12,7 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 MUTATING = ["/healthcheck/fail", "/healthcheck/ok", "/drain_listeners", "/quitquitquit", "/reset_counters",
-            "/logging"]
+            "/logging", "/reopen_logs"]
 
 
 def request(address, method, path):
@@ -167,6 +167,7 @@ def test_mutating_endpoints_over_post(admin, master):
     assert counter.value() == 0
     assert post(admin, "/logging?level=debug")[0] == 200
     assert post(admin, "/logging?level=loud")[0] == 400
+    assert post(admin, "/reopen_logs")[::2] == (200, b"OK\n")
     assert post(admin, "/drain_listeners?graceful")[0] == 200
     assert get(admin, "/ready")[0] == 503
     status, headers, _ = post(admin, "/quitquitquit")
@@ -175,7 +176,12 @@ def test_mutating_endpoints_over_post(admin, master):
     while ("quit",) not in master.calls and time.monotonic() < deadline:
         time.sleep(0.01)
     assert master.calls == [("healthcheck_failed", True), ("healthcheck_failed", False), ("log_level", "debug"),
-                            ("drain", True), ("quit",)]
+                            ("reopen_logs",), ("drain", True), ("quit",)]
+
+
+def test_runtime_without_layers(admin):
+    status, _, body = get(admin, "/runtime")
+    assert status == 200 and json.loads(body) == {"entries": {}, "layers": []}
 
 
 def test_help_unknown_path_keep_alive_and_bad_requests(admin):
