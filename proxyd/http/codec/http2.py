@@ -10,8 +10,8 @@ The wrapper exists to keep h2's event classes and quirks out of the connection c
   pairs, the way the rest of proxyd holds them;
 - h2 treats a GOAWAY (sent or received) as the end of the connection and refuses to
   finish streams already in flight, which HTTP/2 allows (RFC 9113 6.8); we send our
-  GOAWAY as raw bytes and reopen h2's state after one arrives, and the connection
-  code enforces the "no new streams" half itself;
+  GOAWAY as raw bytes and give h2 a state table in which a received one keeps the
+  connection open; the connection code enforces the "no new streams" half itself;
 - Envoy's settings (window sizes, max concurrent streams) are applied at the start.
 """
 from __future__ import annotations
@@ -80,6 +80,19 @@ class Http2Options:
                                                   DEFAULT_CONNECTION_WINDOW)
 
 
+def _transitions_surviving_goaway() -> dict:
+    """h2's connection state table, except that a received GOAWAY leaves the connection
+    open (for the streams it lets finish) instead of closing it mid-read."""
+    CS, CI = _connection.ConnectionState, _connection.ConnectionInputs
+    t = dict(_connection.H2ConnectionStateMachine._transitions)
+    for state in (CS.IDLE, CS.CLIENT_OPEN, CS.SERVER_OPEN):
+        t[(state, CI.RECV_GOAWAY)] = (None, state)
+    return t
+
+
+_TRANSITIONS = _transitions_surviving_goaway()
+
+
 def _goaway_frame(last_stream_id: int, error_code: int) -> bytes:
     # frame header: 24-bit length 8, type 0x7, no flags, stream 0; then the payload
     return b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + struct.pack(
@@ -93,8 +106,7 @@ def _str_headers(headers) -> list:
 class Http2Codec:
     """One HTTP/2 connection's protocol state, either side."""
 
-    __slots__ = ("_c", "client_side", "_dispatch", "goaway_sent", "goaway_received",
-                 "_open_state")
+    __slots__ = ("_c", "client_side", "_dispatch", "goaway_sent", "goaway_received")
 
     def __init__(self, client_side: bool, options: Http2Options | None = None,
                  max_header_list_size: int = 60 * 1024):
@@ -104,6 +116,7 @@ class Http2Codec:
             validate_outbound_headers=False, normalize_outbound_headers=False,
             validate_inbound_headers=True, normalize_inbound_headers=True)
         c = self._c = _connection.H2Connection(config=cfg)
+        c.state_machine._transitions = _TRANSITIONS
         S = _settings.SettingCodes
         c.local_settings = _settings.Settings(client=client_side, initial_values={
             S.MAX_CONCURRENT_STREAMS: o.max_concurrent_streams,
@@ -113,7 +126,6 @@ class Http2Codec:
         self.client_side = client_side
         self.goaway_sent = False
         self.goaway_received = False
-        self._open_state = None
         c.initiate_connection()
         extra = o.initial_connection_window_size - SPEC_INITIAL_WINDOW
         if extra > 0:
@@ -141,11 +153,7 @@ class Http2Codec:
         return (SETTINGS, self._c.remote_settings.max_concurrent_streams)
 
     def _on_goaway(self, e):
-        # Keep streams at or below last_stream_id alive: undo h2's move to CLOSED.
         self.goaway_received = True
-        sm = self._c.state_machine
-        if self._open_state is not None:
-            sm.state = self._open_state
         return (GOAWAY, e.last_stream_id if e.last_stream_id is not None else 0x7FFFFFFF,
                 int(e.error_code or 0))
 
@@ -155,9 +163,6 @@ class Http2Codec:
         """Feed bytes from the peer; return events. Raises H2ProtocolError (the
         connection is then dead; data_to_send() holds the GOAWAY to send)."""
         c = self._c
-        if self._open_state is None:
-            self._open_state = _connection.ConnectionState.CLIENT_OPEN if self.client_side \
-                else _connection.ConnectionState.SERVER_OPEN
         dispatch = self._dispatch
         out = []
         for e in c.receive_data(data):
