@@ -17,16 +17,20 @@ class ControlServer:
     def __init__(self, path: str, handler):
         from gevent.server import StreamServer
         self.path = path
-        if os.path.exists(path):
-            os.unlink(path)
+        # Bound beside, then renamed over: the path always reaches a master, the old one
+        # until the rename (a hot-restarted master takes it over only once live).
+        tmp = "%s.%d" % (path, os.getpid())
+        if os.path.exists(tmp):
+            os.unlink(tmp)
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         old = os.umask(0o177)
         try:
-            sock.bind(path)
+            sock.bind(tmp)
         finally:
             os.umask(old)
         sock.listen(16)
-        self.inode = os.stat(path).st_ino
+        self.inode = os.stat(tmp).st_ino
+        os.replace(tmp, path)
         self.handler = handler
         self.server = StreamServer(sock, self._serve)
 
