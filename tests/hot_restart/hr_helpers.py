@@ -36,11 +36,12 @@ def version_route(body: str) -> dict:
             "direct_response": {"status": 200, "body": {"inline_string": body}}}
 
 
-def config(port: int, upstream_port: int, body: str = "v1", extra_listeners=()) -> dict:
+def config(port: int, upstream_port: int, body: str = "v1", extra_listeners=(),
+           extra_clusters=()) -> dict:
     """One listener on `port`: /version answers `body` directly, the rest goes upstream."""
     routes = [version_route(body), route("/")]
     return bootstrap([listener(port, routes=routes)] + list(extra_listeners),
-                     [cluster("upstream", [("127.0.0.1", upstream_port)])])
+                     [cluster("upstream", [("127.0.0.1", upstream_port)])] + list(extra_clusters))
 
 
 def rewrite(px, cfg) -> None:
@@ -230,13 +231,16 @@ def percentile(values, p: float) -> float:
 
 
 class PythonLoad:
-    """`connections` threads, each looping GETs on a persistent connection and opening a
-    new one when the server answers `Connection: close`. Any exception or non-200 is a
+    """`connections` threads, each looping GETs (pausing `think_s` between them) on a
+    persistent connection and opening a new one when the server answers
+    `Connection: close`. Any exception or non-200 is a
     failure; stop() lets every thread finish the request it has in flight."""
 
-    def __init__(self, port: int, connections: int = 32, path: str = "/load"):
+    def __init__(self, port: int, connections: int = 32, path: str = "/load",
+                 think_s: float = 0.0):
         self.port = port
         self.path = path
+        self.think_s = think_s
         self.completed = 0
         self.failures: list[str] = []
         self.connects = 0
@@ -282,6 +286,8 @@ class PythonLoad:
                         self.closes += 1
                     conn.close()
                     conn = None
+                if self.think_s:
+                    time.sleep(self.think_s)
         finally:
             if conn is not None:
                 conn.close()
@@ -308,6 +314,10 @@ class PythonLoad:
 
 
 WRK_SCRIPT = """
+delay = function()
+  return DELAY_MS
+end
+
 done = function(summary, latency, requests)
   local e = summary.errors
   io.write(string.format(
@@ -320,13 +330,14 @@ end
 
 
 class Wrk:
-    """wrk on the proxy; stop() interrupts it (SIGINT) and parses its summary."""
+    """wrk on the proxy, each connection pausing `think_s` between requests (its
+    Lua delay()); stop() interrupts it (SIGINT) and parses its summary."""
 
     def __init__(self, port: int, connections: int = 32, path: str = "/load",
-                 duration_s: int = 300):
+                 think_s: float = 0.0, duration_s: int = 300):
         self.dir = tempfile.mkdtemp(prefix="wrk-")
         script = os.path.join(self.dir, "done.lua")
-        Path(script).write_text(WRK_SCRIPT)
+        Path(script).write_text(WRK_SCRIPT.replace("DELAY_MS", str(round(think_s * 1000))))
         self.proc = subprocess.Popen(
             ["wrk", "-t", "1", "-c", str(connections), "-d", "%ds" % duration_s, "--timeout", "20s",
              "-s", script, "http://127.0.0.1:%d%s" % (port, path)],
