@@ -81,7 +81,8 @@ class TcpProxy:
             up = self._connect(conn, info)
             if up is not None:
                 try:
-                    _Session(self, conn, up, info).run()
+                    session = conn.protocol = _Session(self, conn, up, info)
+                    session.run()
                 finally:
                     up.close()
         finally:
@@ -117,7 +118,14 @@ class TcpProxy:
 
 
 class _Session:
-    """The two pumps of one proxied connection and the idle timer that watches them."""
+    """The two pumps of one proxied connection and the idle timer that watches them.
+
+    It is the connection's `protocol` for the listener's drain, which closes idle
+    protocols at once: a TCP session is never idle by that measure (Envoy leaves
+    tcp_proxy connections alone until the drain deadline), and closing fds under the
+    pumps' own watchers would be unsafe."""
+
+    idle = False
 
     __slots__ = ("proxy", "down", "up", "info", "last", "timed_out", "aborted",
                  "upstream_eof_first", "_up_eof", "up_pending", "upward")
