@@ -81,6 +81,7 @@ class HttpConnectionManager:
                                           if config.HasField("http2_protocol_options") else None)
         self.idle_timeout = _seconds(config.common_http_protocol_options, "idle_timeout",
                                      DEFAULT_IDLE_TIMEOUT) or None
+        self.request_timeout = _seconds(config, "request_timeout", 0.0) or None
         self.stream_idle_timeout = _seconds(config, "stream_idle_timeout",
                                             DEFAULT_STREAM_IDLE_TIMEOUT) or None
         self.max_request_headers = (config.max_request_headers_kb.value

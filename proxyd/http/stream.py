@@ -6,6 +6,8 @@ from __future__ import annotations
 import time
 from email.utils import formatdate
 
+import gevent
+
 from proxyd.http import grpc, local_reply
 from proxyd.http.headers import Headers
 from proxyd.http.message import ResponseHead, StreamInfo
@@ -24,6 +26,10 @@ def http_date() -> str:
 
 class DownstreamGone(Exception):
     """The client closed or reset while we were writing to it."""
+
+
+class RequestTimeout(Exception):
+    """HCM request_timeout: the whole request did not arrive in time (408)."""
 
 
 class Stream:
@@ -49,6 +55,13 @@ class Stream:
         stats.downstream_rq_active.inc()
         req = self.request
         info = self.info
+        timer = None
+        if hcm.request_timeout and not self.request_complete:
+            # Fires only while the request is still arriving; once it is complete the
+            # callback is a no-op, so a slow upstream is never cut by this timer.
+            glet = gevent.getcurrent()
+            timer = gevent.get_hub().loop.timer(hcm.request_timeout)
+            timer.start(lambda: self.request_complete or glet.throw(RequestTimeout()))
         try:
             headers = req.headers
             rid = headers.get("x-request-id") if hcm.preserve_external_request_id or not hcm.use_remote_address else None
@@ -78,7 +91,16 @@ class Stream:
             info.response_flags.append("DC")
             stats.downstream_rq_rx_reset.inc()
             self.closing = True
+        except RequestTimeout:
+            stats.downstream_rq_timeout.inc()
+            self.closing = True
+            try:
+                self.local_reply(408, b"request timeout", "request_overall_timeout")
+            except DownstreamGone:
+                pass
         finally:
+            if timer is not None:
+                timer.close()
             self._complete()
 
     def _complete(self) -> None:

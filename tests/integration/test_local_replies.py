@@ -98,3 +98,20 @@ def test_max_request_headers_kb(module_proxyd_factory, upstream):
     assert http(px.port, headers=[("X-A", "a" * 1000)]).status == 200
     data, closed = raw_exchange(px.port, b"GET / HTTP/1.1\r\nHost: a\r\nX-A: " + b"a" * 3000 + b"\r\n\r\n")
     assert data.startswith(b"HTTP/1.1 431 ") and closed
+
+
+def test_408_request_timeout_for_a_slow_body(module_proxyd_factory, upstream):
+    """HCM request_timeout: a request whose body does not arrive in time gets 408 and
+    the connection closes; a request completed in time is not cut by the timer even
+    when the upstream is slower than the timeout."""
+    px = module_proxyd_factory(bootstrap([listener(free_port(), request_timeout="0.5s")],
+                                         [cluster("upstream", [upstream.address])]))
+    with Conn(px.port) as c:
+        c.sock.sendall(b"POST /echo HTTP/1.1\r\nHost: a\r\nContent-Length: 10\r\n\r\nabc")
+        t0 = time.monotonic()
+        r = c.read_response()
+        assert (r.status, r.body) == (408, b"request timeout")
+        assert 0.4 < time.monotonic() - t0 < 3
+        assert r.header("connection") == "close"
+    r = http(px.port, method="POST", path="/echo?delay=1", body=b"0123456789")
+    assert r.status == 200

@@ -140,7 +140,9 @@ def forward(stream, route, cluster, host) -> None:
         _abort(stream, conn, local_reply.upstream_reset())
     except ProtocolError:
         _abort(stream, conn, local_reply.upstream_protocol_error())
-    except DownstreamGone:
+    except BaseException:
+        # the client went away, or the stream was interrupted (request_timeout): the
+        # upstream connection is mid-exchange and cannot be reused
         if conn is not None and conn.sock is not None:
             conn.close()
             cstats.upstream_cx_destroy_local.inc()
