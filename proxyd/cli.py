@@ -29,6 +29,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="how long in-flight requests may take to finish on stop or reload")
     run.add_argument("--parent-shutdown-time-s", type=float, default=90.0,
                      help="hot restart: the old master exits by then at the latest")
+    run.add_argument("--service-node", help="node id (overrides the bootstrap's node.id)")
+    run.add_argument("--service-cluster", help="node cluster (overrides node.cluster)")
+    run.add_argument("--service-zone", help="node zone (overrides node.locality.zone)")
     run.add_argument("--restart-epoch", type=int, default=0, help=argparse.SUPPRESS)
     run.add_argument("-l", "--log-level", default="info",
                      choices=("trace", "debug", "info", "warning", "warn", "error", "critical", "off"))

@@ -31,6 +31,18 @@ from proxyd.stats import StatsStore
 SPAWN_BACKOFF_MAX = 10.0
 
 
+def apply_node_overrides(bootstrap, options) -> None:
+    """Envoy's --service-node/--service-cluster/--service-zone override the bootstrap's
+    node (what the control plane sees, the Zipkin service name)."""
+    node = bootstrap.node
+    if getattr(options, "service_node", None):
+        node.id = options.service_node
+    if getattr(options, "service_cluster", None):
+        node.cluster = options.service_cluster
+    if getattr(options, "service_zone", None):
+        node.locality.zone = options.service_zone
+
+
 class StartupError(Exception):
     """The master cannot start (bad config, bind failure); the message says why."""
 
@@ -97,6 +109,7 @@ class Master:
         opts = self.options
         try:
             self.bootstrap = load_bootstrap(opts.config_path)
+            apply_node_overrides(self.bootstrap, opts)
         except ConfigError as e:
             raise StartupError(str(e)) from None
         os.makedirs(opts.runtime_dir, mode=0o755, exist_ok=True)

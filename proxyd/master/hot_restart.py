@@ -34,7 +34,12 @@ def socket_path(runtime_dir: str, epoch: int) -> str:
 
 def successor_command(options) -> list[str]:
     """The new master: the installed proxyd, the same flags, the next epoch."""
-    return [sys.executable, "-m", "proxyd", "run", "-c", options.config_path,
+    node_flags = []
+    for flag in ("service_node", "service_cluster", "service_zone"):
+        value = getattr(options, flag, None)
+        if value:
+            node_flags += ["--" + flag.replace("_", "-"), value]
+    return [sys.executable, "-m", "proxyd", "run", "-c", options.config_path, *node_flags,
             "--concurrency", str(options.concurrency), "--runtime-dir", options.runtime_dir,
             "--base-id", str(options.base_id), "--drain-time-s", str(options.drain_time_s),
             "--parent-shutdown-time-s", str(options.parent_shutdown_time_s),
