@@ -12,6 +12,7 @@ from .locate import suggest
 
 HCM_URL = ('type.googleapis.com/'
            'envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager')
+TCP_PROXY_URL = 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy'
 ROUTER_URL = 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router'
 _REGEX_MATCHER = 'envoy.type.matcher.v3.RegexMatcher'
 
@@ -87,6 +88,13 @@ def _listener(listener, path, clusters, out):
                     out.append((fpath, 'http_connection_manager is a terminal filter and must be '
                                        'the last network filter of its chain'))
                 _hcm(loader.unpack(f.typed_config), fpath + ('typed_config',), clusters, out)
+            elif f.typed_config.type_url == TCP_PROXY_URL:
+                if j != len(chain.filters) - 1:
+                    out.append((fpath, 'tcp_proxy is a terminal filter and must be the last '
+                                       'network filter of its chain'))
+                from proxyd.observability.config_check import check_access_logs
+                out.extend(check_access_logs(loader.unpack(f.typed_config).access_log,
+                                             fpath + ('typed_config', 'access_log')))
 
 
 def _hcm(hcm, path, clusters, out):

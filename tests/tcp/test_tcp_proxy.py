@@ -222,6 +222,7 @@ def test_no_cluster_and_connect_failure(proxyd_factory, server_factory, tmp_path
             assert s.recv(1) == b""
     assert wait_stat(px, "tcp.nr.downstream_cx_no_route", 1) == 1
     assert wait_stat(px, "cluster.upstream.upstream_cx_connect_fail", 3) == 3
+    assert stats(px)["tcp.uf.upstream_cx_connect_attempts_exceeded"] == 1
     deadline = time.monotonic() + 5
     while time.monotonic() < deadline and not (log.exists() and log.read_text()):
         time.sleep(0.05)
@@ -293,3 +294,20 @@ def test_upstream_tls_tcp(proxyd_factory, server_factory, tmp_path):
     assert reply[:32] == hashlib.sha256(payload).digest()
     assert reply[32:] == srv.reply
     assert seen == ["upstream.test"]
+
+
+def test_config_errors(tmp_path):
+    from harness import run_cli, write_config
+    bad_log = [{"name": "f", "typed_config": {
+        "@type": FILE_LOG, "path": str(tmp_path / "x.log"),
+        "log_format": {"text_format_source": {"inline_string": "%NOT_AN_OPERATOR%"}}}}]
+    cfg = bootstrap([tcp_listener(free_port(), access_log=bad_log)],
+                    [cluster("upstream", [("127.0.0.1", 1)])])
+    cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"].append(
+        {"name": "tail", "typed_config": {"@type": TCP_PROXY, "stat_prefix": "t", "cluster": "x"}})
+    r = run_cli("check", "-c", write_config(tmp_path, cfg))
+    assert r.returncode == 1
+    assert "filter_chains[0].filters[0]: tcp_proxy is a terminal filter and must be the last " \
+           "network filter of its chain" in r.stderr
+    assert "filters[0].typed_config.access_log[0].typed_config.log_format.text_format_source" \
+           ".inline_string: unknown access log command operator %NOT_AN_OPERATOR%" in r.stderr
