@@ -15,6 +15,7 @@ import subprocess
 import tempfile
 import threading
 import time
+import urllib.request
 from pathlib import Path
 
 import yaml
@@ -37,11 +38,12 @@ def version_route(body: str) -> dict:
 
 
 def config(port: int, upstream_port: int, body: str = "v1", extra_listeners=(),
-           extra_clusters=()) -> dict:
+           extra_clusters=(), admin_port: int | None = None) -> dict:
     """One listener on `port`: /version answers `body` directly, the rest goes upstream."""
     routes = [version_route(body), route("/")]
     return bootstrap([listener(port, routes=routes)] + list(extra_listeners),
-                     [cluster("upstream", [("127.0.0.1", upstream_port)])] + list(extra_clusters))
+                     [cluster("upstream", [("127.0.0.1", upstream_port)])] + list(extra_clusters),
+                     admin_port)
 
 
 def rewrite(px, cfg) -> None:
@@ -195,22 +197,36 @@ def decreased(before: dict, after: dict) -> dict:
     return {k: (v, after.get(k)) for k, v in before.items() if after.get(k, -1) < v}
 
 
-class CounterWatch(threading.Thread):
-    """Samples every counter every `interval` seconds; records any that goes backwards
-    between two consecutive samples."""
+def admin_counters(px) -> dict[str, int]:
+    """Every counter as the admin endpoint's /stats?format=json shows it (which names are
+    counters is read from the stats file's catalog)."""
+    names = set(counters(px))
+    with urllib.request.urlopen(px.admin_url + "/stats?format=json", timeout=10) as r:
+        stats = json.loads(r.read())["stats"]
+    return {e["name"]: e["value"] for e in stats if "value" in e and e["name"] in names}
 
-    def __init__(self, px, interval: float = 0.05):
+
+class CounterWatch(threading.Thread):
+    """Calls `read()` (-> {counter: value}) every `interval` seconds; records any counter
+    that goes backwards between two consecutive samples, and any read that fails."""
+
+    def __init__(self, read, interval: float = 0.05):
         super().__init__(daemon=True)
-        self.px = px
+        self.read = read
         self.interval = interval
         self.samples = 0
         self.violations: list[dict] = []
+        self.errors: list[str] = []
         self._done = threading.Event()
 
     def run(self):
-        prev = counters(self.px)
+        prev = self.read()
         while not self._done.wait(self.interval):
-            cur = counters(self.px)
+            try:
+                cur = self.read()
+            except (OSError, ValueError) as e:
+                self.errors.append(repr(e))
+                continue
             bad = decreased(prev, cur)
             if bad:
                 self.violations.append(bad)

@@ -6,16 +6,16 @@ totals add up to what the clients completed.
 A second listener with its own stat prefix and cluster carries a small Python "probe"
 load whose every request is accounted for, so the counters are checked for exact
 equality even when wrk (which abandons its in-flight requests when stopped) is the
-main load. Both loads pause between requests so the proxy runs at about half its
-capacity, as a production proxy would, rather than flat out."""
+main load. Counters are read through the admin endpoint (/stats, whose socket is
+handed over too) before and after each reload and at the end, and sampled from the
+stats region every 50 ms throughout. Both loads pause between requests so the proxy
+runs below its capacity, as a production proxy would, rather than flat out."""
 import os
 import time
 
-import pytest
-
 from harness import cluster, free_port, listener, route
-from hr_helpers import (CounterWatch, PythonLoad, Wrk, config, counters, decreased, have_wrk,
-                        pid_file_pid, reload, status, wait_gone)
+from hr_helpers import (CounterWatch, PythonLoad, Wrk, admin_counters, config, counters, decreased,
+                        have_wrk, pid_file_pid, reload, status, wait_gone)
 
 RELOADS = 10
 CONNECTIONS = 32
@@ -53,7 +53,7 @@ def test_reload_under_load(upstream_factory, proxyd_factory, record_property):
     cfg = config(port, up.port,
                  extra_listeners=[listener(probe_port, name="probe", stat_prefix="probe_http",
                                            routes=[route("/", cluster="probe")])],
-                 extra_clusters=[cluster("probe", [up.address])])
+                 extra_clusters=[cluster("probe", [up.address])], admin_port=free_port())
     px = proxyd_factory(cfg, concurrency=2, drain_time_s=10)
 
     load = _start(kind, port)
@@ -62,8 +62,10 @@ def test_reload_under_load(upstream_factory, proxyd_factory, record_property):
     assert base["errors"] == 0, base
     assert base["requests"] > 0
 
-    watch = CounterWatch(px)
+    watch = CounterWatch(lambda: counters(px))                 # the stats region itself
+    admin_watch = CounterWatch(lambda: admin_counters(px), 0.2)   # what an operator polls
     watch.start()
+    admin_watch.start()
     probe = PythonLoad(probe_port, PROBE_CONNECTIONS, path="/probe", think_s=THINK_S).start()
     load = _start(kind, port)
     time.sleep(0.5)
@@ -72,9 +74,9 @@ def test_reload_under_load(upstream_factory, proxyd_factory, record_property):
     reload_secs = []
     t0 = time.monotonic()
     for _ in range(RELOADS):
-        before = counters(px)
+        before = admin_counters(px)
         r = reload(px)
-        after = counters(px)
+        after = admin_counters(px)
         assert r.rc == 0, r
         assert r.pid is not None and r.epoch == epoch + 1, r
         assert r.pid not in masters
@@ -88,6 +90,7 @@ def test_reload_under_load(upstream_factory, proxyd_factory, record_property):
     res = _finish(kind, load)
     probe.stop()
     watch.finish()
+    admin_watch.finish()
 
     st = status(px)
     assert (st["pid"], st["epoch"], st["state"]) == (masters[-1], RELOADS, "LIVE")
@@ -99,8 +102,10 @@ def test_reload_under_load(upstream_factory, proxyd_factory, record_property):
     assert probe.failures == [], probe.failures[:10]
     assert res["requests"] > 0 and probe.completed > 0
     assert watch.samples > 10 and not watch.violations, watch.violations[:3]
+    assert admin_watch.samples > 10 and not admin_watch.violations, admin_watch.violations[:3]
+    assert admin_watch.errors == [], admin_watch.errors[:3]
 
-    final = counters(px)
+    final = admin_counters(px)
     main_total = final["http.ingress_http.downstream_rq_total"]
     probe_total = final["http.probe_http.downstream_rq_total"]
     upstream_seen = up.stats()["requests"]
@@ -125,7 +130,7 @@ def test_reload_under_load(upstream_factory, proxyd_factory, record_property):
                "rps_during_reloads": round(res["requests"] / phase_s),
                "reload_s_mean": round(sum(reload_secs) / len(reload_secs), 2),
                "reload_s_max": round(max(reload_secs), 2),
-               "counter_samples": watch.samples}
+               "counter_samples": watch.samples, "admin_stats_samples": admin_watch.samples}
     for k, v in numbers.items():
         record_property(k, v)
     print("\nreload under load:", numbers, res["detail"])
