@@ -26,4 +26,5 @@ def upstream_protocol_error():
             "upstream_reset_before_response_started{protocol_error}", "UPE")
 
 
-CODEC_BODIES = {400: b"Bad Request", 403: b"Forbidden", 431: b"Request Header Fields Too Large"}
+CODEC_BODIES = {400: b"Bad Request", 403: b"Forbidden", 431: b"Request Header Fields Too Large",
+                501: b"Not Implemented"}

@@ -10,6 +10,7 @@ reads more bytes only when the queue is empty).
 """
 from __future__ import annotations
 
+import re
 from collections import deque
 
 import httptools
@@ -20,6 +21,11 @@ from proxyd.http.message import RequestHead, ResponseHead
 HEAD = 0   # payload: RequestHead / ResponseHead
 DATA = 1   # payload: bytes
 END = 2    # payload: None
+
+# RFC 3986 authority characters (unreserved, pct-encoded, sub-delims, ':', '@', IPv6
+# brackets): what Envoy's authority check admits.
+_AUTHORITY = re.compile(r"[A-Za-z0-9\-._~%!$&'()*+,;=:@\[\]]+\Z").match
+
 
 class ProtocolError(Exception):
     """A request we must refuse: `status` is what the client gets (400 or 431)."""
@@ -144,8 +150,13 @@ class RequestParser:
             raise ProtocolError(400, "http1.invalid_http_version")
         if self._hosts != 1 and (self._hosts > 1 or version == "HTTP/1.1"):
             raise ProtocolError(400, "http1.invalid_host" if self._hosts else "http1.missing_host_header")
-        if self._te is not None and version == "HTTP/1.0":
-            raise ProtocolError(400, "http1.transfer_encoding_not_allowed")
+        if self._te is not None:
+            if version == "HTTP/1.0":
+                raise ProtocolError(400, "http1.transfer_encoding_not_allowed")
+            if self._te.lower() != "chunked":
+                # proxyd would forward only the chunked framing and lose the coding
+                # (gzip, chunked): Envoy answers 501 to any other transfer-coding.
+                raise ProtocolError(501, "http1.invalid_transfer_encoding")
         # llhttp tolerates repeated spaces in the request line; the exact single-space
         # line must be present in the bytes this head arrived in.
         # The search starts where the previous message in this window ended, so the
@@ -166,7 +177,10 @@ class RequestParser:
             url = "/" + path
             if authority:
                 headers.set("host", authority)
-        req = RequestHead(method, url, headers.get("host") or "", self._scheme, version, headers)
+        authority = headers.get("host") or ""
+        if authority and not _AUTHORITY(authority):
+            raise ProtocolError(400, "http1.invalid_authority")
+        req = RequestHead(method, url, authority, self._scheme, version, headers)
         req.keep_alive = p.should_keep_alive()
         if self._te is not None:
             req.chunked = True
@@ -236,7 +250,8 @@ class ResponseParser:
         self._head_bytes += len(name) + len(value)
         if self._head_bytes > self._max_head:
             raise ProtocolError(502, "upstream_headers_too_large")
-        self._headers.append((name.decode("latin-1").lower(), value.decode("latin-1")))
+        self._headers.append((name.decode("latin-1").lower(),
+                              value.decode("latin-1").rstrip(" \t")))
 
     def on_headers_complete(self) -> None:
         p = self._p
@@ -297,7 +312,7 @@ _REASONS = {
     400: "Bad Request", 401: "Unauthorized", 403: "Forbidden", 404: "Not Found",
     405: "Method Not Allowed", 408: "Request Timeout", 413: "Payload Too Large",
     429: "Too Many Requests", 431: "Request Header Fields Too Large",
-    500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable",
+    500: "Internal Server Error", 501: "Not Implemented", 502: "Bad Gateway", 503: "Service Unavailable",
     504: "Gateway Timeout",
 }
 
