@@ -198,7 +198,7 @@ class ZipkinTracer:
             "name": span.name,
             "kind": "SERVER",
             "timestamp": start_us,
-            "duration": max(1, int((end - span.start_mono) * 1e6)),
+            "duration": max(1, round((end - span.start_mono) * 1e6)),
             "localEndpoint": local,
             "tags": tags,
         }
@@ -232,8 +232,8 @@ class ZipkinTracer:
                 "parentId": span.id,
                 "name": f"router {cluster} egress",
                 "kind": "CLIENT",
-                "timestamp": start_us + int((c_start - info.start_mono) * 1e6),
-                "duration": max(1, int((c_end - c_start) * 1e6)),
+                "timestamp": start_us + round((c_start - info.start_mono) * 1e6),
+                "duration": max(1, round((c_end - c_start) * 1e6)),
                 "localEndpoint": local,
                 "tags": ctags,
             }
