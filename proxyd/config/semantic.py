@@ -72,6 +72,8 @@ def _bootstrap(bs, path, out):
 def _listener(listener, path, clusters, out):
     if not listener.filter_chains and not listener.HasField('default_filter_chain'):
         out.append((path + ('filter_chains',), 'a listener needs at least one filter chain'))
+    from proxyd.observability.config_check import check_access_logs
+    out += check_access_logs(listener.access_log, path + ('access_log',))
     out.extend(filter_chain.problems(listener, path))
     for i, chain in enumerate(listener.filter_chains):
         cpath = path + ('filter_chains', i)

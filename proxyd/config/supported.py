@@ -40,7 +40,7 @@ _FIELDS = {
     _CORE + 'HeaderValueOption': 'header append append_action',
     _CORE + 'HeaderValue': 'key value',
     _CORE + 'DataSource': 'inline_string inline_bytes filename',
-    'envoy.config.listener.v3.Listener': 'name address filter_chains',
+    'envoy.config.listener.v3.Listener': 'name address filter_chains access_log',
     'envoy.config.listener.v3.FilterChain': 'filters',
     'envoy.config.listener.v3.Filter': 'name typed_config',
     _HCM: 'stat_prefix codec_type route_config http_filters common_http_protocol_options '

@@ -12,7 +12,9 @@ from gevent.server import StreamServer
 
 from proxyd import registry
 from proxyd.config import unpack
+from proxyd.http.message import StreamInfo
 from proxyd.listener.filter_chain import Selector
+from proxyd.observability.access_log import build_access_logs
 from proxyd.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, peer_has_certificate, server_tls
 
 _conn_ids = itertools.count(1)
@@ -118,21 +120,26 @@ class ActiveListener:
         self.listener_filters_timeout = (t.seconds + t.nanos / 1e9) \
             if config.HasField("listener_filters_timeout") else 15.0
         self.continue_on_listener_filters_timeout = config.continue_on_listener_filters_timeout
+        self.access_logs = build_access_logs(config.access_log, self.ctx) if config.access_log else []
         if self.ssl_stats is None and any(c.tls for c in self.chains + [default] if c):
             self.ssl_stats = SslStats(self.ctx.stats, self.stat_prefix)
 
     def _handle(self, sock, addr) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         selector = self.selector
+        access_logs = self.access_logs
         if selector is None or (not self.chains and selector.default is None):
             self.no_chain.inc()
             sock.close()
+            if access_logs:
+                self._log_connection(access_logs, DownstreamConnection(sock, addr, self), None)
             return
         conn = DownstreamConnection(sock, addr, self)
         self.connections.add(conn)
         self.cx_total.inc()
         self.cx_active.inc()
         t0 = time.monotonic()
+        chain = None
         try:
             chain = self._select_chain(conn, selector)
             if chain is not None and (chain.tls is None or self._handshake(conn, chain)):
@@ -147,6 +154,23 @@ class ActiveListener:
                 conn.sock.close()
             except OSError:
                 pass
+            if access_logs:
+                self._log_connection(access_logs, conn, chain, t0)
+
+    @staticmethod
+    def _log_connection(access_logs, conn, chain, t0: float | None = None) -> None:
+        """listener.access_log: one entry per downstream connection when it closes,
+        flagged NR when no filter chain matched (as Envoy's listener logs)."""
+        info = StreamInfo(conn.id, conn.remote_address, conn.local_address, "")
+        info.end_mono = now = time.monotonic()
+        if t0 is not None:  # the connection was accepted at t0, not now
+            info.start_mono = t0
+            info.start_time -= now - t0
+        if chain is None:
+            info.response_flags.append("NR")
+            info.response_code_details = "filter_chain_not_found"
+        for log in access_logs:
+            log.log(info)
 
     def _select_chain(self, conn, selector):
         """Listener filters (bounded by listener_filters_timeout), then filter_chain_match."""
