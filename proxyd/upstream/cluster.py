@@ -60,10 +60,13 @@ class ClusterStats:
 
 
 class Cluster:
-    def __init__(self, config, endpoints: list, store):
+    def __init__(self, config, endpoints: list, store, membership: bool = True):
         """`config`: envoy.config.cluster.v3.Cluster; `endpoints`: resolved
-        [(ip, port, weight, hostname)] (the master resolves STRICT_DNS)."""
+        [(ip, port, weight, hostname)] (the master resolves STRICT_DNS). `membership`:
+        whether this process reports membership_{total,healthy,change}; every worker holds
+        the same hosts, and the stats sum over processes, so only one worker may."""
         self.name = config.name
+        self.membership = membership
         self.config = config
         self.removed = False
         self._store = store
@@ -99,12 +102,13 @@ class Cluster:
             h.pool.close_idle()
             if h.h2pool is not None:
                 h.h2pool.close_idle()
-        if old or len(hosts) != len(self.hosts):
-            self.stats.membership_change.inc()
+        if self.membership:
+            if old or len(hosts) != len(self.hosts):
+                self.stats.membership_change.inc()
+            self.stats.membership_total.set(len(hosts))
+            self.stats.membership_healthy.set(sum(1 for h in hosts if h.healthy))
         self.hosts = hosts
         self.lb = RoundRobin(hosts)
-        self.stats.membership_total.set(len(hosts))
-        self.stats.membership_healthy.set(sum(1 for h in hosts if h.healthy))
 
     def choose_host(self):
         return self.lb.choose()

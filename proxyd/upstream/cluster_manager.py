@@ -5,8 +5,10 @@ from proxyd.upstream.cluster import Cluster
 
 
 class ClusterManager:
-    def __init__(self, store):
+    def __init__(self, store, membership: bool = True):
+        """`membership`: this process reports the clusters' membership stats (one worker does)."""
         self._store = store
+        self._membership = membership
         self.clusters: dict[str, Cluster] = {}
 
     def get(self, name: str):
@@ -26,7 +28,7 @@ class ClusterManager:
             else:
                 if cur is not None:
                     cur.close()
-                new[cfg.name] = Cluster(cfg, eps, self._store)
+                new[cfg.name] = Cluster(cfg, eps, self._store, self._membership)
         for name, cur in self.clusters.items():
             if name not in new:
                 cur.close()

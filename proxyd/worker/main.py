@@ -39,7 +39,7 @@ class WorkerContext:
         self.worker_index = index
         self.concurrency = concurrency
         self.stats = stats
-        self.cluster_manager = ClusterManager(stats)
+        self.cluster_manager = ClusterManager(stats, membership=index == 0)
         self.node = None
         self.bootstrap = None
 
