@@ -88,6 +88,7 @@ class Master:
         self.reloading = False
         self.predecessor = None        # hot_restart.Predecessor while taking over
         self.healthcheck_failed = False
+        self.listeners_drained = False  # POST /drain_listeners: drained workers stay gone
         self.stopped = Event()
         self.live = Event()
         self.dynamic = None            # master/dynamic.py: xDS and watched-file config
@@ -284,6 +285,9 @@ class Master:
             self.stats.retire_slot(w.slot)
             if self.stopping:
                 break
+            if self.listeners_drained:
+                self.log.info("worker_drained", worker=w.index, pid=w.proc.pid, rc=rc)
+                return
             lived = time.monotonic() - w.started
             how = ("killed by signal %s" % signal.Signals(-rc).name) if rc < 0 else "exit status %d" % rc
             self.log.error("worker_exited", worker=w.index, pid=w.proc.pid, how=how,
@@ -499,6 +503,13 @@ class Master:
         self.healthcheck_failed = failed
 
     def drain_listeners(self, graceful: bool) -> None:
+        """Stop listening, as Envoy: the workers stop accepting and exit once drained and
+        are not replaced, and the master closes its copies of the listening sockets, so
+        new connections are refused. Admin keeps serving; a reload binds afresh."""
+        self.listeners_drained = True
+        for sock in self.listen_socks.values():
+            sock.close()
+        self.listen_socks.clear()
         for w in self.workers:
             if w.channel is not None and w.proc is not None and w.proc.returncode is None:
                 try:
