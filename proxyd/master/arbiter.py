@@ -25,7 +25,7 @@ from proxyd.master import endpoints as eps
 from proxyd.master import hot_restart, sdnotify
 from proxyd.master.control import CONTROL_SOCK, PID_FILE, ControlServer
 from proxyd.master.sockets import BindError, address_key, bind_tcp
-from proxyd.observability.logging import get_logger, set_level
+from proxyd.observability.logging import get_level, get_logger, set_level
 from proxyd.stats import StatsStore
 
 SPAWN_BACKOFF_MAX = 10.0
@@ -257,7 +257,7 @@ class Master:
                "--slot", str(w.slot), "--fd", str(child.fileno()),
                "--stats", self.stats_file, "--epoch", str(opts.restart_epoch),
                "--drain-time-s", str(opts.drain_time_s),
-               "--log-level", opts.log_level, "--log-format", opts.log_format]
+               "--log-level", get_level(), "--log-format", opts.log_format]
         try:
             w.proc = gsubprocess.Popen(cmd, pass_fds=(child.fileno(),), close_fds=True)
         finally:
