@@ -20,8 +20,8 @@ from hr_helpers import (CounterWatch, PythonLoad, Wrk, admin_counters, config, c
 RELOADS = 10
 CONNECTIONS = 32
 PROBE_CONNECTIONS = 4
-THINK_S = 0.02
-BASELINE_S = 4.0
+THINK_S = 0.05
+BASELINE_S = 3.0
 
 
 def _kind() -> str:
