@@ -425,12 +425,16 @@ class Http2Stream(Stream):
         out = [(":status", str(resp.status))]
         drop = h2c.CONNECTION_SPECIFIC
         out.extend(kv for kv in resp.headers.items if kv[0] not in drop)
+        if self.request.method == "HEAD" or resp.status in (204, 304):
+            end_stream = True  # no body follows, whatever the upstream or a local reply has
         if end_stream:
             self.response_complete = True
         self.h2.codec.send_headers(self.sid, out, end_stream)
         self.headers_sent = True
 
     def send_data(self, data: bytes, end_stream: bool) -> None:
+        if self.response_complete:
+            return  # the head already ended the stream (HEAD, 204, empty body)
         self._check()
         if end_stream:
             self.response_complete = True

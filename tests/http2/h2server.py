@@ -53,7 +53,7 @@ class H2Server:
             if data:
                 s.sendall(data)
 
-        def respond(sid, path):
+        def respond(sid, path, method):
             with lock:
                 if path.endswith("/rst"):
                     codec.reset(sid, h2c.INTERNAL_ERROR)
@@ -65,9 +65,10 @@ class H2Server:
                 else:
                     body = ("conn=%d sid=%d path=%s" % (n, sid, path)).encode()
                     codec.send_headers(sid, [(":status", "200"),
-                                             ("content-type", "text/plain")], False)
-                    codec.send_data(sid, body, False)
-                    codec.send_headers(sid, [("x-done", "1")], True)
+                                             ("content-type", "text/plain")], method == "HEAD")
+                    if method != "HEAD":
+                        codec.send_data(sid, body, False)
+                        codec.send_headers(sid, [("x-done", "1")], True)
                     if path.endswith("/goaway"):
                         codec.goaway(sid)
                 open_streams.discard(sid)
@@ -85,19 +86,20 @@ class H2Server:
                     todo = []
                     for ev in events:
                         if ev[0] == h2c.HEADERS:
-                            path = dict(ev[2])[":path"]
+                            head = dict(ev[2])
+                            path = head[":path"]
                             self.paths.append(path)
                             open_streams.add(ev[1])
                             self.max_open = max(self.max_open, len(open_streams))
-                            todo.append((ev[1], path))
+                            todo.append((ev[1], path, head[":method"]))
                         elif ev[0] == h2c.DATA:
                             codec.acknowledge(ev[1], ev[3])
                     send()
-                for sid, path in todo:
+                for sid, path, method in todo:
                     if path.endswith("/slow"):
-                        threading.Timer(0.3, respond, (sid, path)).start()
+                        threading.Timer(0.3, respond, (sid, path, method)).start()
                     else:
-                        respond(sid, path)
+                        respond(sid, path, method)
         except OSError:
             return
         finally:

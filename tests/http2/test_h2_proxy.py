@@ -269,3 +269,12 @@ def test_garbage_after_preface_gets_goaway(upstream, proxyd_factory):
     assert b"\x07\x00\x00\x00\x00\x00" in got  # a GOAWAY frame header
     with H2Client(px.port) as c:
         assert c.get("/still-serving").status == 200
+
+
+def test_bodyless_responses_end_with_the_head(upstream, h2_upstream, proxyd_factory):
+    px = proxyd_factory(_mixed_config(free_port(), upstream.port, h2_upstream.port))
+    with H2Client(px.port) as c:
+        for method, path, status in (("HEAD", "/x", 200), ("GET", "/x?status=204", 204),
+                                     ("GET", "/x?size=0", 200), ("HEAD", "/h2/x", 200)):
+            r = c.wait(c.request(method, path), 5)
+            assert (r.status, bytes(r.body), r.ended) == (status, b"", True), (method, path)

@@ -159,16 +159,18 @@ def _relay_response(stream, us, cstats, host, t0: float) -> None:
     ended = False
     resp = None
     events = us.events
+    no_body = stream.request.method == "HEAD"
     while True:
         ev = us.next_event()
         kind = ev[0]
         if kind == h2c.DATA:
-            if not ended:
+            if not ended and not no_body:
                 stream.send_data(ev[2], False)
             us.ack(ev[3])
         elif kind == h2c.HEADERS:
             resp = _response_head(ev[2])
             ended = ev[3]
+            no_body = no_body or resp.status in (204, 304)
             _send_response_head(stream, resp, t0, ended)
         elif kind == h2c.TRAILERS:
             trailers = Headers(ev[2])
