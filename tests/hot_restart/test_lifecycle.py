@@ -1,12 +1,16 @@
 """SIGHUP reloads like `proxyd reload`; the stats region (one /dev/shm file) carries
-every counter across reloads; `proxyd stop` after several reloads stops the current
-master and leaves no process, socket, pid file or stats file behind."""
+every counter across reloads and admin reports the epoch; `proxyd stop` after several
+reloads stops the current master and leaves no process, socket, pid file or stats file
+behind; listeners added or removed by a reload open and close."""
+import json
 import os
 import signal
+import socket
 import time
+import urllib.request
 
-from harness import free_port, http
-from hr_helpers import (config, counters, family_pids, gauges, pid_file_pid, reload, status,
+from harness import free_port, http, listener, route
+from hr_helpers import (admin_counters, config, family_pids, pid_file_pid, reload, rewrite, status,
                         stats_file, stop, wait_gone)
 
 RQ = "http.ingress_http.downstream_rq_total"
@@ -23,20 +27,14 @@ def _wait_new_master(px, old: int, timeout: float = 30.0) -> int:
     raise TimeoutError("no new master after SIGHUP; log:\n" + px.log()[-3000:])
 
 
-def _wait_gauge(px, name: str, pred, timeout: float = 5.0) -> int:
-    deadline = time.monotonic() + timeout
-    while True:
-        v = gauges(px).get(name)
-        if v is not None and pred(v):
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError("%s = %r" % (name, v))
-        time.sleep(0.1)
+def _admin(px, path: str) -> bytes:
+    with urllib.request.urlopen(px.admin_url + path, timeout=10) as r:
+        return r.read()
 
 
 def test_sighup_reloads_counters_continue_and_stop_cleans_up(upstream, proxyd_factory):
     port = free_port()
-    px = proxyd_factory(config(port, upstream.port), concurrency=2)
+    px = proxyd_factory(config(port, upstream.port, admin_port=free_port()), concurrency=2)
     started = time.monotonic()
     shm = stats_file(px)
     inode = os.stat(shm).st_ino
@@ -48,7 +46,7 @@ def test_sighup_reloads_counters_continue_and_stop_cleans_up(upstream, proxyd_fa
         for _ in range(n):
             assert http(port, path="/up").status == 200
         sent += n
-        c = counters(px)
+        c = admin_counters(px)
         assert (c[RQ], c[UPSTREAM_RQ]) == (sent, sent)
 
     traffic()
@@ -70,9 +68,12 @@ def test_sighup_reloads_counters_continue_and_stop_cleans_up(upstream, proxyd_fa
         traffic()
 
     epoch = len(masters) - 1
-    if "server.hot_restart_epoch" in gauges(px):
-        _wait_gauge(px, "server.hot_restart_epoch", lambda v: v == epoch)
-        _wait_gauge(px, "server.uptime", lambda v: v >= int(time.monotonic() - started) - 1)
+    info = json.loads(_admin(px, "/server_info"))
+    assert (info["state"], info["command_line_options"]["restart_epoch"]) == ("LIVE", epoch)
+    assert int(info["uptime_all_epochs"].rstrip("s")) >= int(time.monotonic() - started) - 1
+    assert int(info["uptime_current_epoch"].rstrip("s")) < int(info["uptime_all_epochs"].rstrip("s"))
+    text = _admin(px, "/stats?filter=^server.hot_restart_epoch$").decode()
+    assert text.strip() == "server.hot_restart_epoch: %d" % epoch
 
     cp = stop(px)
     assert cp.returncode == 0, cp.stderr
@@ -82,3 +83,31 @@ def test_sighup_reloads_counters_continue_and_stop_cleans_up(upstream, proxyd_fa
     assert family_pids(px) == []
     assert not os.path.exists(shm)
     assert sorted(os.listdir(px.runtime_dir)) == ["proxyd.log"]
+
+
+def _refused(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except ConnectionRefusedError:
+        return True
+    return False
+
+
+def test_reload_adds_and_removes_listeners(upstream, proxyd_factory):
+    """A listener new in the config is bound by the new master; one dropped from it is
+    closed once the old master is gone (the kernel refuses connections again)."""
+    port, dropped, added = free_port(), free_port(), free_port()
+    second = [listener(dropped, name="dropped", stat_prefix="dropped", routes=[route("/")])]
+    px = proxyd_factory(config(port, upstream.port, extra_listeners=second), concurrency=1)
+    assert http(dropped, path="/d").status == 200
+    assert _refused(added)
+
+    third = [listener(added, name="added", stat_prefix="added", routes=[route("/")])]
+    rewrite(px, config(port, upstream.port, extra_listeners=third))
+    r = reload(px)
+    assert r.rc == 0, r
+    assert wait_gone(px.pid, 15)
+    px.proc.poll()
+    assert http(added, path="/a").json()["path"] == "/a"
+    assert http(port, path="/version").body == b"v1"
+    assert _refused(dropped), "the listener removed from the config still accepts"
