@@ -207,18 +207,32 @@ def test_upstream_max_concurrent_streams_opens_more_connections(upstream, proxyd
         srv.stop()
 
 
-def test_client_reset_aborts_the_upstream_request(upstream, proxyd_factory):
-    px = proxyd_factory(simple_config(free_port(), upstream.port))
+def _stats(admin_port: int) -> dict:
+    import urllib.request
+    txt = urllib.request.urlopen("http://127.0.0.1:%d/stats" % admin_port, timeout=5).read()
+    return {k: v for k, _, v in (line.partition(": ") for line in txt.decode().splitlines())}
+
+
+@pytest.mark.parametrize("upstream_h2", [False, True])
+def test_client_reset_aborts_the_upstream_request(upstream_h2, upstream, h2_upstream,
+                                                  proxyd_factory):
+    admin = free_port()
+    cfg = _mixed_config(free_port(), upstream.port, h2_upstream.port)
+    cfg = dict({"admin": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                         "port_value": admin}}}}, **cfg)
+    px = proxyd_factory(cfg)
+    path, cluster_name = ("/h2/slow", "h2up") if upstream_h2 else ("/slow?delay=2", "h1up")
     with H2Client(px.port) as c:
-        sid = c.request("GET", "/slow?delay=2")
-        time.sleep(0.3)
+        sid = c.request("GET", path)
+        time.sleep(0.15)
         c.reset(sid)
         t0 = time.monotonic()
         assert c.get("/after").status == 200  # the connection lives on
         assert time.monotonic() - t0 < 1.0
-    time.sleep(0.2)
-    log = upstream.requests_log()
-    assert any(e.get("path", "").startswith("/slow") for e in log)
+    time.sleep(0.3)
+    st = _stats(admin)
+    assert st["http.ingress_http.downstream_rq_rx_reset"] == "1"
+    assert st["cluster.%s.upstream_rq_tx_reset" % cluster_name] == "1"
 
 
 def test_max_concurrent_streams_setting_is_advertised(upstream, proxyd_factory):

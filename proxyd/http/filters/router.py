@@ -146,6 +146,7 @@ def forward(stream, route, cluster, host) -> None:
         if conn is not None and conn.sock is not None:
             conn.close()
             cstats.upstream_cx_destroy_local.inc()
+            cstats.upstream_rq_tx_reset.inc()  # HTTP/1 resets a request by closing
         raise
     finally:
         timer.close()
