@@ -35,6 +35,8 @@ def check(msg, path=(), clusters=None):
         _route_config(msg, path, clusters, out)
     elif HCM_URL.endswith('/' + kind):
         _hcm(msg, path, clusters, out)
+    elif kind == 'envoy.service.runtime.v3.Runtime':
+        _runtime_layer(msg.layer, path + ('layer',), '', out)
     _regexes(msg, path, out)
     return out
 
@@ -67,6 +69,24 @@ def _bootstrap(bs, path, out):
         _listener(listener, base + ('listeners', i), clusters, out)
     for i, c in enumerate(sr.clusters):
         _cluster(c, base + ('clusters', i), out)
+    for i, layer in enumerate(bs.layered_runtime.layers):
+        if layer.HasField('static_layer'):
+            _runtime_layer(layer.static_layer, path + ('layered_runtime', 'layers', i, 'static_layer'),
+                           '', out)
+
+
+def _runtime_layer(struct, path, prefix, out):
+    """Envoy's ProtoLayer: a runtime value is a string, number, bool, FractionalPercent or
+    nested object of those; a list or null is rejected."""
+    for key, v in sorted(struct.fields.items()):
+        kind, name = v.WhichOneof('kind'), prefix + key
+        if kind in (None, 'list_value', 'null_value'):
+            out.append((path + (key,), f'invalid runtime entry value for {name} '
+                                       f'({(kind or "unset").replace("_value", "")})'))
+        elif kind == 'struct_value':
+            fields = v.struct_value.fields
+            if fields and 'numerator' not in fields and 'denominator' not in fields:
+                _runtime_layer(v.struct_value, path + (key,), name + '.', out)
 
 
 def _listener(listener, path, clusters, out):

@@ -24,7 +24,8 @@ _FIELDS = {
                             'resource_api_version',
     _CORE + 'AggregatedConfigSource': '',
     _CORE + 'ApiConfigSource': 'api_type transport_api_version grpc_services '
-                               'set_node_on_first_message_only',
+                               'set_node_on_first_message_only cluster_names refresh_delay '
+                               'request_timeout',
     _CORE + 'GrpcService': 'envoy_grpc timeout',
     _CORE + 'GrpcService.EnvoyGrpc': 'cluster_name',
     _CORE + 'PathConfigSource': 'path watched_directory',
@@ -161,7 +162,7 @@ ENUMS = {
         frozenset({'AUTO', 'V4_ONLY', 'V6_ONLY', 'V4_PREFERRED'}),
     (_HCM, 'codec_type'): frozenset({'AUTO', 'HTTP1', 'HTTP2'}),
     (_CORE + 'ApiConfigSource', 'api_type'):
-        frozenset({'GRPC', 'DELTA_GRPC', 'AGGREGATED_GRPC', 'AGGREGATED_DELTA_GRPC'}),
+        frozenset({'GRPC', 'DELTA_GRPC', 'AGGREGATED_GRPC', 'AGGREGATED_DELTA_GRPC', 'REST'}),
     (_CORE + 'ConfigSource', 'resource_api_version'): frozenset({'V3'}),
     (_CORE + 'ApiConfigSource', 'transport_api_version'): frozenset({'V3'}),
 }

@@ -19,6 +19,7 @@ with the reason.
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 
 import gevent
@@ -39,6 +40,7 @@ from proxyd.xds import resources as R
 DEFAULT_INITIAL_FETCH_TIMEOUT = 15.0
 HCM_URL = "type.googleapis.com/" + hcm_pb2.HttpConnectionManager.DESCRIPTOR.full_name
 _EDS = cluster_pb2.Cluster.EDS
+_API = config_source_pb2.ApiConfigSource
 
 
 class Refused(Exception):
@@ -140,6 +142,8 @@ class DynamicConfig:
         work (ads {} without ads_config, a gRPC cluster that is not static)."""
         dyn = self.bs.dynamic_resources
         if self.has_ads:
+            if dyn.ads_config.api_type == _API.REST:
+                raise Refused("ads_config: api_type REST cannot be used for ADS")
             self._check_source(config_source_pb2.ConfigSource(api_config_source=dyn.ads_config),
                                "ads_config")
         for field in ("cds_config", "lds_config"):
@@ -166,6 +170,7 @@ class DynamicConfig:
                 self.initial_pending.add("rtds:" + rl.name)
                 self.agent.subscribe(_src(rl.rtds_config), R.RUNTIME, [rl.name])
                 self._start_timer(R.RUNTIME, rl.name, fetch_timeout(rl.rtds_config))
+        self._runtime_loaded()
         self._reconcile()
         gevent.spawn(self._close_loop)
 
@@ -173,10 +178,24 @@ class DynamicConfig:
         if source.HasField("ads") and not self.has_ads:
             raise Refused("%s uses ads {} but the bootstrap has no dynamic_resources.ads_config" % what)
         if source.HasField("api_config_source"):
-            for g in source.api_config_source.grpc_services[:1]:
-                name = g.envoy_grpc.cluster_name
+            api = source.api_config_source
+            if api.api_type == _API.REST:
+                if len(api.cluster_names) != 1 or api.grpc_services:
+                    raise Refused("%s: api_type REST needs exactly one cluster_names entry and no "
+                                  "grpc_services" % what)
+                if not api.HasField("refresh_delay"):
+                    raise Refused("%s: refresh_delay is required for REST API configuration sources"
+                                  % what)
+                names = list(api.cluster_names)
+            else:
+                if api.cluster_names or not api.grpc_services:
+                    raise Refused("%s: api_type %s needs grpc_services and no cluster_names"
+                                  % (what, _API.ApiType.Name(api.api_type)))
+                names = [g.envoy_grpc.cluster_name for g in api.grpc_services[:1]]
+            for name in names:
                 if name not in self.static_clusters:
-                    raise Refused("%s: grpc_services cluster '%s' is not a static cluster" % (what, name))
+                    raise Refused("%s: %s cluster '%s' is not a static cluster"
+                                  % (what, "REST" if api.api_type == _API.REST else "grpc_services", name))
 
     def stop(self) -> None:
         self.agent.stop()
@@ -196,6 +215,10 @@ class DynamicConfig:
                 self._count(p, "update_rejected")
             self.log.warning("xds_rejected", type_url=msg["type_url"], error=msg["error"],
                              path=msg.get("path"))
+        elif kind == "failed":
+            for p in self._prefixes(msg["type_url"], None):
+                self._count(p, "update_attempt")
+                self._count(p, "update_failure")
         elif kind == "connected":
             (self.connected.add if msg["up"] else self.connected.discard)(msg["stream"])
             if not msg["up"]:
@@ -241,6 +264,7 @@ class DynamicConfig:
         self.initial_pending.discard(t)
         if t == R.RUNTIME:
             self.initial_pending.difference_update("rtds:" + name for name in res)
+            self._runtime_loaded()
         self.log.info("xds_update_applied", type_url=t, version=msg["version"],
                       resources=len(res), removed=len(msg["removed"]))
         self._reconcile()
@@ -560,10 +584,24 @@ class DynamicConfig:
             s.counter("listener_manager." + n)
         for n in ("cluster_added", "cluster_modified", "cluster_removed"):
             s.counter("cluster_manager." + n)
-        for p in ("listener_manager.lds.", "cluster_manager.cds."):
+        prefixes = ["listener_manager.lds.", "cluster_manager.cds."]
+        if any(layer.HasField("rtds_layer") for layer in self.bs.layered_runtime.layers):
+            prefixes.append("runtime.")
+        for p in prefixes:
             for n in ("update_attempt", "update_success", "update_rejected", "update_failure"):
                 s.counter(p + n)
             s.gauge(p + "version")
+
+    def _runtime_loaded(self) -> None:
+        """Envoy's runtime loader stats after each new snapshot (start-up, every RTDS update):
+        runtime.load_success, num_layers, num_keys (distinct keys over all layers)."""
+        layers = self.runtime_layers()
+        s = self.m.stats
+        s.counter("runtime.load_error")
+        s.counter("runtime.load_success").inc()
+        s.counter("runtime.override_dir_not_exists").inc()
+        s.gauge("runtime.num_layers").set(len(layers))
+        s.gauge("runtime.num_keys").set(len({k for _n, values in layers for k in values}))
 
     def _count(self, prefix: str, name: str) -> None:
         self.m.stats.counter(prefix + name).inc()
@@ -672,15 +710,27 @@ class DynamicConfig:
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
-    """A runtime layer Struct as Envoy's dotted keys."""
+    """A runtime layer Struct as Envoy's dotted keys and value strings: nested objects are
+    paths, except a FractionalPercent ({numerator, denominator}) or an empty object."""
     out = {}
     for k, v in d.items():
         key = prefix + k
-        if isinstance(v, dict):
+        if isinstance(v, dict) and v and "numerator" not in v and "denominator" not in v:
             out.update(_flatten(v, key + "."))
         else:
-            out[key] = v
+            out[key] = _runtime_string(v)
     return out
+
+
+def _runtime_string(v) -> str:
+    """A value as Envoy prints it in /runtime (absl::StrCat for numbers and booleans)."""
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return format(v, ".6g")
+    if isinstance(v, dict):
+        return json.dumps(v, sort_keys=True, separators=(",", ":"))
+    return str(v)
 
 
 def needs_dynamic(bootstrap) -> bool:

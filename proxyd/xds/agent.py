@@ -2,8 +2,8 @@
 
 gRPC does not survive fork and the master forks workers at any time, so the master never
 creates a gRPC channel: this process does, with plain grpcio and threads (it never forks).
-It speaks xDS (ADS or per-type streams, state-of-the-world or delta) and watches
-`path_config_source` files, checks every resource with the same validation as
+It speaks xDS (ADS or per-type streams, state-of-the-world or delta, and REST-JSON
+long-polling) and watches `path_config_source` files, checks every resource with the same validation as
 `proxyd check`, and sends each good update to the master, which applies it or refuses it
 (a listener that cannot bind, a changed listener address). The master's verdict decides
 the ACK or NACK, so the control plane hears about every failure, not only about syntax.
@@ -17,12 +17,14 @@ Agent -> master:
   {"kind": "update", "id", "type_url", "version", "resources": {name: (version, bytes)},
    "removed": [...], "full_state": bool}
   {"kind": "rejected", "type_url", "error"}   (NACKed here; the master counts it)
+  {"kind": "failed", "type_url", "error"}     (a REST fetch failed; the master counts it)
   {"kind": "connected", "stream", "up": bool, "type_urls": [...]}
 """
 from __future__ import annotations
 
 import argparse
 import ctypes
+import http.client
 import os
 import queue
 import random
@@ -33,13 +35,14 @@ import threading
 
 from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.service.discovery.v3 import discovery_pb2
+from google.protobuf import json_format
 
 from proxyd.ipc import Channel
 from proxyd.observability.logging import configure_logging, get_logger
 
 from . import resources as R
 from .file_source import FileSource
-from .state import Session
+from .state import Session, Update
 
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
@@ -53,6 +56,14 @@ _SERVICES = {
     R.ENDPOINT: ("envoy.service.endpoint.v3.EndpointDiscoveryService", "Endpoints"),
     R.RUNTIME: ("envoy.service.runtime.v3.RuntimeDiscoveryService", "Runtime"),
 }
+_REST_PATHS = {
+    R.LISTENER: "/v3/discovery:listeners",
+    R.CLUSTER: "/v3/discovery:clusters",
+    R.ROUTE: "/v3/discovery:routes",
+    R.ENDPOINT: "/v3/discovery:endpoints",
+    R.RUNTIME: "/v3/discovery:runtime",
+}
+DEFAULT_REQUEST_TIMEOUT = 1.0
 _API = config_source_pb2.ApiConfigSource
 _DELTA = {_API.DELTA_GRPC, _API.AGGREGATED_DELTA_GRPC}
 _AGGREGATED = {_API.AGGREGATED_GRPC, _API.AGGREGATED_DELTA_GRPC}
@@ -190,6 +201,143 @@ class Stream:
                          "type_urls": types})
 
 
+def parse_response(data: bytes) -> discovery_pb2.DiscoveryResponse:
+    """A proto3-JSON DiscoveryResponse (every `@type` resolved); ValueError says why not."""
+    import json
+
+    from proxyd.config import loader
+    try:
+        obj = json.loads(data)
+        if not isinstance(obj, dict):
+            raise ValueError("expected a JSON object")
+        loader.resolve_types(obj)
+        return loader.parse_dict(obj, discovery_pb2.DiscoveryResponse())
+    except Exception as e:  # noqa: BLE001 - json_format raises more than ParseError
+        raise ValueError("invalid DiscoveryResponse JSON: %s" % e) from None
+
+
+def _seconds(d, default: float) -> float:
+    return d.seconds + d.nanos / 1e9 if d.ByteSize() else default
+
+
+class RestPoller:
+    """REST-JSON xDS for one resource type: POST the DiscoveryRequest as proto3 JSON to
+    `/v3/discovery:<type>` on the `cluster_names[0]` cluster, one request at a time, every
+    `refresh_delay`. As in Envoy, every request carries `node`; the ACK or NACK of a response
+    (version_info, response_nonce, error_detail) rides on the next poll; 304 means unchanged;
+    a failed or timed-out fetch is retried at the next poll with the same request."""
+
+    def __init__(self, agent, type_url: str, api):
+        self.agent = agent
+        self.type_url = type_url
+        self.cluster = api.cluster_names[0]
+        self.path = _REST_PATHS[type_url]
+        self.refresh = max(0.05, _seconds(api.refresh_delay, 1.0))
+        self.timeout = _seconds(api.request_timeout, DEFAULT_REQUEST_TIMEOUT) or DEFAULT_REQUEST_TIMEOUT
+        self.session = Session(agent.node)
+        self.lock = threading.Lock()
+        self.wake = threading.Event()
+        self.next_req = None
+        self._target = 0
+        self.log = agent.log.bind(rest=self.path, target=self.cluster)
+
+    def subscribe(self, names, version="", versions=None) -> None:
+        with self.lock:
+            if self.type_url not in self.session.types:
+                self.session.subscribe(self.type_url, names, version, versions)
+                reqs = self.session.connect()
+            else:
+                reqs = self.session.subscribe(self.type_url, names)
+            if reqs:
+                self.next_req = reqs[-1]
+                self.wake.set()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="rest:" + self.path, daemon=True).start()
+
+    def _run(self) -> None:
+        while True:
+            self.wake.clear()
+            with self.lock:
+                st = self.session.types[self.type_url]
+                req = self.next_req if st.wildcard or st.names else None
+            if req is not None:
+                self._poll(req)
+            self.wake.wait(self.refresh)
+
+    def _poll(self, req) -> None:
+        if self.agent.node is not None:
+            req.node.CopyFrom(self.agent.node)
+        body = json_format.MessageToJson(req, preserving_proto_field_name=True, indent=None).encode()
+        try:
+            status, data = self._post(body)
+        except (OSError, http.client.HTTPException, ValueError) as e:
+            self._failed("%s %s: %s" % (self.cluster, self.path, e or type(e).__name__))
+            return
+        if status == 304:
+            return
+        if status != 200:
+            self._failed("%s %s: HTTP %d" % (self.cluster, self.path, status))
+            return
+        try:
+            resp = parse_response(data)
+        except ValueError as e:
+            self._reject(Update(self.type_url, "", ""), str(e))
+            return
+        if resp.type_url and resp.type_url != self.type_url:
+            self._reject(Update(self.type_url, "", resp.nonce), "response of type %s to a %s request"
+                         % (resp.type_url, self.type_url))
+            return
+        resp.type_url = self.type_url
+        with self.lock:
+            update, nack = self.session.handle(resp)
+        if nack is not None:
+            self._rejected(nack)
+            return
+        if update is None:
+            return
+        error = self.agent.submit(update)
+        with self.lock:
+            if error is None:
+                self.next_req = self.session.accepted(update)
+                return
+        self.log.warning("xds_update_refused", type_url=self.type_url, error=error)
+        self._reject(update, error)
+
+    def _post(self, body: bytes):
+        addrs = self.agent.targets.get(self.cluster) or []
+        if not addrs:
+            raise ValueError("no addresses for xDS cluster %r" % self.cluster)
+        ip, port = addrs[self._target % len(addrs)]
+        conn = http.client.HTTPConnection(ip, port, timeout=self.timeout)
+        try:
+            conn.request("POST", self.path, body, {"Host": self.cluster,
+                                                   "Content-Type": "application/json"})
+            resp = conn.getresponse()
+            return resp.status, resp.read()
+        except (OSError, http.client.HTTPException):
+            self._target += 1
+            raise
+        finally:
+            conn.close()
+
+    def _reject(self, update, error: str) -> None:
+        with self.lock:
+            nack = self.session.rejected(update, error)
+        self._rejected(nack)
+
+    def _rejected(self, nack) -> None:
+        with self.lock:
+            self.next_req = nack
+        error = nack.error_detail.message
+        self.log.warning("xds_update_rejected", type_url=self.type_url, error=error)
+        self.agent.send({"kind": "rejected", "type_url": self.type_url, "error": error})
+
+    def _failed(self, error: str) -> None:
+        self.log.warning("xds_rest_fetch_failed", type_url=self.type_url, error=error)
+        self.agent.send({"kind": "failed", "type_url": self.type_url, "error": error})
+
+
 class Agent:
     def __init__(self, channel: Channel):
         self.ch = channel
@@ -279,6 +427,9 @@ class Agent:
                 raise ValueError("ConfigSource ads {} but the bootstrap has no ads_config")
         elif kind == "api_config_source":
             api = source.api_config_source
+            if api.api_type == _API.REST:
+                self._rest(api, type_url, names, version, versions)
+                return
         else:
             raise ValueError("unsupported ConfigSource %s" % kind)
         if not api.grpc_services or not api.grpc_services[0].envoy_grpc.cluster_name:
@@ -295,6 +446,18 @@ class Agent:
             stream.start()
         else:
             stream.subscribe(type_url, names, version, versions)
+
+    def _rest(self, api, type_url: str, names, version: str, versions: dict) -> None:
+        if len(api.cluster_names) != 1:
+            raise ValueError("REST api_config_source needs exactly one cluster_names entry")
+        key = (api.SerializeToString(deterministic=True), type_url)
+        poller = self.streams.get(key)
+        if poller is None:
+            poller = self.streams[key] = RestPoller(self, type_url, api)
+            poller.subscribe(names, version, versions)
+            poller.start()
+        else:
+            poller.subscribe(names)
 
     def _file(self, pcs, type_url: str, names) -> None:
         key = (pcs.path, type_url)
