@@ -1,8 +1,8 @@
 """Per-worker, per-host multiplexed HTTP/2 upstream pool.
 
-Streams share a connection up to the peer's SETTINGS_MAX_CONCURRENT_STREAMS (100 until
-its SETTINGS arrive, the RFC's recommended floor); a full pool opens another
-connection. A GOAWAY takes the connection out of the pool at once, so new streams go
+Streams share a connection up to the peer's SETTINGS_MAX_CONCURRENT_STREAMS (until a new
+connection's SETTINGS arrive: the host's last advertised value, else 100, the RFC's
+recommended floor); a full pool opens another connection. A GOAWAY takes the connection out of the pool at once, so new streams go
 to a fresh connection, while streams at or below its last_stream_id finish on it.
 
 Each connection has a reader greenlet that feeds the codec and queues events on the
@@ -119,7 +119,8 @@ class Http2ClientConnection(H2Transport):
         self.cluster = pool.cluster
         self.streams: dict[int, UpstreamStream] = {}
         self.goaway = False
-        self.max_streams = min(UNSETTLED_MAX_STREAMS, pool.options.max_concurrent_streams)
+        # until its SETTINGS arrive: what this host said last time, else the RFC's floor
+        self.max_streams = min(pool.peer_max_streams, pool.options.max_concurrent_streams)
         self.last_used = time.monotonic()
         try:
             ip, port = sock.getsockname()[:2]
@@ -231,6 +232,7 @@ class Http2ClientConnection(H2Transport):
         elif kind == h2c.WINDOW:
             self.wake(ev[1])
         elif kind == h2c.SETTINGS:
+            self.pool.peer_max_streams = ev[1]
             self.max_streams = min(ev[1], self.pool.options.max_concurrent_streams)
             self.wake(0)
         elif kind == h2c.GOAWAY:
@@ -243,7 +245,7 @@ class Http2ClientConnection(H2Transport):
 
 
 class Http2Pool:
-    __slots__ = ("host", "cluster", "options", "conns", "_connecting")
+    __slots__ = ("host", "cluster", "options", "conns", "_connecting", "peer_max_streams")
 
     def __init__(self, host, cluster, options: h2c.Http2Options):
         self.host = host
@@ -251,6 +253,7 @@ class Http2Pool:
         self.options = options
         self.conns: list[Http2ClientConnection] = []
         self._connecting: AsyncResult | None = None
+        self.peer_max_streams = UNSETTLED_MAX_STREAMS
 
     def open_stream(self, headers: list, end_stream: bool) -> UpstreamStream:
         """A new stream on a connection with room (raises UpstreamConnectError)."""

@@ -200,7 +200,8 @@ def test_upstream_max_concurrent_streams_opens_more_connections(upstream, proxyd
         with H2Client(px.port) as c:
             c.get("/h2/warm")  # the upstream's SETTINGS are known from here on
             sids = [c.request("GET", "/h2/slow") for _ in range(6)]
-            assert all(c.wait(s).status == 200 for s in sids)
+            statuses = [(c.wait(s).status, bytes(c.responses[s].body)[:80]) for s in sids]
+            assert all(st == 200 for st, _ in statuses), statuses
         assert srv.max_open <= 2
         assert srv.connections >= 3
     finally:
