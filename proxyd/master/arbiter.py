@@ -87,6 +87,7 @@ class Master:
         self.spare_sockets: dict = {}  # inherited on hot restart, not (yet) used
         self.reloading = False
         self.predecessor = None        # hot_restart.Predecessor while taking over
+        self.successor = None          # the new master's Popen while a reload runs
         self.healthcheck_failed = False
         self.listeners_drained = False  # POST /drain_listeners: drained workers stay gone
         self.stopped = Event()
@@ -376,6 +377,11 @@ class Master:
         self.stopping = True
         self.state = "DRAINING"
         self.log.info("stopping", graceful=graceful, drain_time_s=self.options.drain_time_s)
+        if self.successor is not None and self.successor.poll() is None:
+            # A stop aborts a reload in progress: the half-started master (which may
+            # hold the sockets already) must not outlive us.
+            self.log.warning("reload_aborted", successor_pid=self.successor.pid)
+            self.successor.kill()
         gevent.spawn(self._stop, graceful)
 
     def _stop(self, graceful: bool) -> None:
@@ -407,6 +413,9 @@ class Master:
                 self.log.warning("worker_killed_after_deadline", worker=w.index, pid=w.proc.pid)
                 w.proc.kill()
                 w.proc.wait()
+        with gevent.Timeout(5.0, False):
+            while self.reloading:  # an aborted reload removes its socket file first
+                gevent.sleep(0.01)
         self.stopped.set()
 
     def shutdown(self) -> None:
@@ -470,6 +479,8 @@ class Master:
             return {"ok": False, "error": "reload failed, still serving: %s" % e}
         finally:
             self.reloading = False
+        if self.stopping:  # stopped meanwhile: stop() killed the successor
+            return {"ok": False, "error": "proxyd is stopping; the reload was abandoned"}
         self.log.info("handed_over", successor_pid=pid, epoch=epoch)
         self.handed_over = True
         self.stop(graceful=True)

@@ -67,7 +67,7 @@ def start_successor(master) -> tuple[int, int]:
     lsock.listen(1)
     proc = None
     try:
-        proc = gsubprocess.Popen(successor_command(opts), close_fds=True)
+        proc = master.successor = gsubprocess.Popen(successor_command(opts), close_fds=True)
         waiter = gevent.spawn(proc.wait)
         acceptor = gevent.spawn(lsock.accept)
         gevent.joinall([waiter, acceptor], timeout=LIVE_TIMEOUT, count=1)
@@ -104,6 +104,7 @@ def start_successor(master) -> tuple[int, int]:
             proc.wait()
         raise
     finally:
+        master.successor = None
         lsock.close()
         try:
             os.unlink(path)
