@@ -1,15 +1,18 @@
 """Failed reloads: a broken config is refused before anything starts; a successor that
 fails to bind, or is SIGKILLed while starting, leaves the old master serving exactly as
 before, `proxyd reload` says so, and the next reload works (no stuck state)."""
+import contextlib
 import os
 import signal
 import subprocess
 import sys
 import time
 
+import pytest
+
 from harness import REPO, free_port, http, listener, route
-from hr_helpers import (PythonLoad, alive, children, config, counters, reload, rewrite, status,
-                        take_port, wait_gone, wait_successor)
+from hr_helpers import (PythonLoad, alive, children, config, counters, family_pids, reload, rewrite,
+                        stats_file, status, stop, take_port, wait_gone, wait_successor)
 
 def assert_unchanged(px, pid: int, epoch: int, body: bytes = b"v1") -> None:
     """Same master, same epoch, the pid file names it, the old config still serves,
@@ -154,3 +157,34 @@ def test_concurrent_reload_is_refused_not_queued(upstream, proxyd_factory):
     assert str(succ) in out
     assert_unchanged(px, succ, 1)
 
+
+
+@pytest.mark.parametrize("when", ["spawned", "workers_started"])
+def test_stop_during_a_reload_stops_everything(when, upstream, proxyd_factory):
+    """`proxyd stop` while a successor is starting (before it connected, or after it
+    took the sockets and started workers) stops the whole family: the reload is
+    abandoned, no half-started master is left holding the sockets."""
+    port = free_port()
+    px = proxyd_factory(config(port, upstream.port), concurrency=1)
+    shm = stats_file(px)
+    cli = _reload_async(px)
+    succ = wait_successor(px.pid, 1)
+    if when == "workers_started":
+        deadline = time.monotonic() + 20
+        while not children(succ) and time.monotonic() < deadline:
+            time.sleep(0.002)
+        assert children(succ)
+    os.kill(succ, signal.SIGSTOP)
+    cp = stop(px)
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(succ, signal.SIGCONT)
+    out, err = cli.communicate(timeout=30)
+    assert cp.returncode == 0, cp.stderr
+    assert cli.returncode == 1, (out, err)
+    assert wait_gone(px.pid, 5) and wait_gone(succ, 5)
+    deadline = time.monotonic() + 10
+    while family_pids(px) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert family_pids(px) == []
+    assert not os.path.exists(shm)
+    assert sorted(os.listdir(px.runtime_dir)) == ["proxyd.log"]
