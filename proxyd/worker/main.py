@@ -11,7 +11,6 @@ from gevent import monkey
 monkey.patch_all()
 
 import argparse  # noqa: E402
-import ctypes  # noqa: E402
 import os  # noqa: E402
 import signal  # noqa: E402
 import socket  # noqa: E402
@@ -21,7 +20,7 @@ import gevent  # noqa: E402
 from envoy.config.bootstrap.v3 import bootstrap_pb2  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
-from proxyd.ipc import Channel  # noqa: E402
+from proxyd.ipc import Channel, die_with_parent  # noqa: E402
 from proxyd.listener.manager import ListenerManager  # noqa: E402
 from proxyd.observability import access_log  # noqa: E402
 from proxyd.observability.tracing import zipkin  # noqa: E402
@@ -29,7 +28,6 @@ from proxyd.observability.logging import configure_logging, get_logger, set_leve
 from proxyd.stats import StatsStore  # noqa: E402
 from proxyd.upstream.cluster_manager import ClusterManager  # noqa: E402
 
-PR_SET_PDEATHSIG = 1
 
 
 class WorkerContext:
@@ -129,10 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--log-format", default="text")
     args = ap.parse_args(argv)
-    try:
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+    die_with_parent()
     configure_logging(args.log_level, args.log_format, worker=args.index, epoch=args.epoch)
     rc = Worker(args).run()
     sys.stdout.flush()

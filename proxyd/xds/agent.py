@@ -23,12 +23,10 @@ Agent -> master:
 from __future__ import annotations
 
 import argparse
-import ctypes
 import http.client
 import os
 import queue
 import random
-import signal
 import socket
 import sys
 import threading
@@ -37,7 +35,7 @@ from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 
-from proxyd.ipc import Channel
+from proxyd.ipc import Channel, die_with_parent
 from proxyd.observability.logging import configure_logging, get_logger
 
 from . import resources as R
@@ -46,7 +44,6 @@ from .state import Session, Update
 
 BACKOFF_BASE = 0.5
 BACKOFF_MAX = 30.0
-PR_SET_PDEATHSIG = 1
 
 _ADS = "envoy.service.discovery.v3.AggregatedDiscoveryService"
 _SERVICES = {
@@ -482,10 +479,7 @@ def main(argv=None) -> None:
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--log-format", default="text")
     args = ap.parse_args(argv)
-    try:
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+    die_with_parent()
     configure_logging(args.log_level, args.log_format, role="xds")
     sock = socket.socket(fileno=args.fd)
     sock.setblocking(True)   # the master's end is a gevent (non-blocking) socket
