@@ -12,6 +12,7 @@ from typing import Callable, NamedTuple
 
 from ..stats.prometheus import render as render_prometheus
 from ..stats.render import stats_json, stats_text
+from ..observability.logging import get_level
 from . import dumps
 from .server_stats import refresh_server_stats
 
@@ -180,7 +181,7 @@ def reset_counters(ctx, req: Request) -> Response:
 def logging_level(ctx, req: Request) -> Response:
     level = req.arg("level")
     if level is None:
-        current = getattr(ctx.options, "log_level", "info")
+        current = get_level()  # the live level (POST /logging changes it), not the flag
         return Response(200, f"active loggers:\n  proxyd: {current}\n".encode())
     if level not in LOG_LEVELS or not ctx.set_log_level(level):
         raise BadRequest(f"unknown logger level {level!r}; one of: {', '.join(LOG_LEVELS)}")

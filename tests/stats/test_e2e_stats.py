@@ -347,6 +347,7 @@ def test_every_admin_endpoint_against_the_real_master(proxyd_factory, upstream_f
     status, body = admin(px, "/logging?level=debug", "POST")
     assert status == 200 and "proxyd: debug" in body
     assert admin(px, "/logging?level=loud", "POST")[0] == 400
+    assert "proxyd: debug" in admin(px, "/logging", "POST")[1]  # the live level, not the flag
     assert "[debug" not in px.log()
     victim = px.worker_pids()[0]
     os.kill(victim, signal.SIGKILL)  # its replacement starts at the level now in force
