@@ -30,7 +30,7 @@ def listener_stat_name(config) -> str:
 class DownstreamConnection:
     __slots__ = ("sock", "id", "remote_address", "remote_ip", "local_address", "scheme",
                  "listener", "protocol", "alpn", "transport_protocol", "requested_server_name",
-                 "requested_alpn", "local_port")
+                 "requested_alpn", "local_port", "generation")
 
     def __init__(self, sock, addr, listener):
         self.sock = sock
@@ -46,10 +46,13 @@ class DownstreamConnection:
         self.requested_server_name = ""   # SNI, from tls_inspector
         self.requested_alpn = ()          # ALPN offered by the client, from tls_inspector
         self.local_port = listener.port
+        self.generation = listener.generation  # the listener config it was accepted under
 
     @property
     def draining(self) -> bool:
-        return self.listener.draining
+        """The listener drains, or its config changed since this connection came in."""
+        listener = self.listener
+        return listener.draining or self.generation != listener.generation
 
 
 class FilterChain:
@@ -82,6 +85,7 @@ class ActiveListener:
         self.address = "%s:%d" % (sa.address, sa.port_value)
         self.port = sa.port_value
         self.draining = False
+        self.generation = 0
         self.connections: set[DownstreamConnection] = set()
         stats = ctx.stats
         p = listener_stat_name(config)
@@ -106,7 +110,12 @@ class ActiveListener:
         self.server.start()
 
     def update(self, config) -> None:
-        """New connections use the new filter chains; existing ones keep theirs."""
+        """New connections use the new filter chains; connections on the old ones drain
+        (as Envoy does for a modified listener): Connection: close / GOAWAY on their next
+        response, idle ones closed, the rest closed at the drain deadline."""
+        if self.config is not None:
+            self.generation += 1
+            gevent.spawn(self._drain_generation, self.generation)
         self.config = config
         self.chains = [FilterChain(fc, self.ctx) for fc in config.filter_chains]
         default = FilterChain(config.default_filter_chain, self.ctx) \
@@ -217,13 +226,36 @@ class ActiveListener:
             if on_drain is not None:
                 on_drain()  # HTTP/2: GOAWAY now, close after the streams in flight
 
-    def close_idle(self, min_idle: float = IDLE_GRACE) -> None:
-        """Close keep-alive connections idle for `min_idle` seconds. A connection that
-        just finished a response is not closed at once: its client may be sending the
-        next request right now (a race that fails the request); it gets
-        `Connection: close` on that response instead."""
+    def _drain_generation(self, current: int) -> None:
+        """Drain the connections accepted before config generation `current`."""
+        old = [c for c in self.connections if c.generation < current]
+        for conn in old:
+            on_drain = getattr(conn.protocol, "on_drain", None)
+            if on_drain is not None:
+                on_drain()
+        deadline = time.monotonic() + self.ctx.drain_time_s
+        while time.monotonic() < deadline:
+            self.close_idle(before=current)
+            if not any(c.generation < current for c in self.connections):
+                return
+            gevent.sleep(0.1)
+        for conn in list(self.connections):
+            if conn.generation < current:
+                try:
+                    conn.sock.close()
+                except OSError:
+                    pass
+
+    def close_idle(self, min_idle: float = IDLE_GRACE, before: int | None = None) -> None:
+        """Close keep-alive connections idle for `min_idle` seconds (only those accepted
+        before config generation `before`, if given). A connection that just finished a
+        response is not closed at once: its client may be sending the next request right
+        now (a race that fails the request); it gets `Connection: close` on that
+        response instead."""
         now = time.monotonic()
         for conn in list(self.connections):
+            if before is not None and conn.generation >= before:
+                continue
             proto = conn.protocol
             if proto is None or (proto.idle and now - proto.idle_since >= min_idle):
                 try:

@@ -33,8 +33,9 @@ from proxyd.upstream.cluster_manager import ClusterManager  # noqa: E402
 class WorkerContext:
     """What filters and clusters built in this worker can reach."""
 
-    def __init__(self, index: int, concurrency: int, stats):
+    def __init__(self, index: int, concurrency: int, stats, drain_time_s: float = 600.0):
         self.worker_index = index
+        self.drain_time_s = drain_time_s
         self.concurrency = concurrency
         self.stats = stats
         self.cluster_manager = ClusterManager(stats, membership=index == 0)
@@ -48,7 +49,7 @@ class Worker:
         self.log = get_logger("worker")
         self.stats = StatsStore.attach(args.stats)
         self.stats.bind(args.slot)
-        self.ctx = WorkerContext(args.index, args.concurrency, self.stats)
+        self.ctx = WorkerContext(args.index, args.concurrency, self.stats, args.drain_time_s)
         self.listeners = ListenerManager(self.ctx)
         self.channel = Channel(socket.socket(fileno=args.fd))
         self.stopped = Event()

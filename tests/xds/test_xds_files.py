@@ -94,3 +94,25 @@ def test_symlink_swap_in_watched_directory(tmp_path):
         wait(lambda: body_of(port) == (200, "v2"), what="symlink swap applied")
     finally:
         p.cleanup()
+
+
+def test_modified_listener_drains_connections_on_the_old_chain(tmp_path):
+    """A keep-alive connection accepted before a listener change gets `Connection: close`
+    on its next response (answered by the old chain); a new connection gets the new one."""
+    port = H.free_port()
+    lds = tmp_path / "lds.yaml"
+    lds.write_text(listeners(port, 200, "old"))
+    cfg = H.write_config(tmp_path, {"node": {"id": "n", "cluster": "c"}, "dynamic_resources": {
+        "lds_config": {"path_config_source": {"path": str(lds)}, "resource_api_version": "V3"}}})
+    p = H.Proxyd(cfg, concurrency=1)
+    try:
+        p.start(timeout=20)
+        with H.Conn(port) as c:
+            r = c.request("GET", "/")
+            assert (r.status, r.body, r.header("connection")) == (200, b"old", None)
+            replace(lds, listeners(port, 201, "new"))
+            wait(lambda: body_of(port) == (201, "new"), what="modified listener applied")
+            r = c.request("GET", "/")
+            assert (r.status, r.body, r.header("connection")) == (200, b"old", "close")
+    finally:
+        p.cleanup()
