@@ -12,11 +12,10 @@ import time
 import gevent
 
 from proxyd.http import grpc, local_reply
-from proxyd.http.codec.http1 import (DATA, END, HEAD, LAST_CHUNK, ProtocolError,
+from proxyd.http.codec.http1 import (DATA, HEAD, LAST_CHUNK, ProtocolError,
                                      ResponseParser, encode_chunk, encode_request_head)
 from proxyd.http.filter import HttpFilter
 from proxyd.http.message import ResponseHead
-from proxyd.http.stream import DownstreamGone
 from proxyd.network.io import send_all
 from proxyd.upstream.cluster import UpstreamConnectError
 

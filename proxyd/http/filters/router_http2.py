@@ -48,7 +48,6 @@ def request_headers(stream, route, host, cluster) -> list:
 
 
 def forward_http2(stream, route, cluster, host, timeout) -> None:
-    req = stream.request
     info = stream.info
     cstats = cluster.stats
     cstats.upstream_rq_total.inc()
