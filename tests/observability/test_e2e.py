@@ -191,17 +191,23 @@ def test_flood_on_a_full_disk_fails_no_request_and_counts_drops(upstream, proxyd
     assert elapsed < 30
 
 
-def test_logrotate_rename_then_sigusr1(upstream, proxyd_factory, tmp_path):
+@pytest.mark.parametrize("reopen", ["SIGUSR1", "POST /reopen_logs"])
+def test_logrotate_rename_then_reopen(upstream, proxyd_factory, tmp_path, reopen):
     log = tmp_path / "access.log"
     port = free_port()
+    admin = free_port()
     px = proxyd_factory(bootstrap([listener(port, access_log=[file_log(log)])],
-                                  [cluster("upstream", [("127.0.0.1", upstream.port)])]),
+                                  [cluster("upstream", [("127.0.0.1", upstream.port)])],
+                                  admin_port=admin),
                         concurrency=2)
     for _ in range(3):
         assert http(px.port, path="/before").status == 200
     wait_lines(log, 3)
     os.rename(log, str(log) + ".1")
-    px.signal(signal.SIGUSR1)                 # the master forwards it to every worker
+    if reopen == "SIGUSR1":
+        px.signal(signal.SIGUSR1)             # the master forwards it to every worker
+    else:
+        assert http(admin, method="POST", path="/reopen_logs").status == 200
     time.sleep(0.3)
     for _ in range(4):
         assert http(px.port, path="/after").status == 200
