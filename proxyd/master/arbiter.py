@@ -2,12 +2,14 @@
 socket; spawns, watches and replaces workers; never proxies a request.
 
 It runs a gevent loop (admin, control socket, DNS refresh, one greenlet per worker).
-Workers are started with fork+exec (`proxyd.worker.main`), so nothing the master runs
-(greenlets, resolver threads, later an xDS agent) leaks into them: see worker/main.py.
+Workers and the xDS agent are started with fork+exec (`proxyd.worker.main`,
+`proxyd.xds.agent`), so nothing the master runs (greenlets, resolver threads) leaks into
+them, and gRPC lives only in the agent: see worker/main.py.
 Signal handlers only queue work into the loop (gunicorn's lesson).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import signal
 import socket
@@ -48,7 +50,8 @@ class StartupError(Exception):
 
 
 def stats_path(options) -> str:
-    import hashlib
+    """The family's stats file: one per base id and runtime dir, so tests and several
+    proxyd families on one host never share one."""
     h = hashlib.sha1(os.path.abspath(options.runtime_dir).encode()).hexdigest()[:10]
     return "/dev/shm/proxyd-%d-%s.stats" % (options.base_id, h)
 
@@ -62,7 +65,6 @@ class WorkerHandle:
         self.sent_listeners: set[str] = set()
         self.applied_version = -1
         self.started = 0.0
-        self.failures = 0
 
 
 class Master:
