@@ -6,6 +6,8 @@ import json
 import os
 import socket
 
+from proxyd.master.sockets import bind_unix
+
 CONTROL_SOCK = "control.sock"
 PID_FILE = "proxyd.pid"
 
@@ -20,15 +22,7 @@ class ControlServer:
         # Bound beside, then renamed over: the path always reaches a master, the old one
         # until the rename (a hot-restarted master takes it over only once live).
         tmp = "%s.%d" % (path, os.getpid())
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        old = os.umask(0o177)
-        try:
-            sock.bind(tmp)
-        finally:
-            os.umask(old)
-        sock.listen(16)
+        sock = bind_unix(tmp, 16)
         self.inode = os.stat(tmp).st_ino
         os.replace(tmp, path)
         self.handler = handler

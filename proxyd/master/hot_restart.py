@@ -23,6 +23,7 @@ import gevent
 from gevent import subprocess as gsubprocess
 
 from proxyd.ipc import Channel
+from proxyd.master.sockets import bind_unix
 
 ADMIN_KEY = "admin"
 LIVE_TIMEOUT = 120.0
@@ -56,15 +57,7 @@ def start_successor(master) -> tuple[int, int]:
     live, raises ReloadFailed (the successor is gone and nothing changed) otherwise."""
     opts = master.options
     path = socket_path(opts.runtime_dir, opts.restart_epoch)
-    if os.path.exists(path):
-        os.unlink(path)
-    lsock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        lsock.bind(path)
-    finally:
-        os.umask(old)
-    lsock.listen(1)
+    lsock = bind_unix(path, 1)
     proc = None
     try:
         proc = master.successor = gsubprocess.Popen(successor_command(opts), close_fds=True)

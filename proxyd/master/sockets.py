@@ -2,6 +2,7 @@
 hot restart)."""
 from __future__ import annotations
 
+import os
 import socket
 
 
@@ -12,6 +13,21 @@ class BindError(Exception):
 def address_key(socket_address) -> str:
     """'tcp://ip:port', the key a hot restart uses to hand a socket over (as Envoy)."""
     return "tcp://%s:%d" % (socket_address.address, socket_address.port_value)
+
+
+def bind_unix(path: str, backlog: int) -> socket.socket:
+    """A listening Unix stream socket at `path`, mode 0600 from the start (umask, not a
+    chmod after bind, so no other user can connect in between); replaces a stale file."""
+    if os.path.exists(path):
+        os.unlink(path)
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(path)
+    finally:
+        os.umask(old)
+    sock.listen(backlog)
+    return sock
 
 
 def bind_tcp(address: str, port: int, backlog: int = 1024) -> socket.socket:
