@@ -141,15 +141,8 @@ class ServerTls:
         """Server-side handshake under gevent; raises ssl.SSLError / OSError / socket.timeout.
 
         On failure the plain socket is closed here: wrap_socket detached it."""
-        ssock = self.context.wrap_socket(sock, server_side=True, do_handshake_on_connect=False)
-        try:
-            ssock.settimeout(timeout)
-            ssock.do_handshake()
-            ssock.settimeout(None)
-        except BaseException:
-            ssock.close()
-            raise
-        return ssock
+        return _handshake(self.context.wrap_socket(sock, server_side=True,
+                                                   do_handshake_on_connect=False), timeout)
 
 
 class ClientTls:
@@ -170,16 +163,20 @@ class ClientTls:
         self.sni = config.sni or None
 
     def wrap(self, sock, timeout: float):
-        ssock = self.context.wrap_socket(sock, server_hostname=self.sni,
-                                         do_handshake_on_connect=False)
-        try:
-            ssock.settimeout(timeout)
-            ssock.do_handshake()
-            ssock.settimeout(None)
-        except BaseException:
-            ssock.close()
-            raise
-        return ssock
+        return _handshake(self.context.wrap_socket(sock, server_hostname=self.sni,
+                                                   do_handshake_on_connect=False), timeout)
+
+
+def _handshake(ssock, timeout: float):
+    """Handshake within `timeout`, then blocking mode; closes the socket on failure."""
+    try:
+        ssock.settimeout(timeout)
+        ssock.do_handshake()
+        ssock.settimeout(None)
+    except BaseException:
+        ssock.close()
+        raise
+    return ssock
 
 
 def server_tls(transport_socket):

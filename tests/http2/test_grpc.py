@@ -9,7 +9,7 @@ import time
 import grpc
 import pytest
 
-from conftest import SERVICE, channel, h2_cluster
+from h2_helpers import SERVICE, channel, h2_cluster
 from harness import bootstrap, closed_port, free_port, listener, route, virtual_host
 
 

@@ -14,7 +14,7 @@ import time
 
 import pytest
 
-from conftest import h2_cluster
+from h2_helpers import h2_cluster
 from h2client import H2Client
 from h2server import H2Server
 from harness import Conn, bootstrap, cluster, free_port, listener, route, simple_config, \

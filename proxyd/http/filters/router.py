@@ -87,6 +87,20 @@ def _upstream_headers(stream, route, host):
     return h
 
 
+def begin_upstream_request(info, cstats, host, timeout):
+    """Count the request as started (the caller's `finally` ends it) and arm the route
+    timeout; returns (start time, the exception the timer raises, the timer)."""
+    cstats.upstream_rq_total.inc()
+    cstats.upstream_rq_active.inc()
+    host.rq_total.inc()
+    host.rq_active.inc()
+    info.upstream_host = host.addr_str
+    expired = RouteTimeout()  # gevent raises this instance, not the Timeout
+    timer = gevent.Timeout(timeout or None, expired)
+    timer.start()
+    return time.monotonic(), expired, timer
+
+
 def forward(stream, route, cluster, host) -> None:
     """Proxy one request to `host` over a pooled HTTP/1.1 connection (or HTTP/2 when
     the cluster's protocol options say so)."""
@@ -97,16 +111,8 @@ def forward(stream, route, cluster, host) -> None:
         return forward_http2(stream, route, cluster, host, timeout)
     info = stream.info
     cstats = cluster.stats
-    cstats.upstream_rq_total.inc()
-    cstats.upstream_rq_active.inc()
-    host.rq_total.inc()
-    host.rq_active.inc()
-    info.upstream_host = host.addr_str
     conn = None
-    t0 = time.monotonic()
-    expired = RouteTimeout()  # gevent raises this instance, not the Timeout
-    timer = gevent.Timeout(timeout or None, expired)
-    timer.start()
+    t0, expired, timer = begin_upstream_request(info, cstats, host, timeout)
     try:
         head_bytes = encode_request_head(req, _upstream_headers(stream, route, host))
         for attempt in (0, 1):

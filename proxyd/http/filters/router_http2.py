@@ -15,7 +15,7 @@ import gevent
 from proxyd.http import local_reply
 from proxyd.http.codec import http2 as h2c
 from proxyd.http.filters.router import (RouteTimeout, _complete, _send_response_head,
-                                        _upstream_headers)
+                                        _upstream_headers, begin_upstream_request)
 from proxyd.http.headers import Headers
 from proxyd.http.http2_connection import ConnectionClosed
 from proxyd.http.message import ResponseHead
@@ -50,17 +50,9 @@ def request_headers(stream, route, host, cluster) -> list:
 def forward_http2(stream, route, cluster, host, timeout) -> None:
     info = stream.info
     cstats = cluster.stats
-    cstats.upstream_rq_total.inc()
-    cstats.upstream_rq_active.inc()
-    host.rq_total.inc()
-    host.rq_active.inc()
-    info.upstream_host = host.addr_str
     us = None
     pump = None
-    t0 = time.monotonic()
-    expired = RouteTimeout()  # gevent raises this instance, not the Timeout
-    timer = gevent.Timeout(timeout or None, expired)
-    timer.start()
+    t0, expired, timer = begin_upstream_request(info, cstats, host, timeout)
     try:
         headers = request_headers(stream, route, host, cluster)
         end = stream.request_complete
