@@ -14,6 +14,10 @@ HOP_BY_HOP = frozenset((
 ))
 
 
+# Connection values that name no other header (the common case: nothing to add to drop).
+_PLAIN_CONNECTION = frozenset(("keep-alive", "close"))
+
+
 class Headers:
     __slots__ = ("items",)
 
@@ -63,7 +67,7 @@ class Headers:
             return
         drop = HOP_BY_HOP
         conn = self.get("connection")
-        if conn:
+        if conn and conn.lower() not in _PLAIN_CONNECTION:
             drop = drop | {t.strip().lower() for t in conn.split(",")}
         self.items = [kv for kv in self.items if kv[0] not in drop]
 
