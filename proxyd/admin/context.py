@@ -65,4 +65,7 @@ class AdminContext(Protocol):
 
     dynamic: object
     """master/dynamic.py DynamicConfig when xDS or watched files are in use, else None:
-    `config_dump_sections(stamp_of)` and `runtime_layers()` feed /config_dump and /runtime."""
+    `config_dump_sections(stamp_of)` feeds /config_dump."""
+
+    def runtime_layers(self) -> list:
+        """/runtime (optional): [(layer name, {key: proxyd.runtime.Entry})] in bootstrap order."""

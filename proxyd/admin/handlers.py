@@ -137,14 +137,13 @@ def config_dump(ctx, req: Request) -> Response:
 
 def runtime(ctx, req: Request) -> Response:
     """Envoy's /runtime: the layers, and per key each layer's value and the final one."""
-    dynamic = getattr(ctx, "dynamic", None)
-    layers = dynamic.runtime_layers() if dynamic is not None else []
+    layers = ctx.runtime_layers() if hasattr(ctx, "runtime_layers") else []
     entries: dict = {}
     for i, (_name, values) in enumerate(layers):
         for key, value in values.items():
             e = entries.setdefault(key, {"layer_values": [""] * len(layers), "final_value": ""})
-            e["layer_values"][i] = str(value)
-            e["final_value"] = str(value)
+            e["layer_values"][i] = value.raw
+            e["final_value"] = value.raw
     body = {"layers": [name for name, _ in layers], "entries": entries}
     return Response(200, json.dumps(body, indent=1, sort_keys=True).encode() + b"\n", JSON)
 

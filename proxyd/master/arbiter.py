@@ -21,6 +21,7 @@ from gevent import subprocess as gsubprocess
 from gevent.event import Event
 
 from proxyd import __version__
+from proxyd import runtime as rt
 from proxyd.config import ConfigError, load_bootstrap
 from proxyd.ipc import Channel
 from proxyd.master import endpoints as eps
@@ -95,6 +96,7 @@ class Master:
         self.stopped = Event()
         self.live = Event()
         self.dynamic = None            # master/dynamic.py: xDS and watched-file config
+        self.runtime_entries: dict = {}  # the merged layered runtime sent to workers
 
     @property
     def state(self) -> str:
@@ -135,6 +137,8 @@ class Master:
         self._bind_all(inherited)
         self._resolve_all()
         self._start_dynamic()
+        if self.dynamic is None:
+            self.load_runtime()
         self._start_admin()
         if self.predecessor is None:
             self._take_runtime_dir()
@@ -315,7 +319,7 @@ class Master:
         bootstrap, endpoints = (self.dynamic.snapshot() if self.dynamic is not None
                                 else (self.bootstrap.SerializeToString(), self.endpoints))
         msg = {"kind": "snapshot", "version": self.version, "bootstrap": bootstrap,
-               "endpoints": endpoints, "new_listeners": new}
+               "endpoints": endpoints, "runtime": self.runtime_entries, "new_listeners": new}
         fds = [self.listen_socks[self.listener_keys[name]].fileno() for name in new]
         return msg, fds, new
 
@@ -359,6 +363,24 @@ class Master:
                     sdnotify.notify("READY=1", status)
                 return
             gevent.sleep(0.02)
+
+    # --- layered runtime ------------------------------------------------------------
+    def runtime_layers(self) -> list:
+        """[(layer name, {key: runtime.Entry})] in bootstrap order: static and RTDS layers."""
+        rtds = self.dynamic.rtds_layers() if self.dynamic is not None else {}
+        return rt.bootstrap_layers(self.bootstrap, rtds)
+
+    def load_runtime(self) -> None:
+        """Merge the layers for the next worker snapshot (start-up, every RTDS update) and
+        set Envoy's loader stats: load_success, num_layers, num_keys (distinct keys)."""
+        layers = self.runtime_layers()
+        self.runtime_entries = rt.merge(layers)
+        s = self.stats
+        s.counter("runtime.load_error")
+        s.counter("runtime.load_success").inc()
+        s.counter("runtime.override_dir_not_exists").inc()
+        s.gauge("runtime.num_layers").set(len(layers))
+        s.gauge("runtime.num_keys").set(len(self.runtime_entries))
 
     def _stats_loop(self) -> None:
         while not self.stopping:

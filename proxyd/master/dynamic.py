@@ -19,7 +19,6 @@ with the reason.
 from __future__ import annotations
 
 import hashlib
-import json
 import time
 
 import gevent
@@ -29,7 +28,6 @@ from envoy.config.core.v3 import config_source_pb2
 from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2)
-from google.protobuf import json_format
 
 from proxyd.master import endpoints as eps
 from proxyd.master.sockets import BindError, address_key, bind_tcp
@@ -170,7 +168,7 @@ class DynamicConfig:
                 self.initial_pending.add("rtds:" + rl.name)
                 self.agent.subscribe(_src(rl.rtds_config), R.RUNTIME, [rl.name])
                 self._start_timer(R.RUNTIME, rl.name, fetch_timeout(rl.rtds_config))
-        self._runtime_loaded()
+        self.m.load_runtime()
         self._reconcile()
         gevent.spawn(self._close_loop)
 
@@ -264,7 +262,7 @@ class DynamicConfig:
         self.initial_pending.discard(t)
         if t == R.RUNTIME:
             self.initial_pending.difference_update("rtds:" + name for name in res)
-            self._runtime_loaded()
+            self.m.load_runtime()
         self.log.info("xds_update_applied", type_url=t, version=msg["version"],
                       resources=len(res), removed=len(msg["removed"]))
         self._reconcile()
@@ -565,7 +563,7 @@ class DynamicConfig:
                 endpoints[c.name] = self.dns_endpoints[c.name]
             elif c.name in self.active_clusters:
                 endpoints[c.name] = eps.static_endpoints(c)
-        return bs.SerializeToString(deterministic=True), endpoints
+        return bs.SerializeToString(deterministic=True), endpoints, self.m.runtime_entries
 
     def snapshot(self):
         """(serialized effective Bootstrap, endpoints) for Master._snapshot_message."""
@@ -591,17 +589,6 @@ class DynamicConfig:
             for n in ("update_attempt", "update_success", "update_rejected", "update_failure"):
                 s.counter(p + n)
             s.gauge(p + "version")
-
-    def _runtime_loaded(self) -> None:
-        """Envoy's runtime loader stats after each new snapshot (start-up, every RTDS update):
-        runtime.load_success, num_layers, num_keys (distinct keys over all layers)."""
-        layers = self.runtime_layers()
-        s = self.m.stats
-        s.counter("runtime.load_error")
-        s.counter("runtime.load_success").inc()
-        s.counter("runtime.override_dir_not_exists").inc()
-        s.gauge("runtime.num_layers").set(len(layers))
-        s.gauge("runtime.num_keys").set(len({k for _n, values in layers for k in values}))
 
     def _count(self, prefix: str, name: str) -> None:
         self.m.stats.counter(prefix + name).inc()
@@ -646,17 +633,9 @@ class DynamicConfig:
             out.append({"name": name, "added_via_api": True, "hosts": hosts})
         return out
 
-    def runtime_layers(self) -> list:
-        """[(layer name, {key: value})] in bootstrap order: static and RTDS layers."""
-        out = []
-        for layer in self.bs.layered_runtime.layers:
-            if layer.HasField("static_layer"):
-                out.append((layer.name, _flatten(json_format.MessageToDict(layer.static_layer))))
-            elif layer.HasField("rtds_layer"):
-                r = self.runtime.get(layer.rtds_layer.name)
-                out.append((layer.name, _flatten(json_format.MessageToDict(r.msg.layer))
-                            if r is not None else {}))
-        return out
+    def rtds_layers(self) -> dict:
+        """{RTDS resource name: its Runtime.layer Struct} as received."""
+        return {name: r.msg.layer for name, r in self.runtime.items()}
 
     def config_dump_sections(self, stamp_of):
         """admin.v3 ListenersConfigDump, ClustersConfigDump, RoutesConfigDump,
@@ -707,30 +686,6 @@ class DynamicConfig:
             e = es.dynamic_endpoint_configs.add(version_info=r.version, last_updated=stamp_of(r.updated))
             e.endpoint_config.Pack(r.msg)
         return [ls, cs, rs, es]
-
-
-def _flatten(d: dict, prefix: str = "") -> dict:
-    """A runtime layer Struct as Envoy's dotted keys and value strings: nested objects are
-    paths, except a FractionalPercent ({numerator, denominator}) or an empty object."""
-    out = {}
-    for k, v in d.items():
-        key = prefix + k
-        if isinstance(v, dict) and v and "numerator" not in v and "denominator" not in v:
-            out.update(_flatten(v, key + "."))
-        else:
-            out[key] = _runtime_string(v)
-    return out
-
-
-def _runtime_string(v) -> str:
-    """A value as Envoy prints it in /runtime (absl::StrCat for numbers and booleans)."""
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return format(v, ".6g")
-    if isinstance(v, dict):
-        return json.dumps(v, sort_keys=True, separators=(",", ":"))
-    return str(v)
 
 
 def needs_dynamic(bootstrap) -> bool:

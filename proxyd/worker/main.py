@@ -25,6 +25,7 @@ from proxyd.listener.manager import ListenerManager  # noqa: E402
 from proxyd.observability import access_log  # noqa: E402
 from proxyd.observability.tracing import zipkin  # noqa: E402
 from proxyd.observability.logging import configure_logging, get_logger, set_level  # noqa: E402
+from proxyd.runtime import Runtime  # noqa: E402
 from proxyd.stats import StatsStore  # noqa: E402
 from proxyd.upstream.cluster_manager import ClusterManager  # noqa: E402
 
@@ -41,6 +42,7 @@ class WorkerContext:
         self.cluster_manager = ClusterManager(stats, membership=index == 0)
         self.node = None
         self.bootstrap = None
+        self.runtime = Runtime()   # the layered runtime of the snapshot applied last
 
 
 class Worker:
@@ -91,6 +93,7 @@ class Worker:
         ctx = self.ctx
         ctx.bootstrap = bs
         ctx.node = bs.node
+        ctx.runtime.update(msg.get("runtime", {}))
         clusters = list(bs.static_resources.clusters) + [c for c in msg.get("clusters", [])]
         ctx.cluster_manager.apply(clusters, msg["endpoints"])
         socks = {}

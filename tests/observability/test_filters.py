@@ -6,6 +6,7 @@ from envoy.config.accesslog.v3.accesslog_pb2 import AccessLogFilter
 from google.protobuf import json_format
 
 from proxyd.observability.access_log.filters import compile_filter
+from proxyd.runtime import Runtime, entry
 
 from .conftest import make_info
 
@@ -34,13 +35,12 @@ def test_duration_filter_uses_the_runtime_when_present():
     assert flt(d)(make_info()) is True                                  # 23 ms >= 20
     assert flt(d)(make_info(end_mono=1000.010)) is False                # 10 ms
 
-    class Runtime:
-        def get_integer(self, key, default):
-            return 100 if key == "access_log.slow_ms" else default
-
     class Ctx:
         runtime = Runtime()
-    assert flt(d, Ctx())(make_info()) is False
+    compiled = flt(d, Ctx())
+    assert compiled(make_info()) is True                                # empty runtime: 20
+    Ctx.runtime.update({"access_log.slow_ms": entry(100)})
+    assert compiled(make_info()) is False                               # the same filter: 100
 
 
 def test_not_health_check_and_traceable():

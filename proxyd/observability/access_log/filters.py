@@ -1,9 +1,10 @@
 """`envoy.config.accesslog.v3.AccessLogFilter` compiled to `f(info) -> bool`.
 
 Compiled once per config so the per-request decision is a couple of closure calls.
-Runtime-backed values (ComparisonFilter.value, RuntimeFilter) use the runtime layer
-when the context has one (`ctx.runtime.get_integer(key, default)`), else the
-configured default, which is what Envoy does with an empty runtime.
+Runtime-backed values (ComparisonFilter.value, RuntimeFilter) read the worker's layered
+runtime on each decision (`ctx.runtime.get_int(key, default)`, proxyd/runtime.py), so
+a snapshot with new values changes them; without a runtime the configured default
+applies, as in Envoy with an empty runtime.
 """
 from __future__ import annotations
 
@@ -19,9 +20,9 @@ _DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}
 
 def _runtime_int(ctx, key: str, default: int) -> Callable[[], int]:
     runtime = getattr(ctx, "runtime", None) if ctx is not None else None
-    if not key or runtime is None or not hasattr(runtime, "get_integer"):
+    if not key or runtime is None:
         return lambda: default
-    return lambda: runtime.get_integer(key, default)
+    return lambda: runtime.get_int(key, default)
 
 
 def _comparison(cmp, ctx, path: str) -> Callable[[int], bool]:
@@ -83,7 +84,7 @@ def compile_filter(msg, ctx=None, path: str = "filter") -> Filter:
             bucket = None if independent else _request_id_bucket(info)
             if bucket is None:
                 bucket = rand(denom)
-            return bucket % denom < numerator()
+            return bucket % denom < min(numerator(), denom)
         return sample
     if which in ("and_filter", "or_filter"):
         subs = [compile_filter(f, ctx, f"{path}.{which}.filters[{i}]")
