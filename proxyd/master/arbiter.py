@@ -29,7 +29,7 @@ from proxyd.master import hot_restart, sdnotify
 from proxyd.master.control import CONTROL_SOCK, PID_FILE, ControlServer
 from proxyd.master.sockets import BindError, address_key, bind_tcp
 from proxyd.observability.logging import get_level, get_logger, set_level
-from proxyd.stats import StatsStore
+from proxyd.stats import IncompatibleStatsFile, StatsStore
 
 SPAWN_BACKOFF_MAX = 10.0
 
@@ -124,10 +124,14 @@ class Master:
         if opts.restart_epoch > 0:
             try:
                 self.predecessor = hot_restart.Predecessor(opts.runtime_dir, opts.restart_epoch)
-                inherited, self.first_start_time = self.predecessor.take_sockets()
+                inherited, self.first_start_time, stats_fd = self.predecessor.take_sockets()
             except (OSError, EOFError) as e:
                 raise StartupError("hot restart: %s" % e) from None
-            self.stats = StatsStore.attach(stats_path(opts))
+            try:
+                self.stats = (StatsStore.attach_fd(stats_fd, stats_path(opts)) if stats_fd is not None
+                              else StatsStore.attach(stats_path(opts)))
+            except (OSError, IncompatibleStatsFile) as e:
+                raise StartupError("hot restart: stats file: %s" % e) from None
             self.stats.reap_dead_slots()
         else:
             self._refuse_if_running()
@@ -259,14 +263,15 @@ class Master:
         opts = self.options
         parent, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         w.slot = self.stats.claim_slot(os.getpid(), role="worker")
+        stats_fd = self.stats.fileno()
         cmd = [sys.executable, "-m", "proxyd.worker.main",
                "--index", str(w.index), "--concurrency", str(opts.concurrency),
                "--slot", str(w.slot), "--fd", str(child.fileno()),
-               "--stats", self.stats_file, "--epoch", str(opts.restart_epoch),
-               "--drain-time-s", str(opts.drain_time_s),
+               "--stats", self.stats_file, "--stats-fd", str(stats_fd),
+               "--epoch", str(opts.restart_epoch), "--drain-time-s", str(opts.drain_time_s),
                "--log-level", get_level(), "--log-format", opts.log_format]
         try:
-            w.proc = gsubprocess.Popen(cmd, pass_fds=(child.fileno(),), close_fds=True)
+            w.proc = gsubprocess.Popen(cmd, pass_fds=(child.fileno(), stats_fd), close_fds=True)
         finally:
             child.close()
         self.stats.set_slot_pid(w.slot, w.proc.pid)
@@ -280,7 +285,9 @@ class Master:
 
     @property
     def stats_file(self) -> str:
-        return stats_path(self.options)
+        """The family's stats path: named on worker command lines and unlinked at the final
+        stop; workers and a successor attach through the fd, whatever the path names now."""
+        return self.stats.path
 
     def _supervise(self, w: WorkerHandle) -> None:
         """Keep worker `w` running: respawn on exit, backing off on a crash loop."""

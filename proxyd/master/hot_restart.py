@@ -1,5 +1,6 @@
 """Hot restart: a new master takes the listening sockets and the stats region over from
-the running one, becomes live, then tells it to drain.
+the running one, becomes live, then tells it to drain. The stats file travels as an fd
+too, so a path that no longer names it (a tmpfs mounted over /dev/shm) does not matter.
 
 Like Envoy (and HAProxy's `expose-fd listeners`), the sockets travel over a Unix socket
 with SCM_RIGHTS rather than through fork lineage, so the new master can be a fresh exec
@@ -10,7 +11,8 @@ master's memory and the socket file is removed when the attempt ends, however it
 
 Wire (ipc.Channel frames on `<runtime-dir>/hot_restart.<old epoch>.sock`, mode 0600):
   new -> old  {"kind": "hello", "pid", "epoch"}
-  old -> new  {"kind": "handover", "keys": [...], "first_start_time"} + one fd per key
+  old -> new  {"kind": "handover", "keys": [...], "stats_fd": True, "first_start_time"}
+              + one fd per key, then the stats file's fd
   new -> old  {"kind": "live", "pid"}  or  {"kind": "error", "error"}
 """
 from __future__ import annotations
@@ -76,8 +78,8 @@ def start_successor(master) -> tuple[int, int]:
             if master.admin_sock is not None:
                 keys.append(ADMIN_KEY)
                 fds.append(master.admin_sock.fileno())
-            ch.send({"kind": "handover", "keys": keys,
-                     "first_start_time": master.first_start_time}, fds)
+            ch.send({"kind": "handover", "keys": keys, "stats_fd": True,
+                     "first_start_time": master.first_start_time}, fds + [master.stats.fileno()])
             reader = gevent.spawn(ch.recv)
             gevent.joinall([reader, waiter], timeout=LIVE_TIMEOUT, count=1)
             if not reader.ready():
@@ -126,14 +128,17 @@ class Predecessor:
             raise ConnectionError("cannot reach the running master at %s: %s" % (path, e)) from None
         self.channel = Channel(sock)
 
-    def take_sockets(self) -> tuple[dict, float]:
-        """{address key: socket} and the family's first start time."""
+    def take_sockets(self) -> tuple[dict, float, int | None]:
+        """{address key: socket}, the family's first start time and the stats file's fd
+        (None from a predecessor that does not send it)."""
         self.channel.send({"kind": "hello", "pid": os.getpid()})
         msg, fds = self.channel.recv()
+        keys = msg["keys"]
         socks = {}
-        for key, fd in zip(msg["keys"], fds):
+        for key, fd in zip(keys, fds):
             socks[key] = socket.socket(fileno=fd)
-        return socks, msg["first_start_time"]
+        stats_fd = fds[len(keys)] if msg.get("stats_fd") and len(fds) > len(keys) else None
+        return socks, msg["first_start_time"], stats_fd
 
     def live(self) -> None:
         self.channel.send({"kind": "live", "pid": os.getpid()})

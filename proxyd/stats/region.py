@@ -63,7 +63,22 @@ class Region:
     @classmethod
     def attach(cls, path: str) -> "Region":
         """Map an existing file after checking magic, version and that its offsets are ours."""
-        fd = os.open(path, os.O_RDWR | os.O_CLOEXEC)
+        return cls._attach(os.open(path, os.O_RDWR | os.O_CLOEXEC), path)
+
+    @classmethod
+    def attach_fd(cls, fd: int, path: str) -> "Region":
+        """Map the file behind an inherited ``fd`` (closed here), whatever ``path`` names now.
+
+        The file is reopened through /proc/self/fd: an own open file description, since
+        ``flock`` locks per description and the sender keeps using its own."""
+        try:
+            own = os.open(f"/proc/self/fd/{fd}", os.O_RDWR | os.O_CLOEXEC)
+        finally:
+            os.close(fd)
+        return cls._attach(own, path)
+
+    @classmethod
+    def _attach(cls, fd: int, path: str) -> "Region":
         try:
             head = os.pread(fd, L.HEADER_WORDS * 8, 0)
             if len(head) < L.HEADER_WORDS * 8:
@@ -84,6 +99,9 @@ class Region:
         except BaseException:
             os.close(fd)
             raise
+
+    def fileno(self) -> int:
+        return self._fd
 
     def values(self, slot: int) -> memoryview:
         """The 64-bit value block of ``slot`` (``layout.retired_slot`` for the retired one)."""
@@ -155,3 +173,4 @@ class Region:
             self._mm.close()
         with contextlib.suppress(OSError):
             os.close(self._fd)
+        self._fd = -1

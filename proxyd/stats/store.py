@@ -64,6 +64,17 @@ class StatsStore:
         """Hot-restarted master or worker: map the existing file, never wiping it."""
         return cls(Region.attach(path))
 
+    @classmethod
+    def attach_fd(cls, fd: int, path: str) -> "StatsStore":
+        """As ``attach``, through an fd handed over by the master (``fd`` is consumed), so a
+        path that now names another file or nothing does not matter; ``path`` is the
+        family's stats path, which ``unlink`` removes."""
+        return cls(Region.attach_fd(fd, path))
+
+    def fileno(self) -> int:
+        """The mapped file's descriptor, to hand to a worker or a successor master."""
+        return self._region.fileno()
+
     # -- slots ---------------------------------------------------------------------------
 
     def claim_slot(self, pid: int, role: str = "worker") -> int:
@@ -276,8 +287,13 @@ class StatsStore:
         self._region.close()
 
     def unlink(self) -> None:
-        """Final stop: remove the file (mappings stay valid until closed)."""
+        """Final stop: remove the file at ``path`` if it is still this one (mappings stay
+        valid until closed); a file that replaced it there is not ours."""
         with contextlib.suppress(FileNotFoundError):
+            if self.fileno() >= 0:
+                st, mine = os.stat(self.path), os.fstat(self.fileno())
+                if (st.st_dev, st.st_ino) != (mine.st_dev, mine.st_ino):
+                    return
             os.unlink(self.path)
 
 

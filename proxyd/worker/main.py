@@ -49,7 +49,8 @@ class Worker:
     def __init__(self, args):
         self.args = args
         self.log = get_logger("worker")
-        self.stats = StatsStore.attach(args.stats)
+        self.stats = (StatsStore.attach_fd(args.stats_fd, args.stats) if args.stats_fd is not None
+                      else StatsStore.attach(args.stats))
         self.stats.bind(args.slot)
         self.ctx = WorkerContext(args.index, args.concurrency, self.stats, args.drain_time_s)
         self.listeners = ListenerManager(self.ctx)
@@ -126,6 +127,7 @@ def main(argv=None) -> int:
     ap.add_argument("--slot", type=int, required=True)
     ap.add_argument("--fd", type=int, required=True)
     ap.add_argument("--stats", required=True)
+    ap.add_argument("--stats-fd", type=int)
     ap.add_argument("--epoch", type=int, default=0)
     ap.add_argument("--drain-time-s", type=float, default=600.0)
     ap.add_argument("--log-level", default="info")

@@ -164,10 +164,11 @@ def stats_file(px) -> str:
     return stats_path(Opts)
 
 
-def counters(px) -> dict[str, int]:
-    """Every counter's total, read straight from the shared stats file."""
+def counters(px, path: str | None = None) -> dict[str, int]:
+    """Every counter's total, read straight from the shared stats file (at `path` if the
+    test moved it away from the family's path)."""
     from proxyd.stats import StatsStore
-    store = StatsStore.attach(stats_file(px))
+    store = StatsStore.attach(path or stats_file(px))
     try:
         return {name: value for name, kind, value in store.items(include_internal=False)
                 if kind == "counter"}

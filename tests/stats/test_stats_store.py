@@ -156,6 +156,30 @@ def test_attach_keeps_values_and_checks_layout(stats_path, tmp_path):
     assert fresh.counter("x.total").value() == 0
 
 
+def test_attach_fd_ignores_the_path_and_unlink_removes_only_its_own_file(stats_path):
+    import fcntl
+    store = master_store(stats_path)
+    store.counter("x.total").inc(3)
+    os.rename(stats_path, stats_path + ".moved")
+    try:
+        again = StatsStore.attach_fd(os.dup(store.fileno()), stats_path)
+        assert again.path == stats_path and again.counter("x.total").value() == 3
+        # An own open file description: its flock excludes the sender's.
+        with again._region.lock():
+            with pytest.raises(BlockingIOError):
+                fcntl.flock(store.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        with open(stats_path, "wb") as f:
+            f.write(b"someone else's")
+        again.unlink()
+        assert os.path.exists(stats_path) and os.path.exists(stats_path + ".moved")
+    finally:
+        os.unlink(stats_path + ".moved")
+    os.unlink(stats_path)
+    fresh = StatsStore.create(stats_path)
+    fresh.unlink()
+    assert not os.path.exists(stats_path)
+
+
 def test_hot_path_needs_no_lock_and_a_dead_lock_holder_frees_the_catalog(stats_path):
     store = master_store(stats_path)
     counter = store.counter("held.total")
