@@ -297,12 +297,18 @@ class _HeadDone(Exception):
     """Raised inside llhttp to stop after the head of a response to HEAD."""
 
 
+def _header_lines(items: list) -> str:
+    """`name: value` lines, each ending CRLF. map(": ".join) runs in C: a third of the
+    cost of formatting each pair in a generator."""
+    if not items:
+        return ""
+    return "\r\n".join(map(": ".join, items)) + "\r\n"
+
+
 def encode_request_head(req: RequestHead, headers: Headers) -> bytes:
     """Serialise a request line and headers for an upstream (always HTTP/1.1)."""
-    parts = ["%s %s HTTP/1.1\r\n" % (req.method, req.path)]
-    parts.extend("%s: %s\r\n" % kv for kv in headers.items)
-    parts.append("\r\n")
-    return "".join(parts).encode("latin-1")
+    return ("%s %s HTTP/1.1\r\n%s\r\n" % (req.method, req.path, _header_lines(headers.items))
+            ).encode("latin-1")
 
 
 _REASONS = {
@@ -322,10 +328,8 @@ def reason_phrase(status: int) -> str:
 
 
 def encode_response_head(status: int, headers: Headers, version: str = "HTTP/1.1") -> bytes:
-    parts = ["%s %d %s\r\n" % (version, status, _REASONS.get(status, "Unknown"))]
-    parts.extend("%s: %s\r\n" % kv for kv in headers.items)
-    parts.append("\r\n")
-    return "".join(parts).encode("latin-1")
+    return ("%s %d %s\r\n%s\r\n" % (version, status, _REASONS.get(status, "Unknown"),
+                                      _header_lines(headers.items))).encode("latin-1")
 
 
 def encode_chunk(data: bytes) -> bytes:
