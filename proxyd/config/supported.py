@@ -139,7 +139,7 @@ for _name, _more in {  # TLS, listener filters, filter chain match, tcp_proxy
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 _UPH = 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions'
 for _name, _more in {  # HTTP/2 both ways, gRPC deadlines
-    _HCM: 'http2_protocol_options',
+    _HCM: 'http2_protocol_options drain_timeout',
     _CORE + 'Http2ProtocolOptions': 'max_concurrent_streams initial_stream_window_size '
                                     'initial_connection_window_size',
     _CORE + 'Http1ProtocolOptions': '',

@@ -22,6 +22,7 @@ from proxyd.router.route_table import RouteTable
 
 DEFAULT_IDLE_TIMEOUT = 3600.0
 DEFAULT_STREAM_IDLE_TIMEOUT = 300.0
+DEFAULT_DRAIN_TIMEOUT = 5.0
 H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 # RFC 9562 version (4) and variant (10) bits of a UUID held as a 128-bit int
 _UUID_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
@@ -46,6 +47,7 @@ class HcmStats:
                  "downstream_cx_idle_timeout", "downstream_cx_protocol_error",
                  "downstream_rq_total", "downstream_rq_http1_total", "downstream_rq_http2_total",
                  "downstream_rq_rx_reset", "downstream_rq_tx_reset", "downstream_rq_timeout",
+                 "downstream_rq_idle_timeout",
                  "downstream_rq_too_large", "no_route", "no_cluster", "rq_direct_response",
                  "rq_redirect", "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total")
     _GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_cx_http2_active",
@@ -84,6 +86,8 @@ class HttpConnectionManager:
         self.request_timeout = _seconds(config, "request_timeout", 0.0) or None
         self.stream_idle_timeout = _seconds(config, "stream_idle_timeout",
                                             DEFAULT_STREAM_IDLE_TIMEOUT) or None
+        # HTTP/2: time between the GOAWAY "shutdown notice" and the final GOAWAY
+        self.drain_timeout = _seconds(config, "drain_timeout", DEFAULT_DRAIN_TIMEOUT)
         self.max_request_headers = (config.max_request_headers_kb.value
                                     if config.HasField("max_request_headers_kb") else 60) * 1024
         self.generate_request_id = _opt_bool(config, "generate_request_id", True)

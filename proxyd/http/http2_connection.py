@@ -10,6 +10,12 @@ Flow control, both ways:
   consumes them, not when they arrive, so what we buffer is bounded by the window we
   advertise.
 
+Per stream, as Envoy's HCM: `stream_idle_timeout` (no frame in or out on the stream for
+that long: 408, or RST_STREAM once the response started; the other streams go on), and
+a stream-level protocol error resets that stream only (see the codec). Graceful drain
+sends a GOAWAY notice (last stream id 2^31-1) first and the final GOAWAY `drain_timeout`
+later.
+
 `H2Transport` (socket writes, window waits) is shared with the upstream HTTP/2 pool.
 """
 from __future__ import annotations
@@ -24,10 +30,11 @@ from gevent.event import Event
 from proxyd.http.codec import http2 as h2c
 from proxyd.http.headers import Headers
 from proxyd.http.message import RequestHead
-from proxyd.http.stream import DownstreamGone, Stream
+from proxyd.http.stream import DownstreamGone, Stream, StreamIdleTimeout
 
 RECV_SIZE = 65536
 FLUSH_AT = 65536  # send buffered output once this much is waiting
+MAX_STREAM_ID = 0x7FFFFFFF
 
 
 class ConnectionClosed(Exception):
@@ -158,24 +165,39 @@ class Http2Connection(H2Transport):
         self.conn = conn
         self.streams: dict[int, Http2Stream] = {}
         self.last_stream_id = 0
-        self.draining = False
+        self.loop = gevent.get_hub().loop
+        self.drain_notice = False  # the GOAWAY notice went out; new streams still served
+        self.draining = False      # no new streams (final GOAWAY sent, or the client's)
+        self._drain_timer = None
         self.idle_since = time.monotonic()
         conn.protocol = self
 
     @property
     def idle(self) -> bool:
         """The listener may close us outright; not while a GOAWAY is on its way."""
-        return not self.streams and not self.draining
+        return not self.streams and not self.draining and not self.drain_notice
 
     def on_tx(self, n: int) -> None:
         self.hcm.stats.downstream_cx_tx_bytes_total.inc(n)
 
     def on_drain(self) -> None:
-        """Graceful close (drain, hot restart): GOAWAY now, finish the streams we have."""
+        """Graceful close (drain, hot restart) as Envoy does it: a GOAWAY notice with
+        the largest stream id now (streams the client already sent are still served),
+        the final GOAWAY with the last stream id we took after HCM drain_timeout; the
+        streams up to it finish, then the connection closes."""
+        if self.drain_notice or self.draining or self.closed:
+            return
+        self.drain_notice = True
+        self.hcm.stats.downstream_cx_drain_close.inc()
+        self.codec.goaway(MAX_STREAM_ID)
+        self.flush()
+        self._drain_timer = gevent.spawn_later(self.hcm.drain_timeout, self._final_goaway)
+
+    def _final_goaway(self) -> None:
+        self._drain_timer = None
         if self.draining or self.closed:
             return
         self.draining = True
-        self.hcm.stats.downstream_cx_drain_close.inc()
         self.codec.goaway(self.codec.highest_inbound_stream_id)
         self.flush()
         if not self.streams:
@@ -225,6 +247,8 @@ class Http2Connection(H2Transport):
                     closed_by = "local"
                     break
         finally:
+            if self._drain_timer is not None:
+                self._drain_timer.kill(block=False)
             self.stop_writer()
             if closed_by == "remote":
                 stats.downstream_cx_destroy_remote.inc()
@@ -255,6 +279,7 @@ class Http2Connection(H2Transport):
             s = self.streams.get(ev[1])
             if s is not None:
                 s.trailers = Headers(ev[2])
+                s.last_active = self.loop.now()
         elif kind == h2c.RESET:
             s = self.streams.get(ev[1])
             if s is not None:
@@ -306,11 +331,14 @@ class Http2Connection(H2Transport):
         s.request_complete = end_stream
         self.streams[sid] = s
         self.last_stream_id = sid
+        if hcm.stream_idle_timeout:
+            s.arm_idle_timer(hcm.stream_idle_timeout)
         s.greenlet = gevent.spawn(s.serve)
 
     def stream_done(self, s: "Http2Stream") -> None:
         self.streams.pop(s.sid, None)
         self.forget(s.sid)
+        s.stop_idle_timer()
         if not self.streams:
             self.idle_since = time.monotonic()
         if self.draining and not self.streams:
@@ -319,7 +347,7 @@ class Http2Connection(H2Transport):
 
 class Http2Stream(Stream):
     __slots__ = ("h2", "sid", "greenlet", "_body", "_body_evt", "trailers", "reset_code",
-                 "response_complete", "started")
+                 "response_complete", "started", "last_active", "_idle_timer")
 
     def __init__(self, hcm, conn, request, h2: Http2Connection, sid: int):
         super().__init__(hcm, conn, request, "HTTP/2")
@@ -332,16 +360,53 @@ class Http2Stream(Stream):
         self.reset_code: int | None = None
         self.response_complete = False
         self.started = False
+        self.last_active = 0.0  # loop time of the last frame in or out (stream_idle_timeout)
+        self._idle_timer = None
+
+    # -- stream_idle_timeout ------------------------------------------------------------
+
+    def arm_idle_timer(self, after: float) -> None:
+        """Check for idleness in `after` seconds. Activity only stamps `last_active`;
+        the check re-arms itself for what is left (Envoy's timer, without a reset per
+        frame)."""
+        if self._idle_timer is None:
+            self.last_active = self.h2.loop.now()
+        t = self._idle_timer = self.h2.loop.timer(after)
+        t.start(self._idle_check)
+
+    def stop_idle_timer(self) -> None:
+        t = self._idle_timer
+        if t is not None:
+            self._idle_timer = None
+            t.close()
+
+    def _idle_check(self) -> None:
+        """Timer callback (in the hub): interrupt the stream's greenlet with
+        StreamIdleTimeout (Stream.run answers 408, or resets a started response)."""
+        self._idle_timer.close()
+        if self.response_complete or self.reset_code is not None:
+            self._idle_timer = None
+            return
+        left = self.last_active + self.hcm.stream_idle_timeout - self.h2.loop.now()
+        if left > 0.001:
+            self.arm_idle_timer(left)
+            return
+        self._idle_timer = None
+        g = self.greenlet
+        if self.started and g is not None and not g.dead:
+            g.kill(StreamIdleTimeout(), block=False)
 
     # -- reader side (called in the connection's greenlet) ------------------------------
 
     def on_data(self, data: bytes, flow_len: int) -> None:
         self._body.append((data, flow_len))
         self._body_evt.set()
+        self.last_active = self.h2.loop.now()
 
     def on_end(self) -> None:
         self._body.append(None)
         self._body_evt.set()
+        self.last_active = self.h2.loop.now()
 
     def on_reset(self, code: int, connection: bool = False) -> None:
         """The client reset the stream (or the connection went away): abort whatever
@@ -376,6 +441,10 @@ class Http2Stream(Stream):
             h2.flush()
         except DownstreamGone:
             pass
+        except StreamIdleTimeout:
+            # landed outside Stream.run's handlers (say, in a local reply's write)
+            if self.reset_code is None and not self.response_complete:
+                self.reset()
         except Exception:
             if self.reset_code is None and not self.response_complete:
                 self.reset()
@@ -420,8 +489,6 @@ class Http2Stream(Stream):
     def send_headers(self, resp, end_stream: bool) -> None:
         self._check()
         self.finalize_response_headers(resp)
-        if self.h2.draining:
-            self.hcm.stats.downstream_cx_drain_close.inc()
         out = [(":status", str(resp.status))]
         drop = h2c.CONNECTION_SPECIFIC
         out.extend(kv for kv in resp.headers.items if kv[0] not in drop)
@@ -431,6 +498,7 @@ class Http2Stream(Stream):
             self.response_complete = True
         self.h2.codec.send_headers(self.sid, out, end_stream)
         self.headers_sent = True
+        self.last_active = self.h2.loop.now()
 
     def send_data(self, data: bytes, end_stream: bool) -> None:
         if self.response_complete:
@@ -447,6 +515,8 @@ class Http2Stream(Stream):
             raise DownstreamGone() from None
 
     def _is_open(self) -> bool:
+        """Asked before each DATA frame of a body: a frame going out is activity."""
+        self.last_active = self.h2.loop.now()
         return self.reset_code is None
 
     def send_trailers(self, trailers: Headers) -> None:
@@ -456,6 +526,7 @@ class Http2Stream(Stream):
         self.response_complete = True
         self.h2.codec.send_headers(self.sid, [kv for kv in trailers.items if kv[0] not in drop],
                                    True)
+        self.last_active = self.h2.loop.now()
 
     def flush(self) -> None:
         self.h2.flush_wait()

@@ -32,6 +32,11 @@ class RequestTimeout(Exception):
     """HCM request_timeout: the whole request did not arrive in time (408)."""
 
 
+class StreamIdleTimeout(Exception):
+    """HCM stream_idle_timeout: nothing happened on the stream for that long (408, or a
+    reset once the response started)."""
+
+
 class Stream:
     __slots__ = ("hcm", "conn", "request", "info", "route", "headers_sent", "closing",
                  "request_complete")
@@ -57,11 +62,13 @@ class Stream:
         info = self.info
         timer = None
         if hcm.request_timeout and not self.request_complete:
-            # Fires only while the request is still arriving; once it is complete the
-            # callback is a no-op, so a slow upstream is never cut by this timer.
+            # Fires only while the request is still arriving and no response started
+            # (Envoy disarms it then), so a slow upstream or a long bidirectional
+            # stream is never cut by this timer.
             glet = gevent.getcurrent()
             timer = gevent.get_hub().loop.timer(hcm.request_timeout)
-            timer.start(lambda: self.request_complete or glet.throw(RequestTimeout()))
+            timer.start(lambda: self.request_complete or self.headers_sent
+                        or glet.throw(RequestTimeout()))
         try:
             headers = req.headers
             rid = headers.get("x-request-id") if hcm.preserve_external_request_id or not hcm.use_remote_address else None
@@ -96,6 +103,13 @@ class Stream:
             self.closing = True
             try:
                 self.local_reply(408, b"request timeout", "request_overall_timeout")
+            except DownstreamGone:
+                pass
+        except StreamIdleTimeout:
+            stats.downstream_rq_idle_timeout.inc()
+            self.closing = True
+            try:
+                self.local_reply(408, b"stream timeout", "stream_idle_timeout", "SI")
             except DownstreamGone:
                 pass
         finally:

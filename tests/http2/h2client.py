@@ -35,7 +35,8 @@ class H2Client:
         self.codec = h2c.Http2Codec(True, opts)
         self.sock = socket.create_connection((host, port), timeout=timeout)
         self.responses: dict[int, Response] = {}
-        self.goaway = None
+        self.goaway = None      # the last GOAWAY: (last_stream_id, error_code)
+        self.goaways: list = []  # every GOAWAY, with the time it arrived
         self.closed = False
         self.auto_ack = auto_ack
         self.unacked: dict[int, int] = {}
@@ -105,6 +106,7 @@ class H2Client:
         kind = ev[0]
         if kind == h2c.GOAWAY:
             self.goaway = (ev[1], ev[2])
+            self.goaways.append((ev[1], ev[2], time.monotonic()))
             return
         if kind in (h2c.WINDOW, h2c.SETTINGS):
             return

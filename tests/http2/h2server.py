@@ -6,8 +6,11 @@ Paths choose the behaviour:
 - /rst-after      response headers and some DATA, then RST_STREAM
 - /goaway         answer 200, then GOAWAY(last_stream_id = this stream)
 - /slow           answer after 0.3 s
+- /head-body      a body (content-length 5) even in reply to HEAD, which HTTP/2 forbids
+- /wait-end       answer only once the request has ended
 - anything else   200, body "conn=<n> sid=<id> path=<path>", trailer x-done: 1
-It counts connections and records the most streams open at once on one connection.
+It counts connections, records the most streams open at once on one connection and
+the RST_STREAMs it received (`resets`: (stream id, error code)).
 """
 from __future__ import annotations
 
@@ -29,6 +32,7 @@ class H2Server:
         self.connections = 0
         self.max_open = 0
         self.paths: list = []
+        self.resets: list = []
         self._stop = False
         threading.Thread(target=self._accept, daemon=True).start()
 
@@ -47,6 +51,7 @@ class H2Server:
         codec = h2c.Http2Codec(False, opts)
         lock = threading.Lock()
         open_streams: set = set()
+        waiting: dict = {}  # /wait-end streams: sid -> (path, method)
 
         def send():
             data = codec.data_to_send()
@@ -54,9 +59,19 @@ class H2Server:
                 s.sendall(data)
 
         def respond(sid, path, method):
+            try:
+                _respond(sid, path, method)
+            except h2c.StreamClosedError:
+                pass  # the client reset it meanwhile
+
+        def _respond(sid, path, method):
             with lock:
                 if path.endswith("/rst"):
                     codec.reset(sid, h2c.INTERNAL_ERROR)
+                elif path.endswith("/head-body"):
+                    codec.send_headers(sid, [(":status", "200"), ("content-length", "5")],
+                                       False)
+                    codec.send_data(sid, b"hello", True)
                 elif path.endswith("/rst-after"):
                     codec.send_headers(sid, [(":status", "200")], False)
                     codec.send_data(sid, b"partial", False)
@@ -91,9 +106,17 @@ class H2Server:
                             self.paths.append(path)
                             open_streams.add(ev[1])
                             self.max_open = max(self.max_open, len(open_streams))
-                            todo.append((ev[1], path, head[":method"]))
+                            if path.endswith("/wait-end") and not ev[3]:
+                                waiting[ev[1]] = (path, head[":method"])
+                            else:
+                                todo.append((ev[1], path, head[":method"]))
                         elif ev[0] == h2c.DATA:
                             codec.acknowledge(ev[1], ev[3])
+                        elif ev[0] == h2c.END and ev[1] in waiting:
+                            todo.append((ev[1],) + waiting.pop(ev[1]))
+                        elif ev[0] == h2c.RESET:
+                            self.resets.append((ev[1], ev[2]))
+                            waiting.pop(ev[1], None)
                     send()
                 for sid, path, method in todo:
                     if path.endswith("/slow"):

@@ -13,7 +13,13 @@ The wrapper exists to keep h2's event classes and quirks out of the connection c
   finish streams already in flight, which HTTP/2 allows (RFC 9113 6.8); we send our
   GOAWAY as raw bytes and give h2 a state table in which a received one keeps the
   connection open; the connection code enforces the "no new streams" half itself;
-- Envoy's settings (window sizes, max concurrent streams) are applied at the start.
+- Envoy's settings (window sizes, max concurrent streams) are applied at the start;
+- stream-level errors stay stream-level (RFC 9113 5.4.2), where h2 would end the whole
+  connection: a HEADERS frame over our SETTINGS_MAX_CONCURRENT_STREAMS gets RST_STREAM
+  REFUSED_STREAM, a malformed message (bad header block fields, a body not matching
+  content-length or sent in reply to HEAD) PROTOCOL_ERROR, a stream window overrun
+  FLOW_CONTROL_ERROR; the other streams go on. Connection errors (bad preface, HPACK,
+  frame size, the connection window) still end it with GOAWAY.
 """
 from __future__ import annotations
 
@@ -27,6 +33,9 @@ _config = importlib.import_module(IMPL + ".config")
 _events = importlib.import_module(IMPL + ".events")
 _settings = importlib.import_module(IMPL + ".settings")
 _exceptions = importlib.import_module(IMPL + ".exceptions")
+
+_frames = importlib.import_module(IMPL + ".hyperframe.frame")
+_stream = importlib.import_module(IMPL + ".stream")
 
 H2ProtocolError = _exceptions.ProtocolError
 StreamClosedError = _exceptions.StreamClosedError
@@ -94,6 +103,78 @@ def _transitions_surviving_goaway() -> dict:
 _TRANSITIONS = _transitions_surviving_goaway()
 
 
+class _Connection(_connection.H2Connection):
+    """h2's connection with stream errors kept to their stream (RFC 9113 5.4.2)."""
+
+    def _stream_error(self, stream, code: int, announce: bool = True):
+        """Close `stream` with RST_STREAM `code`; returns (frames, events). The event (a
+        local StreamReset) tells the application about a stream it already knows."""
+        sm = stream.state_machine
+        sm.state = _stream.StreamState.CLOSED
+        sm.stream_closed_by = _stream.StreamClosedBy.SEND_RST_STREAM
+        f = _frames.RstStreamFrame(stream.stream_id)
+        f.error_code = code
+        if not announce:
+            return [f], []
+        ev = _events.StreamReset()
+        ev.stream_id = stream.stream_id
+        ev.error_code = code
+        ev.remote_reset = False
+        return [f], [ev]
+
+    def _receive_headers_frame(self, frame):
+        sid = frame.stream_id
+        new = sid not in self.streams
+        refuse = new and self.open_inbound_streams >= self.local_settings.max_concurrent_streams
+        # decoded even when refused: the HPACK state is the connection's (an error here
+        # is a connection error, COMPRESSION_ERROR in spirit)
+        headers = _connection._decode_headers(self.decoder, frame.data)
+        events = self.state_machine.process_input(_connection.ConnectionInputs.RECV_HEADERS)
+        stream = self._get_or_create_stream(
+            sid, _connection.AllowedStreamIDs(not self.config.client_side))
+        if refuse:
+            frames, _ = self._stream_error(stream, REFUSED_STREAM, False)
+            return frames, events
+        try:
+            frames, stream_events = stream.receive_headers(
+                headers, "END_STREAM" in frame.flags, self.config.header_encoding)
+        except StreamClosedError:
+            raise
+        except H2ProtocolError:
+            frames, stream_events = self._stream_error(stream, PROTOCOL_ERROR, not new)
+            return frames, events + stream_events
+        if "PRIORITY" in frame.flags:
+            p_frames, p_events = self._receive_priority_frame(frame)
+            stream_events[0].priority_updated = p_events[0]
+            stream_events.extend(p_events)
+        return frames, events + stream_events
+
+    def _receive_data_frame(self, frame):
+        n = frame.flow_controlled_length
+        events = self.state_machine.process_input(_connection.ConnectionInputs.RECV_DATA)
+        conn_window = self._inbound_flow_control_window_manager
+        conn_window.window_consumed(n)  # overrunning the connection window: GOAWAY
+        try:
+            stream = self._get_stream_by_id(frame.stream_id)  # idle: connection error
+            frames, stream_events = stream.receive_data(frame.data, "END_STREAM" in frame.flags, n)
+        except StreamClosedError as e:
+            return self._handle_data_on_closed_stream(events, e, frame)
+        except _exceptions.NoSuchStreamError:
+            raise
+        except H2ProtocolError as e:
+            code = (FLOW_CONTROL_ERROR if isinstance(e, _exceptions.FlowControlError)
+                    else PROTOCOL_ERROR)
+            frames, stream_events = self._stream_error(stream, code)
+            # the dropped bytes still count against the connection window: hand them back
+            inc = conn_window.process_bytes(n)
+            if inc:
+                w = _frames.WindowUpdateFrame(0)
+                w.window_increment = inc
+                frames.append(w)
+            return frames, events + stream_events
+        return frames, events + stream_events
+
+
 def _goaway_frame(last_stream_id: int, error_code: int) -> bytes:
     # frame header: 24-bit length 8, type 0x7, no flags, stream 0; then the payload
     return b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + struct.pack(
@@ -116,7 +197,7 @@ class Http2Codec:
             client_side=client_side, header_encoding=None,
             validate_outbound_headers=False, normalize_outbound_headers=False,
             validate_inbound_headers=True, normalize_inbound_headers=True)
-        c = self._c = _connection.H2Connection(config=cfg)
+        c = self._c = _Connection(config=cfg)
         c.state_machine._transitions = _TRANSITIONS
         S = _settings.SettingCodes
         c.local_settings = _settings.Settings(client=client_side, initial_values={

@@ -93,7 +93,9 @@ def forward_http2(stream, route, cluster, host, timeout) -> None:
             info.response_code_details = "upstream_reset_after_response_started"
             info.response_flags.append("UR")
             stream.reset(*((e.code,) if e.code > 0 and _is_h2(stream) else ()))
-    except DownstreamGone:
+    except BaseException:
+        # the client went away, or the stream was interrupted (request_timeout,
+        # stream_idle_timeout): cancel the upstream stream, the caller answers
         _reset_upstream(us, cstats)
         raise
     finally:
