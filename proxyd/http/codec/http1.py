@@ -27,6 +27,11 @@ END = 2    # payload: None
 _AUTHORITY = re.compile(r"[A-Za-z0-9\-._~%!$&'()*+,;=:@\[\]]+\Z").match
 
 
+# llhttp's "major.minor" -> the version string, for the two versions a request may carry
+_VERSIONS = {"1.1": "HTTP/1.1", "1.0": "HTTP/1.0"}
+_LINE_VERSIONS = {"HTTP/1.1": b"HTTP/1.1", "HTTP/1.0": b"HTTP/1.0"}
+
+
 class ProtocolError(Exception):
     """A request we must refuse: `status` is what the client gets (400 or 431)."""
 
@@ -41,7 +46,8 @@ class RequestParser:
 
     __slots__ = ("_p", "events", "_url", "_headers", "_head_bytes", "_in_head",
                  "_window", "_pos", "_max_head", "_max_headers", "_scheme",
-                 "_content_length", "_te", "_hosts", "error")
+                 "_content_length", "_te", "_hosts", "_host", "_expect", "_valid_authority",
+                 "error")
 
     def __init__(self, max_header_bytes: int = 60 * 1024, max_headers: int = 100,
                  scheme: str = "http"):
@@ -53,6 +59,7 @@ class RequestParser:
         self._in_head = False
         self._window = b""
         self._pos = 0
+        self._valid_authority = None  # the last Host that passed _AUTHORITY (keep-alive repeats it)
         self.error: ProtocolError | None = None
         self._reset()
 
@@ -63,6 +70,8 @@ class RequestParser:
         self._content_length = None
         self._te = None
         self._hosts = 0
+        self._host = ""
+        self._expect = None
 
     @property
     def idle(self) -> bool:
@@ -132,22 +141,27 @@ class RequestParser:
         n = name.decode("latin-1").lower()
         v = value.decode("latin-1").rstrip(" \t")  # llhttp keeps trailing OWS (RFC 9112 5)
         if n == "host":
+            if not self._hosts:
+                self._host = v
             self._hosts += 1
         elif n == "content-length":
             self._content_length = v
         elif n == "transfer-encoding":
             self._te = v
+        elif n == "expect" and self._expect is None:
+            self._expect = v
         headers.append((n, v))
 
     def on_headers_complete(self) -> None:
         p = self._p
-        version = "HTTP/" + p.get_http_version()
-        method = p.get_method().decode("ascii")
-        url = self._url.decode("latin-1")
-        if version != "HTTP/1.1" and version != "HTTP/1.0":
+        version = _VERSIONS.get(p.get_http_version())
+        if version is None:
             # llhttp also takes "HTTP/0.9" and "HTTP/2.0" request lines, which would skip
             # the Host and Transfer-Encoding checks below.
             raise ProtocolError(400, "http1.invalid_http_version")
+        raw_method = p.get_method()
+        method = raw_method.decode("ascii")
+        url = self._url.decode("latin-1")
         if self._hosts != 1 and (self._hosts > 1 or version == "HTTP/1.1"):
             raise ProtocolError(400, "http1.invalid_host" if self._hosts else "http1.missing_host_header")
         if self._te is not None:
@@ -162,7 +176,7 @@ class RequestParser:
         # The search starts where the previous message in this window ended, so the
         # line inside an earlier pipelined body cannot vouch for this one (exact for
         # Content-Length bodies; after a chunked body, from the end of its head).
-        line = b"%s %s %s\r\n" % (method.encode(), self._url, version.encode())
+        line = b"%s %s %s\r\n" % (raw_method, self._url, _LINE_VERSIONS[version])
         window = self._window
         at = window.find(line, self._pos)
         if at < 0:
@@ -177,9 +191,14 @@ class RequestParser:
             url = "/" + path
             if authority:
                 headers.set("host", authority)
-        authority = headers.get("host") or ""
-        if authority and not _AUTHORITY(authority):
-            raise ProtocolError(400, "http1.invalid_authority")
+            else:
+                authority = self._host
+        else:
+            authority = self._host
+        if authority and authority != self._valid_authority:
+            if not _AUTHORITY(authority):
+                raise ProtocolError(400, "http1.invalid_authority")
+            self._valid_authority = authority
         req = RequestHead(method, url, authority, self._scheme, version, headers)
         req.keep_alive = p.should_keep_alive()
         if self._te is not None:
@@ -187,7 +206,7 @@ class RequestParser:
         elif self._content_length is not None:
             req.content_length = int(self._content_length)
             self._pos += req.content_length
-        expect = headers.get("expect")
+        expect = self._expect
         if expect is not None and expect.lower() == "100-continue" and version == "HTTP/1.1":
             req.expect_continue = True
         self._in_head = False
