@@ -195,3 +195,45 @@ def test_protocol_error_raises_and_queues_goaway():
 def test_goaway_frame_bytes():
     assert h2c._goaway_frame(5, 2) == (b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" +
                                        struct.pack(">II", 5, 2))
+
+
+def _rsts(buf: bytes) -> list:
+    return [(f.stream_id, f.error_code) for f in frames(buf) if isinstance(f, RstStreamFrame)]
+
+
+def test_stream_errors_reset_only_their_stream():
+    """RFC 9113 5.4.2: over the stream limit, a malformed header block, a stream window
+    overrun and a body against its content-length each reset one stream."""
+    s = server(max_concurrent_streams=2, initial_stream_window_size=100)
+    p = Peer()
+    evs = s.receive(p.headers(1, REQ[:4]) + p.headers(3, REQ[:4]) + p.headers(5, REQ[:4]))
+    assert [e[:2] for e in evs if e[0] == h2c.HEADERS] == [(h2c.HEADERS, 1), (h2c.HEADERS, 3)]
+    assert _rsts(s.data_to_send()) == [(5, h2c.REFUSED_STREAM)]
+    # the refused stream's header block was still decoded: HPACK stays in step
+    evs = s.receive(data(1, b"x" * 150))  # stream window is 100
+    assert evs == [(h2c.RESET, 1, h2c.FLOW_CONTROL_ERROR)]
+    assert _rsts(s.data_to_send()) == [(1, h2c.FLOW_CONTROL_ERROR)]
+    evs = s.receive(p.headers(7, REQ[:4] + [(b"Upper", b"1")]) +
+                    p.headers(9, REQ[:4] + [(b"content-length", b"2")]) + data(9, b"abc"))
+    assert evs[-1] == (h2c.RESET, 9, h2c.PROTOCOL_ERROR)
+    assert _rsts(s.data_to_send()) == [(7, h2c.PROTOCOL_ERROR), (9, h2c.PROTOCOL_ERROR)]
+    evs = s.receive(data(3, b"ok", True) + p.headers(11, REQ[:4], end=True))
+    assert evs == [(h2c.DATA, 3, b"ok", 2), (h2c.END, 3),
+                   (h2c.HEADERS, 11, [(k.decode(), v.decode()) for k, v in REQ[:4]], True),
+                   (h2c.END, 11)]
+    s.send_headers(3, [(":status", "200")], True)
+    assert not any(isinstance(f, GoAwayFrame) for f in frames(s.data_to_send()))
+
+
+def test_client_side_body_on_head_resets_the_stream():
+    c = h2c.Http2Codec(True)
+    c.receive(SettingsFrame(0).serialize())
+    sid = c.next_stream_id()
+    c.send_headers(sid, [(":method", "HEAD"), (":scheme", "http"), (":authority", "a"),
+                         (":path", "/")], True)
+    c.data_to_send()
+    p = Peer()
+    evs = c.receive(p.headers(sid, [(b":status", b"200"), (b"content-length", b"5")]) +
+                    data(sid, b"hello", True))
+    assert evs[-1] == (h2c.RESET, sid, h2c.PROTOCOL_ERROR)
+    assert _rsts(c.data_to_send()) == [(sid, h2c.PROTOCOL_ERROR)]

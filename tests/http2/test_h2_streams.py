@@ -3,6 +3,7 @@ errors reset one stream and leave the connection serving the others (RFC 9113 5.
 stream_idle_timeout and request_timeout per stream, and the two-step GOAWAY drain."""
 from __future__ import annotations
 
+import re
 import shutil
 import signal
 import subprocess
@@ -122,6 +123,26 @@ def test_stream_idle_timeout_with_curl(upstream, proxyd_factory):
                           px.url + "/silent?delay=3"], capture_output=True, timeout=20)
     assert out.stdout == b"stream timeout\n408", out
     assert time.monotonic() - t0 < 2.5
+
+
+@pytest.mark.skipif(shutil.which("h2load") is None, reason="h2load missing (nghttp2-client)")
+def test_h2load_refused_streams_and_busy_streams_never_idle_out(upstream, proxyd_factory):
+    """h2load opens its 40 streams per connection before reading our SETTINGS (limit 20):
+    the extra ones are refused, each connection goes on to finish its share; with a 1 s
+    stream_idle_timeout no busy stream times out."""
+    px = proxyd_factory(simple_config(free_port(), upstream.port, stream_idle_timeout="1s",
+                                      http2_protocol_options={"max_concurrent_streams": 20}))
+    n = 2000
+    out = subprocess.run(["h2load", "-n", str(n), "-c", "2", "-m", "40",
+                          px.url + "/small?size=2000"],
+                         capture_output=True, text=True, timeout=60).stdout
+    m = re.search(r"requests: (\d+) total, \d+ started, (\d+) done, (\d+) succeeded, "
+                  r"(\d+) failed, (\d+) errored, (\d+) timeout", out)
+    assert m, out
+    total, done, ok, failed, errored, timeout = (int(x) for x in m.groups())
+    assert (total, done, timeout) == (n, n, 0), out
+    assert failed == errored <= 40 and ok + errored == n, out
+    assert "status codes: %d 2xx, 0 3xx, 0 4xx, 0 5xx" % ok in out, out
 
 
 @pytest.mark.parametrize("upstream_h2", [False, True])
