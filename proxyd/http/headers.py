@@ -71,6 +71,19 @@ class Headers:
             drop = drop | {t.strip().lower() for t in conn.split(",")}
         self.items = [kv for kv in self.items if kv[0] not in drop]
 
+    def without_hop_by_hop(self, drop: frozenset = HOP_BY_HOP) -> "Headers":
+        """A copy minus hop-by-hop headers, those named in Connection, and the rest of
+        `drop` (HOP_BY_HOP or a superset of it): copy(), remove_hop_by_hop() and
+        remove()s in one pass."""
+        items = self.items
+        kept = [kv for kv in items if kv[0] not in drop]
+        if len(kept) != len(items):
+            conn = self.get("connection")
+            if conn and conn.lower() not in _PLAIN_CONNECTION:
+                named = {t.strip().lower() for t in conn.split(",")}
+                kept = [kv for kv in kept if kv[0] not in named]
+        return Headers(kept)
+
     def copy(self) -> "Headers":
         return Headers(list(self.items))
 

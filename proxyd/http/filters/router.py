@@ -15,11 +15,17 @@ from proxyd.http import grpc, local_reply
 from proxyd.http.codec.http1 import (DATA, HEAD, LAST_CHUNK, ProtocolError,
                                      ResponseParser, encode_chunk, encode_request_head)
 from proxyd.http.filter import HttpFilter
+from proxyd.http.headers import HOP_BY_HOP
 from proxyd.http.message import ResponseHead
 from proxyd.network.io import send_all
 from proxyd.upstream.cluster import UpstreamConnectError
 
 RECV_SIZE = 65536
+# proxyd answers 100-continue itself, as Envoy does by default: Expect is not forwarded
+_NOT_FORWARDED = HOP_BY_HOP | {"expect"}
+# a response without framing of its own is re-framed downstream, never by a stale length
+_NOT_RELAYED_UNFRAMED = HOP_BY_HOP | {"content-length"}
+_timeout_ms: dict = {}  # route timeout (s) -> its x-envoy-expected-rq-timeout-ms value
 
 
 class RouteTimeout(Exception):
@@ -70,9 +76,7 @@ class Router(HttpFilter):
 def _upstream_headers(stream, route, host):
     req = stream.request
     route.finalize_request(req, stream.info)
-    h = req.headers.copy()
-    h.remove_hop_by_hop()
-    h.remove("expect")  # proxyd answers 100-continue itself, as Envoy does by default
+    h = req.headers.without_hop_by_hop(_NOT_FORWARDED)
     if stream.info.trace is not None:
         stream.hcm.tracer.inject(stream.info.trace, h)
     if route.auto_host_rewrite and host.hostname:
@@ -82,8 +86,14 @@ def _upstream_headers(stream, route, host):
         h.items.insert(0, ("host", req.authority))  # HTTP/2 downstream: from :authority
     if req.chunked:
         h.add("transfer-encoding", "chunked")
-    if route.timeout:
-        h.set("x-envoy-expected-rq-timeout-ms", str(int(route.timeout * 1000)))
+    timeout = route.timeout
+    if timeout:
+        ms = _timeout_ms.get(timeout)
+        if ms is None:
+            if len(_timeout_ms) > 256:  # config churn: stay bounded
+                _timeout_ms.clear()
+            ms = _timeout_ms[timeout] = str(int(timeout * 1000))
+        h.set("x-envoy-expected-rq-timeout-ms", ms)
     return h
 
 
@@ -266,14 +276,14 @@ def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float) -> None:
 
 
 def _send_response_head(stream, resp: ResponseHead, t0: float, end_stream: bool) -> None:
-    h = resp.headers
-    h.remove_hop_by_hop()
-    if resp.content_length is None:
-        h.remove("content-length")
+    h = resp.headers = resp.headers.without_hop_by_hop(
+        HOP_BY_HOP if resp.content_length is not None else _NOT_RELAYED_UNFRAMED)
     h.set("x-envoy-upstream-service-time", str(int((time.monotonic() - t0) * 1000)))
-    out = ResponseHead(resp.status, h, resp.reason)
-    out.content_length = resp.content_length
-    stream.send_headers(out, end_stream)
+    # The upstream's head goes on downstream; its framing fields described the upstream hop.
+    resp.version = "HTTP/1.1"
+    resp.keep_alive = True
+    resp.chunked = False
+    stream.send_headers(resp, end_stream)
 
 
 def _complete(cstats, host, resp, info, t0: float) -> None:
