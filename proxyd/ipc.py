@@ -36,13 +36,19 @@ class Channel:
         self._fds: list[int] = []
 
     def send(self, obj, fds: list[int] = ()) -> None:
+        """One frame; any number of fds. They go _MAX_FDS at a time, each batch riding on
+        its own byte(s) of the frame, so the receiver's ancillary buffer never truncates
+        them (a hot restart hands over every listener at once)."""
         payload = pickle.dumps((obj, len(fds)), protocol=pickle.HIGHEST_PROTOCOL)
-        header = _LEN.pack(len(payload))
-        if fds:
-            socket.send_fds(self.sock, [header], list(fds))
-            self.sock.sendall(payload)
-        else:
-            self.sock.sendall(header + payload)
+        data = memoryview(_LEN.pack(len(payload)) + payload)
+        fds = list(fds)
+        pos = 0
+        while fds:
+            batch, fds = fds[:_MAX_FDS], fds[_MAX_FDS:]
+            end = pos + 1 if fds else len(data)
+            pos += socket.send_fds(self.sock, [data[pos:end]], batch)
+        if pos < len(data):
+            self.sock.sendall(data[pos:])
 
     def recv(self):
         """Next (message, fds); raises EOFError when the peer is gone."""
