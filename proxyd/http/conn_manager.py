@@ -18,6 +18,7 @@ from proxyd.config import unpack
 from proxyd.observability.access_log import build_access_logs
 from proxyd.observability.tracing.zipkin import build_tracer
 from proxyd.http.codec.http2 import Http2Options
+from proxyd.http.filter import HttpFilter
 from proxyd.router.route_table import RouteTable
 
 DEFAULT_IDLE_TIMEOUT = 3600.0
@@ -78,6 +79,9 @@ class HttpConnectionManager:
         for f in config.http_filters:
             mod = registry.factory(f.typed_config.type_url)
             self.filters.append(mod.create(unpack(f.typed_config), ctx))
+        # encode_headers runs in reverse order, and only where a filter overrides it
+        self.encoders = [f for f in reversed(self.filters)
+                         if type(f).encode_headers is not HttpFilter.encode_headers]
         self.codec_type = config.codec_type  # 0 AUTO, 1 HTTP1, 2 HTTP2
         self.http2_options = Http2Options(config.http2_protocol_options
                                           if config.HasField("http2_protocol_options") else None)

@@ -43,14 +43,20 @@ class Headers:
         self.items.append((name, value))
 
     def set(self, name: str, value: str) -> None:
-        """Replace every `name` header with one, keeping the first one's position."""
+        """Replace every `name` header with one, keeping the first one's position. The
+        rest of the list is rebuilt only when it holds a duplicate."""
         items = self.items
-        for i, (k, _) in enumerate(items):
+        i = 0
+        for k, _ in items:
             if k == name:
                 items[i] = (name, value)
-                if i + 1 < len(items):
-                    items[i + 1:] = [kv for kv in items[i + 1:] if kv[0] != name]
+                i += 1
+                for k, _ in items[i:]:
+                    if k == name:
+                        items[i:] = [kv for kv in items[i:] if kv[0] != name]
+                        break
                 return
+            i += 1
         items.append((name, value))
 
     def remove(self, name: str) -> None:

@@ -71,10 +71,14 @@ class Stream:
                         or glet.throw(RequestTimeout()))
         try:
             headers = req.headers
-            rid = headers.get("x-request-id") if hcm.preserve_external_request_id or not hcm.use_remote_address else None
+            looked_up = hcm.preserve_external_request_id or not hcm.use_remote_address
+            rid = headers.get("x-request-id") if looked_up else None
             if rid is None and hcm.generate_request_id:
                 rid = hcm.new_request_id()
-                headers.set("x-request-id", rid)
+                if looked_up:
+                    headers.add("x-request-id", rid)  # known absent: no second scan
+                else:
+                    headers.set("x-request-id", rid)
             info.request_id = rid
             if hcm.use_remote_address:
                 ip = self.conn.remote_ip
@@ -82,7 +86,7 @@ class Stream:
                 headers.set("x-forwarded-for", "%s, %s" % (xff, ip) if xff else ip)
                 headers.set("x-forwarded-proto", req.scheme)
             elif "x-forwarded-proto" not in headers:
-                headers.set("x-forwarded-proto", req.scheme)
+                headers.add("x-forwarded-proto", req.scheme)
             if hcm.tracer is not None:
                 hcm.tracer.start(info, req)
             route = self.route = hcm.route_table.match(req)
@@ -159,18 +163,19 @@ class Stream:
     def finalize_response_headers(self, resp: ResponseHead) -> None:
         """What every response gets on its way out: route header mutations, encoder
         filters, request id echo, Date and Server."""
-        self.info.response = resp
-        self.info.response_code = resp.status
-        if self.info.response_start_mono is None:
-            self.info.response_start_mono = time.monotonic()
+        info = self.info
+        info.response = resp
+        info.response_code = resp.status
+        if info.response_start_mono is None:
+            info.response_start_mono = time.monotonic()
         h = resp.headers
         hcm = self.hcm
         if self.route is not None:
-            self.route.apply_response_headers(h, self.info)
-        for f in reversed(hcm.filters):
+            self.route.apply_response_headers(h, info)
+        for f in hcm.encoders:
             f.encode_headers(self, resp)
-        if hcm.always_set_request_id_in_response and self.info.request_id:
-            h.set("x-request-id", self.info.request_id)
+        if hcm.always_set_request_id_in_response and info.request_id:
+            h.set("x-request-id", info.request_id)
         if "date" not in h:
             h.add("date", http_date())
         h.set("server", hcm.server_name)
