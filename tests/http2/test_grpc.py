@@ -26,7 +26,7 @@ def proxy(grpc_server, tmp_path_factory):
     from harness import Proxyd, write_config
     port = free_port()
     path = write_config(tmp_path_factory.mktemp("grpc"),
-                        _config(grpc_server, port, max_grpc_timeout="0.3s"))
+                        _config(grpc_server, port, max_grpc_timeout="1s"))
     px = Proxyd(path, concurrency=1).start()
     yield px
     px.cleanup()
@@ -114,10 +114,22 @@ def test_max_grpc_timeout_caps_the_deadline(ch):
     assert e.value.details() == "upstream request timeout"
 
 
-def test_grpc_timeout_header_shorter_than_max(ch):
-    with pytest.raises(grpc.RpcError) as e:
-        ch.unary_unary(_m("Sleep"))(b"2", timeout=0.15)
-    assert e.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+def test_grpc_timeout_header_shorter_than_max(proxy):
+    """The request's own grpc-timeout (150 ms, under max_grpc_timeout 1 s) bounds the
+    upstream call. Sent by a raw HTTP/2 client with no deadline of its own, so only
+    proxyd can end the call: a gRPC-shaped local reply, UNAVAILABLE as Envoy maps 504."""
+    from h2client import H2Client
+    with H2Client(proxy.port) as c:
+        t0 = time.monotonic()
+        sid = c.request("POST", _m("Sleep"), [("content-type", "application/grpc"),
+                                              ("te", "trailers"), ("grpc-timeout", "150m")],
+                        body=b"\x00\x00\x00\x00\x012")
+        r = c.wait(sid, timeout=5)
+        took = time.monotonic() - t0
+    assert 0.1 < took < 0.6
+    fields = dict(r.headers + r.trailers)
+    assert r.status == 200 and fields["grpc-status"] == "14"
+    assert fields["grpc-message"] == "upstream request timeout"
 
 
 def test_sleep_within_deadline_succeeds(ch):
