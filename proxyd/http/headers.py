@@ -63,24 +63,9 @@ class Headers:
         if self.__contains__(name):
             self.items = [kv for kv in self.items if kv[0] != name]
 
-    def remove_hop_by_hop(self) -> None:
-        """Drop hop-by-hop headers, including any named in Connection. Most blocks
-        carry none: one scan decides that before anything is rebuilt."""
-        for k, _ in self.items:
-            if k in HOP_BY_HOP:
-                break
-        else:
-            return
-        drop = HOP_BY_HOP
-        conn = self.get("connection")
-        if conn and conn.lower() not in _PLAIN_CONNECTION:
-            drop = drop | {t.strip().lower() for t in conn.split(",")}
-        self.items = [kv for kv in self.items if kv[0] not in drop]
-
     def without_hop_by_hop(self, drop: frozenset = HOP_BY_HOP) -> "Headers":
         """A copy minus hop-by-hop headers, those named in Connection, and the rest of
-        `drop` (HOP_BY_HOP or a superset of it): copy(), remove_hop_by_hop() and
-        remove()s in one pass."""
+        `drop` (HOP_BY_HOP or a superset of it), in one pass: what a proxy forwards."""
         items = self.items
         kept = [kv for kv in items if kv[0] not in drop]
         if len(kept) != len(items):

@@ -17,7 +17,7 @@ from proxyd.network.io import send_all
 
 RECV_SIZE = 65536
 CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
-DRAIN_GRACE = 1.0  # as listener.manager.IDLE_GRACE
+DRAIN_GRACE = 2.5  # as listener.manager.IDLE_GRACE (why: see there)
 
 
 class Http1Connection:

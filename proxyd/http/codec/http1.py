@@ -174,8 +174,8 @@ class RequestParser:
         # llhttp tolerates repeated spaces in the request line; the exact single-space
         # line must be present in the bytes this head arrived in.
         # The search starts where the previous message in this window ended, so the
-        # line inside an earlier pipelined body cannot vouch for this one (exact for
-        # Content-Length bodies; after a chunked body, from the end of its head).
+        # line inside an earlier pipelined body cannot vouch for this one, however the
+        # feeds split it (Content-Length bodies counted, chunk data located).
         line = b"%s %s %s\r\n" % (raw_method, self._url, _LINE_VERSIONS[version])
         window = self._window
         at = window.find(line, self._pos)
@@ -205,7 +205,6 @@ class RequestParser:
             req.chunked = True
         elif self._content_length is not None:
             req.content_length = int(self._content_length)
-            self._pos += req.content_length
         expect = self._expect
         if expect is not None and expect.lower() == "100-continue" and version == "HTTP/1.1":
             req.expect_continue = True
@@ -214,6 +213,15 @@ class RequestParser:
 
     def on_body(self, body: bytes) -> None:
         self.events.append((DATA, body))
+        if self._te is None:
+            # A Content-Length body is its bytes on the wire, wherever the feed split
+            # it: the next request line can only start after them.
+            self._pos += len(body)
+        else:
+            # Chunk data lies in the window after its size line: skip past it too.
+            at = self._window.find(body, self._pos)
+            if at >= 0:
+                self._pos = at + len(body)
 
     def on_message_complete(self) -> None:
         self.events.append((END, None))
