@@ -186,19 +186,12 @@ def forward(stream, route, cluster, host) -> None:
 
 
 def _abort(stream, conn, reply) -> None:
-    """The exchange failed: a local reply if nothing was sent yet, else a reset."""
+    """The exchange failed: a local reply if nothing was sent yet, else a reset (both
+    are what Stream.local_reply does)."""
     if conn is not None:
         conn.close()
-    conn_host = conn.host if conn is not None else None
-    if conn_host is not None:
-        conn_host.rq_error.inc()
-    status, body, details, flag = reply
-    if stream.headers_sent:
-        stream.info.response_code_details = details
-        stream.info.response_flags.append(flag)
-        stream.reset()
-    else:
-        stream.local_reply(status, body, details, flag)
+        conn.host.rq_error.inc()
+    stream.local_reply(*reply)
 
 
 def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float) -> None:

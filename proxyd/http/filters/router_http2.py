@@ -118,14 +118,9 @@ def _reset_upstream(us, cstats) -> None:
 
 
 def _fail(stream, host, reply) -> None:
+    """A local reply if nothing was sent yet, else a reset (Stream.local_reply does both)."""
     host.rq_error.inc()
-    status, body, details, flag = reply
-    if stream.headers_sent:
-        stream.info.response_code_details = details
-        stream.info.response_flags.append(flag)
-        stream.reset()
-    else:
-        stream.local_reply(status, body, details, flag)
+    stream.local_reply(*reply)
 
 
 def _pump_request(stream, us) -> None:
