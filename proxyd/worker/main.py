@@ -82,7 +82,14 @@ class Worker:
             kind = msg["kind"]
             if kind == "snapshot":
                 self._apply(msg, fds)
-                ch.send({"kind": "applied", "version": msg["version"]})
+                try:
+                    ch.send({"kind": "applied", "version": msg["version"]})
+                except OSError:
+                    # The master died after sending the snapshot (a successor killed
+                    # mid-start): the same as EOF, never a worker left waiting forever.
+                    self.log.warning("master_gone")
+                    self.drain("master_gone")
+                    return
             elif kind == "drain":
                 gevent.spawn(self.drain, "master", msg.get("deadline", 600.0))
             elif kind == "log_level":
