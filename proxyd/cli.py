@@ -1,5 +1,5 @@
-"""`proxyd` command line: run | check | stop | reload. Flag names follow Envoy's where
-Envoy has one, so operators' habits carry over."""
+"""`proxyd` command line: run | check | stop | reload | version. Flag names follow Envoy's
+where Envoy has one, so operators' habits carry over."""
 from __future__ import annotations
 
 import argparse
@@ -7,23 +7,46 @@ import os
 import sys
 import time
 
-COMMANDS = ("run", "check", "stop", "reload")
+COMMANDS = ("run", "check", "stop", "reload", "version")
+SYSTEM_RUNTIME_DIR = "/run/proxyd"
 
 
 def default_runtime_dir() -> str:
-    return os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0] or "/run/proxyd"
+    """Where run, stop and reload meet without flags, for root and for any other user:
+    systemd's $RUNTIME_DIRECTORY, else /run/proxyd when this user may write (or create)
+    it, else $XDG_RUNTIME_DIR/proxyd, else /tmp/proxyd-$UID."""
+    systemd = os.environ.get("RUNTIME_DIRECTORY", "").split(":")[0]
+    if systemd:
+        return systemd
+    rt = SYSTEM_RUNTIME_DIR
+    if os.access(rt if os.path.isdir(rt) else os.path.dirname(rt), os.W_OK | os.X_OK):
+        return rt
+    xdg = os.environ.get("XDG_RUNTIME_DIR", "")
+    if xdg and os.access(xdg, os.W_OK | os.X_OK):
+        return os.path.join(xdg, "proxyd")
+    return "/tmp/proxyd-%d" % os.getuid()
+
+
+RUNTIME_DIR_HELP = ("holds control.sock and proxyd.pid (default: $RUNTIME_DIRECTORY, else "
+                    "/run/proxyd if writable, else $XDG_RUNTIME_DIR/proxyd, else /tmp/proxyd-$UID; "
+                    "here %(default)s)")
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="proxyd", description="Envoy-compatible proxy")
-    sub = ap.add_subparsers(dest="command", required=True)
+    from proxyd import __version__
+    ap = argparse.ArgumentParser(
+        prog="proxyd", description="Envoy-compatible service and edge proxy",
+        usage="proxyd -c FILE [run options]   (short for `proxyd run -c FILE`)\n"
+              "       proxyd {run,check,stop,reload,version} [options]")
+    ap.add_argument("--version", action="version", version="proxyd %s" % __version__,
+                    help="print the version and exit")
+    sub = ap.add_subparsers(dest="command", required=True, metavar="COMMAND", prog="proxyd")
 
     run = sub.add_parser("run", help="serve the config (foreground)")
     run.add_argument("-c", "--config-path", required=True, help="Envoy v3 bootstrap (YAML or JSON)")
     run.add_argument("--concurrency", type=int, default=os.cpu_count() or 1,
                      help="worker processes (default: number of CPUs)")
-    run.add_argument("--runtime-dir", default=default_runtime_dir(),
-                     help="control socket and pid file (default $RUNTIME_DIRECTORY or /run/proxyd)")
+    run.add_argument("--runtime-dir", default=default_runtime_dir(), help=RUNTIME_DIR_HELP)
     run.add_argument("--base-id", type=int, default=0, help="separates proxyd families on one host")
     run.add_argument("--drain-time-s", type=float, default=60.0,
                      help="how long in-flight requests may take to finish on stop or reload")
@@ -34,25 +57,31 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--service-zone", help="node zone (overrides node.locality.zone)")
     run.add_argument("--restart-epoch", type=int, default=0, help=argparse.SUPPRESS)
     run.add_argument("-l", "--log-level", default="info",
-                     choices=("trace", "debug", "info", "warning", "warn", "error", "critical", "off"))
-    run.add_argument("--log-format", default="text", choices=("text", "json"))
+                     choices=("trace", "debug", "info", "warning", "warn", "error", "critical", "off"),
+                     help="operations log level (default: %(default)s)")
+    run.add_argument("--log-format", default="text", choices=("text", "json"),
+                     help="operations log on stderr: human text or one JSON object a line "
+                          "(default: %(default)s)")
 
     check = sub.add_parser("check", help="validate a config without serving")
-    check.add_argument("-c", "--config-path", required=True)
+    check.add_argument("-c", "--config-path", required=True,
+                       help="Envoy v3 bootstrap (YAML or JSON) to validate")
     check.add_argument("config", nargs="?", help=argparse.SUPPRESS)
 
     for name, text in (("stop", "graceful stop of the running proxyd"),
                        ("reload", "hot restart the running proxyd with the config on disk")):
         p = sub.add_parser(name, help=text)
-        p.add_argument("--runtime-dir", default=default_runtime_dir())
+        p.add_argument("--runtime-dir", default=default_runtime_dir(),
+                       help="the running proxyd's runtime dir: " + RUNTIME_DIR_HELP)
         p.add_argument("--timeout", type=float, default=None,
                        help="give up waiting after this many seconds")
+    sub.add_parser("version", help="print the version")
     return ap
 
 
 def _normalise(argv: list[str]) -> list[str]:
     """`proxyd -c FILE` means `proxyd run -c FILE`; `proxyd check FILE` is accepted too."""
-    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help"):
+    if argv and argv[0] not in COMMANDS and argv[0] not in ("-h", "--help", "--version"):
         return ["run"] + argv
     if len(argv) == 2 and argv[0] == "check" and not argv[1].startswith("-"):
         return ["check", "-c", argv[1]]
@@ -135,8 +164,15 @@ def cmd_reload(args) -> int:
     return 0
 
 
+def cmd_version(args) -> int:
+    from proxyd import __version__
+    print("proxyd %s" % __version__)
+    return 0
+
+
 def main(argv=None) -> None:
     argv = _normalise(list(sys.argv[1:] if argv is None else argv))
     args = _parser().parse_args(argv)
-    handler = {"run": cmd_run, "check": cmd_check, "stop": cmd_stop, "reload": cmd_reload}
+    handler = {"run": cmd_run, "check": cmd_check, "stop": cmd_stop, "reload": cmd_reload,
+               "version": cmd_version}
     sys.exit(handler[args.command](args))
