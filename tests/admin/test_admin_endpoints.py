@@ -3,6 +3,7 @@
 import http.client
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -212,7 +213,7 @@ def test_help_unknown_path_keep_alive_and_bad_requests(admin):
     assert status == 405
 
 
-@pytest.mark.skipif(not os.path.exists("/usr/bin/curl"), reason="curl not installed")
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl not installed")
 def test_curl_sees_the_same(admin):
     out = subprocess.run(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", "-X", "GET",
                           f"http://{admin[0]}:{admin[1]}/quitquitquit"], capture_output=True, text=True, timeout=10)

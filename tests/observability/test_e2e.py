@@ -19,18 +19,6 @@ from harness import Conn, bootstrap, cluster, closed_port, free_port, http, list
 from .test_zipkin import Collector, check_zipkin_v2
 
 
-def _wired() -> bool:
-    import inspect
-
-    from proxyd.http import conn_manager, stream
-    return ("build_access_logs" in inspect.getsource(conn_manager)
-            and "tracer.start" in inspect.getsource(stream))
-
-
-pytestmark = pytest.mark.skipif(
-    not _wired(), reason="the HCM does not build access_log/tracing yet (wiring calls are in "
-                         "the observability report: conn_manager, stream, router, worker)")
-
 FILE_AL = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 ZIPKIN = "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig"
 

@@ -106,9 +106,8 @@ def test_curl_http2_over_tls(pki, proxyd_factory):
         port, [chain(direct("over h2"), downstream_tls(pki.a, alpn=["h2", "http/1.1"]))])]))
     r = curl("--http2", "-w", "\n%{http_version}", "--cacert", pki.ca_path,
              "--resolve", "a.example.com:%d:127.0.0.1" % port, "https://a.example.com:%d/" % port)
-    if r.returncode != 0 or not r.stdout.endswith("\n2"):
-        pytest.xfail("HTTP/2 in the HCM not available yet: %r %r" % (r.stdout, r.stderr))
-    assert r.stdout.startswith("over h2")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout == "over h2\n2", r.stdout
 
 
 def test_sni_selects_chain(pki, proxyd_factory):

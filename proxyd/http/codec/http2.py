@@ -26,6 +26,8 @@ from __future__ import annotations
 import importlib
 import struct
 
+from proxyd.http.codec.hpack_guard import GuardedDecoder
+
 IMPL = "jh2"
 
 _connection = importlib.import_module(IMPL + ".connection")
@@ -39,6 +41,12 @@ _stream = importlib.import_module(IMPL + ".stream")
 
 H2ProtocolError = _exceptions.ProtocolError
 StreamClosedError = _exceptions.StreamClosedError
+
+
+class CompressionError(H2ProtocolError):
+    """A malformed HPACK block: the connection ends with GOAWAY COMPRESSION_ERROR."""
+    error_code = importlib.import_module(IMPL + ".errors").ErrorCodes.COMPRESSION_ERROR
+
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
@@ -104,7 +112,13 @@ _TRANSITIONS = _transitions_surviving_goaway()
 
 
 class _Connection(_connection.H2Connection):
-    """h2's connection with stream errors kept to their stream (RFC 9113 5.4.2)."""
+    """h2's connection with stream errors kept to their stream (RFC 9113 5.4.2) and its
+    HPACK decoder behind hpack_guard (jh2's Rust decoder panics on truncated blocks)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.decoder = GuardedDecoder(self.decoder, CompressionError, (_connection.HPACKError,),
+                                      lambda: self.local_settings.header_table_size)
 
     def _stream_error(self, stream, code: int, announce: bool = True):
         """Close `stream` with RST_STREAM `code`; returns (frames, events). The event (a
