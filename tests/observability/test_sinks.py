@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import sys
 import time
 
 import gevent
@@ -173,7 +174,7 @@ def test_workers_sharing_a_file_never_interleave_lines(tmp_path):
         "s.flush()\n"
     )
     env = dict(os.environ, PYTHONPATH=os.getcwd())
-    procs = [subprocess.Popen(["python", "-c", code, path, w], env=env) for w in "ABCD"]
+    procs = [subprocess.Popen([sys.executable, "-c", code, path, w], env=env) for w in "ABCD"]
     assert all(p.wait(60) == 0 for p in procs)
     lines = read(path).splitlines()
     assert len(lines) == 12000
