@@ -254,13 +254,16 @@ class ActiveListener:
         before config generation `before`, if given). A connection that just finished a
         response is not closed at once: its client may be sending the next request right
         now (a race that fails the request); it gets `Connection: close` on that
-        response instead."""
+        response instead. A connection with no codec yet (just accepted: listener
+        filters, TLS, the h2 preface sniff) or none at all (tcp_proxy) is never idle:
+        its client has just connected to send something, so it is answered or closed at
+        the drain deadline, as Envoy does."""
         now = time.monotonic()
         for conn in list(self.connections):
             if before is not None and conn.generation >= before:
                 continue
             proto = conn.protocol
-            if proto is None or (proto.idle and now - proto.idle_since >= min_idle):
+            if proto is not None and proto.idle and now - proto.idle_since >= min_idle:
                 try:
                     conn.sock.close()
                 except OSError:
