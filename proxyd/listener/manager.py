@@ -97,6 +97,8 @@ class ActiveListener:
         self.cx_active = stats.gauge(p + "downstream_cx_active")
         self.cx_length = stats.histogram(p + "downstream_cx_length_ms")
         self.no_chain = stats.counter(p + "no_filter_chain_match")
+        # Every accepted connection, on every listener (not an Envoy 1.40 stat: Envoy has
+        # only the server.total_connections gauge, which admin sets from the listeners').
         self.server_total = stats.counter("server.total_connections_accepted")
         self.stat_prefix = p
         self.ssl_stats = None
@@ -137,6 +139,7 @@ class ActiveListener:
             self.ssl_stats = SslStats(self.ctx.stats, self.stat_prefix)
 
     def _handle(self, sock, addr) -> None:
+        self.server_total.inc()
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         selector = self.selector
         access_logs = self.access_logs
