@@ -151,6 +151,12 @@ for _name, _more in {  # HTTP/2 both ways, gRPC deadlines
     _ROUTE + 'RouteAction': 'max_grpc_timeout grpc_timeout_offset',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+for _name, _more in {  # the watchdog (master/watchdog.py)
+    'envoy.config.bootstrap.v3.Bootstrap': 'watchdogs watchdog',
+    'envoy.config.bootstrap.v3.Watchdogs': 'main_thread_watchdog worker_watchdog',
+    'envoy.config.bootstrap.v3.Watchdog': 'miss_timeout megamiss_timeout kill_timeout',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
 """Full message name -> names of the fields proxyd implements."""
 

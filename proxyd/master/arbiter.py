@@ -25,7 +25,7 @@ from proxyd import runtime as rt
 from proxyd.config import ConfigError, load_bootstrap
 from proxyd.ipc import ORPHAN_SIGNAL, Channel, die_with_parent
 from proxyd.master import endpoints as eps
-from proxyd.master import hot_restart, orphans, sdnotify
+from proxyd.master import hot_restart, orphans, sdnotify, watchdog
 from proxyd.master.control import CONTROL_SOCK, PID_FILE, ControlServer
 from proxyd.master.sockets import BindError, address_key, bind_tcp
 from proxyd.observability.logging import get_level, get_logger, set_level
@@ -154,6 +154,7 @@ class Master:
         for name, cluster in self._dns_clusters():
             gevent.spawn(self._dns_loop, name, cluster)
         gevent.spawn(self._stats_loop)
+        gevent.spawn(watchdog.GuardDog(self).run)
         gevent.spawn(self._await_live)
 
     def _take_runtime_dir(self) -> None:

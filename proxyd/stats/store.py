@@ -136,6 +136,11 @@ class StatsStore:
         region = self._region
         return [e for e in self.slots() if _alive(e["pid"], region.slot_word(e["slot"], L.S_SET_NS))]
 
+    def slot_value(self, slot: int, name: str) -> int:
+        """One process's own share of counter or gauge ``name`` (0 if no one made it)."""
+        found = self.catalog.lookup(name)
+        return 0 if found is None else self._region.values(slot)[found[1]]
+
     @property
     def created_ns(self) -> int:
         """When the file was created (wall clock, ns)."""

@@ -22,6 +22,7 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
 from proxyd.ipc import ORPHAN_SIGNAL, Channel  # noqa: E402
+from proxyd.master import watchdog  # noqa: E402
 from proxyd.listener.manager import ListenerManager  # noqa: E402
 from proxyd.observability import access_log  # noqa: E402
 from proxyd.observability.tracing import zipkin  # noqa: E402
@@ -69,6 +70,7 @@ class Worker:
         self.stopped = Event()
         self.version = None
         self.orphaned = False
+        self.watchdog = watchdog.Timeouts()   # the worker_watchdog of the config applied last
 
     def run(self) -> int:
         gevent.signal_handler(signal.SIGTERM, self.drain, "signal")
@@ -77,6 +79,8 @@ class Worker:
         gevent.signal_handler(signal.SIGUSR1, access_log.reopen_all)
         gevent.signal_handler(ORPHAN_SIGNAL, self.master_gone, "parent_death_signal")
         gevent.spawn(self._control_loop)
+        gevent.spawn(watchdog.heartbeat, self.stats.gauge(watchdog.HEARTBEAT_STAT),
+                     lambda: self.watchdog.heartbeat_s)
         self.stopped.wait()
         access_log.flush_all()
         zipkin.flush_all()
@@ -112,6 +116,7 @@ class Worker:
         ctx.bootstrap = bs
         ctx.node = bs.node
         ctx.runtime.update(msg.get("runtime", {}))
+        self.watchdog = watchdog.timeouts(bs)[1]
         clusters = list(bs.static_resources.clusters) + [c for c in msg.get("clusters", [])]
         ctx.cluster_manager.apply(clusters, msg["endpoints"])
         socks = {}
