@@ -23,6 +23,7 @@ from gevent.event import Event  # noqa: E402
 
 from proxyd.ipc import ORPHAN_SIGNAL, Channel  # noqa: E402
 from proxyd.master import watchdog  # noqa: E402
+from proxyd.listener import limits  # noqa: E402
 from proxyd.listener.manager import ListenerManager  # noqa: E402
 from proxyd.observability import access_log  # noqa: E402
 from proxyd.observability.tracing import zipkin  # noqa: E402
@@ -30,6 +31,12 @@ from proxyd.observability.logging import configure_logging, get_logger, set_leve
 from proxyd.runtime import Runtime  # noqa: E402
 from proxyd.stats import StatsStore  # noqa: E402
 from proxyd.upstream.cluster_manager import ClusterManager  # noqa: E402
+
+# Imported now rather than by the first connection that needs them: an import at the fd
+# limit fails (EMFILE opening the module's file) and would drop that connection.
+import proxyd.http.filters.router_http2  # noqa: E402,F401
+import proxyd.http.http1_connection  # noqa: E402,F401
+import proxyd.http.http2_connection  # noqa: E402,F401
 
 # A worker whose master died (SIGKILL, OOM kill, crash) must not serve on alone: the
 # kernel tells it with ORPHAN_SIGNAL (PR_SET_PDEATHSIG, set by the master's Popen; its
@@ -55,6 +62,7 @@ class WorkerContext:
         self.node = None
         self.bootstrap = None
         self.runtime = Runtime()   # the layered runtime of the snapshot applied last
+        self.global_cx_limit = None  # listener/limits.py: the global connection ceiling
 
 
 class Worker:
@@ -117,6 +125,7 @@ class Worker:
         ctx.node = bs.node
         ctx.runtime.update(msg.get("runtime", {}))
         self.watchdog = watchdog.timeouts(bs)[1]
+        ctx.global_cx_limit = limits.global_limit(bs, ctx.runtime)
         clusters = list(bs.static_resources.clusters) + [c for c in msg.get("clusters", [])]
         ctx.cluster_manager.apply(clusters, msg["endpoints"])
         socks = {}
