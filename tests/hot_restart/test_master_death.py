@@ -20,9 +20,10 @@ from hr_helpers import stats_file
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tcp"))
 from test_tcp_proxy import TcpServer, tcp_listener  # noqa: E402
 
-# The worker's own bound is 0.95 s after the kernel's signal; the margin is for a machine
-# shared with other test runs (the figure measured here is printed).
-GONE_WITHIN_S = 1.5
+# The worker's own bound is 0.95 s after the kernel's signal (measured here: 0.06-0.7 s);
+# the margin is for a loaded machine (the figures are printed). Before the fix a busy
+# worker stayed until its drain deadline (600 s here).
+GONE_WITHIN_S = 2.5
 
 
 def _descendants(pid: int) -> list[int]:
