@@ -22,9 +22,9 @@ from envoy.config.bootstrap.v3 import bootstrap_pb2  # noqa: E402
 from gevent.event import Event  # noqa: E402
 
 from proxyd.ipc import ORPHAN_SIGNAL, Channel  # noqa: E402
-from proxyd.master import watchdog  # noqa: E402
 from proxyd.listener import limits  # noqa: E402
 from proxyd.listener.manager import ListenerManager  # noqa: E402
+from proxyd.master import watchdog  # noqa: E402
 from proxyd.observability import access_log  # noqa: E402
 from proxyd.observability.tracing import zipkin  # noqa: E402
 from proxyd.observability.logging import configure_logging, get_logger, set_level  # noqa: E402

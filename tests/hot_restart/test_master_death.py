@@ -14,7 +14,8 @@ import time
 import psutil
 import pytest
 
-from harness import Conn, Proxyd, bootstrap, closed_port, cluster, free_port, http, listener, route
+from harness import (Conn, Proxyd, bootstrap, closed_port, cluster, free_port, http, listener, route,
+                     write_config)
 from hr_helpers import stats_file
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(__file__)), "tcp"))
@@ -120,7 +121,6 @@ def test_sigkilled_master_takes_the_xds_agent_and_workers(tmp_path):
            "dynamic_resources": {"lds_config": src, "cds_config": src, "ads_config": api},
            "static_resources": {"clusters": [dict(cluster("xds", [("127.0.0.1", closed_port())]),
                                                   http2_protocol_options={})]}}
-    from harness import write_config
     px = Proxyd(write_config(tmp_path, cfg), concurrency=2, drain_time_s=600)
     try:
         px.start(wait=False)
