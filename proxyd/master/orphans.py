@@ -14,8 +14,8 @@ all gone.
 """
 from __future__ import annotations
 
-import glob
 import os
+import re
 import signal
 import time
 
@@ -26,6 +26,8 @@ from proxyd.stats import IncompatibleStatsFile, StatsStore
 
 ORPHAN_WAIT_S = 1.5              # a worker exits within a second of that signal
 STALE_AFTER_S = 10.0             # younger files may belong to a master still starting
+# What arbiter.stats_path names (base id, runtime dir hash), and create()'s temporary.
+FAMILY_FILE = re.compile(r"proxyd-\d+-[0-9a-f]{10}\.stats(?:\.(\d+)\.tmp)?")
 
 
 class MasterAlive(Exception):
@@ -93,22 +95,27 @@ def reclaim_stale_stats(directory: str, keep: str, log) -> list[str]:
     while creating one) whose processes are all gone; `keep` is our own file."""
     removed = []
     now = time.time()
-    for path in glob.glob(os.path.join(directory, "proxyd-*.stats")):
-        if path == keep:
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return removed
+    for name in names:
+        m = FAMILY_FILE.fullmatch(name)
+        path = os.path.join(directory, name)
+        if m is None or path == keep:
             continue
-        try:
-            store = StatsStore.attach(path)
-        except (OSError, IncompatibleStatsFile):
-            continue   # not ours to read (another user, another layout version)
-        try:
-            stale = (now - store.created_ns / 1e9 > STALE_AFTER_S and not store.live_slots())
-        finally:
-            store.close()
+        if m.group(1) is not None:   # a master killed while creating its file
+            stale = not psutil.pid_exists(int(m.group(1)))
+        else:
+            try:
+                store = StatsStore.attach(path)
+            except (OSError, IncompatibleStatsFile):
+                continue   # not ours to read (another user, another layout version)
+            try:
+                stale = now - store.created_ns / 1e9 > STALE_AFTER_S and not store.live_slots()
+            finally:
+                store.close()
         if stale and _unlink(path):
-            removed.append(path)
-    for path in glob.glob(os.path.join(directory, "proxyd-*.stats.*.tmp")):
-        pid = path.rsplit(".", 2)[-2]
-        if pid.isdigit() and not psutil.pid_exists(int(pid)) and _unlink(path):
             removed.append(path)
     if removed:
         log.info("stale_stats_reclaimed", files=len(removed), paths=removed)
