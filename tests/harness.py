@@ -165,7 +165,8 @@ class Proxyd:
     `cleanup()` SIGKILL the whole group (master and workers)."""
 
     def __init__(self, config_path, concurrency: int = 1, drain_time_s: float = 5.0,
-                 runtime_dir: str | None = None, extra_args=(), env: dict | None = None):
+                 runtime_dir: str | None = None, extra_args=(), env: dict | None = None,
+                 preexec_fn=None):
         self.config_path = str(config_path)
         self.concurrency = concurrency
         self.drain_time_s = drain_time_s
@@ -174,6 +175,7 @@ class Proxyd:
         self.runtime_dir = runtime_dir or tempfile.mkdtemp(prefix="pxd-", dir="/tmp")
         self.extra_args = list(extra_args)
         self.env = env
+        self.preexec_fn = preexec_fn  # run in the master before exec (resource limits)
         self.log_path = os.path.join(self.runtime_dir, "proxyd.log")
         self.proc: subprocess.Popen | None = None
         self.seen_pids: set[int] = set()
@@ -214,7 +216,7 @@ class Proxyd:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=str(REPO), env=env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=self.preexec_fn)
         if wait:
             self.wait_live(timeout)
         return self

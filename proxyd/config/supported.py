@@ -151,6 +151,21 @@ for _name, _more in {  # HTTP/2 both ways, gRPC deadlines
     _ROUTE + 'RouteAction': 'max_grpc_timeout grpc_timeout_offset',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+for _name, _more in {  # the watchdog (master/watchdog.py)
+    'envoy.config.bootstrap.v3.Bootstrap': 'watchdogs watchdog',
+    'envoy.config.bootstrap.v3.Watchdogs': 'main_thread_watchdog worker_watchdog',
+    'envoy.config.bootstrap.v3.Watchdog': 'miss_timeout megamiss_timeout kill_timeout',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+_DCX = 'envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig'
+for _name, _more in {  # downstream connection limits (listener/limits.py)
+    'envoy.config.bootstrap.v3.Bootstrap': 'overload_manager',
+    'envoy.config.overload.v3.OverloadManager': 'resource_monitors',
+    'envoy.config.overload.v3.ResourceMonitor': 'name typed_config',
+    _DCX: 'max_active_downstream_connections',
+    'envoy.config.listener.v3.Listener': 'ignore_global_conn_limit',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
 """Full message name -> names of the fields proxyd implements."""
 
@@ -183,6 +198,7 @@ SLOTS = {
     (_CORE + 'TransportSocket', 'typed_config'): registry.TRANSPORT_SOCKET,
     ('envoy.config.cluster.v3.Cluster', 'typed_extension_protocol_options'):
         registry.UPSTREAM_PROTOCOL_OPTIONS,
+    ('envoy.config.overload.v3.ResourceMonitor', 'typed_config'): registry.RESOURCE_MONITOR,
 }
 """(message, Any field) -> the kind of extension that field takes."""
 

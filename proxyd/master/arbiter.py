@@ -23,9 +23,9 @@ from gevent.event import Event
 from proxyd import __version__
 from proxyd import runtime as rt
 from proxyd.config import ConfigError, load_bootstrap
-from proxyd.ipc import Channel
+from proxyd.ipc import ORPHAN_SIGNAL, Channel, die_with_parent
 from proxyd.master import endpoints as eps
-from proxyd.master import hot_restart, sdnotify
+from proxyd.master import hot_restart, orphans, sdnotify, watchdog
 from proxyd.master.control import CONTROL_SOCK, PID_FILE, ControlServer
 from proxyd.master.sockets import BindError, address_key, bind_tcp
 from proxyd.observability.logging import get_level, get_logger, set_level
@@ -136,6 +136,7 @@ class Master:
         else:
             self._refuse_if_running()
             self.stats = StatsStore.create(stats_path(opts))
+            orphans.reclaim_stale_stats(os.path.dirname(self.stats.path), self.stats.path, self.log)
         self.master_slot = self.stats.claim_slot(os.getpid(), role="master")
         self.stats.bind(self.master_slot)
         self._bind_all(inherited)
@@ -153,6 +154,7 @@ class Master:
         for name, cluster in self._dns_clusters():
             gevent.spawn(self._dns_loop, name, cluster)
         gevent.spawn(self._stats_loop)
+        gevent.spawn(watchdog.GuardDog(self).run)
         gevent.spawn(self._await_live)
 
     def _take_runtime_dir(self) -> None:
@@ -177,11 +179,18 @@ class Master:
                 raise StartupError(str(e)) from None
 
     def _refuse_if_running(self) -> None:
-        """A cold start must not steal another live master's runtime dir."""
+        """A cold start must not steal another live master's runtime dir, nor serve
+        beside the orphaned workers of a killed one (master/orphans.py)."""
         from proxyd.master.control import request
         try:
             resp = request(self.options.runtime_dir, {"cmd": "status"}, timeout=2)
         except OSError:
+            try:
+                orphans.stop_orphans(stats_path(self.options), self.log)
+            except orphans.MasterAlive as e:
+                raise StartupError("a proxyd master (pid %d) of runtime dir %s is alive but does "
+                                   "not answer on its control socket; stop it first"
+                                   % (e.pid, self.options.runtime_dir)) from None
             return
         raise StartupError("another proxyd (pid %s) is running with runtime dir %s; use "
                            "`proxyd reload` or another --runtime-dir"
@@ -271,7 +280,8 @@ class Master:
                "--epoch", str(opts.restart_epoch), "--drain-time-s", str(opts.drain_time_s),
                "--log-level", get_level(), "--log-format", opts.log_format]
         try:
-            w.proc = gsubprocess.Popen(cmd, pass_fds=(child.fileno(), stats_fd), close_fds=True)
+            w.proc = gsubprocess.Popen(cmd, pass_fds=(child.fileno(), stats_fd), close_fds=True,
+                                       preexec_fn=die_with_parent(ORPHAN_SIGNAL))
         finally:
             child.close()
         self.stats.set_slot_pid(w.slot, w.proc.pid)
