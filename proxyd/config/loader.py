@@ -87,7 +87,21 @@ def _children(node):
 
 def parse_text(text):
     """Returns (data, has_duplicate_keys); raises yaml.YAMLError on a syntax error or an
-    alias bomb."""
+    alias bomb. Built from libyaml's events (yaml_events.py) unless the file needs
+    PyYAML's full loader (explicit tags, recursive aliases)."""
+    from . import yaml_events
+    try:
+        doc = yaml_events.Document(text)
+    except yaml_events.Unusual:
+        return _parse_with_pyyaml(text)
+    limit = max(MAX_EXPANDED_NODES, 10 * doc.distinct)
+    if doc.expanded > limit:
+        raise AliasBomb(next((mark for total, mark in doc.alias_marks if total > limit),
+                             doc.alias_marks[-1][1]), limit)
+    return doc.data, doc.duplicate_keys
+
+
+def _parse_with_pyyaml(text):
     loader = _Loader(text)
     try:
         root = loader.get_single_node()
