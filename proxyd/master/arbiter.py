@@ -26,7 +26,7 @@ from proxyd import runtime as rt
 from proxyd.config import ConfigError, load_bootstrap
 from proxyd.ipc import Channel
 from proxyd.master import endpoints as eps
-from proxyd.master import hot_restart, sdnotify
+from proxyd.master import config_check, hot_restart, sdnotify
 from proxyd.master.control import CONTROL_SOCK, PID_FILE, ControlServer
 from proxyd.master.sockets import BindError, address_key, bind_tcp
 from proxyd.observability.logging import get_level, get_logger, set_level
@@ -523,12 +523,15 @@ class Master:
             return {"ok": False, "error": "proxyd is stopping"}
         if self.reloading:
             return {"ok": False, "error": "a reload is already in progress"}
-        try:
-            load_bootstrap(self.options.config_path)
-        except ConfigError as e:
-            self.log.error("reload_refused", errors=len(e.errors))
-            return {"ok": False, "error": "invalid config, nothing changed:\n" + str(e)}
         self.reloading = True
+        errors = config_check.validate(self.options.config_path)
+        if errors is not None:
+            self.reloading = False
+            self.log.error("reload_refused", errors=len(errors))
+            return {"ok": False, "error": "invalid config, nothing changed:\n" + "\n".join(errors)}
+        if self.stopping:
+            self.reloading = False
+            return {"ok": False, "error": "proxyd is stopping"}
         sdnotify.notify("RELOADING=1", "MONOTONIC_USEC=%d" % sdnotify.monotonic_usec(),
                         "STATUS=reloading: starting epoch %d" % (self.options.restart_epoch + 1))
         self.log.info("reload_started", next_epoch=self.options.restart_epoch + 1)
