@@ -3,6 +3,8 @@ endpoint addresses. Same ``(path, reason)`` output as the other checks."""
 import ipaddress
 import re
 
+from envoy.config.core.v3 import base_pb2
+
 from proxyd.listener import filter_chain
 from proxyd.transport import tls
 
@@ -111,7 +113,12 @@ def _listener(listener, path, clusters, out):
                 if j != len(chain.filters) - 1:
                     out.append((fpath, 'http_connection_manager is a terminal filter and must be '
                                        'the last network filter of its chain'))
-                _hcm(loader.unpack(f.typed_config), fpath + ('typed_config',), clusters, out)
+                hcm = loader.unpack(f.typed_config)
+                _hcm(hcm, fpath + ('typed_config',), clusters, out)
+                if hcm.HasField('tracing') and listener.traffic_direction == base_pb2.OUTBOUND:
+                    out.append((path + ('traffic_direction',),
+                                'traffic_direction OUTBOUND makes Envoy trace this listener as '
+                                'egress (CLIENT spans), which proxyd does not implement'))
             elif f.typed_config.type_url == TCP_PROXY_URL:
                 if j != len(chain.filters) - 1:
                     out.append((fpath, 'tcp_proxy is a terminal filter and must be the last '

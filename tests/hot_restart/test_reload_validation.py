@@ -3,18 +3,14 @@ cannot stall the serving master: /ready keeps answering, a killed worker is repl
 and the bad reload exits 1 with nothing changed."""
 import os
 import signal
-import sys
 import threading
 import time
 import urllib.request
 
 import pytest
 
-from harness import free_port, http
+from harness import billion_laughs, free_port, http
 from hr_helpers import config, reload, status
-
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "config"))
-from test_envoy_examples import billion_laughs  # noqa: E402
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -53,6 +53,7 @@ static_resources:
   listeners:
   - address:
       socket_address: {{address: 127.0.0.1, port_value: {port_a}}}{inspector}
+    traffic_direction: outbound
     filter_chains:
     - filters:
       - name: envoy.filters.network.http_connection_manager
@@ -122,6 +123,8 @@ def test_config_dump_order_is_envoys(proxyd_factory):
         "BootstrapConfigDump", "ClustersConfigDump", "ListenersConfigDump",
         "ScopedRoutesConfigDump", "RoutesConfigDump", "SecretsConfigDump"]
     assert configs[4]["static_route_configs"][0]["route_config"]["name"] == "local_route"
+    # a descriptive field is shown as Envoy shows it
+    assert configs[2]["static_listeners"][0]["listener"]["traffic_direction"] == "OUTBOUND"
     _, body = admin_get(px, "/config_dump?include_eds")
     assert [c["@type"].rsplit(".", 1)[1] for c in json.loads(body)["configs"]][1:3] == [
         "ClustersConfigDump", "EndpointsConfigDump"]

@@ -4,6 +4,7 @@ import time
 
 import pytest
 
+from harness import billion_laughs
 from proxyd.config import load_bootstrap, unpack
 
 HCM = 'type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager'
@@ -191,14 +192,6 @@ def test_tab_indentation_is_called_a_tab(config):
                      f'is used for indentation; YAML indents with spaces only')
 
 
-def billion_laughs():
-    """The classic alias bomb: 10 levels of 9 aliases each, 9**9 strings from 0.8 KB."""
-    lines = ['    lol0: &lol0 ["' + 'lol' * 8 + '"]']
-    for i in range(1, 10):
-        lines.append(f'    lol{i}: &lol{i} [' + ', '.join([f'*lol{i - 1}'] * 9) + ']')
-    return 'node:\n  id: laughs\n  metadata:\n' + '\n'.join(lines) + '\nstatic_resources: {}\n'
-
-
 def test_alias_bomb_is_refused_fast_with_its_line(config):
     cfg = config(billion_laughs())
     t0 = time.monotonic()
@@ -215,3 +208,36 @@ def test_anchors_as_templates_still_load(config):
     text += '  - <<: *web\n    name: web_service_2\n'
     bs = load_bootstrap(config(text).path)
     assert [c.name for c in bs.static_resources.clusters] == ['web_service', 'web_service_2']
+
+
+def test_descriptive_fields_are_accepted(config):
+    """11 of Envoy's example configs set Listener.traffic_direction; metadata is read only
+    by filters and load balancers proxyd lacks."""
+    text = WASM_CC.replace('  - name: main\n', '  - name: main\n    traffic_direction: outbound\n'
+                                                '    metadata: {filter_metadata: {team: {a: 1}}}\n')
+    text = text.replace('  - name: web_service\n', '  - name: web_service\n'
+                                                   '    metadata: {filter_metadata: {x: {y: z}}}\n')
+    bs = load_bootstrap(config(text).path)
+    listener = bs.static_resources.listeners[0]
+    assert listener.traffic_direction == listener.DESCRIPTOR.fields_by_name[
+        'traffic_direction'].enum_type.values_by_name['OUTBOUND'].number
+    assert bs.static_resources.clusters[0].metadata.filter_metadata['x']['y'] == 'z'
+
+
+def test_outbound_beside_tracing_is_an_error(config):
+    """In Envoy OUTBOUND turns the listener's spans into egress CLIENT spans."""
+    text = WASM_CC.replace('  - name: main\n', '  - name: main\n    traffic_direction: OUTBOUND\n')
+    text = text.replace('          codec_type: auto\n', '          codec_type: auto\n'
+                                                       '          tracing: {}\n')
+    cfg = config(text)
+    line, reason = cfg.error('static_resources.listeners[0].traffic_direction')
+    assert line == cfg.line('traffic_direction: OUTBOUND')
+    assert 'which proxyd does not implement' in reason
+
+
+def test_a_field_that_changes_behaviour_stays_an_error(config):
+    cfg = config(WASM_CC.replace('  - name: main\n', '  - name: main\n'
+                                                     '    per_connection_buffer_limit_bytes: 1024\n'))
+    _, reason = cfg.error('static_resources.listeners[0].per_connection_buffer_limit_bytes')
+    assert reason == ("field 'per_connection_buffer_limit_bytes' of envoy.config.listener.v3.Listener "
+                      "is not supported by proxyd")
