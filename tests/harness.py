@@ -61,6 +61,14 @@ def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None
 
 
 # --- Envoy v3 bootstrap builders ------------------------------------------------------
+def billion_laughs():
+    """The classic alias bomb: 10 levels of 9 aliases each, 9**9 strings from 0.8 KB."""
+    lines = ['    lol0: &lol0 ["' + 'lol' * 8 + '"]']
+    for i in range(1, 10):
+        lines.append(f'    lol{i}: &lol{i} [' + ', '.join([f'*lol{i - 1}'] * 9) + ']')
+    return 'node:\n  id: laughs\n  metadata:\n' + '\n'.join(lines) + '\nstatic_resources: {}\n'
+
+
 def route(prefix: str | None = "/", cluster: str = "upstream", match: dict | None = None,
           name: str | None = None, **action) -> dict:
     """A route entry: `match` (default {prefix}) and a route action to `cluster`

@@ -169,6 +169,20 @@ for _name, _more in {  # downstream connection limits (listener/limits.py)
 FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
 """Full message name -> names of the fields proxyd implements."""
 
+DESCRIPTIVE = {name: frozenset(fields.split()) for name, fields in {
+    # Envoy's own examples set it; in Envoy it only names tracing spans (semantic.py
+    # refuses OUTBOUND beside HCM tracing) and matters for original_dst on Windows.
+    'envoy.config.listener.v3.Listener': 'traffic_direction metadata',
+    # Metadata is read only by filters, matchers and load balancers proxyd lacks.
+    'envoy.config.cluster.v3.Cluster': 'metadata',
+    _ROUTE + 'Route': 'metadata',
+    _ROUTE + 'VirtualHost': 'metadata',
+    'envoy.config.endpoint.v3.LbEndpoint': 'metadata',
+}.items()}
+"""Full message name -> fields that describe and change nothing proxyd does: accepted,
+shown in /config_dump, never acted on. A field that changes behaviour is not listed here:
+it stays an error until FIELDS lists it."""
+
 ENUMS = {
     (_CORE + 'SocketAddress', 'protocol'): frozenset({'TCP'}),
     ('envoy.config.cluster.v3.Cluster', 'type'): frozenset({'STATIC', 'STRICT_DNS', 'EDS'}),
@@ -215,8 +229,11 @@ def _check(msg, path, out):
     if desc.full_name.startswith('google.protobuf.'):
         return  # Struct, Duration, wrappers: leaves (Any is handled by its field's slot)
     supported = FIELDS.get(desc.full_name, frozenset())
+    descriptive = DESCRIPTIVE.get(desc.full_name, frozenset())
     for field, value in msg.ListFields():
         fpath = path + (field.name,)
+        if field.name in descriptive:
+            continue
         if field.name not in supported:
             out.append((fpath, f"field '{field.name}' of {desc.full_name} is not supported by proxyd"))
             continue

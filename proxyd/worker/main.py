@@ -104,9 +104,13 @@ class Worker:
                 return
             kind = msg["kind"]
             if kind == "snapshot":
-                self._apply(msg, fds)
                 try:
-                    ch.send({"kind": "applied", "version": msg["version"]})
+                    self._apply(msg, fds)
+                    reply = {"kind": "applied", "version": msg["version"]}
+                except Exception as e:  # noqa: BLE001 - any build failure refuses the config
+                    reply = self._refused(msg, e)
+                try:
+                    ch.send(reply)
                 except OSError:
                     # The master died after sending the snapshot (a successor killed
                     # mid-start): the same as EOF, never a worker left waiting forever.
@@ -116,6 +120,15 @@ class Worker:
                 gevent.spawn(self.drain, "master", msg.get("deadline", 600.0))
             elif kind == "log_level":
                 set_level(msg["level"])
+
+    def _refused(self, msg, error: Exception) -> dict:
+        """A snapshot this worker cannot build: it keeps what it serves and tells the master
+        (which refuses the config at start-up), naming the new listeners it did not start
+        so their sockets are sent again with the next snapshot."""
+        text = str(error) or type(error).__name__
+        self.log.error("snapshot_refused", version=msg["version"], error=text)
+        return {"kind": "refused", "version": msg["version"], "error": text,
+                "not_started": [n for n in msg["new_listeners"] if n not in self.listeners.listeners]}
 
     def _apply(self, msg, fds) -> None:
         bs = bootstrap_pb2.Bootstrap()
