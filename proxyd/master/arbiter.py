@@ -33,6 +33,8 @@ from proxyd.observability.logging import get_level, get_logger, set_level
 from proxyd.stats import IncompatibleStatsFile, StatsStore
 
 SPAWN_BACKOFF_MAX = 10.0
+# How long `proxyd reload` waits for the old workers to stop accepting before it answers.
+RELOAD_ACCEPT_STOP_S = 2.0
 
 
 def apply_node_overrides(bootstrap, options) -> None:
@@ -75,6 +77,7 @@ class WorkerHandle:
         self.sent_listeners: set[str] = set()
         self.applied_version = -1
         self.started = 0.0
+        self.accepting = True   # until it confirms a drain message ("not_accepting")
 
 
 class Master:
@@ -341,6 +344,8 @@ class Master:
                 return
             if msg["kind"] == "applied":
                 w.applied_version = msg["version"]
+            elif msg["kind"] == "not_accepting":
+                w.accepting = False
             elif msg["kind"] == "refused":
                 w.sent_listeners.difference_update(msg["not_started"])
                 self.log.error("config_refused_by_worker", worker=w.index,
@@ -558,7 +563,19 @@ class Master:
         self.log.info("handed_over", successor_pid=pid, epoch=epoch)
         self.handed_over = True
         self.stop(graceful=True)
+        self._await_not_accepting(RELOAD_ACCEPT_STOP_S)
         return {"ok": True, "pid": pid, "epoch": epoch}
+
+    def _await_not_accepting(self, timeout: float) -> None:
+        """Wait until every running worker has stopped accepting (bounded: a worker that
+        does not answer is stopped by the drain deadline anyway)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not any(w.accepting for w in self.workers
+                       if w.proc is not None and w.proc.returncode is None):
+                return
+            gevent.sleep(0.005)
+        self.log.warning("workers_still_accepting_after_reload", waited_s=timeout)
 
     def reload_on_signal(self) -> None:
         gevent.spawn(self.reload)

@@ -117,7 +117,17 @@ class Worker:
                     self.master_gone("control_channel_eof")
                     return
             elif kind == "drain":
-                gevent.spawn(self.drain, "master", msg.get("deadline", 600.0))
+                # Stop accepting before answering: a reload reports success only once no
+                # old worker takes new connections (a request sent after `proxyd reload`
+                # returns must see the new config).
+                deadline = self.stop_accepting("master", msg.get("deadline", 600.0))
+                if deadline is not None:
+                    gevent.spawn(self._finish_drain, deadline)
+                try:
+                    ch.send({"kind": "not_accepting"})
+                except OSError:
+                    self.master_gone("control_channel_eof")
+                    return
             elif kind == "log_level":
                 set_level(msg["level"])
 
@@ -172,12 +182,22 @@ class Worker:
 
     def drain(self, why: str = "signal", deadline: float | None = None) -> None:
         """Stop accepting, let in-flight requests finish, exit by the deadline."""
+        deadline = self.stop_accepting(why, deadline)
+        if deadline is not None:
+            self._finish_drain(deadline)
+
+    def stop_accepting(self, why: str, deadline: float | None) -> float | None:
+        """The first half of a drain, done at once: no connection is accepted after this
+        returns. The drain deadline to keep, or None when a drain already runs."""
         if getattr(self, "_draining", False):
-            return
+            return None
         self._draining = True
         deadline = self.args.drain_time_s if deadline is None else deadline
         self.log.info("draining", why=why, deadline_s=deadline)
         self.listeners.drain()
+        return deadline
+
+    def _finish_drain(self, deadline: float) -> None:
         with gevent.Timeout(deadline, False):
             while self.listeners.active_connections():
                 gevent.sleep(0.05)

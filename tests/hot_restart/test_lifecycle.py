@@ -3,6 +3,7 @@ every counter across reloads and admin reports the epoch; `proxyd stop` after se
 reloads stops the current master and leaves no process, socket, pid file or stats file
 behind; listeners added or removed by a reload open and close."""
 import json
+import threading
 import os
 import signal
 import socket
@@ -111,3 +112,37 @@ def test_reload_adds_and_removes_listeners(upstream, proxyd_factory):
     assert http(added, path="/a").json()["path"] == "/a"
     assert http(port, path="/version").body == b"v1"
     assert _refused(dropped), "the listener removed from the config still accepts"
+
+
+def test_connections_opened_after_reload_returns_see_the_new_config(upstream, proxyd_factory):
+    """`proxyd reload` answers only once no old worker accepts: every connection opened
+    after it returned is served by the new config (it used to answer as soon as the
+    drain was sent, and an old worker could still accept for a moment)."""
+    port = free_port()
+    px = proxyd_factory(config(port, upstream.port, body="v1"), concurrency=2, drain_time_s=10)
+    results = []          # (opened_at, body)
+    stop_at = []
+
+    def hammer():
+        while not stop_at or time.monotonic() < stop_at[0]:
+            opened = time.monotonic()
+            try:
+                results.append((opened, http(port, path="/version", timeout=5).body))
+            except OSError:
+                results.append((opened, b"error"))
+
+    threads = [threading.Thread(target=hammer, daemon=True) for _ in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.3)
+    rewrite(px, config(port, upstream.port, body="v2"))
+    r = reload(px)
+    returned = time.monotonic()
+    assert r.rc == 0, r
+    stop_at.append(returned + 1.0)
+    for t in threads:
+        t.join(10)
+    after = [body for opened, body in results if opened > returned]
+    assert len(after) > 20
+    assert set(after) == {b"v2"}, [b for b in after if b != b"v2"][:5]
+    assert b"error" not in {body for _, body in results}
