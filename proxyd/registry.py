@@ -27,6 +27,10 @@ _MODULES: dict[str, tuple[str, str]] = {
         (NETWORK_FILTER, "proxyd.network.filters.tcp_proxy"),
     "envoy.extensions.filters.network.echo.v3.Echo":
         (NETWORK_FILTER, "proxyd.network.filters.echo"),
+    "envoy.extensions.filters.network.redis_proxy.v3.RedisProxy":
+        (NETWORK_FILTER, "proxyd.network.filters.redis_proxy"),
+    "envoy.extensions.filters.network.redis_proxy.v3.RedisProtocolOptions":
+        (UPSTREAM_PROTOCOL_OPTIONS, "proxyd.network.filters.redis_proxy.config"),
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector":
         (LISTENER_FILTER, "proxyd.listener.filters.tls_inspector"),
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext":

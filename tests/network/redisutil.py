@@ -1,0 +1,53 @@
+"""Real redis-server processes and redis_proxy configs for the redis tests."""
+from __future__ import annotations
+
+import shutil
+import subprocess
+import tempfile
+
+import redis
+
+from harness import free_port, kill_group, wait_port
+
+REDIS_PROXY = "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.v3.RedisProxy"
+
+
+class RedisServer:
+    """`redis-server` on a free loopback port, no persistence, in its own process group."""
+
+    def __init__(self, *args):
+        self.port = free_port()
+        self.dir = tempfile.mkdtemp(prefix="redis-")
+        self.proc = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.dir, *args],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        wait_port(self.port)
+        self.client = redis.Redis(port=self.port, protocol=2)
+
+    def keys(self) -> set:
+        return set(self.client.keys("*"))
+
+    def stop(self) -> None:
+        kill_group(self.proc)
+        self.proc.wait()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def redis_cluster_config(name: str, servers, lb_policy: str = "RING_HASH", **extra) -> dict:
+    return dict({"name": name, "type": "STATIC", "connect_timeout": "1s", "lb_policy": lb_policy,
+                 "load_assignment": {"cluster_name": name, "endpoints": [{"lb_endpoints": [
+                     {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
+                                                                  "port_value": s.port}}}}
+                     for s in servers]}]}}, **extra)
+
+
+def redis_listener(port: int, stat_prefix: str = "egress_redis", routes: dict | None = None,
+                   settings: dict | None = None, **extra) -> dict:
+    proxy = dict({"@type": REDIS_PROXY, "stat_prefix": stat_prefix,
+                  "settings": settings or {"op_timeout": "5s"},
+                  "prefix_routes": routes or {"catch_all_route": {"cluster": "redis"}}}, **extra)
+    return {"name": "redis", "address": {"socket_address": {"address": "127.0.0.1",
+                                                            "port_value": port}},
+            "filter_chains": [{"filters": [{"name": "envoy.filters.network.redis_proxy",
+                                            "typed_config": proxy}]}]}
