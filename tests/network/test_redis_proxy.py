@@ -232,4 +232,21 @@ def test_transactions_pin_one_host(proxyd_factory, two):
     assert p.execute() == [True, 6, b"6"]
     assert raw(port, b"EXEC\r\n") == b"-EXEC without MULTI\r\n"
     assert raw(port, b"MULTI\r\nMULTI\r\n", 2) == b"+OK\r\n-MULTI calls can not be nested\r\n"
-    assert wait_stat(px, "redis.egress_redis.command.multi.total", 6) == 6
+    assert wait_stat(px, "redis.egress_redis.command.multi.total", 7) == 7
+
+
+def test_envoys_redis_sandbox_config_passes_check():
+    from harness import run_cli
+    path = os.path.join(os.path.dirname(__file__), "configs", "envoy-example-redis.yaml")
+    r = run_cli("check", "-c", path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "OK (1 listener, 1 cluster)" in r.stdout
+
+
+def test_check_refuses_the_settings_proxyd_does_not_implement(tmp_path):
+    from harness import run_cli, write_config
+    listener = redis_listener(1999, settings={"op_timeout": "1s", "read_policy": "REPLICA"})
+    path = write_config(tmp_path, bootstrap([listener], [redis_cluster_config("redis", [])]))
+    r = run_cli("check", "-c", path)
+    assert r.returncode != 0
+    assert "read_policy" in r.stdout + r.stderr

@@ -180,7 +180,67 @@ class Decoder:
             return None
         line = bytes(buf[pos:eol]).rstrip(b"\r")
         self.pos = eol + 1
-        return line.split(), None
+        return split_inline(line), None
+
+
+_ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b",
+            ord("a"): b"\a"}
+_HEX = frozenset(b"0123456789abcdefABCDEF")
+
+
+def split_inline(line: bytes) -> list:
+    """An inline command's arguments as Redis' sdssplitargs reads them: whitespace
+    separated, "double quotes" with C escapes (\\n, \\xHH, ...), 'single quotes' with \\'."""
+    if b'"' not in line and b"'" not in line:
+        return line.split()
+    args, i, n = [], 0, len(line)
+    while True:
+        while i < n and line[i] in b" \t\n\r\v\f":
+            i += 1
+        if i >= n:
+            return args
+        cur = bytearray()
+        quote = None
+        while i < n:
+            c = line[i]
+            if quote == 34:
+                if c == 92 and i + 3 < n and line[i + 1] == 120 and line[i + 2] in _HEX \
+                        and line[i + 3] in _HEX:
+                    cur.append(int(line[i + 2:i + 4], 16))
+                    i += 3
+                elif c == 92 and i + 1 < n:
+                    i += 1
+                    cur += _ESCAPES.get(line[i], bytes((line[i],)))
+                elif c == 34:
+                    if i + 1 < n and line[i + 1] not in b" \t\n\r\v\f":
+                        raise ProtocolError("unbalanced quotes in request")
+                    quote = None
+                    i += 1
+                    break
+                else:
+                    cur.append(c)
+            elif quote == 39:
+                if c == 92 and i + 1 < n and line[i + 1] == 39:
+                    cur.append(39)
+                    i += 1
+                elif c == 39:
+                    if i + 1 < n and line[i + 1] not in b" \t\n\r\v\f":
+                        raise ProtocolError("unbalanced quotes in request")
+                    quote = None
+                    i += 1
+                    break
+                else:
+                    cur.append(c)
+            elif c in b" \t\n\r\v\f":
+                break
+            elif c in (34, 39):
+                quote = c
+            else:
+                cur.append(c)
+            i += 1
+        if quote is not None:
+            raise ProtocolError("unbalanced quotes in request")
+        args.append(bytes(cur))
 
 
 def encode(value, resp3: bool = False) -> bytes:

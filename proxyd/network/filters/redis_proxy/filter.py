@@ -277,21 +277,21 @@ class ProxyFilter:
         cmd = args[0].lower().decode("latin-1")
         if cmd == "hello":
             return self.hello(args)
-        if len(args) < 2 and cmd not in commands.WITHOUT_ARGS:
+        cs = stats.commands.get(cmd)
+        if cs is None and cmd not in commands.LOCAL:
+            stats.unsupported_command.inc()
+            first = args[1] if len(args) > 1 else b""
+            return self.error(Error(b"ERR unknown command '%s', with args beginning with: %s"
+                                    % (args[0], first)))
+        if len(args) < 2 and cmd not in commands.WITHOUT_ARGS and cmd not in commands.TRANSACTION:
             stats.invalid_request.inc()
             return self.error(INVALID_REQUEST)
         if cmd == "auth":
             return self.auth(args[1:])
         if not self.authenticated:
             return self.error(NOAUTH)
-        if cmd in commands.LOCAL:
-            return self.answer_locally(cmd, args)
-        cs = stats.commands.get(cmd)
         if cs is None:
-            stats.unsupported_command.inc()
-            first = args[1] if len(args) > 1 else b""
-            return self.error(Error(b"ERR unknown command '%s', with args beginning with: %s"
-                                    % (args[0], first)))
+            return self.answer_locally(cmd, args)
         if self.tx is not None:
             cs = stats.commands["multi"]  # Envoy counts a transaction's commands under multi
         cs.total.inc()
@@ -336,15 +336,14 @@ class ProxyFilter:
             return self.every_shard(cmd, args, cs)
         if cmd in commands.RANDOM_SHARD:
             if cmd == "cluster" and args[1].lower() not in commands.CLUSTER_SUBCOMMANDS:
-                return self.error(Error(b"ERR CLUSTER subcommand '%s' is not supported by the proxy"
-                                        % args[1]), cs)
+                return self.error(Error(b"ERR cluster subcommand '%s' is not supported"
+                                        % args[1].lower()), cs)
             return self.one_shard(args, cs, None)
         if cmd == "info.shard":
-            try:
-                shard = int(args[1])
-            except ValueError:
-                return self.error(INVALID_REQUEST, cs)
-            return self.one_shard([b"info"] + args[2:], cs, shard)
+            if not args[1].isdigit():
+                return self.error(Error(b"ERR invalid shard_id - must be a numeric shard index"),
+                                  cs)
+            return self.one_shard([b"info"] + args[2:], cs, int(args[1]))
         if cmd == "scan":
             return self.scan(args, cs)
         return self.transaction(cmd, args, raw, cs)
@@ -445,8 +444,9 @@ class ProxyFilter:
     def one_shard(self, args, cs, shard) -> None:
         route, _ = self.config.router.route(b"")
         clients = route.upstream.all_clients(self.resp3) if route is not None else []
-        if shard is not None and not 0 <= shard < len(clients):
-            return self.error(INVALID_REQUEST, cs)
+        if shard is not None and clients and shard >= len(clients):
+            return self.error(Error(b"ERR shard_id %d out of range (0-%d)"
+                                    % (shard, len(clients) - 1)), cs)
         if not clients:
             return self.error(NO_UPSTREAM_HOST, cs)
         client = clients[shard if shard is not None else random.randrange(len(clients))]
@@ -573,7 +573,8 @@ class ProxyFilter:
                 return self.error(Error(b"ERR wrong number of arguments for 'client|%s' command"
                                         % sub))
             return self.local(OK)
-        return self.error(Error(b"ERR CLIENT subcommand '%s' is not supported by the proxy" % sub))
+        return self.error(Error(b"ERR CLIENT subcommand '%s' is not supported by the proxy"
+                                % args[1]))
 
     def auth(self, params) -> None:
         config = self.config
