@@ -15,8 +15,8 @@ REDIS_PROXY = "type.googleapis.com/envoy.extensions.filters.network.redis_proxy.
 class RedisServer:
     """`redis-server` on a free loopback port, no persistence, in its own process group."""
 
-    def __init__(self, *args):
-        self.port = free_port()
+    def __init__(self, *args, port: int | None = None):
+        self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="redis-")
         self.proc = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
@@ -76,3 +76,52 @@ class Envoy:
         kill_group(self.proc)
         self.proc.wait()
         self.log.close()
+
+
+def cluster_node_port() -> int:
+    """A free port whose cluster bus port (port + 10000) is free and valid too."""
+    import socket
+    while True:
+        port = free_port()
+        if port + 10000 > 65535:
+            continue
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port + 10000))
+            except OSError:
+                continue
+        return port
+
+
+class RedisCluster:
+    """A 3-primary Redis Cluster on loopback (no replicas), slots spread by redis-cli."""
+
+    def __init__(self, size: int = 3):
+        self.nodes = [RedisServer("--cluster-enabled", "yes", "--cluster-config-file",
+                                  "nodes-%d.conf" % i, "--cluster-node-timeout", "2000",
+                                  port=cluster_node_port())
+                      for i in range(size)]
+        for n in self.nodes:
+            n.client = redis.Redis(port=n.port, protocol=2)
+        subprocess.run(["redis-cli", "--cluster", "create"]
+                       + ["127.0.0.1:%d" % n.port for n in self.nodes]
+                       + ["--cluster-replicas", "0", "--cluster-yes"],
+                       check=True, capture_output=True, timeout=30)
+        import time
+        deadline = time.monotonic() + 20
+        while any(n.client.cluster("info")["cluster_state"] != "ok" for n in self.nodes):
+            if time.monotonic() > deadline:
+                raise TimeoutError("redis cluster not ok")
+            time.sleep(0.1)
+
+    def node_for(self, key: str):
+        slot = self.nodes[0].client.cluster("keyslot", key)
+        for n in self.nodes:
+            for start, end, *_ in n.client.execute_command("CLUSTER", "SLOTS"):
+                if start <= slot <= end and _[0][1] == n.port:
+                    return n
+        raise LookupError(key)
+
+    def stop(self) -> None:
+        for n in self.nodes:
+            n.stop()
