@@ -18,6 +18,7 @@ TRACER = "tracer"
 LISTENER_FILTER = "listener filter"
 TRANSPORT_SOCKET = "transport socket"
 UPSTREAM_PROTOCOL_OPTIONS = "upstream protocol options"
+CLUSTER = "cluster type"
 
 # type URL (without prefix) -> (kind, module defining `create(config, ctx)`); modules are
 # imported on first use. `proxyd.config.supported.EXTENSIONS` is derived from this table,
@@ -31,6 +32,8 @@ _MODULES: dict[str, tuple[str, str]] = {
         (NETWORK_FILTER, "proxyd.network.filters.redis_proxy"),
     "envoy.extensions.filters.network.redis_proxy.v3.RedisProtocolOptions":
         (UPSTREAM_PROTOCOL_OPTIONS, "proxyd.network.filters.redis_proxy.config"),
+    "envoy.extensions.clusters.redis.v3.RedisClusterConfig":
+        (CLUSTER, "proxyd.network.filters.redis_proxy.redis_cluster"),
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector":
         (LISTENER_FILTER, "proxyd.listener.filters.tls_inspector"),
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext":

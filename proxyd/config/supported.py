@@ -155,6 +155,9 @@ for _name, _more in {  # redis_proxy, and the consistent-hash balancers it hashe
     'envoy.config.cluster.v3.Cluster.RingHashLbConfig': 'minimum_ring_size maximum_ring_size '
                                                         'hash_function',
     'envoy.config.cluster.v3.Cluster.MaglevLbConfig': 'table_size',
+    'envoy.config.cluster.v3.Cluster': 'cluster_type',
+    'envoy.config.cluster.v3.Cluster.CustomClusterType': 'name typed_config',
+    'envoy.extensions.clusters.redis.v3.RedisClusterConfig': 'cluster_refresh_rate',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 _UPH = 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions'
@@ -180,7 +183,7 @@ ENUMS = {
     # RING_HASH and MAGLEV place keys for redis_proxy; HTTP and TCP traffic, which has no
     # hash key (no route hash_policy), goes round robin, where Envoy picks at random.
     ('envoy.config.cluster.v3.Cluster', 'lb_policy'): frozenset({'ROUND_ROBIN', 'RING_HASH',
-                                                                 'MAGLEV'}),
+                                                                 'MAGLEV', 'CLUSTER_PROVIDED'}),
     ('envoy.config.cluster.v3.Cluster', 'dns_lookup_family'):
         frozenset({'AUTO', 'V4_ONLY', 'V6_ONLY', 'V4_PREFERRED'}),
     (_HCM, 'codec_type'): frozenset({'AUTO', 'HTTP1', 'HTTP2'}),
@@ -206,6 +209,7 @@ SLOTS = {
     (_CORE + 'TransportSocket', 'typed_config'): registry.TRANSPORT_SOCKET,
     ('envoy.config.cluster.v3.Cluster', 'typed_extension_protocol_options'):
         registry.UPSTREAM_PROTOCOL_OPTIONS,
+    ('envoy.config.cluster.v3.Cluster.CustomClusterType', 'typed_config'): registry.CLUSTER,
 }
 """(message, Any field) -> the kind of extension that field takes."""
 

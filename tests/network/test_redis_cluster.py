@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import time
 
 import pytest
 import redis
@@ -93,3 +94,33 @@ def asking(node, command: bytes) -> bytes:
             buf += s.recv(65536)
         assert buf.startswith(b"+OK\r\n")
         return buf[5:]
+
+
+def test_envoy_clusters_redis_learns_the_slots_from_one_seed(proxyd_factory, cluster):
+    for n in cluster.nodes:
+        n.client.flushall()
+    seed = cluster.nodes[0]
+    redis_type = {"cluster_type": {
+        "name": "envoy.clusters.redis",
+        "typed_config": {"@type": "type.googleapis.com/envoy.extensions.clusters.redis.v3."
+                                  "RedisClusterConfig", "cluster_refresh_rate": "1s"}}}
+    c = redis_cluster_config("redis", [seed], "CLUSTER_PROVIDED", **redis_type)
+    del c["type"]
+    px = proxyd_factory(bootstrap([redis_listener(free_port())], [c]))
+    r = redis.Redis(port=px.ports[0], protocol=2)
+    keys = ["{u%d}:name" % i for i in range(30)]
+    deadline = time.monotonic() + 5
+    while True:  # the first requests may reach the seed before CLUSTER SLOTS came back
+        try:
+            r.set("probe", 1)
+            r.set("{u29}:probe", 1)
+            break
+        except redis.exceptions.MovedError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)
+    assert r.mset({k: k for k in keys}) is True          # no MOVED: each key to its primary
+    for k in keys:
+        assert cluster.node_for(k).client.get(k) == k.encode()
+    assert sorted(r.keys("{u*")) == sorted(k.encode() for k in keys + ["{u29}:probe"])
+    assert stats(px).get("cluster.redis.upstream_internal_redirect_succeeded_total", 0) == 0

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 
 from proxyd.network.filters.redis_proxy import commands, hashing
+from proxyd.network.filters.redis_proxy.redis_cluster import SlotMap, is_redis_cluster
 from proxyd.network.filters.redis_proxy.upstream import ClientPool
 
 PROTOCOL_OPTIONS = "envoy.filters.network.redis_proxy"
@@ -102,7 +103,7 @@ class Upstream:
     (RING_HASH or MAGLEV on Envoy's key hash; otherwise the cluster's own balancer,
     which ignores the key, as Envoy's round robin does)."""
 
-    __slots__ = ("name", "ctx", "hashtagging", "pool", "_cluster", "_hosts", "_lb")
+    __slots__ = ("name", "ctx", "hashtagging", "pool", "_cluster", "_hosts", "_lb", "_slots")
 
     def __init__(self, name: str, ctx, hashtagging: bool, pool: ClientPool):
         self.name = name
@@ -112,16 +113,21 @@ class Upstream:
         self._cluster = None
         self._hosts = None
         self._lb = None
+        self._slots = None
 
     def cluster(self):
         return self.ctx.cluster_manager.get(self.name)
 
     def _balancer(self, cluster):
         if cluster is not self._cluster or cluster.hosts is not self._hosts:
+            if cluster is not self._cluster:
+                self._slots = SlotMap(cluster, self.pool) if is_redis_cluster(cluster) else None
             self._cluster, self._hosts = cluster, cluster.hosts
             cfg = cluster.config
             policy = cfg.LbPolicy.Name(cfg.lb_policy)
-            if policy == "RING_HASH":
+            if self._slots is not None:
+                self._lb = self._slots
+            elif policy == "RING_HASH":
                 rc = cfg.ring_hash_lb_config
                 self._lb = hashing.RingHash(
                     cluster.hosts,
@@ -146,7 +152,16 @@ class Upstream:
         lb = self._balancer(cluster)
         if lb is None:
             return cluster, cluster.choose_host()
+        if lb is self._slots:
+            addr = lb.address_for(key)
+            if addr is None:
+                return cluster, cluster.choose_host()
+            return cluster, self.pool.host_at(cluster, *addr)
         return cluster, lb.choose(hashing.murmur_hash2(hashing.hashtag(key, self.hashtagging)))
+
+    def moved(self, cluster, slot: int, ip: str, port: int) -> None:
+        if self._slots is not None and self._cluster is cluster:
+            self._slots.moved(slot, ip, port)
 
     def client_for(self, key: bytes, resp3: bool):
         cluster, host = self.host_for(key)
@@ -155,9 +170,15 @@ class Upstream:
         return self.pool.client(cluster, host, resp3)
 
     def all_clients(self, resp3: bool) -> list:
+        """A client for every host (for a Redis Cluster: every primary it learnt)."""
         cluster = self.cluster()
         if cluster is None:
             return []
+        self._balancer(cluster)
+        slots = self._slots
+        if slots is not None and slots.primaries is not None:
+            return [self.pool.client(cluster, self.pool.host_at(cluster, *a), resp3)
+                    for a in sorted(set(slots.primaries))]
         return [self.pool.client(cluster, h, resp3) for h in cluster.hosts]
 
 

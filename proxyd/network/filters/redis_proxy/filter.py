@@ -391,8 +391,12 @@ class ProxyFilter:
         if cluster is None or not port.isdigit():
             return False
         stats = _redirect_stats(cluster)
-        client = upstream.pool.client_at(cluster, host.decode(), int(port), self.resp3)
+        ip, port = host.decode(), int(port)
+        client = upstream.pool.client(cluster, upstream.pool.host_at(cluster, ip, port),
+                                      self.resp3)
         req.redirected = True
+        if parts[0] == b"MOVED":
+            upstream.moved(cluster, int(parts[1]), ip, port)
         if parts[0] == b"ASK":
             client.request(codec.encode_command([b"ASKING"]), _ignore)
         client.request(req.raw, req)

@@ -120,3 +120,26 @@ class Maglev:
 
     def choose(self, h: int):
         return self._table[h % self._size] if self._table else None
+
+
+def _crc16_table():
+    table = []
+    for i in range(256):
+        crc = i << 8
+        for _ in range(8):
+            crc = ((crc << 1) ^ 0x1021) if crc & 0x8000 else crc << 1
+        table.append(crc & 0xFFFF)
+    return table
+
+
+_CRC16 = _crc16_table()
+SLOTS = 16384
+
+
+def key_slot(key: bytes) -> int:
+    """Redis Cluster's slot: CRC16 (XMODEM) of the key's hashtag (always on), mod 16384."""
+    crc = 0
+    table = _CRC16
+    for b in hashtag(key, True):
+        crc = ((crc << 8) & 0xFFFF) ^ table[((crc >> 8) ^ b) & 0xFF]
+    return crc & (SLOTS - 1)

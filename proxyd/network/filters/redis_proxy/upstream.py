@@ -214,6 +214,7 @@ class ClientPool:
         self.auth_by_cluster = auth_by_cluster
         self.op_timeout = op_timeout
         self.clients: dict = {}
+        self.extra_hosts: dict = {}
 
     def client(self, cluster, host, resp3: bool) -> UpstreamClient:
         key = (cluster.name, host.address, resp3)
@@ -225,15 +226,14 @@ class ClientPool:
                                                    self.auth_by_cluster(cluster), self.op_timeout)
         return c
 
-    def client_at(self, cluster, ip: str, port: int, resp3: bool) -> UpstreamClient:
-        """The client for a host a redirection names, known to the cluster or not."""
+    def host_at(self, cluster, ip: str, port: int):
+        """The cluster's host at (ip, port), or one made for an address a redirection or
+        a Redis Cluster's slot map names."""
         for h in cluster.hosts:
             if h.address == (ip, port):
-                return self.client(cluster, h, resp3)
-        key = (cluster.name, (ip, port), resp3)
-        c = self.clients.get(key)
-        if c is None or c.cluster is not cluster:
-            host = Host(ip, port, 1, "", cluster._store, cluster.name)
-            c = self.clients[key] = UpstreamClient(cluster, host, resp3,
-                                                   self.auth_by_cluster(cluster), self.op_timeout)
-        return c
+                return h
+        key = (cluster.name, (ip, port))
+        host = self.extra_hosts.get(key)
+        if host is None:
+            host = self.extra_hosts[key] = Host(ip, port, 1, "", cluster._store, cluster.name)
+        return host
