@@ -18,7 +18,7 @@ from gevent import get_hub
 from gevent.lock import Semaphore
 
 from proxyd.network.filters.redis_proxy import codec
-from proxyd.network.io import send_all
+from proxyd.network.io import WaitingReader, send_all
 from proxyd.upstream.cluster import UpstreamConnectError
 from proxyd.upstream.host import Host
 
@@ -112,12 +112,14 @@ class UpstreamClient:
         self.out[:0] = hello
         self.state = "open"
         self.flush()
+        reader = WaitingReader(sock, READ_SIZE)
         try:
-            self._read(sock)
+            self._read(sock, reader.recv)
         finally:
+            reader.close()
             sock.close()  # only here: closing an fd another greenlet waits on is unsafe
 
-    def _read(self, sock) -> None:
+    def _read(self, sock, recv) -> None:
         decoder = codec.Decoder()
         queue = self.queue
         stats = self.cluster.stats
@@ -125,7 +127,7 @@ class UpstreamClient:
         touched = set()
         while True:
             try:
-                data = sock.recv(READ_SIZE)
+                data = recv()
             except OSError:
                 data = b""
             if self.sock is not sock:
