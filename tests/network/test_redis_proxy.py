@@ -250,3 +250,17 @@ def test_check_refuses_the_settings_proxyd_does_not_implement(tmp_path):
     r = run_cli("check", "-c", path)
     assert r.returncode != 0
     assert "read_policy" in r.stdout + r.stderr
+
+
+def test_request_mirror_policy_copies_writes_only_when_asked(proxyd_factory, two):
+    a, b = two
+    routes = {"catch_all_route": {"cluster": "ra", "request_mirror_policy": [
+        {"cluster": "rb", "exclude_read_commands": True}]}}
+    px, port = start(proxyd_factory, redis_listener(free_port(), routes=routes),
+                     [redis_cluster_config("ra", [a]), redis_cluster_config("rb", [b])])
+    r = redis.Redis(port=port, protocol=2)
+    r.set("m", "1")
+    r.mset({"x": "1", "y": "2"})
+    assert r.get("m") == b"1"
+    assert b.client.get("m") == b"1" and b.keys() == {b"m", b"x", b"y"}
+    assert wait_stat(px, "cluster.rb.upstream_rq_total", 3) == 3   # the GET was not mirrored
