@@ -272,7 +272,7 @@ class ProxyFilter:
     # --- the command splitter --------------------------------------------------------------
     def dispatch(self, args, raw) -> None:
         stats = self.stats
-        if type(args) is not list or not args or any(type(a) is not bytes for a in args):
+        if args is None:
             stats.invalid_request.inc()
             return self.error(INVALID_REQUEST)
         cmd = args[0].lower().decode("latin-1")
