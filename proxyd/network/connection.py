@@ -55,6 +55,10 @@ class FilterChainConnection:
             factory(self.manager)
 
     # --- what filters see (proxyd.network.filter.Connection) ---------------------
+    @property
+    def draining(self) -> bool:
+        return self.downstream.draining
+
     def write(self, data: bytes, end_stream: bool = False) -> None:
         if self.closed or self.write_ended:
             return

@@ -264,3 +264,20 @@ def test_request_mirror_policy_copies_writes_only_when_asked(proxyd_factory, two
     assert r.get("m") == b"1"
     assert b.client.get("m") == b"1" and b.keys() == {b"m", b"x", b"y"}
     assert wait_stat(px, "cluster.rb.upstream_rq_total", 3) == 3   # the GET was not mirrored
+
+
+def test_a_draining_listener_closes_a_connection_after_its_reply(proxyd_factory, two):
+    from harness import http as http_request
+    admin = free_port()
+    cfg = bootstrap([redis_listener(free_port())], [redis_cluster_config("redis", two)],
+                    admin_port=admin)
+    px = proxyd_factory(cfg, drain_time_s=10)
+    with socket.create_connection(("127.0.0.1", px.ports[0]), timeout=5) as s:
+        s.sendall(b"SET k v\r\n")
+        assert s.recv(100) == b"+OK\r\n"
+        assert http_request(admin, "POST", "/drain_listeners?graceful").status == 200
+        time.sleep(0.5)
+        s.sendall(b"GET k\r\n")
+        assert s.recv(100) == b"$1\r\nv\r\n"
+        assert s.recv(100) == b""                       # closed after the reply
+    assert wait_stat(px, "redis.egress_redis.downstream_cx_drain_close", 1) == 1

@@ -254,9 +254,18 @@ class ProxyFilter:
         data = b"".join(out) if n > 1 else out[0]
         self.stats.downstream_rq_active.dec(n)
         self.stats.downstream_cx_tx_bytes_total.inc(len(data))
-        self.connection.write(data)
+        connection = self.connection
+        connection.write(data)
         if close:
-            self.connection.close()
+            connection.close()
+        elif not pending and connection.draining and self._drain_close_enabled():
+            # Envoy's redis drain: close once nothing is outstanding
+            self.stats.downstream_cx_drain_close.inc()
+            connection.close()
+
+    def _drain_close_enabled(self) -> bool:
+        runtime = getattr(self.config.ctx, "runtime", None)
+        return runtime is None or runtime.feature_enabled("redis.drain_close_enabled", 100)
 
     def local(self, reply: bytes, stats=None, success: bool = True) -> None:
         r = Request(self)
