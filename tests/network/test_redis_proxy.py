@@ -93,6 +93,7 @@ def test_split_commands_fan_out_over_the_ring_and_reassemble(proxyd_factory, two
     assert s["redis.egress_redis.command.mset.success"] == 1
     assert s["redis.egress_redis.command.mget.success"] == 1
     assert s["cluster.redis.upstream_rq_total"] >= 60 + 61 + 11 + 5 + 30 + 31
+    assert s["cluster.redis.redis_cluster.upstream_commands.upstream_rq_time"].count >= 198
 
 
 def test_envoy_errors_and_stats(proxyd_factory, two):
