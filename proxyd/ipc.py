@@ -18,15 +18,23 @@ import struct
 _LEN = struct.Struct("!I")
 _MAX_FDS = 64
 PR_SET_PDEATHSIG = 1
+ORPHAN_SIGNAL = signal.SIGUSR2  # a worker's "your master is gone" (worker/main.py)
 
 
-def die_with_parent() -> None:
-    """A child of the master (worker, xDS agent) gets SIGTERM if the master dies, so
-    nothing outlives it holding sockets (Envoy sets the same)."""
-    try:
-        ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    except (OSError, AttributeError):
-        pass
+def die_with_parent(sig: int):
+    """A Popen `preexec_fn` for a child of the master (worker, xDS agent): the kernel
+    sends the child `sig` when the master dies, however it dies, so nothing outlives it
+    holding sockets. Set between fork and exec, so there is no window in which the child
+    runs unwatched; a master that died before the prctl is seen by the check after it.
+    (The kernel tracks the thread that forked: the master forks from its main thread.)"""
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+    master = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != master:
+            os._exit(1)
+    return preexec
 
 
 class Channel:

@@ -19,6 +19,7 @@ LISTENER_FILTER = "listener filter"
 TRANSPORT_SOCKET = "transport socket"
 UPSTREAM_PROTOCOL_OPTIONS = "upstream protocol options"
 CLUSTER = "cluster type"
+RESOURCE_MONITOR = "resource monitor"
 
 # type URL (without prefix) -> (kind, module defining `create(config, ctx)`); modules are
 # imported on first use. `proxyd.config.supported.EXTENSIONS` is derived from this table,
@@ -52,6 +53,8 @@ _MODULES: dict[str, tuple[str, str]] = {
     "envoy.config.trace.v3.ZipkinConfig": (TRACER, "proxyd.observability.tracing.zipkin"),
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions":
         (UPSTREAM_PROTOCOL_OPTIONS, "proxyd.upstream.pool_http2"),
+    "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig":
+        (RESOURCE_MONITOR, "proxyd.listener.limits"),
 }
 
 _loaded: dict[str, object] = {}

@@ -61,6 +61,14 @@ def wait_port(port: int, host: str = "127.0.0.1", timeout: float = 10.0) -> None
 
 
 # --- Envoy v3 bootstrap builders ------------------------------------------------------
+def billion_laughs():
+    """The classic alias bomb: 10 levels of 9 aliases each, 9**9 strings from 0.8 KB."""
+    lines = ['    lol0: &lol0 ["' + 'lol' * 8 + '"]']
+    for i in range(1, 10):
+        lines.append(f'    lol{i}: &lol{i} [' + ', '.join([f'*lol{i - 1}'] * 9) + ']')
+    return 'node:\n  id: laughs\n  metadata:\n' + '\n'.join(lines) + '\nstatic_resources: {}\n'
+
+
 def route(prefix: str | None = "/", cluster: str = "upstream", match: dict | None = None,
           name: str | None = None, **action) -> dict:
     """A route entry: `match` (default {prefix}) and a route action to `cluster`
@@ -165,7 +173,8 @@ class Proxyd:
     `cleanup()` SIGKILL the whole group (master and workers)."""
 
     def __init__(self, config_path, concurrency: int = 1, drain_time_s: float = 5.0,
-                 runtime_dir: str | None = None, extra_args=(), env: dict | None = None):
+                 runtime_dir: str | None = None, extra_args=(), env: dict | None = None,
+                 preexec_fn=None):
         self.config_path = str(config_path)
         self.concurrency = concurrency
         self.drain_time_s = drain_time_s
@@ -174,6 +183,7 @@ class Proxyd:
         self.runtime_dir = runtime_dir or tempfile.mkdtemp(prefix="pxd-", dir="/tmp")
         self.extra_args = list(extra_args)
         self.env = env
+        self.preexec_fn = preexec_fn  # run in the master before exec (resource limits)
         self.log_path = os.path.join(self.runtime_dir, "proxyd.log")
         self.proc: subprocess.Popen | None = None
         self.seen_pids: set[int] = set()
@@ -214,7 +224,7 @@ class Proxyd:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(self.command(), stdout=self._log, stderr=subprocess.STDOUT,
                                      stdin=subprocess.DEVNULL, cwd=str(REPO), env=env,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=self.preexec_fn)
         if wait:
             self.wait_live(timeout)
         return self

@@ -1,6 +1,6 @@
 """Envoy admin JSON documents built as admin.v3 protos, so field names and shapes are Envoy's."""
 
-from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory, timestamp_pb2
+from google.protobuf import any_pb2, json_format, timestamp_pb2
 
 from envoy.admin.v3 import (clusters_pb2, config_dump_pb2, config_dump_shared_pb2, listeners_pb2, metrics_pb2,
                             server_info_pb2)
@@ -8,6 +8,7 @@ from envoy.config.core.v3 import address_pb2, base_pb2, health_check_pb2
 from udpa.annotations import sensitive_pb2
 
 from .. import __version__
+from ..config import loader
 from ..stats import layout
 
 VERSION = f"proxyd/{__version__}/Clean/RELEASE/Python"
@@ -129,25 +130,49 @@ def stamp(unix_time: float) -> timestamp_pb2.Timestamp:
     return ts
 
 
-def config_dump(bootstrap, updated_at: float, sections=None) -> bytes:
-    """Bootstrap plus the listeners/clusters (/routes/endpoints) dumps, sensitive fields
-    redacted. `sections`: the dynamic-config dumps (static and dynamic resources with
-    versions) when xDS or watched files are in use; else the static resources."""
+# Envoy's order of the `configs` array; scripts index into it (`.configs[1]` is clusters).
+# Envoy shows endpoints only with ?include_eds.
+_ORDER = (config_dump_shared_pb2.ClustersConfigDump, config_dump_shared_pb2.EndpointsConfigDump,
+          config_dump_shared_pb2.ListenersConfigDump, config_dump_shared_pb2.ScopedRoutesConfigDump,
+          config_dump_shared_pb2.RoutesConfigDump, config_dump_pb2.SecretsConfigDump)
+
+
+def _static_sections(boot, when) -> list:
+    clusters = config_dump_shared_pb2.ClustersConfigDump()
+    for cluster in boot.static_resources.clusters:
+        clusters.static_clusters.add(last_updated=when).cluster.Pack(cluster)
+    listeners = config_dump_shared_pb2.ListenersConfigDump()
+    routes = config_dump_shared_pb2.RoutesConfigDump()
+    for listener in boot.static_resources.listeners:
+        listeners.static_listeners.add(last_updated=when).listener.Pack(listener)
+        for chain in listener.filter_chains:
+            for f in chain.filters:
+                if f.typed_config.type_url.endswith(".HttpConnectionManager"):
+                    hcm = loader.unpack(f.typed_config)
+                    if hcm.HasField("route_config"):
+                        routes.static_route_configs.add(last_updated=when).route_config.Pack(
+                            hcm.route_config)
+    return [clusters, listeners, routes]
+
+
+def config_dump(bootstrap, updated_at: float, sections=None, include_eds: bool = False) -> bytes:
+    """Bootstrap plus the clusters, listeners, scoped routes, routes and secrets dumps in
+    Envoy's order, sensitive fields redacted. `sections`: the dynamic-config dumps (static
+    and dynamic resources with versions) when xDS or watched files are in use; else the
+    static resources."""
     boot = type(bootstrap)()
     boot.CopyFrom(bootstrap)
     redact(boot)
     when = stamp(updated_at)
     if sections is None:
-        clusters = config_dump_shared_pb2.ClustersConfigDump()
-        for cluster in boot.static_resources.clusters:
-            clusters.static_clusters.add(last_updated=when).cluster.Pack(cluster)
-        listeners = config_dump_shared_pb2.ListenersConfigDump()
-        for listener in boot.static_resources.listeners:
-            listeners.static_listeners.add(last_updated=when).listener.Pack(listener)
-        sections = [clusters, listeners]
+        sections = _static_sections(boot, when)
+    given = {type(section): section for section in sections}
     dump = config_dump_pb2.ConfigDump()
     dump.configs.add().Pack(config_dump_pb2.BootstrapConfigDump(bootstrap=boot, last_updated=when))
-    for section in sections:
+    for kind in _ORDER:
+        if kind is config_dump_shared_pb2.EndpointsConfigDump and not include_eds:
+            continue
+        section = given.get(kind) or kind()
         redact(section)
         dump.configs.add().Pack(section)
     return to_json(dump)
@@ -177,11 +202,12 @@ def _redact_one(message) -> None:
 
 
 def _unpack(message):
-    try:
-        descriptor = descriptor_pool.Default().FindMessageTypeByName(message.TypeName())
-    except KeyError:
+    """The message inside an Any, importing its proto package first (the master has not
+    imported the modules of every extension an xDS resource may carry)."""
+    descriptor = loader.find_descriptor(message.type_url)
+    if descriptor is None:
         return None
-    inner = message_factory.GetMessageClass(descriptor)()
+    inner = loader.message_class(descriptor)()
     message.Unpack(inner)
     return inner
 

@@ -132,7 +132,9 @@ def config_dump(ctx, req: Request) -> Response:
         return Response(200, b'{\n "configs": []\n}\n', JSON)
     dynamic = getattr(ctx, "dynamic", None)
     sections = dynamic.config_dump_sections(dumps.stamp) if dynamic is not None else None
-    return Response(200, dumps.config_dump(ctx.bootstrap, ctx.epoch_start_time, sections), JSON)
+    include_eds = req.arg("include_eds") is not None
+    return Response(200, dumps.config_dump(ctx.bootstrap, ctx.epoch_start_time, sections,
+                                           include_eds), JSON)
 
 
 def runtime(ctx, req: Request) -> Response:

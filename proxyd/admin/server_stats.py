@@ -16,7 +16,7 @@ STATE_CODES = {"LIVE": 0, "DRAINING": 1, "PRE_INITIALIZING": 2, "INITIALIZING": 
 
 def refresh_server_stats(ctx) -> None:
     """Set server.{live,state,uptime,concurrency,memory_allocated,total_connections,
-    hot_restart_epoch,hot_restart_generation}. The master calls it every second; the admin
+    hot_restart_epoch,hot_restart_generation} and listener_manager.workers_started. The master calls it every second; the admin
     server also calls it before each /stats or /metrics response."""
     stats, options = ctx.stats, ctx.options
     gauge = stats.gauge
@@ -28,6 +28,8 @@ def refresh_server_stats(ctx) -> None:
     gauge("server.total_connections").set(int(ctx.active_connections()))
     gauge("server.hot_restart_epoch").set(int(getattr(options, "restart_epoch", 0) or 0))
     gauge("server.hot_restart_generation").set(stats.master_generation)
+    gauge("listener_manager.workers_started").set(
+        0 if ctx.state in ("PRE_INITIALIZING", "INITIALIZING") else 1)
     warm(stats)
 
 

@@ -14,7 +14,7 @@ from . import loader, locate, pgv, semantic, supported
 from .errors import ConfigError, format_path
 from .loader import unpack
 
-__all__ = ['load_bootstrap', 'ConfigError', 'unpack', 'validate_resource', 'summarize']
+__all__ = ['load_bootstrap', 'load_discovery_response', 'ConfigError', 'unpack', 'validate_resource', 'summarize']
 
 
 def _overlaps(path, others):
@@ -45,7 +45,29 @@ def _check(msg, path=(), clusters=None):
 def load_bootstrap(path):
     """Parses and validates a bootstrap file; raises ConfigError listing every error found."""
     from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
+    return _load(path, Bootstrap, _check)
 
+
+def load_discovery_response(path):
+    """Parses a watched xDS file (a DiscoveryResponse, ``path_config_source``) and validates
+    each resource as an xDS resource is; raises ConfigError with every error located
+    ('FILE:LINE:COL: resources[0].filter_chains[0]...: reason')."""
+    from envoy.service.discovery.v3.discovery_pb2 import DiscoveryResponse
+    return _load(path, DiscoveryResponse, _check_resources)
+
+
+def _check_resources(resp):
+    out = []
+    for i, any_msg in enumerate(resp.resources):
+        try:
+            msg = unpack(any_msg)
+        except ValueError:
+            continue  # an unknown @type was reported by the parse
+        out += _check(msg, ('resources', i))
+    return out
+
+
+def _load(path, cls, check):
     name = os.fspath(path)
     try:
         with open(name, encoding='utf-8') as f:
@@ -55,36 +77,34 @@ def load_bootstrap(path):
     try:
         data, duplicate_keys = loader.parse_text(text)
     except yaml.YAMLError as e:
-        mark = getattr(e, 'problem_mark', None) or getattr(e, 'context_mark', None)
-        where = f'{name}:{mark.line + 1}:{mark.column + 1}' if mark else name
-        raise ConfigError([f'{where}: invalid YAML: {getattr(e, "problem", None) or e}']) from None
+        raise ConfigError([loader.yaml_error(name, text, e)]) from None
     if not isinstance(data, dict):
         got = 'an empty file' if data is None else f'a {type(data).__name__}'
         raise ConfigError([f'{name}:1:1: <root>: expected an object '
-                           f'(envoy.config.bootstrap.v3.Bootstrap), got {got}'])
+                           f'({cls.DESCRIPTOR.full_name}), got {got}'])
 
     loader.resolve_types(data)
     errors, broken = [], []
-    bootstrap = Bootstrap()
+    message = cls()
     try:
-        loader.parse_dict(data, bootstrap)
+        loader.parse_dict(data, message)
     except Exception as e:  # noqa: BLE001 - json_format raises more than ParseError
-        errors = locate.locate(data, Bootstrap.DESCRIPTOR, e)
+        errors = locate.locate(data, cls.DESCRIPTOR, e)
         # Parse what is left so the other checks can report in the same run, except inside
         # the messages that failed (below the top two levels): a dropped field there would
         # cause misleading errors.
         broken = [tuple(locate.norm(s) for s in _failed_message(p)) for p, _ in errors]
         pruned = locate.prune(data, [p for p, _ in errors])
-        bootstrap = None
+        message = None
         if pruned is not None:
             try:
-                bootstrap = loader.parse_dict(pruned, Bootstrap())
+                message = loader.parse_dict(pruned, cls())
             except Exception:  # noqa: BLE001
-                bootstrap = None
-    if bootstrap is not None:
-        errors += [(p, r) for p, r in _check(bootstrap) if not _overlaps(p, broken)]
+                message = None
+    if message is not None:
+        errors += [(p, r) for p, r in check(message) if not _overlaps(p, broken)]
     if not errors and not duplicate_keys:
-        return bootstrap
+        return message
 
     index = locate.LineIndex(text)
     errors += [(p, f"duplicate key '{p[-1]}' (only the last one would be used)")

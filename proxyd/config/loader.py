@@ -35,14 +35,111 @@ class _Loader(yaml.CSafeLoader):
 _Loader.add_constructor('tag:yaml.org,2002:timestamp', yaml.SafeLoader.construct_yaml_str)
 
 
+# A file may expand through aliases to this many YAML nodes, or to 10 times its own node
+# count if that is more (an anchor reused as a template); a "billion laughs" file expands
+# exponentially and is refused before anything walks it.
+MAX_EXPANDED_NODES = 1_000_000
+
+
+class AliasBomb(yaml.YAMLError):
+    def __init__(self, mark, expanded):
+        self.problem_mark, self.expanded = mark, expanded
+        self.problem = (f'aliases expand this to more than {expanded:,} YAML nodes (an alias '
+                        f'bomb?); proxyd refuses alias expansion beyond {MAX_EXPANDED_NODES:,} '
+                        f'nodes or 10 times the nodes written')
+
+
+def _refuse_alias_bombs(root):
+    """Expanded size of every node of the composed graph (an alias is a node reached
+    again); raises AliasBomb at the innermost construct whose expansion is too big."""
+    sizes, distinct, stack = {}, 0, [(root, False)]
+    while stack:
+        node, done = stack.pop()
+        key = id(node)
+        if done:
+            children = _children(node)
+            sizes[key] = 1 + sum(sizes[id(c)] for c in children)
+            continue
+        if key in sizes:
+            continue
+        sizes[key] = 0  # in progress: a recursive alias adds nothing more
+        distinct += 1
+        stack.append((node, True))
+        stack.extend((c, False) for c in _children(node) if id(c) not in sizes)
+    limit = max(MAX_EXPANDED_NODES, 10 * distinct)
+    if sizes[id(root)] <= limit:
+        return
+    node = root
+    while True:
+        bigger = next((c for c in _children(node) if sizes[id(c)] > limit), None)
+        if bigger is None:
+            raise AliasBomb(node.start_mark, limit)
+        node = bigger
+
+
+def _children(node):
+    if isinstance(node, yaml.MappingNode):
+        return [n for pair in node.value for n in pair]
+    if isinstance(node, yaml.SequenceNode):
+        return node.value
+    return ()
+
+
 def parse_text(text):
-    """Returns (data, has_duplicate_keys); raises yaml.YAMLError on a syntax error."""
+    """Returns (data, has_duplicate_keys); raises yaml.YAMLError on a syntax error or an
+    alias bomb. Built from libyaml's events (yaml_events.py) unless the file needs
+    PyYAML's full loader (explicit tags, recursive aliases)."""
+    from . import yaml_events
+    try:
+        doc = yaml_events.Document(text)
+    except yaml_events.Unusual:
+        return _parse_with_pyyaml(text)
+    limit = max(MAX_EXPANDED_NODES, 10 * doc.distinct)
+    if doc.expanded > limit:
+        raise AliasBomb(next((mark for total, mark in doc.alias_marks if total > limit),
+                             doc.alias_marks[-1][1]), limit)
+    return doc.data, doc.duplicate_keys
+
+
+def _parse_with_pyyaml(text):
     loader = _Loader(text)
     try:
-        data = loader.get_single_data()
+        root = loader.get_single_node()
+        if root is not None and '&' in text:
+            _refuse_alias_bombs(root)
+        data = loader.construct_document(root) if root is not None else None
     finally:
         loader.dispose()
     return data, loader.duplicate_keys
+
+
+# Constructs that open and must be closed: an error inside one is reported where it starts.
+_OPENED = {'while parsing a flow mapping': "this flow mapping ('{') is not closed",
+           'while parsing a flow sequence': "this flow sequence ('[') is not closed",
+           'while scanning a quoted scalar': 'this quoted string is not closed',
+           'while parsing a flow node': 'this flow collection is not closed'}
+
+
+def yaml_error(name, text, e):
+    """'FILE:LINE:COL: invalid YAML: reason' for a YAML error, at the line where the broken
+    construct starts (an unclosed '{' is noticed lines later), calling a tab a tab."""
+    problem = getattr(e, 'problem', None) or str(e)
+    mark, context = getattr(e, 'problem_mark', None), getattr(e, 'context', None)
+    if mark is None:
+        return f'{name}: invalid YAML: {problem}'
+    lines = text.splitlines()
+    line = lines[mark.line] if mark.line < len(lines) else ''
+    if mark.column < len(line) and line[mark.column] == '\t':
+        if not line[:mark.column].strip(' \t'):
+            problem = 'a tab character is used for indentation; YAML indents with spaces only'
+        else:
+            problem = 'a tab character where YAML does not allow one; use spaces'
+        return f'{name}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {problem}'
+    start = getattr(e, 'context_mark', None)
+    if context in _OPENED and start is not None and (start.line, start.column) != (mark.line, mark.column):
+        return (f'{name}:{start.line + 1}:{start.column + 1}: invalid YAML: {_OPENED[context]}: '
+                f'{problem} (line {mark.line + 1}, column {mark.column + 1})')
+    return f'{name}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {problem}'
 
 
 def _import_package(package):
@@ -126,5 +223,8 @@ def unpack(any_msg):
 
 
 def parse_dict(data, message):
+    """``data`` (rewritten in place to what Envoy accepts, see legacy.py) into ``message``."""
+    from . import legacy
+    legacy.accept(data, message.DESCRIPTOR)
     json_format.ParseDict(data, message)
     return message

@@ -12,7 +12,7 @@ import re
 import yaml
 from google.protobuf import descriptor, json_format
 
-from . import loader
+from . import contrib, loader
 from .errors import MapKey
 
 _MERGE = 'tag:yaml.org,2002:merge'
@@ -60,12 +60,16 @@ class LineIndex:
                 self._walk(item, path + (i,), item.start_mark, override)
 
     def where(self, path):
-        """(line, col) of the deepest indexed prefix of ``path``."""
-        key = tuple(norm(s) for s in path)
-        for end in range(len(key), -1, -1):
-            if key[:end] in self.pos:
-                return self.pos[key[:end]]
-        return (1, 1)
+        """(line, col) of the deepest indexed prefix of ``path``; an index 0 that is not in
+        the file is a single object written where a list is expected (legacy.py)."""
+        cur, found = (), self.pos.get((), (1, 1))
+        for seg in (norm(s) for s in path):
+            if cur + (seg,) in self.pos:
+                cur += (seg,)
+                found = self.pos[cur]
+            elif seg != 0:
+                break
+        return found
 
 
 def suggest(word, candidates, field_names=False):
@@ -223,7 +227,11 @@ def _any(value, path, out, err):
         out.append((path, "'@type' is missing" if url is None else "'@type' must be a string"))
         return
     desc = loader.find_descriptor(url)
-    if desc is None:
+    if desc is None and contrib.extension(url):
+        out.append((path + ('@type',), f"'{url}' is a known Envoy extension "
+                                       f"({contrib.extension(url)}, in Envoy's contrib build only) "
+                                       f"that proxyd does not implement"))
+    elif desc is None:
         from .supported import EXTENSIONS
         names = loader.package_messages(url) + [u.rsplit('/', 1)[-1] for u in EXTENSIONS]
         match = difflib.get_close_matches(url.rsplit('/', 1)[-1], names, n=1, cutoff=0.8)

@@ -23,18 +23,39 @@ _plans = {}
 
 
 class _Plan:
-    """What to look at in one message type: fields with rules or sub-messages, required oneofs."""
+    """What to look at in one message type: fields with rules or sub-messages, required
+    oneofs, and what an unset field yields (its rules run once on the default value), so
+    a check visits only the fields a message sets (ListFields)."""
 
     def __init__(self, desc):
         opts = desc.GetOptions()
         self.skip = opts.Extensions[V.disabled] or opts.Extensions[V.ignored]
         self.oneofs = [o for o in desc.oneofs if o.GetOptions().Extensions[V.required]]
-        self.fields = []
+        self.fields = {}
+        self.unset = []  # (field name, [(path suffix, reason)]) when the field is not set
         for f in desc.fields:
             fopts = f.GetOptions()
             rules = fopts.Extensions[V.rules] if fopts.HasExtension(V.rules) else None
-            if rules is not None or f.message_type is not None:
-                self.fields.append((f, rules))
+            if rules is None and f.message_type is None:
+                continue
+            self.fields[f.name] = rules
+            if rules is None:
+                continue
+            found = []
+            if f.is_repeated:
+                map_entry = f.message_type is not None and f.message_type.GetOptions().map_entry
+                _repeated({} if map_entry else [], f, rules, (), found)
+            elif f.containing_oneof is not None:
+                continue
+            elif f.message_type is None:
+                _value(f.default_value, f, rules, (), found)
+            else:
+                kind = rules.WhichOneof('type')
+                if rules.message.required or (kind in ('duration', 'timestamp', 'any')
+                                              and getattr(rules, kind).required):
+                    found.append(((), 'value is required'))
+            if found:
+                self.unset.append((f.name, found))
 
 
 def _plan(desc):
@@ -67,27 +88,27 @@ def _check(msg, path, out):
         if msg.WhichOneof(oneof.name) is None:
             names = ', '.join(f.name for f in oneof.fields)
             out.append((path, f"exactly one of {names} must be set (oneof '{oneof.name}')"))
-    for field, rules in plan.fields:
+    listed = msg.ListFields()
+    fields = plan.fields
+    for field, value in listed:
+        if field.name not in fields:
+            continue
+        rules = fields[field.name]
         fpath = path + (field.name,)
         if field.is_repeated:
-            _repeated(getattr(msg, field.name), field, rules, fpath, out)
-            continue
-        if field.containing_oneof is not None and not msg.HasField(field.name):
-            continue
-        if field.message_type is None:
-            _value(getattr(msg, field.name), field, rules, fpath, out)
-            continue
-        present = msg.HasField(field.name)
-        if rules is not None:
-            if not present:
-                kind = rules.WhichOneof('type')
-                if rules.message.required or (kind in ('duration', 'timestamp', 'any')
-                                              and getattr(rules, kind).required):
-                    out.append((fpath, 'value is required'))
-                continue
-            _value(getattr(msg, field.name), field, rules, fpath, out)
-        if present and not (rules is not None and rules.message.skip):
-            _check(getattr(msg, field.name), fpath, out)
+            _repeated(value, field, rules, fpath, out)
+        elif field.message_type is None:
+            _value(value, field, rules, fpath, out)
+        else:
+            if rules is not None:
+                _value(value, field, rules, fpath, out)
+            if not (rules is not None and rules.message.skip):
+                _check(value, fpath, out)
+    if plan.unset:
+        present = {field.name for field, _ in listed}
+        for fname, found in plan.unset:
+            if fname not in present:
+                out.extend((path + (fname,) + suffix, reason) for suffix, reason in found)
 
 
 def _repeated(values, field, rules, path, out):

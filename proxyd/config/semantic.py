@@ -3,6 +3,8 @@ endpoint addresses. Same ``(path, reason)`` output as the other checks."""
 import ipaddress
 import re
 
+from envoy.config.core.v3 import base_pb2
+
 from proxyd.listener import filter_chain
 from proxyd.transport import tls
 
@@ -90,7 +92,9 @@ def _runtime_layer(struct, path, prefix, out):
 
 
 def _listener(listener, path, clusters, out):
-    if not listener.filter_chains and not listener.HasField('default_filter_chain'):
+    udp = listener.address.socket_address.protocol == listener.address.socket_address.UDP
+    if not listener.filter_chains and not listener.HasField('default_filter_chain') and not udp:
+        # (A UDP listener has listener filters only; that it is UDP is the error to report.)
         out.append((path + ('filter_chains',), 'a listener needs at least one filter chain'))
     from proxyd.observability.config_check import check_access_logs
     out += check_access_logs(listener.access_log, path + ('access_log',))
@@ -112,7 +116,12 @@ def _listener(listener, path, clusters, out):
                 elif j:
                     out.append((fpath, 'proxyd runs http_connection_manager only as the one '
                                        'network filter of its chain'))
-                _hcm(loader.unpack(f.typed_config), fpath + ('typed_config',), clusters, out)
+                hcm = loader.unpack(f.typed_config)
+                _hcm(hcm, fpath + ('typed_config',), clusters, out)
+                if hcm.HasField('tracing') and listener.traffic_direction == base_pb2.OUTBOUND:
+                    out.append((path + ('traffic_direction',),
+                                'traffic_direction OUTBOUND makes Envoy trace this listener as '
+                                'egress (CLIENT spans), which proxyd does not implement'))
             elif f.typed_config.type_url == TCP_PROXY_URL:
                 if j != len(chain.filters) - 1:
                     out.append((fpath, 'tcp_proxy is a terminal filter and must be the last '
@@ -147,12 +156,26 @@ def _hcm(hcm, path, clusters, out):
                          path + ('tracing',), clusters)
 
 
+def _header_values(level, path, out):
+    """Command operators in *_headers_to_add values, as the worker compiles them."""
+    from proxyd.router.header_mutation import compile_value
+    for field in ('request_headers_to_add', 'response_headers_to_add'):
+        for i, opt in enumerate(getattr(level, field)):
+            vpath = path + (field, i, 'header', 'value')
+            try:
+                compile_value(opt.header.value, '')
+            except ValueError as e:
+                out.append((vpath, str(e).lstrip(': ')))
+
+
 def _route_config(rc, path, clusters, out):
     if rc.HasField('validate_clusters') and not rc.validate_clusters.value:
         clusters = None
+    _header_values(rc, path, out)
     domains, wildcard = {}, None
     for i, vh in enumerate(rc.virtual_hosts):
         vpath = path + ('virtual_hosts', i)
+        _header_values(vh, vpath, out)
         for j, domain in enumerate(vh.domains):
             dpath = vpath + ('domains', j)
             key = domain.lower()
@@ -165,6 +188,7 @@ def _route_config(rc, path, clusters, out):
                 out.append((dpath, f"duplicate domain '{domain}' (also in virtual_hosts[{domains[key]}])"))
             domains.setdefault(key, i)
         for j, route in enumerate(vh.routes):
+            _header_values(route, vpath + ('routes', j), out)
             if route.WhichOneof('action') == 'route':
                 _route_action(route.route, vpath + ('routes', j, 'route'), clusters, out)
 

@@ -8,12 +8,13 @@ import socket
 import time
 
 import gevent
-from gevent.server import StreamServer
 
 from proxyd import registry
 from proxyd.config import unpack
 from proxyd.http.message import StreamInfo
+from proxyd.listener.acceptor import RESOURCE_ERRORS, Acceptor
 from proxyd.listener.filter_chain import Selector
+from proxyd.listener.limits import ListenerLimits
 from proxyd.network.connection import FilterChainConnection
 from proxyd.observability.access_log import build_access_logs
 from proxyd.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, peer_has_certificate, server_tls
@@ -108,8 +109,11 @@ class ActiveListener:
         self.cx_active = stats.gauge(p + "downstream_cx_active")
         self.cx_length = stats.histogram(p + "downstream_cx_length_ms")
         self.no_chain = stats.counter(p + "no_filter_chain_match")
+        # Every accepted connection, on every listener (not an Envoy 1.40 stat: Envoy has
+        # only the server.total_connections gauge, which admin sets from the listeners').
         self.server_total = stats.counter("server.total_connections_accepted")
         self.stat_prefix = p
+        self.limits = ListenerLimits(ctx, config, p, self.cx_active)
         self.ssl_stats = None
         self.config = None
         self.chains: list[FilterChain] = []
@@ -118,7 +122,7 @@ class ActiveListener:
         self.listener_filters_timeout = 15.0
         self.continue_on_listener_filters_timeout = False
         self.update(config)
-        self.server = StreamServer(sock, self._handle)
+        self.server = Acceptor(sock, self._handle, self.name)
         if ctx.concurrency > 1:
             self.server.max_accept = 1  # share accepts fairly between worker processes
         self.server.start()
@@ -131,6 +135,7 @@ class ActiveListener:
             self.generation += 1
             gevent.spawn(self._drain_generation, self.generation)
         self.config = config
+        self.limits.update(config)
         self.chains = [FilterChain(fc, self.ctx) for fc in config.filter_chains]
         default = FilterChain(config.default_filter_chain, self.ctx) \
             if config.HasField("default_filter_chain") else None
@@ -148,6 +153,22 @@ class ActiveListener:
             self.ssl_stats = SslStats(self.ctx.stats, self.stat_prefix)
 
     def _handle(self, sock, addr) -> None:
+        self.server_total.inc()
+        limits = self.limits
+        if not limits.admit():
+            sock.close()
+            return
+        counted_global = not limits.ignore_global
+        try:
+            self._serve(sock, addr)
+        except OSError as e:
+            if e.errno not in RESOURCE_ERRORS:
+                raise
+            self.server.exhausted(e, "connection")   # the connection is closed already
+        finally:
+            limits.release(counted_global)
+
+    def _serve(self, sock, addr) -> None:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         selector = self.selector
         access_logs = self.access_logs
@@ -264,13 +285,16 @@ class ActiveListener:
         before config generation `before`, if given). A connection that just finished a
         response is not closed at once: its client may be sending the next request right
         now (a race that fails the request); it gets `Connection: close` on that
-        response instead."""
+        response instead. A connection with no codec yet (just accepted: listener
+        filters, TLS, the h2 preface sniff) or none at all (tcp_proxy) is never idle:
+        its client has just connected to send something, so it is answered or closed at
+        the drain deadline, as Envoy does."""
         now = time.monotonic()
         for conn in list(self.connections):
             if before is not None and conn.generation >= before:
                 continue
             proto = conn.protocol
-            if proto is None or (proto.idle and now - proto.idle_since >= min_idle):
+            if proto is not None and proto.idle and now - proto.idle_since >= min_idle:
                 try:
                     conn.sock.close()
                 except OSError:

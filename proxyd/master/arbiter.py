@@ -15,6 +15,7 @@ import signal
 import socket
 import sys
 import time
+import uuid
 
 import gevent
 from gevent import subprocess as gsubprocess
@@ -23,9 +24,9 @@ from gevent.event import Event
 from proxyd import __version__
 from proxyd import runtime as rt
 from proxyd.config import ConfigError, load_bootstrap
-from proxyd.ipc import Channel
+from proxyd.ipc import ORPHAN_SIGNAL, Channel, die_with_parent
 from proxyd.master import endpoints as eps
-from proxyd.master import hot_restart, sdnotify
+from proxyd.master import config_check, hot_restart, orphans, sdnotify, watchdog
 from proxyd.master.control import CONTROL_SOCK, PID_FILE, ControlServer
 from proxyd.master.sockets import BindError, address_key, bind_tcp
 from proxyd.observability.logging import get_level, get_logger, set_level
@@ -44,6 +45,14 @@ def apply_node_overrides(bootstrap, options) -> None:
         node.cluster = options.service_cluster
     if getattr(options, "service_zone", None):
         node.locality.zone = options.service_zone
+
+
+def name_listeners(bootstrap) -> None:
+    """Envoy names a listener that has none with a random UUID, so two unnamed listeners
+    are two listeners (workers, /listeners and the master key them by name)."""
+    for lst in bootstrap.static_resources.listeners:
+        if not lst.name:
+            lst.name = str(uuid.uuid4())
 
 
 class StartupError(Exception):
@@ -97,6 +106,7 @@ class Master:
         self.live = Event()
         self.dynamic = None            # master/dynamic.py: xDS and watched-file config
         self.runtime_entries: dict = {}  # the merged layered runtime sent to workers
+        self.startup_error = None      # why start-up failed after start() returned
 
     @property
     def state(self) -> str:
@@ -116,6 +126,7 @@ class Master:
         try:
             self.bootstrap = load_bootstrap(opts.config_path)
             apply_node_overrides(self.bootstrap, opts)
+            name_listeners(self.bootstrap)
         except ConfigError as e:
             raise StartupError(str(e)) from None
         os.makedirs(opts.runtime_dir, mode=0o755, exist_ok=True)
@@ -136,6 +147,7 @@ class Master:
         else:
             self._refuse_if_running()
             self.stats = StatsStore.create(stats_path(opts))
+            orphans.reclaim_stale_stats(os.path.dirname(self.stats.path), self.stats.path, self.log)
         self.master_slot = self.stats.claim_slot(os.getpid(), role="master")
         self.stats.bind(self.master_slot)
         self._bind_all(inherited)
@@ -153,6 +165,7 @@ class Master:
         for name, cluster in self._dns_clusters():
             gevent.spawn(self._dns_loop, name, cluster)
         gevent.spawn(self._stats_loop)
+        gevent.spawn(watchdog.GuardDog(self).run)
         gevent.spawn(self._await_live)
 
     def _take_runtime_dir(self) -> None:
@@ -177,11 +190,18 @@ class Master:
                 raise StartupError(str(e)) from None
 
     def _refuse_if_running(self) -> None:
-        """A cold start must not steal another live master's runtime dir."""
+        """A cold start must not steal another live master's runtime dir, nor serve
+        beside the orphaned workers of a killed one (master/orphans.py)."""
         from proxyd.master.control import request
         try:
             resp = request(self.options.runtime_dir, {"cmd": "status"}, timeout=2)
         except OSError:
+            try:
+                orphans.stop_orphans(stats_path(self.options), self.log)
+            except orphans.MasterAlive as e:
+                raise StartupError("a proxyd master (pid %d) of runtime dir %s is alive but does "
+                                   "not answer on its control socket; stop it first"
+                                   % (e.pid, self.options.runtime_dir)) from None
             return
         raise StartupError("another proxyd (pid %s) is running with runtime dir %s; use "
                            "`proxyd reload` or another --runtime-dir"
@@ -271,7 +291,8 @@ class Master:
                "--epoch", str(opts.restart_epoch), "--drain-time-s", str(opts.drain_time_s),
                "--log-level", get_level(), "--log-format", opts.log_format]
         try:
-            w.proc = gsubprocess.Popen(cmd, pass_fds=(child.fileno(), stats_fd), close_fds=True)
+            w.proc = gsubprocess.Popen(cmd, pass_fds=(child.fileno(), stats_fd), close_fds=True,
+                                       preexec_fn=die_with_parent(ORPHAN_SIGNAL))
         finally:
             child.close()
         self.stats.set_slot_pid(w.slot, w.proc.pid)
@@ -320,6 +341,13 @@ class Master:
                 return
             if msg["kind"] == "applied":
                 w.applied_version = msg["version"]
+            elif msg["kind"] == "refused":
+                w.sent_listeners.difference_update(msg["not_started"])
+                self.log.error("config_refused_by_worker", worker=w.index,
+                               version=msg["version"], error=msg["error"])
+                if not self.live.is_set():
+                    self._fail_start("worker %d cannot build the config: %s"
+                                     % (w.index, msg["error"]))
 
     def _snapshot_message(self, w: WorkerHandle):
         new = [name for name, key in self.listener_keys.items() if name not in w.sent_listeners]
@@ -345,6 +373,18 @@ class Master:
         for w in self.workers:
             if w.proc is not None and w.proc.returncode is None and w.channel is not None:
                 self._send_snapshot(w)
+
+    def _fail_start(self, error: str) -> None:
+        """A config the workers refuse never serves: stop and exit 1 (a successor tells the
+        running master, which keeps serving the old config)."""
+        if self.startup_error is not None or self.stopping:
+            return
+        self.startup_error = error
+        if self.predecessor is not None:
+            self.predecessor.failed(error)
+            self.predecessor = None
+            self.handed_over = True  # the stats region and runtime dir stay the old master's
+        self.stop(graceful=False)
 
     def _await_live(self) -> None:
         while not self.stopping:
@@ -493,12 +533,15 @@ class Master:
             return {"ok": False, "error": "proxyd is stopping"}
         if self.reloading:
             return {"ok": False, "error": "a reload is already in progress"}
-        try:
-            load_bootstrap(self.options.config_path)
-        except ConfigError as e:
-            self.log.error("reload_refused", errors=len(e.errors))
-            return {"ok": False, "error": "invalid config, nothing changed:\n" + str(e)}
         self.reloading = True
+        errors = config_check.validate(self.options.config_path)
+        if errors is not None:
+            self.reloading = False
+            self.log.error("reload_refused", errors=len(errors))
+            return {"ok": False, "error": "invalid config, nothing changed:\n" + "\n".join(errors)}
+        if self.stopping:
+            self.reloading = False
+            return {"ok": False, "error": "proxyd is stopping"}
         sdnotify.notify("RELOADING=1", "MONOTONIC_USEC=%d" % sdnotify.monotonic_usec(),
                         "STATUS=reloading: starting epoch %d" % (self.options.restart_epoch + 1))
         self.log.info("reload_started", next_epoch=self.options.restart_epoch + 1)
@@ -614,6 +657,10 @@ def run(options) -> int:
              config=options.config_path)
     master.stopped.wait()
     master.shutdown()
+    if master.startup_error is not None:
+        print("proxyd: %s" % master.startup_error, file=sys.stderr)
+        log.error("startup_failed", error=master.startup_error)
+        return 1
     log.info("exited")
     return 0
 

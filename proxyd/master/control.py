@@ -2,6 +2,7 @@
 from `proxyd stop` / `proxyd reload` to the running master."""
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import socket
@@ -46,7 +47,10 @@ class ControlServer:
         except OSError:
             pass
         finally:
-            f.close()
+            # A client that left before the answer: close() flushes the unsent answer
+            # again and raises EPIPE, a traceback in the master's log per such client.
+            with contextlib.suppress(OSError):
+                f.close()
             sock.close()
 
     def close(self) -> None:

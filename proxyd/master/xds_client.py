@@ -6,6 +6,7 @@ Workers keep serving the last config while the agent is down: nothing here touch
 """
 from __future__ import annotations
 
+import signal
 import socket
 import sys
 import time
@@ -13,7 +14,7 @@ import time
 import gevent
 from gevent import subprocess as gsubprocess
 
-from proxyd.ipc import Channel
+from proxyd.ipc import Channel, die_with_parent
 from proxyd.observability.logging import get_logger
 
 RESTART_BACKOFF_MAX = 30.0
@@ -63,7 +64,9 @@ class AgentProcess:
             cmd = [sys.executable, "-m", "proxyd.xds.agent", "--fd", str(child.fileno()),
                    "--log-level", self.options.log_level, "--log-format", self.options.log_format]
             try:
-                self.proc = gsubprocess.Popen(cmd, pass_fds=(child.fileno(),), close_fds=True)
+                # The agent holds nothing worth a goodbye: it dies with the master.
+                self.proc = gsubprocess.Popen(cmd, pass_fds=(child.fileno(),), close_fds=True,
+                                              preexec_fn=die_with_parent(signal.SIGKILL))
             finally:
                 child.close()
             started = time.monotonic()

@@ -10,9 +10,9 @@ Envoy, rather than text passed through.
 from __future__ import annotations
 
 import re
-import socket
 from typing import Callable
 
+from proxyd.observability.access_log import formatter
 from proxyd.router.matchers import wire
 
 APPEND_IF_EXISTS_OR_ADD = 0
@@ -23,33 +23,31 @@ OVERWRITE_IF_EXISTS = 3
 # Envoy's SubstitutionFormatParser command syntax: %NAME%, %NAME(args)%, %NAME:maxlen%.
 _COMMAND = re.compile(r"%([A-Z0-9_]+)(\([^)]*\))?(?::([0-9]+))?%")
 
-_HOSTNAME = wire(socket.gethostname())
+# Envoy's header formatter is its substitution formatter (the access log's operators);
+# this is its syntax check: which operators take (or need) parameters and a length.
+_WITH_HEADER = frozenset(("REQ", "RESP", "TRAILER"))
+_PARAMS_OPTIONAL = frozenset(("START_TIME",))
+SUPPORTED_OPERATORS = frozenset(formatter.OPERATORS) | _WITH_HEADER | _PARAMS_OPTIONAL
 
 
-def _without_port(addr: str | None) -> str:
-    """"1.2.3.4:5" -> "1.2.3.4", "[::1]:5" -> "::1"; other forms (pipes) unchanged."""
-    if not addr:
-        return ""
-    if addr.startswith("["):
-        end = addr.find("]")
-        return addr[1:end] if end > 0 else addr
-    i = addr.rfind(":")
-    if i > 0 and addr.count(":") == 1:
-        return addr[:i]
-    return addr
-
-
-_OPERATORS: dict[str, Callable[[object], str]] = {
-    "DOWNSTREAM_REMOTE_ADDRESS": lambda info: info.downstream_remote_address or "",
-    "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT":
-        lambda info: _without_port(info.downstream_remote_address),
-    "DOWNSTREAM_LOCAL_ADDRESS": lambda info: info.downstream_local_address or "",
-    "PROTOCOL": lambda info: info.protocol or "",
-    "UPSTREAM_HOST": lambda info: info.upstream_host or "",
-    "HOSTNAME": lambda info: _HOSTNAME,
-}
-
-SUPPORTED_OPERATORS = frozenset(_OPERATORS)
+def _check_command(value: str, i: int, path: str):
+    """The operator at ``value[i]`` ('%'), as Envoy's parser judges it; returns its end."""
+    m = _COMMAND.match(value, i)
+    if m is None:
+        raise ValueError(f"{path}: Incorrect configuration: {value}. "
+                         f"Couldn't find valid command at position {i}")
+    name, args, max_len = m.group(1), m.group(2), m.group(3)
+    if name not in SUPPORTED_OPERATORS:
+        raise ValueError(f"{path}: Not supported field in StreamInfo: {name}")
+    if name in _WITH_HEADER:
+        if not args or args == "()":
+            raise ValueError(f"{path}: {name} requires parameters")
+    elif name in _PARAMS_OPTIONAL:
+        if max_len is not None:
+            raise ValueError(f"{path}: {name} does not take a length")
+    elif args is not None or max_len is not None:
+        raise ValueError(f"{path}: {name} does not take any parameters or length")
+    return m.end()
 
 
 def compile_value(value: str, path: str) -> str | Callable[[object], str]:
@@ -58,54 +56,17 @@ def compile_value(value: str, path: str) -> str | Callable[[object], str]:
     Unavailable values format as "" (Envoy formats header values with
     omit_empty_values), so the header is then skipped unless keep_empty_value.
     """
-    if "%" not in value:
-        return value
-    parts: list[str | Callable[[object], str]] = []
-    lit: list[str] = []
-    i, n = 0, len(value)
-    while i < n:
-        c = value[i]
-        if c != "%":
-            lit.append(c)
-            i += 1
-            continue
+    i, commands = value.find("%"), 0
+    while i >= 0:
         if value.startswith("%%", i):
-            lit.append("%")
             i += 2
-            continue
-        m = _COMMAND.match(value, i)
-        if m is None:
-            raise ValueError(f"{path}: Incorrect configuration: {value}. "
-                             f"Couldn't find valid command at position {i}")
-        name, args, max_len = m.group(1), m.group(2), m.group(3)
-        op = _OPERATORS.get(name)
-        if op is None:
-            raise ValueError(f"{path}: Not supported field in StreamInfo: {name} "
-                             f"(supported here: {', '.join(sorted(_OPERATORS))})")
-        if args is not None:
-            raise ValueError(f"{path}: {name} does not take parameters")
-        if max_len is not None:
-            op = _truncated(op, int(max_len))
-        if lit:
-            parts.append("".join(lit))
-            lit = []
-        parts.append(op)
-        i = m.end()
-    if lit:
-        parts.append("".join(lit))
-    if len(parts) == 1 and isinstance(parts[0], str):
-        return parts[0]
-    frozen = tuple(parts)
-
-    def render(info) -> str:
-        if info is None:
-            return "".join(p for p in frozen if isinstance(p, str))
-        return "".join(p if isinstance(p, str) else p(info) for p in frozen)
-    return render
-
-
-def _truncated(op: Callable[[object], str], n: int) -> Callable[[object], str]:
-    return lambda info: op(info)[:n]
+        else:
+            i = _check_command(value, i, path)
+            commands += 1
+        i = value.find("%", i)
+    if not commands:
+        return value.replace("%%", "%")
+    return formatter.compile_text(value, omit_empty_values=True).format
 
 
 def _modifiable(name: str) -> bool:

@@ -130,6 +130,22 @@ class StatsStore:
         return [{"slot": s, "pid": region.slot_word(s, L.S_PID), "role": region.slot_role(s)}
                 for s in range(self.layout.max_slots) if region.slot_word(s, L.S_STATE) == L.SLOT_ACTIVE]
 
+    def live_slots(self) -> list[dict]:
+        """The claimed slots whose process still runs (not a zombie, pid not reused):
+        what a new master checks for orphans of a dead one, and for stale files."""
+        region = self._region
+        return [e for e in self.slots() if _alive(e["pid"], region.slot_word(e["slot"], L.S_SET_NS))]
+
+    def slot_value(self, slot: int, name: str) -> int:
+        """One process's own share of counter or gauge ``name`` (0 if no one made it)."""
+        found = self.catalog.lookup(name)
+        return 0 if found is None else self._region.values(slot)[found[1]]
+
+    @property
+    def created_ns(self) -> int:
+        """When the file was created (wall clock, ns)."""
+        return self._region.header[L.H_CREATED_NS]
+
     def retire_slot(self, slot: int) -> None:
         """Fold an exited process's slot: counters/histograms into the retired slot, gauges dropped.
 

@@ -35,7 +35,7 @@ from envoy.config.core.v3 import base_pb2, config_source_pb2
 from envoy.service.discovery.v3 import discovery_pb2
 from google.protobuf import json_format
 
-from proxyd.ipc import Channel, die_with_parent
+from proxyd.ipc import Channel
 from proxyd.observability.logging import configure_logging, get_logger
 
 from . import resources as R
@@ -479,7 +479,6 @@ def main(argv=None) -> None:
     ap.add_argument("--log-level", default="info")
     ap.add_argument("--log-format", default="text")
     args = ap.parse_args(argv)
-    die_with_parent()
     configure_logging(args.log_level, args.log_format, role="xds")
     sock = socket.socket(fileno=args.fd)
     sock.setblocking(True)   # the master's end is a gevent (non-blocking) socket

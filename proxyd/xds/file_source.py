@@ -16,24 +16,13 @@ from .state import Session
 
 
 def read_response(path: str) -> discovery_pb2.DiscoveryResponse:
-    """Parse the file into a DiscoveryResponse; raises ValueError with the reason."""
-    from proxyd.config import loader
+    """Parse and validate the file into a DiscoveryResponse; raises ValueError with every
+    error as 'FILE:LINE:COL: path: reason', like `proxyd check`."""
+    from proxyd.config import ConfigError, load_discovery_response
     try:
-        with open(path, encoding="utf-8") as f:
-            text = f.read()
-    except (OSError, UnicodeDecodeError) as e:
-        raise ValueError("cannot read %s: %s" % (path, e)) from None
-    try:
-        data, _dups = loader.parse_text(text)
-    except Exception as e:  # noqa: BLE001 - yaml raises many kinds
-        raise ValueError("%s: invalid YAML/JSON: %s" % (path, e)) from None
-    if not isinstance(data, dict):
-        raise ValueError("%s: expected a DiscoveryResponse object" % path)
-    try:
-        loader.resolve_types(data)
-        return loader.parse_dict(data, discovery_pb2.DiscoveryResponse())
-    except Exception as e:  # noqa: BLE001 - json_format raises more than ParseError
-        raise ValueError("%s: not a DiscoveryResponse: %s" % (path, e)) from None
+        return load_discovery_response(path)
+    except ConfigError as e:
+        raise ValueError(str(e)) from None
 
 
 class FileSource:

@@ -1,4 +1,6 @@
 """request/response_headers_to_add/_to_remove at route, virtual host and route config level."""
+import socket
+
 import pytest
 
 from proxyd.http.headers import Headers
@@ -141,23 +143,45 @@ def test_substitution_operators():
         hv("x-up", "%UPSTREAM_HOST%"),
         hv("x-host", "%HOSTNAME%"),
         hv("x-pct", "100%% of %PROTOCOL%"),
-        hv("x-short", "%DOWNSTREAM_REMOTE_ADDRESS:4%"),
+        hv("x-short", "%REQ(x-long):4%"),
+        hv("x-either", "%REQ(x-absent?x-long)%"),
     ]})
-    h = run_request(t)
+    req = request("/", headers=[("x-long", "abcdefgh")])
+    info = stream_info()
+    info.request = req
+    t.match(req).apply_request_headers(req, info)
+    h = req.headers
     assert h.get("x-remote") == "10.0.0.1:5555"
     assert h.get("x-remote-ip") == "10.0.0.1"
     assert h.get("x-local") == "10.0.0.2:10000"
     assert h.get("x-proto") == "proto=HTTP/1.1;"
     assert h.get("x-up") == "127.0.0.1:8080"
-    assert h.get("x-host") == header_mutation._HOSTNAME and h.get("x-host")
+    assert h.get("x-host") == socket.gethostname() and h.get("x-host")
     assert h.get("x-pct") == "100% of HTTP/1.1"
-    assert h.get("x-short") == "10.0"
+    assert h.get("x-short") == "abcd"
+    assert h.get("x-either") == "abcdefgh"
+
+
+def test_request_and_response_headers_in_response_headers():
+    """Envoy's zipkin front proxy echoes the trace id: %REQ(...)% in a response header."""
+    t = table({"response_headers_to_add": [hv("x-b3-traceid", "%REQ(x-b3-traceid)%"),
+                                           hv("x-status", "%RESP(:status)%/%RESPONSE_CODE%")]})
+    req = request("/", headers=[("x-b3-traceid", "80f198ee56343ba8")])
+    info = stream_info()
+    info.request = req
+    h = Headers([])
+    t.match(req).apply_response_headers(h, info)
+    assert h.get("x-b3-traceid") == "80f198ee56343ba8"
+    assert h.get("x-status") == "/0"  # no response yet: empty, and code 0
 
 
 def test_ipv6_remote_address_without_port():
-    assert header_mutation._without_port("[::1]:80") == "::1"
-    assert header_mutation._without_port("10.1.2.3:80") == "10.1.2.3"
-    assert header_mutation._without_port("::1") == "::1"
+    t = table({"request_headers_to_add": [hv("x-ip", "%DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT%")]})
+    req = request("/")
+    info = stream_info()
+    info.downstream_remote_address = "[::1]:80"
+    t.match(req).apply_request_headers(req, info)
+    assert req.headers.get("x-ip") == "::1"
 
 
 def test_unavailable_value_makes_the_header_empty_and_skipped():
@@ -170,12 +194,12 @@ def test_unavailable_value_makes_the_header_empty_and_skipped():
 
 
 @pytest.mark.parametrize("value,message", [
-    ("%REQ(x-foo)%", "REQ"),
-    ("a %START_TIME% b", "START_TIME"),
-    ("%UNKNOWN_THING%", "UNKNOWN_THING"),
-    ("50%", "Couldn't find valid command"),
-    ("%lower%", "Couldn't find valid command"),
-    ("%HOSTNAME(x)%", "does not take parameters"),
+    ("%REQ()%", "REQ requires parameters"),
+    ("%UNKNOWN_THING%", "Not supported field in StreamInfo: UNKNOWN_THING"),
+    ("50%", "Couldn't find valid command at position 2"),
+    ("%lower%", "Couldn't find valid command at position 0"),
+    ("%HOSTNAME(x)%", "HOSTNAME does not take any parameters or length"),
+    ("%DOWNSTREAM_REMOTE_ADDRESS:4%", "does not take any parameters or length"),
 ])
 def test_unsupported_or_malformed_operators_raise(value, message):
     with pytest.raises(ValueError, match=message) as e:

@@ -277,6 +277,7 @@ def test_server_gauges(proxyd_factory, upstream_factory):
         conns.pop().close()
         conns.pop().close()
         wait_for(lambda: stats(px)["server.total_connections"] == 3, 5.0, "3 open connections")
+        assert stats(px)["server.total_connections_accepted"] == 5  # counted, never decreased
     finally:
         for c in conns:
             c.close()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 
 import pytest
@@ -63,7 +64,11 @@ def test_rename_in_place_and_broken_file(tmp_path):
         time.sleep(1.0)
         assert body_of(port) == (201, "two")
         log = p.log()
-        assert "xds_rejected" in log and "invalid YAML/JSON" in log
+        assert "xds_rejected" in log and "%s:1:15: invalid YAML" % lds in log
+        # Located like `proxyd check`: FILE:LINE:COL: path: reason.
+        assert re.search(r"%s:\d+:\d+: resources\[0\]\.filter_chains\[0\]\.filters\[0\]"
+                         r"\.typed_config\.http_filterz: unknown field 'http_filterz'" % re.escape(str(lds)),
+                         log), log
         replace(lds, listeners(port, 202, "three"))
         wait(lambda: body_of(port) == (202, "three"), what="good file after broken ones")
     finally:

@@ -82,16 +82,26 @@ def _client_hello_body(b: bytes):
 
 
 class TlsInspector:
+    """Envoy's stats, shared by every listener (``tls_inspector.``): tls_found/not_found,
+    sni_*, alpn_*, client_hello_too_large (the connection is closed, as in Envoy) and the
+    bytes_processed histogram."""
+
     def __init__(self, config, ctx):
         self.max_size = (config.max_client_hello_size.value
                          if config.HasField("max_client_hello_size") else MAX_CLIENT_HELLO)
+        stats = ctx.stats
+        self.counters = {name: stats.counter("tls_inspector." + name) for name in (
+            "client_hello_too_large", "tls_found", "tls_not_found", "alpn_found",
+            "alpn_not_found", "sni_found", "sni_not_found")}
+        self.bytes_processed = stats.histogram("tls_inspector.bytes_processed")
 
     def on_accept(self, conn) -> bool:
         """Fill conn.transport_protocol / requested_server_name / requested_alpn. Returns
-        False when the connection should be closed (peer gone); the listener's
-        listener_filters_timeout bounds the wait."""
+        False when the connection should be closed (peer gone, ClientHello too large);
+        the listener's listener_filters_timeout bounds the wait."""
         sock = conn.sock
         delay = 0.001
+        count = self.counters
         while True:
             try:
                 data = sock.recv(self.max_size, socket.MSG_PEEK)
@@ -106,10 +116,18 @@ class TlsInspector:
                 gevent.sleep(delay)
                 delay = min(delay * 2, 0.05)
                 continue
-            if res is None or res is _NEED_MORE:
-                return True  # not TLS (or too large to inspect): raw_buffer
+            self.bytes_processed.record(len(data))
+            if res is _NEED_MORE:
+                count["client_hello_too_large"].inc()
+                return False
+            if res is None:
+                count["tls_not_found"].inc()
+                return True  # not TLS: raw_buffer
+            count["tls_found"].inc()
             conn.transport_protocol = "tls"
             conn.requested_server_name, conn.requested_alpn = res
+            count["sni_found" if conn.requested_server_name else "sni_not_found"].inc()
+            count["alpn_found" if conn.requested_alpn else "alpn_not_found"].inc()
             return True
 
 

@@ -222,6 +222,10 @@ _SIMPLE = {
 }
 
 
+OPERATORS = frozenset(_SIMPLE) | {"START_TIME", "REQ", "RESP", "TRAILER", "HOSTNAME"}
+"""Every command operator a format may use."""
+
+
 def _request_id(info):
     if info.request_id is not None:
         return info.request_id
