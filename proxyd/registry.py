@@ -18,6 +18,7 @@ TRACER = "tracer"
 LISTENER_FILTER = "listener filter"
 TRANSPORT_SOCKET = "transport socket"
 UPSTREAM_PROTOCOL_OPTIONS = "upstream protocol options"
+CLUSTER = "cluster type"
 RESOURCE_MONITOR = "resource monitor"
 
 # type URL (without prefix) -> (kind, module defining `create(config, ctx)`); modules are
@@ -26,6 +27,14 @@ RESOURCE_MONITOR = "resource monitor"
 _MODULES: dict[str, tuple[str, str]] = {
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy":
         (NETWORK_FILTER, "proxyd.network.filters.tcp_proxy"),
+    "envoy.extensions.filters.network.echo.v3.Echo":
+        (NETWORK_FILTER, "proxyd.network.filters.echo"),
+    "envoy.extensions.filters.network.redis_proxy.v3.RedisProxy":
+        (NETWORK_FILTER, "proxyd.network.filters.redis_proxy"),
+    "envoy.extensions.filters.network.redis_proxy.v3.RedisProtocolOptions":
+        (UPSTREAM_PROTOCOL_OPTIONS, "proxyd.network.filters.redis_proxy.config"),
+    "envoy.extensions.clusters.redis.v3.RedisClusterConfig":
+        (CLUSTER, "proxyd.network.filters.redis_proxy.redis_cluster"),
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector":
         (LISTENER_FILTER, "proxyd.listener.filters.tls_inspector"),
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext":
