@@ -15,6 +15,7 @@ HCM_URL = ('type.googleapis.com/'
 TCP_PROXY_URL = 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy'
 ROUTER_URL = 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router'
 _REGEX_MATCHER = 'envoy.type.matcher.v3.RegexMatcher'
+PYTHON_FILTER = 'proxyd.filters.http.python.v1.Python'
 
 
 def check(msg, path=(), clusters=None):
@@ -136,12 +137,28 @@ def _hcm(hcm, path, clusters, out):
         elif not is_router and i == len(filters) - 1:
             out.append((fpath, f"the last HTTP filter must be the router "
                                f"(envoy.filters.http.router), not '{f.name}'"))
+        else:
+            _python_filter(f.typed_config, fpath + ('typed_config',), out)
     if hcm.HasField('route_config'):
         _route_config(hcm.route_config, path + ('route_config',), clusters, out)
     from proxyd.observability.config_check import check_access_logs, check_tracing
     out += check_access_logs(hcm.access_log, path + ('access_log',))
     out += check_tracing(hcm.tracing if hcm.HasField('tracing') else None,
                          path + ('tracing',), clusters)
+
+
+def _python_filter(typed_config, path, out):
+    """A Python HTTP filter: its class must import, have the filter API, take its config."""
+    if typed_config.type_url.rsplit('/', 1)[-1] not in loader.TYPED_STRUCTS:
+        return
+    type_name, struct = loader.extension_config(typed_config)
+    if type_name != PYTHON_FILTER:
+        return
+    from proxyd.http.filters import python
+    try:
+        python.validate(struct)
+    except Exception as e:  # noqa: BLE001 - whatever the user's code raised is the reason
+        out.append((path, f'python filter: {e}'))
 
 
 def _route_config(rc, path, clusters, out):

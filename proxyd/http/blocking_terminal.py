@@ -44,7 +44,7 @@ class BlockingTerminalFilter(StreamDecoderFilter):
 
     def decode_data(self, data: bytes, end_stream: bool):
         if data:
-            self._body.append(data)
+            self._body.append(bytes(data) if type(data) is bytearray else data)
         if end_stream:
             self.request_complete = True
         self.fm.notify()

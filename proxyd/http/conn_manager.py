@@ -78,7 +78,8 @@ class FactoryContext:
         self.cluster_manager = worker_ctx.cluster_manager
         self.stats = Scope(worker_ctx.stats, "http.%s." % stat_prefix)
         self.filter_name = filter_name
-        self.errors = None  # a factory may set the counter its filter's exceptions go to
+        self.errors = None   # a factory may set the counter its filter's exceptions go to
+        self.handles = None  # and the stat handles its filters see as callbacks.stats
 
     @property
     def runtime(self):
@@ -117,7 +118,8 @@ class HttpConnectionManager:
             type_name, msg = extension_config(f.typed_config)
             fctx = FactoryContext(ctx, config.stat_prefix, f.name)
             factory = registry.factory(type_name).create(msg, fctx)
-            self.filters.append(FilterSpec(f.name, factory, f.disabled, fctx.errors or errors))
+            self.filters.append(FilterSpec(f.name, factory, f.disabled, fctx.errors or errors,
+                                           fctx.handles))
         self.route_table = RouteTable(config.route_config, PerFilterCompiler(
             {s.name: s.factory for s in self.filters}))
         self.codec_type = config.codec_type  # 0 AUTO, 1 HTTP1, 2 HTTP2

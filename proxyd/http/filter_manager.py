@@ -36,13 +36,14 @@ _END = object()      # raw request end without trailers (reader queue item)
 
 class FilterSpec:
     """One `http_filters` entry of an HCM, built once per config."""
-    __slots__ = ("name", "factory", "disabled", "errors")
+    __slots__ = ("name", "factory", "disabled", "errors", "stats")
 
-    def __init__(self, name: str, factory, disabled: bool, errors):
+    def __init__(self, name: str, factory, disabled: bool, errors, stats=None):
         self.name = name
         self.factory = factory
         self.disabled = disabled   # HttpFilter.disabled: off unless a route enables it
         self.errors = errors       # counter of exceptions raised by this filter
+        self.stats = stats         # the handles its factory declared (callbacks.stats)
 
 
 class _Entry:
@@ -84,6 +85,10 @@ class _Entry:
     @property
     def runtime(self):
         return self.fm.stream.hcm.ctx.runtime
+
+    @property
+    def stats(self):
+        return self.spec.stats
 
     @property
     def dispatcher(self):
@@ -199,7 +204,7 @@ class _Chain:
 
     def _call(self, e: _Entry, kind: str, *args):
         f = e.filter
-        self.in_call = (e, kind)
+        self.in_call = (e, kind, args[0])
         try:
             if self.encoder:
                 fn = (f.encode_headers if kind == "headers" else f.encode_data
@@ -219,6 +224,8 @@ class _Chain:
     # -- headers ------------------------------------------------------------------------
 
     def headers(self, start: int, head, end_stream: bool) -> None:
+        if self.aborted:
+            return
         self.head = head
         if end_stream:
             self.complete = True
@@ -239,16 +246,22 @@ class _Chain:
         else:
             self.terminal_headers(head, end_stream)
         if added_by is not None and not self.aborted:
-            data, self.buffer = bytes(self.buffer), None
+            data, self.buffer = self.buffer, None
             self.data(added_by + 1, data, True)
 
     # -- data ---------------------------------------------------------------------------
 
-    def data(self, start: int, data: bytes, end_stream: bool) -> None:
+    def data(self, start: int, data, end_stream: bool) -> None:
+        """Body data from filter `start` on. Filters get a bytearray they may change in
+        place (Envoy's mutable Buffer); with only the terminal filter, the bytes as read."""
+        if self.aborted:
+            return
         if end_stream:
             self.complete = True
         entries = self.entries
         n = len(entries)
+        if n > start + (0 if self.encoder else 1) and type(data) is not bytearray:
+            data = bytearray(data)
         i = start
         while i < n:
             e = entries[i]
@@ -259,7 +272,7 @@ class _Chain:
             if self.aborted or status is None:
                 return
             if status == 0 and e.state == _GO and self.buffer is not None:
-                data, self.buffer = data + bytes(self.buffer), None  # added during the call
+                data, self.buffer = data + self.buffer, None  # added during the call
             if status == 0:
                 if e.state == _STOP:
                     self.hold(data, False, end_stream)
@@ -298,10 +311,14 @@ class _Chain:
         if buf is None:
             buf = self.buffer = bytearray()
         buf += data
+        if call is not None and call[0] is e and call[2] is data and type(data) is bytearray:
+            data.clear()  # the chunk being decoded moved into the buffer (Envoy's move)
 
     # -- trailers -----------------------------------------------------------------------
 
     def trailers_(self, start: int, trailers) -> None:
+        if self.aborted:
+            return
         self.trailers = trailers
         self.complete = True
         entries = self.entries
@@ -343,7 +360,7 @@ class _Chain:
             if self.aborted:
                 return
         if self.buffer is not None:
-            data, self.buffer = bytes(self.buffer), None
+            data, self.buffer = self.buffer, None
             if self.above_limit:
                 self.above_limit = False
                 self.fm.reading_resumed()
@@ -571,8 +588,8 @@ class FilterManager:
             self.stream.flush()
             self._ended()
 
-    def codec_data(self, data: bytes, end_stream: bool) -> None:
-        self.stream.send_data(data, end_stream)
+    def codec_data(self, data, end_stream: bool) -> None:
+        self.stream.send_data(bytes(data) if type(data) is bytearray else data, end_stream)
         if end_stream:
             self.stream.flush()
             self._ended()
@@ -661,8 +678,7 @@ class FilterManager:
         self.dec.aborted = True
         if self.stream.headers_sent or self.done:
             self.reset()
-        else:
-            self.enc.aborted = True
+        else:  # through the encoder filters unless the response already entered them
             self.send_local_reply(500, b"", "filter_raised_exception")
 
     # -- end of the stream -------------------------------------------------------------------

@@ -15,6 +15,7 @@ class _HeaderMap:
     `:status`, ...) are the head's attributes, other names its `headers`."""
     __slots__ = ()
     _PSEUDO: dict = {}
+    _CHUNKED_WITHOUT_LENGTH = False
 
     def get(self, name: str, default=None):
         attr = self._PSEUDO.get(name)
@@ -27,6 +28,8 @@ class _HeaderMap:
         attr = self._PSEUDO.get(name)
         if attr is None:
             self.headers.set(name, value)
+            if name == "content-length":
+                self.content_length = int(value)
         else:
             setattr(self, attr, int(value) if attr == "status" else value)
 
@@ -34,7 +37,12 @@ class _HeaderMap:
         self.headers.add(name, value)
 
     def remove(self, name: str) -> None:
+        """Removing content-length also drops the framing it gave (the codec re-frames)."""
         self.headers.remove(name)
+        if name == "content-length" and self.content_length is not None:
+            if self._CHUNKED_WITHOUT_LENGTH and self.content_length:
+                self.chunked = True   # a request body keeps going upstream, chunked
+            self.content_length = None
 
     def get_all(self, name: str) -> list:
         return self.headers.get_all(name)
@@ -46,6 +54,7 @@ class _HeaderMap:
 class RequestHead(_HeaderMap):
     _PSEUDO = {":method": "method", ":path": "path", ":authority": "authority",
                ":scheme": "scheme"}
+    _CHUNKED_WITHOUT_LENGTH = True
     __slots__ = ("method", "path", "authority", "scheme", "version", "headers",
                  "keep_alive", "expect_continue", "chunked", "content_length")
 
