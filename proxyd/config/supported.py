@@ -177,6 +177,10 @@ NETWORK_FILTER, HTTP_FILTER = registry.NETWORK_FILTER, registry.HTTP_FILTER
 EXTENSIONS = registry.kinds()
 """Supported typed_config type URL -> the kind of extension it is (from proxyd.registry,
 the table the worker builds extensions from)."""
+STRUCT_CONFIGURED = frozenset(registry.TYPE_PREFIX + n for n in (
+    'proxyd.filters.http.python.v1.Python', 'proxyd.filters.http.python.v1.PythonPerRoute'))
+"""proxyd's own extensions: no compiled proto, configured by an xds TypedStruct whose Struct
+the extension validates itself (`proxyd check` runs that validation)."""
 
 SLOTS = {
     ('envoy.config.listener.v3.Filter', 'typed_config'): NETWORK_FILTER,
