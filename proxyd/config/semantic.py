@@ -141,6 +141,7 @@ def _hcm(hcm, path, clusters, out):
             _python_filter(f.typed_config, fpath + ('typed_config',), out)
     if hcm.HasField('route_config'):
         _route_config(hcm.route_config, path + ('route_config',), clusters, out)
+        _per_filter_configs(hcm.route_config, path + ('route_config',), out)
     from proxyd.observability.config_check import check_access_logs, check_tracing
     out += check_access_logs(hcm.access_log, path + ('access_log',))
     out += check_tracing(hcm.tracing if hcm.HasField('tracing') else None,
@@ -159,6 +160,23 @@ def _python_filter(typed_config, path, out):
         python.validate(struct)
     except Exception as e:  # noqa: BLE001 - whatever the user's code raised is the reason
         out.append((path, f'python filter: {e}'))
+
+
+def _per_filter_configs(rc, path, out):
+    """Each typed_per_filter_config must name a filter type that takes per-route config."""
+    from proxyd.http.per_filter_config import PerFilterCompiler
+    compile_level = PerFilterCompiler({})
+    levels = [(rc, path)]
+    for i, vh in enumerate(rc.virtual_hosts):
+        levels.append((vh, path + ('virtual_hosts', i)))
+        levels += [(r, path + ('virtual_hosts', i, 'routes', j)) for j, r in enumerate(vh.routes)]
+    for msg, mpath in levels:
+        for name in msg.typed_per_filter_config:
+            try:
+                compile_level({name: msg.typed_per_filter_config[name]}, '')
+            except Exception as e:  # noqa: BLE001 - the filter's own reason
+                reason = str(e).split(': ', 1)[-1]
+                out.append((mpath + ('typed_per_filter_config', MapKey(name)), reason))
 
 
 def _route_config(rc, path, clusters, out):

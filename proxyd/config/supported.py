@@ -95,6 +95,9 @@ _FIELDS = {
                       'request_headers_to_remove response_headers_to_add response_headers_to_remove '
                       'typed_per_filter_config per_request_buffer_limit_bytes',
     _ROUTE + 'FilterConfig': 'config is_optional disabled',
+    _ROUTE + 'RouteConfiguration.TypedPerFilterConfigEntry': 'key value',
+    _ROUTE + 'VirtualHost.TypedPerFilterConfigEntry': 'key value',
+    _ROUTE + 'Route.TypedPerFilterConfigEntry': 'key value',
     _ROUTE + 'RouteMatch': 'prefix path safe_regex case_sensitive headers',
     _ROUTE + 'RouteAction': 'cluster weighted_clusters prefix_rewrite timeout '
                             'host_rewrite_literal auto_host_rewrite',
