@@ -17,13 +17,15 @@ from proxyd.http.stream_errors import LocalReplySent
 
 
 class BlockingTerminalFilter(StreamDecoderFilter):
+    # the stream as serve() sees it: set when the filter is added to a stream
+    fm = hcm = request = info = None
+    ready = False           # headers arrived: the manager should call serve()
+    replaced = False        # someone else answered the stream meanwhile
+    headers_sent = False
+    request_complete = False
+    trailers = None
+
     def __init__(self):
-        self.fm = None
-        self.ready = False        # headers arrived: the manager should call serve()
-        self.replaced = False     # someone else answered the stream meanwhile
-        self.headers_sent = False
-        self.request_complete = False
-        self.trailers = None
         self._body: deque = deque()
 
     def serve(self) -> None:
@@ -33,8 +35,12 @@ class BlockingTerminalFilter(StreamDecoderFilter):
 
     def set_decoder_filter_callbacks(self, callbacks) -> None:
         self.decoder_callbacks = callbacks
-        self.fm = callbacks.fm
-        self.fm.terminal = self
+        fm = self.fm = callbacks.fm
+        fm.terminal = self
+        stream = fm.stream
+        self.hcm = stream.hcm
+        self.request = stream.request
+        self.info = stream.info
 
     def decode_headers(self, headers, end_stream: bool):
         self.request_complete = end_stream
@@ -62,18 +68,6 @@ class BlockingTerminalFilter(StreamDecoderFilter):
     def route(self):
         return self.fm.route()
 
-    @property
-    def hcm(self):
-        return self.fm.stream.hcm
-
-    @property
-    def request(self):
-        return self.fm.stream.request
-
-    @property
-    def info(self):
-        return self.fm.stream.info
-
     def read_body(self):
         """The next request body chunk that passed the filters, or None at its end."""
         body = self._body
@@ -89,13 +83,20 @@ class BlockingTerminalFilter(StreamDecoderFilter):
             raise LocalReplySent()
         self.headers_sent = True
         self.fm.encode_headers(resp, end_stream)
-        self._backpressure()
+        if self.fm.enc.above_limit:
+            self._backpressure()
 
     def send_data(self, data: bytes, end_stream: bool) -> None:
         if self.replaced:
             raise LocalReplySent()
-        self.fm.enc.data(0, data, end_stream)
-        self._backpressure()
+        fm = self.fm
+        enc = fm.enc
+        if enc.entries or enc.aborted:
+            enc.data(0, data, end_stream)
+            if enc.above_limit:
+                self._backpressure()
+        else:
+            fm.codec_data(data, end_stream)
 
     def send_trailers(self, trailers) -> None:
         if self.replaced:

@@ -202,16 +202,9 @@ class _Chain:
         self.trailers_held: _Entry | None = None
         self.in_call = None          # (entry, "headers"|"data"|"trailers") during a call
 
-    def _call(self, e: _Entry, kind: str, *args):
-        f = e.filter
+    def _call(self, e: _Entry, kind: str, fn, *args):
         self.in_call = (e, kind, args[0])
         try:
-            if self.encoder:
-                fn = (f.encode_headers if kind == "headers" else f.encode_data
-                      if kind == "data" else f.encode_trailers)
-            else:
-                fn = (f.decode_headers if kind == "headers" else f.decode_data
-                      if kind == "data" else f.decode_trailers)
             return fn(*args)
         except STREAM_CONTROL:
             raise
@@ -233,14 +226,16 @@ class _Chain:
         added_by = None
         for i in range(start, len(entries)):
             e = entries[i]
-            status = self._call(e, "headers", head, end_stream)
+            f = e.filter
+            status = self._call(e, "headers", f.encode_headers if self.encoder
+                                else f.decode_headers, head, end_stream)
             if self.aborted or status is None:
                 return
             if self.buffer and end_stream and added_by is None:
                 added_by = i            # add_*_data while end_stream: body follows
                 end_stream = False
             if status:
-                e.state = int(status)
+                e.state = status   # FilterHeadersStatus values are the iteration states
                 break
             e.headers_continued = True
         else:
@@ -268,7 +263,9 @@ class _Chain:
             if e.state >= _STOP_ALL:
                 self.hold(data, e.state == _STOP_ALL_WM, end_stream)
                 return
-            status = self._call(e, "data", data, end_stream)
+            f = e.filter
+            status = self._call(e, "data", f.encode_data if self.encoder else f.decode_data,
+                                data, end_stream)
             if self.aborted or status is None:
                 return
             if status == 0 and e.state == _GO and self.buffer is not None:
@@ -327,7 +324,9 @@ class _Chain:
             if e.state >= _STOP_ALL:
                 self.trailers_held = e
                 return
-            status = self._call(e, "trailers", trailers)
+            f = e.filter
+            status = self._call(e, "trailers", f.encode_trailers if self.encoder
+                                else f.decode_trailers, trailers)
             if self.aborted or status is None:
                 return
             if status:
@@ -416,15 +415,17 @@ class FilterManager:
 
     def create_filter_chain(self, specs) -> None:
         route = self.route()
-        disabled = route.disabled_filters if route is not None else None
+        if route is None:
+            disabled = None
+        else:
+            disabled = route.disabled_filters
+            if route.buffer_limit is not None:
+                self.buffer_limit = route.buffer_limit
         for spec in specs:
-            off = disabled.get(spec.name, spec.disabled) if disabled else spec.disabled
-            if off:
+            if disabled.get(spec.name, spec.disabled) if disabled else spec.disabled:
                 continue
             self._spec = spec
             spec.factory(self)
-        if route is not None and route.buffer_limit is not None:
-            self.buffer_limit = route.buffer_limit
 
     def add_stream_decoder_filter(self, f) -> None:
         e = _Entry(self, self.dec, f, self._spec, len(self.dec.entries))
@@ -609,7 +610,12 @@ class FilterManager:
         route = self.route()
         if route is not None:
             route.apply_response_headers(resp.headers, self.stream.info)
-        self.enc.headers(0, resp, end_stream)
+        enc = self.enc
+        if enc.entries or enc.aborted:
+            enc.headers(0, resp, end_stream)
+        else:
+            enc.head = resp
+            self.codec_headers(resp, end_stream)
 
     def send_local_reply(self, status: int, body: bytes | None, details: str,
                          flag: str | None = None, headers: list | None = None) -> None:
