@@ -690,6 +690,14 @@ class FilterManager:
     # -- end of the stream -------------------------------------------------------------------
 
     def destroy(self) -> None:
+        """Last: stop helpers, tell the filters, and drop the references between the
+        stream, the chain and the filters (so refcounting frees them, not the GC)."""
+        self._notify_filters()
+        self.dec.entries = self.enc.entries = self.filters = ()
+        self.terminal = self._spec = None
+        self.posted = self.raw = ()
+
+    def _notify_filters(self) -> None:
         for g in self.helpers:
             if not g.dead:
                 g.kill(block=False)

@@ -115,6 +115,7 @@ class Stream:
                 timer.close()
             fm.destroy()
             self._complete()
+            self.fm = None
 
     def _complete(self) -> None:
         hcm = self.hcm
