@@ -17,6 +17,7 @@ from proxyd.http.stream_errors import LocalReplySent
 
 
 class BlockingTerminalFilter(StreamDecoderFilter):
+    quiet_end = True
     # the stream as serve() sees it: set when the filter is added to a stream
     fm = hcm = request = info = None
     ready = False           # headers arrived: the manager should call serve()
@@ -25,8 +26,7 @@ class BlockingTerminalFilter(StreamDecoderFilter):
     request_complete = False
     trailers = None
 
-    def __init__(self):
-        self._body: deque = deque()
+    _body: deque | None = None   # request data that reached this filter, not yet read
 
     def serve(self) -> None:
         raise NotImplementedError
@@ -50,6 +50,8 @@ class BlockingTerminalFilter(StreamDecoderFilter):
 
     def decode_data(self, data: bytes, end_stream: bool):
         if data:
+            if self._body is None:
+                self._body = deque()
             self._body.append(bytes(data) if type(data) is bytearray else data)
         if end_stream:
             self.request_complete = True
@@ -70,13 +72,12 @@ class BlockingTerminalFilter(StreamDecoderFilter):
 
     def read_body(self):
         """The next request body chunk that passed the filters, or None at its end."""
-        body = self._body
         fm = self.fm
-        while not body:
+        while not self._body:
             if self.request_complete or self.replaced:
                 return None
             fm.pull()
-        return body.popleft()
+        return self._body.popleft()
 
     def send_headers(self, resp, end_stream: bool) -> None:
         if self.replaced:

@@ -46,6 +46,7 @@ class FilterTrailersStatus(IntEnum):
 
 class StreamDecoderFilter:
     """Request side. Every method is optional; the defaults let everything through."""
+    quiet_end = False   # True: on_stream_complete / on_destroy are no-ops (not called)
 
     def set_decoder_filter_callbacks(self, callbacks: "DecoderFilterCallbacks") -> None:
         self.decoder_callbacks = callbacks
@@ -68,6 +69,7 @@ class StreamDecoderFilter:
 
 class StreamEncoderFilter:
     """Response side. Every method is optional; the defaults let everything through."""
+    quiet_end = False
 
     def set_encoder_filter_callbacks(self, callbacks: "EncoderFilterCallbacks") -> None:
         self.encoder_callbacks = callbacks

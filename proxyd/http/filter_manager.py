@@ -49,7 +49,8 @@ class FilterSpec:
 class _Entry:
     """One filter's place in one direction of the chain, and the callbacks it is given
     (Envoy's ActiveStreamDecoderFilter / ActiveStreamEncoderFilter)."""
-    __slots__ = ("fm", "chain", "filter", "spec", "index", "state", "headers_continued")
+    state = _GO
+    headers_continued = False
 
     def __init__(self, fm, chain, f, spec, index):
         self.fm = fm
@@ -57,8 +58,6 @@ class _Entry:
         self.filter = f
         self.spec = spec
         self.index = index
-        self.state = _GO
-        self.headers_continued = False
 
     # -- shared callbacks ---------------------------------------------------------------
 
@@ -131,6 +130,8 @@ class _Entry:
             except Exception as e:  # noqa: BLE001 - handed to done()
                 r, err = None, e
             fm.post(lambda: fm.guard(self, done, r, err))
+        if not fm.helpers:
+            fm.helpers = []
         fm.helpers.append(gevent.spawn(call))
 
     def set_buffer_limit(self, limit: int) -> None:
@@ -185,34 +186,36 @@ class _Entry:
 
 
 class _Chain:
-    """Iteration over one direction (decoder or encoder) of one stream's filters."""
-    __slots__ = ("fm", "entries", "encoder", "head", "trailers", "buffer", "complete",
-                 "aborted", "above_limit", "trailers_held", "in_call")
+    """Iteration over one direction (decoder or encoder) of one stream's filters.
+
+    Class attributes are the defaults: a stream sets only what it changes."""
+    head = None
+    trailers = None
+    buffer: bytearray | None = None
+    complete = False        # end_stream entered this chain
+    aborted = False         # a local reply or an error ended iteration
+    above_limit = False     # watermark: the buffer is over the limit
+    trailers_held = None    # the entry trailers wait at
+    in_call = None          # (entry, "headers"|"data"|"trailers", arg) during a call
 
     def __init__(self, fm, encoder: bool):
         self.fm = fm
         self.entries: list[_Entry] = []
         self.encoder = encoder
-        self.head = None
-        self.trailers = None
-        self.buffer: bytearray | None = None
-        self.complete = False        # end_stream entered this chain
-        self.aborted = False         # a local reply or an error ended iteration
-        self.above_limit = False     # watermark: the buffer is over the limit
-        self.trailers_held: _Entry | None = None
-        self.in_call = None          # (entry, "headers"|"data"|"trailers") during a call
 
     def _call(self, e: _Entry, kind: str, fn, *args):
         self.in_call = (e, kind, args[0])
         try:
-            return fn(*args)
+            status = fn(*args)
         except STREAM_CONTROL:
+            self.in_call = None
             raise
         except Exception as exc:  # noqa: BLE001 - a filter's bug answers 500, never more
+            self.in_call = None
             self.fm.filter_raised(e, exc)
             return None
-        finally:
-            self.in_call = None
+        self.in_call = None
+        return status
 
     # -- headers ------------------------------------------------------------------------
 
@@ -387,29 +390,29 @@ class _Chain:
 
 
 class FilterManager:
-    """The filters of one stream and the greenlet-side driving of them."""
-    __slots__ = ("stream", "dec", "enc", "filters", "buffer_limit", "_route", "posted",
-                 "wake", "greenlet", "terminal", "reader", "raw", "reader_wake", "helpers",
-                 "response_started", "done", "error_logged", "_spec")
+    """The filters of one stream and the greenlet-side driving of them.
+
+    Class attributes are the defaults: a stream sets only what it changes."""
+    buffer_limit = DEFAULT_BUFFER_LIMIT
+    _route = _UNSET
+    _spec = None
+    posted = ()             # callables for the stream's greenlet (a list once used)
+    raw = ()                # request body items the reader read (a list once used)
+    helpers = ()            # greenlets of run_blocking (a list once used)
+    wake: Event | None = None
+    reader = None
+    reader_wake: Event | None = None
+    terminal = None
+    response_started = False   # headers entered the encoder chain
+    done = False               # the response ended (or the stream was reset)
+    error_logged = False
 
     def __init__(self, stream):
         self.stream = stream
         self.dec = _Chain(self, False)
         self.enc = _Chain(self, True)
         self.filters: list = []
-        self.buffer_limit = DEFAULT_BUFFER_LIMIT
-        self._route = _UNSET
-        self.posted: list = []
-        self.wake: Event | None = None
         self.greenlet = gevent.getcurrent()
-        self.terminal = None
-        self.reader = None
-        self.raw: list = []
-        self.reader_wake: Event | None = None
-        self.helpers: list = []
-        self.response_started = False   # headers entered the encoder chain
-        self.done = False               # the response ended (or the stream was reset)
-        self.error_logged = False
 
     # -- building the chain (FilterChainFactoryCallbacks) --------------------------------
 
@@ -468,6 +471,8 @@ class FilterManager:
         if gevent.getcurrent() is self.greenlet:
             fn()
             return
+        if not self.posted:
+            self.posted = []
         self.posted.append(fn)
         if self.wake is not None:
             self.wake.set()
@@ -493,12 +498,30 @@ class FilterManager:
         if self.wake is not None:
             self.wake.set()
 
+    def start(self, request, end_stream: bool) -> None:
+        """Decode the request headers and drive the stream to its end. With the terminal
+        filter alone in the chain, it is started directly (what the iteration would do)."""
+        dec = self.dec
+        t = self.terminal
+        if t is not None and len(dec.entries) == 1 and not self.enc.entries:
+            dec.head = request
+            dec.complete = end_stream
+            dec.entries[0].state = _STOP
+            t.request_complete = end_stream
+            self.run_terminal(t)
+            if self.done:
+                return
+        else:
+            dec.headers(0, request, end_stream)
+        self.drive()
+
     def drive(self) -> None:
         """Until the response ends: run the terminal filter's exchange once the request
         headers reach it, feed request data, and run what filters posted."""
         stream = self.stream
         while True:
-            self.run_posted()
+            if self.posted:
+                self.run_posted()
             if self.done:
                 return
             t = self.terminal
@@ -568,7 +591,10 @@ class FilterManager:
                 while self.raw or self.dec.above_limit:
                     wake.clear()
                     wake.wait()
-                self.raw.append(self.read_raw())
+                item = self.read_raw()
+                if not self.raw:
+                    self.raw = []
+                self.raw.append(item)
                 self.notify()
         except STREAM_CONTROL as e:
             self.post(lambda: _raise(e))
@@ -704,6 +730,8 @@ class FilterManager:
         if self.reader is not None and not self.reader.dead:
             self.reader.kill(block=False)
         for f in self.filters:
+            if type(f).quiet_end:
+                continue
             try:
                 f.on_stream_complete()
                 f.on_destroy()

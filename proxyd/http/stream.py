@@ -88,8 +88,7 @@ class Stream:
             if hcm.tracer is not None:
                 hcm.tracer.start(info, req)
             fm.create_filter_chain(hcm.filters)
-            fm.dec.headers(0, req, self.request_complete)
-            fm.drive()
+            fm.start(req, self.request_complete)
         except LocalReplySent:
             pass
         except DownstreamGone:

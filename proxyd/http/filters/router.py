@@ -42,7 +42,6 @@ class Router(BlockingTerminalFilter):
     filter may answer or re-route an unrouted request first."""
 
     def __init__(self, ctx):
-        super().__init__()
         self.ctx = ctx
 
     def serve(self) -> None:
