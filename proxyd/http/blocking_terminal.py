@@ -13,6 +13,7 @@ from collections import deque
 
 from proxyd.http.filter import FilterDataStatus, FilterHeadersStatus, FilterTrailersStatus
 from proxyd.http.filter import StreamDecoderFilter
+from proxyd.http.filter_manager import _UNSET
 from proxyd.http.stream_errors import LocalReplySent
 
 
@@ -68,7 +69,9 @@ class BlockingTerminalFilter(StreamDecoderFilter):
 
     @property
     def route(self):
-        return self.fm.route()
+        fm = self.fm
+        r = fm._route
+        return fm.route() if r is _UNSET else r
 
     def read_body(self):
         """The next request body chunk that passed the filters, or None at its end."""
@@ -96,8 +99,10 @@ class BlockingTerminalFilter(StreamDecoderFilter):
             enc.data(0, data, end_stream)
             if enc.above_limit:
                 self._backpressure()
-        else:
-            fm.codec_data(data, end_stream)
+        else:  # no encoder filters: straight to the codec (serve() flushes)
+            fm.stream.send_data(data, end_stream)
+            if end_stream:
+                fm.done = True
 
     def send_trailers(self, trailers) -> None:
         if self.replaced:

@@ -633,15 +633,21 @@ class FilterManager:
     def encode_headers(self, resp, end_stream: bool) -> None:
         """The terminal filter's response head enters the encoder chain."""
         self.response_started = True
-        route = self.route()
+        route = self._route
+        if route is _UNSET:
+            route = self.route()
+        stream = self.stream
         if route is not None:
-            route.apply_response_headers(resp.headers, self.stream.info)
+            route.apply_response_headers(resp.headers, stream.info)
         enc = self.enc
         if enc.entries or enc.aborted:
             enc.headers(0, resp, end_stream)
-        else:
+        else:  # no encoder filters: straight to the codec
             enc.head = resp
-            self.codec_headers(resp, end_stream)
+            stream.send_headers(resp, end_stream)
+            if end_stream:
+                stream.flush()
+                self._ended()
 
     def send_local_reply(self, status: int, body: bytes | None, details: str,
                          flag: str | None = None, headers: list | None = None) -> None:
@@ -718,15 +724,10 @@ class FilterManager:
     def destroy(self) -> None:
         """Last: stop helpers, tell the filters, and drop the references between the
         stream, the chain and the filters (so refcounting frees them, not the GC)."""
-        self._notify_filters()
-        self.dec.entries = self.enc.entries = self.filters = ()
-        self.terminal = self._spec = None
-        self.posted = self.raw = ()
-
-    def _notify_filters(self) -> None:
-        for g in self.helpers:
-            if not g.dead:
-                g.kill(block=False)
+        if self.helpers:
+            for g in self.helpers:
+                if not g.dead:
+                    g.kill(block=False)
         if self.reader is not None and not self.reader.dead:
             self.reader.kill(block=False)
         for f in self.filters:
@@ -741,6 +742,8 @@ class FilterManager:
                 if spec is not None:
                     spec.errors.inc()
                 _log.error("http filter raised on destroy", error=repr(exc))
+        self.dec.entries = self.enc.entries = self.filters = ()
+        self.terminal = self._spec = None
 
 
 def _raise(e: BaseException):
