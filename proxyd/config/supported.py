@@ -90,10 +90,10 @@ _FIELDS = {
                                    'typed_per_filter_config',
     _ROUTE + 'VirtualHost': 'name domains routes request_headers_to_add request_headers_to_remove '
                             'response_headers_to_add response_headers_to_remove '
-                            'typed_per_filter_config per_request_buffer_limit_bytes',
+                            'typed_per_filter_config',
     _ROUTE + 'Route': 'name match route redirect direct_response request_headers_to_add '
                       'request_headers_to_remove response_headers_to_add response_headers_to_remove '
-                      'typed_per_filter_config per_request_buffer_limit_bytes',
+                      'typed_per_filter_config',
     _ROUTE + 'FilterConfig': 'config is_optional disabled',
     _ROUTE + 'RouteConfiguration.TypedPerFilterConfigEntry': 'key value',
     _ROUTE + 'VirtualHost.TypedPerFilterConfigEntry': 'key value',

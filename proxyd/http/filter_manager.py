@@ -29,7 +29,9 @@ _STOP = 1            # this filter holds iteration; it still gets data/trailers
 _STOP_ALL = 2        # this filter and the rest wait; data is buffered for it
 _STOP_ALL_WM = 3     # same, with reads paused above the limit
 
-DEFAULT_BUFFER_LIMIT = 1 << 20  # Envoy's per_connection_buffer_limit_bytes default
+# What filters may buffer per stream: Envoy's per_connection_buffer_limit_bytes default
+# (route per_request_buffer_limit_bytes is the router's retry buffer, not this one)
+DEFAULT_BUFFER_LIMIT = 1 << 20
 _UNSET = object()
 _END = object()      # raw request end without trailers (reader queue item)
 
@@ -418,12 +420,7 @@ class FilterManager:
 
     def create_filter_chain(self, specs) -> None:
         route = self.route()
-        if route is None:
-            disabled = None
-        else:
-            disabled = route.disabled_filters
-            if route.buffer_limit is not None:
-                self.buffer_limit = route.buffer_limit
+        disabled = route.disabled_filters if route is not None else None
         for spec in specs:
             if disabled.get(spec.name, spec.disabled) if disabled else spec.disabled:
                 continue

@@ -56,11 +56,10 @@ SUPPORTED_FIELDS: dict[str, frozenset[str]] = {
         "max_direct_response_body_size_bytes", "ignore_port_in_host_matching",
         "ignore_path_parameters_in_path_matching") + _HEADER_LISTS),
     "envoy.config.route.v3.VirtualHost": frozenset(
-        ("name", "domains", "routes", "typed_per_filter_config", "per_request_buffer_limit_bytes")
-        + _HEADER_LISTS),
+        ("name", "domains", "routes", "typed_per_filter_config") + _HEADER_LISTS),
     "envoy.config.route.v3.Route": frozenset(
-        ("name", "match", "route", "redirect", "direct_response", "typed_per_filter_config",
-         "per_request_buffer_limit_bytes") + _HEADER_LISTS),
+        ("name", "match", "route", "redirect", "direct_response", "typed_per_filter_config")
+        + _HEADER_LISTS),
     "envoy.config.route.v3.RouteMatch": frozenset((
         "prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers")),
     "envoy.config.route.v3.RouteAction": frozenset((
@@ -139,7 +138,7 @@ class RouteEntry:
         "cluster_not_found_status", "direct_status", "direct_body", "_cluster",
         "_cluster_header", "_weights", "_cum_weights", "_total_weight", "_matched_len",
         "_request_mutations", "_response_mutations", "_redirect",
-        "per_filter_config", "per_filter_levels", "disabled_filters", "buffer_limit",
+        "per_filter_config", "per_filter_levels", "disabled_filters",
     )
 
     def cluster_for(self, req: RequestHead) -> str:
@@ -416,8 +415,6 @@ class RouteTable:
                                      vh_cfg.response_headers_to_remove, vpath,
                                      "response_headers_to_add", "response_headers_to_remove")
             vh_level = self._filter_level(vh_cfg, vpath)
-            vh_limit = (vh_cfg.per_request_buffer_limit_bytes.value
-                        if vh_cfg.HasField("per_request_buffer_limit_bytes") else None)
             routes = []
             for ri, r_cfg in enumerate(vh_cfg.routes):
                 rpath = f"{vpath}.routes[{ri}]"
@@ -440,8 +437,6 @@ class RouteTable:
                           if lv is not None]
                 e.per_filter_config, e.per_filter_levels, e.disabled_filters = (
                     merge_filter_levels(levels) if levels else _NO_FILTER_CONFIG)
-                e.buffer_limit = (r_cfg.per_request_buffer_limit_bytes.value
-                                  if r_cfg.HasField("per_request_buffer_limit_bytes") else vh_limit)
                 routes.append(route)
             vh = _VirtualHost(vh_cfg.name, tuple(routes))
             self._vhosts.append(vh)
