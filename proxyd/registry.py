@@ -13,6 +13,7 @@ TYPE_PREFIX = "type.googleapis.com/"
 
 NETWORK_FILTER = "network filter"
 HTTP_FILTER = "HTTP filter"
+HTTP_ROUTE_CONFIG = "HTTP filter per-route config"
 ACCESS_LOGGER = "access logger"
 TRACER = "tracer"
 LISTENER_FILTER = "listener filter"
@@ -44,6 +45,11 @@ _MODULES: dict[str, tuple[str, str]] = {
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager":
         (NETWORK_FILTER, "proxyd.http.conn_manager"),
     "envoy.extensions.filters.http.router.v3.Router": (HTTP_FILTER, "proxyd.http.filters.router"),
+    "envoy.config.route.v3.FilterConfig": (HTTP_ROUTE_CONFIG, "proxyd.http.per_filter_config"),
+    # proxyd's own: an HTTP filter written in Python (configured by an xds TypedStruct)
+    "proxyd.filters.http.python.v1.Python": (HTTP_FILTER, "proxyd.http.filters.python"),
+    "proxyd.filters.http.python.v1.PythonPerRoute":
+        (HTTP_ROUTE_CONFIG, "proxyd.http.filters.python"),
     "envoy.extensions.access_loggers.file.v3.FileAccessLog":
         (ACCESS_LOGGER, "proxyd.observability.access_log.loggers"),
     "envoy.extensions.access_loggers.stream.v3.StdoutAccessLog":

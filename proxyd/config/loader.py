@@ -222,6 +222,19 @@ def unpack(any_msg):
     return msg
 
 
+TYPED_STRUCTS = ('xds.type.v3.TypedStruct', 'udpa.type.v1.TypedStruct')
+
+
+def extension_config(any_msg):
+    """(type name, config message) of an extension's typed_config. A TypedStruct (Envoy's
+    carrier for configs without a compiled proto) names the type and holds a Struct."""
+    name = any_msg.type_url.rsplit('/', 1)[-1]
+    msg = unpack(any_msg)
+    if name in TYPED_STRUCTS:
+        return msg.type_url.rsplit('/', 1)[-1], msg.value
+    return name, msg
+
+
 def parse_dict(data, message):
     """``data`` (rewritten in place to what Envoy accepts, see legacy.py) into ``message``."""
     from . import legacy

@@ -17,6 +17,7 @@ HCM_URL = ('type.googleapis.com/'
 TCP_PROXY_URL = 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy'
 ROUTER_URL = 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router'
 _REGEX_MATCHER = 'envoy.type.matcher.v3.RegexMatcher'
+PYTHON_FILTER = 'proxyd.filters.http.python.v1.Python'
 
 
 def check(msg, path=(), clusters=None):
@@ -148,8 +149,11 @@ def _hcm(hcm, path, clusters, out):
         elif not is_router and i == len(filters) - 1:
             out.append((fpath, f"the last HTTP filter must be the router "
                                f"(envoy.filters.http.router), not '{f.name}'"))
+        else:
+            _python_filter(f.typed_config, fpath + ('typed_config',), out)
     if hcm.HasField('route_config'):
         _route_config(hcm.route_config, path + ('route_config',), clusters, out)
+        _per_filter_configs(hcm.route_config, path + ('route_config',), out)
     from proxyd.observability.config_check import check_access_logs, check_tracing
     out += check_access_logs(hcm.access_log, path + ('access_log',))
     out += check_tracing(hcm.tracing if hcm.HasField('tracing') else None,
@@ -166,6 +170,37 @@ def _header_values(level, path, out):
                 compile_value(opt.header.value, '')
             except ValueError as e:
                 out.append((vpath, str(e).lstrip(': ')))
+
+
+def _python_filter(typed_config, path, out):
+    """A Python HTTP filter: its class must import, have the filter API, take its config."""
+    if typed_config.type_url.rsplit('/', 1)[-1] not in loader.TYPED_STRUCTS:
+        return
+    type_name, struct = loader.extension_config(typed_config)
+    if type_name != PYTHON_FILTER:
+        return
+    from proxyd.http.filters import python
+    try:
+        python.validate(struct)
+    except Exception as e:  # noqa: BLE001 - whatever the user's code raised is the reason
+        out.append((path, f'python filter: {e}'))
+
+
+def _per_filter_configs(rc, path, out):
+    """Each typed_per_filter_config must name a filter type that takes per-route config."""
+    from proxyd.http.per_filter_config import PerFilterCompiler
+    compile_level = PerFilterCompiler({})
+    levels = [(rc, path)]
+    for i, vh in enumerate(rc.virtual_hosts):
+        levels.append((vh, path + ('virtual_hosts', i)))
+        levels += [(r, path + ('virtual_hosts', i, 'routes', j)) for j, r in enumerate(vh.routes)]
+    for msg, mpath in levels:
+        for name in msg.typed_per_filter_config:
+            try:
+                compile_level({name: msg.typed_per_filter_config[name]}, '')
+            except Exception as e:  # noqa: BLE001 - the filter's own reason
+                reason = str(e).split(': ', 1)[-1]
+                out.append((mpath + ('typed_per_filter_config', MapKey(name)), reason))
 
 
 def _route_config(rc, path, clusters, out):

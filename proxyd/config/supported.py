@@ -81,15 +81,23 @@ _FIELDS = {
                                         'omit_empty_values',
     'envoy.extensions.filters.network.http_connection_manager.v3.Rds':
         'config_source route_config_name',
-    'envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter': 'name typed_config',
+    'envoy.extensions.filters.network.http_connection_manager.v3.HttpFilter':
+        'name typed_config disabled',
     _ROUTER: '',
     _ROUTE + 'RouteConfiguration': 'name virtual_hosts request_headers_to_add '
                                    'request_headers_to_remove response_headers_to_add '
-                                   'response_headers_to_remove validate_clusters',
+                                   'response_headers_to_remove validate_clusters '
+                                   'typed_per_filter_config',
     _ROUTE + 'VirtualHost': 'name domains routes request_headers_to_add request_headers_to_remove '
-                            'response_headers_to_add response_headers_to_remove',
+                            'response_headers_to_add response_headers_to_remove '
+                            'typed_per_filter_config',
     _ROUTE + 'Route': 'name match route redirect direct_response request_headers_to_add '
-                      'request_headers_to_remove response_headers_to_add response_headers_to_remove',
+                      'request_headers_to_remove response_headers_to_add response_headers_to_remove '
+                      'typed_per_filter_config',
+    _ROUTE + 'FilterConfig': 'config is_optional disabled',
+    _ROUTE + 'RouteConfiguration.TypedPerFilterConfigEntry': 'key value',
+    _ROUTE + 'VirtualHost.TypedPerFilterConfigEntry': 'key value',
+    _ROUTE + 'Route.TypedPerFilterConfigEntry': 'key value',
     _ROUTE + 'RouteMatch': 'prefix path safe_regex case_sensitive headers',
     _ROUTE + 'RouteAction': 'cluster weighted_clusters prefix_rewrite timeout '
                             'host_rewrite_literal auto_host_rewrite',
@@ -227,6 +235,10 @@ NETWORK_FILTER, HTTP_FILTER = registry.NETWORK_FILTER, registry.HTTP_FILTER
 EXTENSIONS = registry.kinds()
 """Supported typed_config type URL -> the kind of extension it is (from proxyd.registry,
 the table the worker builds extensions from)."""
+STRUCT_CONFIGURED = frozenset(registry.TYPE_PREFIX + n for n in (
+    'proxyd.filters.http.python.v1.Python', 'proxyd.filters.http.python.v1.PythonPerRoute'))
+"""proxyd's own extensions: no compiled proto, configured by an xds TypedStruct whose Struct
+the extension validates itself (`proxyd check` runs that validation)."""
 
 SLOTS = {
     ('envoy.config.listener.v3.Filter', 'typed_config'): NETWORK_FILTER,
@@ -240,6 +252,10 @@ SLOTS = {
         registry.UPSTREAM_PROTOCOL_OPTIONS,
     ('envoy.config.cluster.v3.Cluster.CustomClusterType', 'typed_config'): registry.CLUSTER,
     ('envoy.config.overload.v3.ResourceMonitor', 'typed_config'): registry.RESOURCE_MONITOR,
+    (_ROUTE + 'RouteConfiguration', 'typed_per_filter_config'): registry.HTTP_ROUTE_CONFIG,
+    (_ROUTE + 'VirtualHost', 'typed_per_filter_config'): registry.HTTP_ROUTE_CONFIG,
+    (_ROUTE + 'Route', 'typed_per_filter_config'): registry.HTTP_ROUTE_CONFIG,
+    (_ROUTE + 'FilterConfig', 'config'): registry.HTTP_ROUTE_CONFIG,
 }
 """(message, Any field) -> the kind of extension that field takes."""
 
@@ -288,12 +304,15 @@ def _sub(msg, slot, path, out):
     if msg.DESCRIPTOR.full_name != 'google.protobuf.Any':
         _check(msg, path, out)
         return
-    kind = EXTENSIONS.get(msg.type_url)
+    typed_struct = msg.type_url.rsplit('/', 1)[-1] in loader.TYPED_STRUCTS
+    inner = loader.unpack(msg) if typed_struct else None
+    kind = EXTENSIONS.get(inner.type_url if typed_struct else msg.type_url)
     if not msg.type_url:
         out.append((path, "'@type' is missing"))
     elif kind is None:
-        out.append((path, f'extension {msg.type_url} is not supported by proxyd'))
+        url = inner.type_url if typed_struct else msg.type_url
+        out.append((path, f'extension {url} is not supported by proxyd'))
     elif SLOTS.get(slot, kind) != kind:
         out.append((path, f'extension {msg.type_url} is a {kind}, not a {SLOTS[slot]}'))
-    else:
+    elif not typed_struct:  # a TypedStruct's Struct is checked by its extension
         _check(loader.unpack(msg), path, out)

@@ -14,12 +14,14 @@ from random import getrandbits
 import gevent
 
 from proxyd import registry
-from proxyd.config import unpack
+from proxyd.config.loader import extension_config
 from proxyd.observability.access_log import build_access_logs
 from proxyd.observability.tracing.zipkin import build_tracer
 from proxyd.http.codec.http2 import Http2Options
-from proxyd.http.filter import HttpFilter
+from proxyd.http.filter_manager import FilterSpec
+from proxyd.http.per_filter_config import PerFilterCompiler
 from proxyd.router.route_table import RouteTable
+from proxyd.stats.scope import Scope
 
 DEFAULT_IDLE_TIMEOUT = 3600.0
 DEFAULT_STREAM_IDLE_TIMEOUT = 300.0
@@ -49,7 +51,7 @@ class HcmStats:
                  "downstream_rq_total", "downstream_rq_http1_total", "downstream_rq_http2_total",
                  "downstream_rq_rx_reset", "downstream_rq_tx_reset", "downstream_rq_timeout",
                  "downstream_rq_idle_timeout",
-                 "downstream_rq_too_large", "no_route", "no_cluster", "rq_direct_response",
+                 "downstream_rq_too_large", "rs_too_large", "no_route", "no_cluster", "rq_direct_response",
                  "rq_redirect", "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total")
     _GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_cx_http2_active",
                "downstream_rq_active")
@@ -66,6 +68,41 @@ class HcmStats:
         self.downstream_cx_length_ms = store.histogram(p + "downstream_cx_length_ms")
 
 
+class FactoryContext:
+    """What an HTTP filter factory gets (Envoy's FactoryContext): the HCM's stats scope
+    (`http.<stat_prefix>.`; a filter declares its own names under it), the runtime of the
+    current snapshot, the cluster manager, and the worker's context."""
+
+    def __init__(self, worker_ctx, stat_prefix: str, filter_name: str):
+        self.worker = worker_ctx
+        self.cluster_manager = worker_ctx.cluster_manager
+        self.stats = Scope(worker_ctx.stats, "http.%s." % stat_prefix)
+        self.filter_name = filter_name
+        self.errors = None   # a factory may set the counter its filter's exceptions go to
+        self.handles = None  # and the stat handles its filters see as callbacks.stats
+
+    @property
+    def runtime(self):
+        return self.worker.runtime
+
+    def scope(self, name: str, counters=(), gauges=(), histograms=()):
+        """Declared handles under `http.<stat_prefix>.<name>` (give `name` its dot)."""
+        return self.stats.scope(name).declare(counters, gauges, histograms)
+
+
+class _LazyCounter:
+    """A counter made on first use: a stat that only shows up once something happened."""
+    __slots__ = ("store", "name", "handle")
+
+    def __init__(self, store, name: str):
+        self.store, self.name, self.handle = store, name, None
+
+    def inc(self, n: int = 1) -> None:
+        if self.handle is None:
+            self.handle = self.store.counter(self.name)
+        self.handle.inc(n)
+
+
 class HttpConnectionManager:
     """One listener filter chain's HTTP settings, shared by all its connections."""
 
@@ -74,14 +111,17 @@ class HttpConnectionManager:
         self.config = config
         self.stat_prefix = config.stat_prefix
         self.stats = HcmStats(ctx.stats, config.stat_prefix)
-        self.route_table = RouteTable(config.route_config)
+        # the filter chain: one FilterFactoryCb per http_filters entry (the router last)
         self.filters = []
+        errors = _LazyCounter(ctx.stats, "http.%s.filter_errors" % config.stat_prefix)
         for f in config.http_filters:
-            mod = registry.factory(f.typed_config.type_url)
-            self.filters.append(mod.create(unpack(f.typed_config), ctx))
-        # encode_headers runs in reverse order, and only where a filter overrides it
-        self.encoders = [f for f in reversed(self.filters)
-                         if type(f).encode_headers is not HttpFilter.encode_headers]
+            type_name, msg = extension_config(f.typed_config)
+            fctx = FactoryContext(ctx, config.stat_prefix, f.name)
+            factory = registry.factory(type_name).create(msg, fctx)
+            self.filters.append(FilterSpec(f.name, factory, f.disabled, fctx.errors or errors,
+                                           fctx.handles))
+        self.route_table = RouteTable(config.route_config, PerFilterCompiler(
+            {s.name: s.factory for s in self.filters}))
         self.codec_type = config.codec_type  # 0 AUTO, 1 HTTP1, 2 HTTP2
         self.http2_options = Http2Options(config.http2_protocol_options
                                           if config.HasField("http2_protocol_options") else None)

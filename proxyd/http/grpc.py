@@ -65,16 +65,15 @@ def effective_timeout(route, req) -> float:
     return t
 
 
-def local_reply(stream, status: int, body: bytes | None) -> None:
-    """Send a local reply as a trailers-only gRPC response."""
+def local_reply_head(request, status: int, body: bytes | None) -> ResponseHead:
+    """A local reply as the head of a trailers-only gRPC response."""
     msg = (body or b"").decode("utf-8", "replace")
     h = Headers([("content-type", "application/grpc"),
                  ("grpc-status", str(status_from_http(status)))])
     if msg:
         h.add("grpc-message", quote(msg, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~"))
-    if stream.request.version != "HTTP/2":
+    if request.version != "HTTP/2":
         h.add("content-length", "0")
     resp = ResponseHead(200, h)
     resp.content_length = 0
-    stream.send_headers(resp, True)
-    stream.flush()
+    return resp

@@ -10,7 +10,51 @@ import time
 from proxyd.http.headers import Headers
 
 
-class RequestHead:
+class _HeaderMap:
+    """A head read and written like Envoy's header map: pseudo-headers (`:path`,
+    `:status`, ...) are the head's attributes, other names its `headers`."""
+    __slots__ = ()
+    _PSEUDO: dict = {}
+    _CHUNKED_WITHOUT_LENGTH = False
+
+    def get(self, name: str, default=None):
+        attr = self._PSEUDO.get(name)
+        if attr is not None:
+            v = getattr(self, attr)
+            return default if v is None else str(v)
+        return self.headers.get(name, default)
+
+    def set(self, name: str, value: str) -> None:
+        attr = self._PSEUDO.get(name)
+        if attr is None:
+            self.headers.set(name, value)
+            if name == "content-length":
+                self.content_length = int(value)
+        else:
+            setattr(self, attr, int(value) if attr == "status" else value)
+
+    def add(self, name: str, value: str) -> None:
+        self.headers.add(name, value)
+
+    def remove(self, name: str) -> None:
+        """Removing content-length also drops the framing it gave (the codec re-frames)."""
+        self.headers.remove(name)
+        if name == "content-length" and self.content_length is not None:
+            if self._CHUNKED_WITHOUT_LENGTH and self.content_length:
+                self.chunked = True   # a request body keeps going upstream, chunked
+            self.content_length = None
+
+    def get_all(self, name: str) -> list:
+        return self.headers.get_all(name)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._PSEUDO or name in self.headers
+
+
+class RequestHead(_HeaderMap):
+    _PSEUDO = {":method": "method", ":path": "path", ":authority": "authority",
+               ":scheme": "scheme"}
+    _CHUNKED_WITHOUT_LENGTH = True
     __slots__ = ("method", "path", "authority", "scheme", "version", "headers",
                  "keep_alive", "expect_continue", "chunked", "content_length")
 
@@ -32,7 +76,8 @@ class RequestHead:
         return self.chunked or bool(self.content_length)
 
 
-class ResponseHead:
+class ResponseHead(_HeaderMap):
+    _PSEUDO = {":status": "status"}
     __slots__ = ("status", "reason", "version", "headers", "keep_alive", "chunked",
                  "content_length")
 
@@ -59,6 +104,7 @@ class StreamInfo:
         "bytes_received", "bytes_sent", "upstream_host", "upstream_cluster",
         "upstream_local_address", "downstream_remote_address", "downstream_local_address",
         "route_name", "connection_id", "request_id", "is_health_check", "trace",
+        "_dynamic_metadata", "_filter_state",
     )
 
     def __init__(self, connection_id: int, downstream_remote_address: str,
@@ -88,3 +134,26 @@ class StreamInfo:
         self.request_id: str | None = None
         self.is_health_check = False
         self.trace = None                              # tracing span context, when traced
+        self._dynamic_metadata = None
+        self._filter_state = None
+
+    @property
+    def dynamic_metadata(self) -> dict:
+        """Envoy's dynamic metadata: namespace (a filter's name) -> {key: value};
+        %DYNAMIC_METADATA(ns:key)% in access logs."""
+        d = self._dynamic_metadata
+        if d is None:
+            d = self._dynamic_metadata = {}
+        return d
+
+    def set_dynamic_metadata(self, namespace: str, values: dict) -> None:
+        self.dynamic_metadata.setdefault(namespace, {}).update(values)
+
+    @property
+    def filter_state(self) -> dict:
+        """Envoy's filter state: name -> object shared by the stream's filters;
+        %FILTER_STATE(name)% in access logs (str() of the object, or its serialize())."""
+        d = self._filter_state
+        if d is None:
+            d = self._filter_state = {}
+        return d

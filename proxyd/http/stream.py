@@ -1,6 +1,7 @@
-"""The protocol-neutral life of one request: request id, route, HTTP filters, local
-replies, stats and the access log. Codecs subclass `Stream` and supply the I/O
-(`read_body`, `send_headers`, `send_data`, `flush`, `reset`)."""
+"""The protocol-neutral life of one request: request id, the filter chain (run by a
+`FilterManager`), local replies, stats and the access log. Codecs subclass `Stream` and
+supply the I/O (`read_body`, `send_headers`, `send_data`, `flush`, `reset`); those are
+the ends of the filter chain, never called by filters directly."""
 from __future__ import annotations
 
 import time
@@ -8,9 +9,13 @@ from email.utils import formatdate
 
 import gevent
 
-from proxyd.http import grpc, local_reply
+from proxyd.http.filter_manager import FilterManager
 from proxyd.http.headers import Headers
 from proxyd.http.message import ResponseHead, StreamInfo
+from proxyd.http.stream_errors import (DownstreamGone, LocalReplySent, RequestTimeout,
+                                       StreamIdleTimeout)
+
+__all__ = ["Stream", "DownstreamGone", "RequestTimeout", "StreamIdleTimeout", "http_date"]
 
 _date_cache = [0, ""]
 
@@ -24,21 +29,8 @@ def http_date() -> str:
     return _date_cache[1]
 
 
-class DownstreamGone(Exception):
-    """The client closed or reset while we were writing to it."""
-
-
-class RequestTimeout(Exception):
-    """HCM request_timeout: the whole request did not arrive in time (408)."""
-
-
-class StreamIdleTimeout(Exception):
-    """HCM stream_idle_timeout: nothing happened on the stream for that long (408, or a
-    reset once the response started)."""
-
-
 class Stream:
-    __slots__ = ("hcm", "conn", "request", "info", "route", "headers_sent", "closing",
+    __slots__ = ("hcm", "conn", "request", "info", "fm", "headers_sent", "closing",
                  "request_complete")
 
     def __init__(self, hcm, conn, request, protocol: str):
@@ -47,13 +39,18 @@ class Stream:
         self.request = request
         self.info = info = StreamInfo(conn.id, conn.remote_address, conn.local_address, protocol)
         info.request = request
-        self.route = None
+        self.fm = None
         self.headers_sent = False
         self.closing = False
         self.request_complete = not request.has_body
 
+    @property
+    def route(self):
+        return self.fm.route() if self.fm is not None else None
+
     def run(self) -> None:
-        """Decode side: request id, route, filters. The router (last filter) answers."""
+        """Request id and forwarding headers, then the filter chain until the response
+        ends; the router (the last filter) answers, or answers 404 when no route matched."""
         hcm = self.hcm
         stats = hcm.stats
         stats.downstream_rq_total.inc()
@@ -69,6 +66,7 @@ class Stream:
             timer = gevent.get_hub().loop.timer(hcm.request_timeout)
             timer.start(lambda: self.request_complete or self.headers_sent
                         or glet.throw(RequestTimeout()))
+        fm = self.fm = FilterManager(self)
         try:
             headers = req.headers
             looked_up = hcm.preserve_external_request_id or not hcm.use_remote_address
@@ -89,15 +87,10 @@ class Stream:
                 headers.add("x-forwarded-proto", req.scheme)
             if hcm.tracer is not None:
                 hcm.tracer.start(info, req)
-            route = self.route = hcm.route_table.match(req)
-            if route is None:
-                stats.no_route.inc()
-                self.local_reply(*local_reply.NO_ROUTE)
-                return
-            info.route_name = route.name
-            for f in hcm.filters:
-                if not f.decode_headers(self):
-                    return
+            fm.create_filter_chain(hcm.filters)
+            fm.start(req, self.request_complete)
+        except LocalReplySent:
+            pass
         except DownstreamGone:
             info.response_flags.append("DC")
             stats.downstream_rq_rx_reset.inc()
@@ -119,7 +112,9 @@ class Stream:
         finally:
             if timer is not None:
                 timer.close()
+            fm.destroy()
             self._complete()
+            self.fm = None
 
     def _complete(self) -> None:
         hcm = self.hcm
@@ -138,31 +133,13 @@ class Stream:
 
     def local_reply(self, status: int, body: bytes | None, details: str, flag: str | None = None,
                     headers: list | None = None) -> None:
-        """Answer the request from proxyd itself (Envoy's local reply)."""
-        info = self.info
-        info.response_code_details = details
-        if flag:
-            info.response_flags.append(flag)
-        if self.headers_sent:
-            self.reset()
-            return
-        if grpc.is_grpc(self.request):
-            grpc.local_reply(self, status, body)
-            return
-        h = Headers(list(headers) if headers else [])
-        if body:
-            h.add("content-type", "text/plain")
-        h.add("content-length", str(len(body) if body else 0))
-        resp = ResponseHead(status, h)
-        resp.content_length = len(body) if body else 0
-        self.send_headers(resp, not body)
-        if body:
-            self.send_data(body, True)
-        self.flush()
+        """Answer the request from proxyd itself (Envoy's local reply, through the
+        encoder filters when no response started yet)."""
+        self.fm.send_local_reply(status, body, details, flag, headers)
 
     def finalize_response_headers(self, resp: ResponseHead) -> None:
-        """What every response gets on its way out: route header mutations, encoder
-        filters, request id echo, Date and Server."""
+        """What every response gets past the encoder filters: request id echo, Date and
+        Server (route header mutations were applied before the filters)."""
         info = self.info
         info.response = resp
         info.response_code = resp.status
@@ -170,10 +147,6 @@ class Stream:
             info.response_start_mono = time.monotonic()
         h = resp.headers
         hcm = self.hcm
-        if self.route is not None:
-            self.route.apply_response_headers(h, info)
-        for f in hcm.encoders:
-            f.encode_headers(self, resp)
         if hcm.always_set_request_id_in_response and info.request_id:
             h.set("x-request-id", info.request_id)
         if "date" not in h:

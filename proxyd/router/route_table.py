@@ -28,6 +28,7 @@ from typing import Callable
 
 from proxyd.http.headers import Headers
 from proxyd.http.message import RequestHead
+from proxyd.http.per_filter_config import merge as merge_filter_levels
 from proxyd.router.header_mutation import HeaderMutation, apply_all
 from proxyd.router.matchers import (
     ascii_lower, header_getter, header_matcher, port_start, regex_matcher, wire,
@@ -35,6 +36,7 @@ from proxyd.router.matchers import (
 
 DEFAULT_TIMEOUT = 15.0
 DEFAULT_MAX_DIRECT_RESPONSE_BODY = 4096
+_NO_FILTER_CONFIG = ({}, {}, {})  # (per_filter_config, per_filter_levels, disabled_filters)
 
 # RedirectAction.RedirectResponseCode enum value -> HTTP status
 REDIRECT_STATUS = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
@@ -50,11 +52,14 @@ _HEADER_LISTS = ("request_headers_to_add", "request_headers_to_remove",
 SUPPORTED_FIELDS: dict[str, frozenset[str]] = {
     "envoy.config.route.v3.RouteConfiguration": frozenset((
         "name", "virtual_hosts", "most_specific_header_mutations_wins", "validate_clusters",
+        "typed_per_filter_config",
         "max_direct_response_body_size_bytes", "ignore_port_in_host_matching",
         "ignore_path_parameters_in_path_matching") + _HEADER_LISTS),
-    "envoy.config.route.v3.VirtualHost": frozenset(("name", "domains", "routes") + _HEADER_LISTS),
+    "envoy.config.route.v3.VirtualHost": frozenset(
+        ("name", "domains", "routes", "typed_per_filter_config") + _HEADER_LISTS),
     "envoy.config.route.v3.Route": frozenset(
-        ("name", "match", "route", "redirect", "direct_response") + _HEADER_LISTS),
+        ("name", "match", "route", "redirect", "direct_response", "typed_per_filter_config")
+        + _HEADER_LISTS),
     "envoy.config.route.v3.RouteMatch": frozenset((
         "prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers")),
     "envoy.config.route.v3.RouteAction": frozenset((
@@ -133,6 +138,7 @@ class RouteEntry:
         "cluster_not_found_status", "direct_status", "direct_body", "_cluster",
         "_cluster_header", "_weights", "_cum_weights", "_total_weight", "_matched_len",
         "_request_mutations", "_response_mutations", "_redirect",
+        "per_filter_config", "per_filter_levels", "disabled_filters",
     )
 
     def cluster_for(self, req: RequestHead) -> str:
@@ -368,9 +374,13 @@ def _data_source(ds, path: str, limit: int) -> bytes:
 class RouteTable:
     """A RouteConfiguration compiled for matching; see the module docstring."""
 
-    def __init__(self, route_config):
+    def __init__(self, route_config, per_filter_config=None):
+        """`per_filter_config(map, path) -> (configs, disabled)` compiles
+        typed_per_filter_config (the HCM's PerFilterCompiler); without it none is allowed."""
         _check_tree(route_config, "")
         cfg = route_config
+        self._per_filter = per_filter_config
+        rc_level = self._filter_level(cfg, "")
         self.name = cfg.name
         self._ignore_port = cfg.ignore_port_in_host_matching
         ignore_params = cfg.ignore_path_parameters_in_path_matching
@@ -404,6 +414,7 @@ class RouteTable:
             vh_resp = HeaderMutation(vh_cfg.response_headers_to_add,
                                      vh_cfg.response_headers_to_remove, vpath,
                                      "response_headers_to_add", "response_headers_to_remove")
+            vh_level = self._filter_level(vh_cfg, vpath)
             routes = []
             for ri, r_cfg in enumerate(vh_cfg.routes):
                 rpath = f"{vpath}.routes[{ri}]"
@@ -418,9 +429,15 @@ class RouteTable:
                 levels_resp = (r_resp, vh_resp, global_resp)
                 if most_specific_wins:
                     levels_req, levels_resp = levels_req[::-1], levels_resp[::-1]
-                routes.append(self._build_route(
+                route = self._build_route(
                     ri, r_cfg, rpath, vh_cfg.name, ignore_params, body_limit,
-                    tuple(m for m in levels_req if m), tuple(m for m in levels_resp if m)))
+                    tuple(m for m in levels_req if m), tuple(m for m in levels_resp if m))
+                e = route.entry
+                levels = [lv for lv in (rc_level, vh_level, self._filter_level(r_cfg, rpath))
+                          if lv is not None]
+                e.per_filter_config, e.per_filter_levels, e.disabled_filters = (
+                    merge_filter_levels(levels) if levels else _NO_FILTER_CONFIG)
+                routes.append(route)
             vh = _VirtualHost(vh_cfg.name, tuple(routes))
             self._vhosts.append(vh)
             for di, domain in enumerate(vh_cfg.domains):
@@ -448,6 +465,14 @@ class RouteTable:
         self._suffix = tuple(sorted(suffix.items(), reverse=True))
         self._prefix = tuple(sorted(prefix.items(), reverse=True))
         self._only_default = not self._exact and not self._suffix and not self._prefix
+
+    def _filter_level(self, msg, path: str):
+        """One level's compiled typed_per_filter_config, or None when it has none."""
+        if not msg.typed_per_filter_config:
+            return None
+        if self._per_filter is None:
+            raise ValueError(f"{_join(path, 'typed_per_filter_config')}: not supported here")
+        return self._per_filter(msg.typed_per_filter_config, path)
 
     def _build_route(self, index, r, path, vh_name, ignore_params, body_limit,
                      req_mut, resp_mut) -> _Route:

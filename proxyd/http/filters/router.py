@@ -14,7 +14,7 @@ import gevent
 from proxyd.http import grpc, local_reply
 from proxyd.http.codec.http1 import (DATA, HEAD, LAST_CHUNK, ProtocolError,
                                      ResponseParser, encode_chunk, encode_request_head)
-from proxyd.http.filter import HttpFilter
+from proxyd.http.blocking_terminal import BlockingTerminalFilter
 from proxyd.http.headers import HOP_BY_HOP
 from proxyd.http.message import ResponseHead
 from proxyd.network.io import send_all
@@ -36,12 +36,21 @@ class UpstreamReset(Exception):
     pass
 
 
-class Router(HttpFilter):
+class Router(BlockingTerminalFilter):
+    """One per stream. `serve` runs in the stream's greenlet once the request headers
+    passed every filter before it; a missing route is answered here (404 NR), so a
+    filter may answer or re-route an unrouted request first."""
+
     def __init__(self, ctx):
         self.ctx = ctx
 
-    def decode_headers(self, stream) -> bool:
+    def serve(self) -> None:
+        stream = self
         route = stream.route
+        if route is None:
+            stream.hcm.stats.no_route.inc()
+            stream.local_reply(*local_reply.NO_ROUTE)
+            return
         kind = route.kind
         if kind == "direct":
             stream.hcm.stats.rq_direct_response.inc()
@@ -293,5 +302,8 @@ def _complete(cstats, host, resp, info, t0: float) -> None:
     info.response_code_details = "via_upstream"
 
 
-def create(config, ctx) -> Router:
-    return Router(ctx)
+def create(config, ctx):
+    """The FilterFactoryCb: a Router for each stream."""
+    def factory(chain) -> None:
+        chain.add_stream_decoder_filter(Router(ctx))
+    return factory

@@ -233,9 +233,34 @@ def _request_id(info):
     return rq.headers.get("x-request-id") if rq is not None else None
 
 
+def _dynamic_metadata(info, namespace: str, path: tuple, text: bool):
+    """%DYNAMIC_METADATA(NS:KEY:...)%: a value filters set on the stream; text formats
+    render objects as JSON, as Envoy does."""
+    md = info._dynamic_metadata
+    v = md.get(namespace) if md else None
+    for key in path:
+        v = v.get(key) if isinstance(v, dict) else None
+    if v is None:
+        return None
+    if text and not isinstance(v, str):
+        return orjson.dumps(v).decode()
+    return v
+
+
+def _filter_state(info, key: str):
+    """%FILTER_STATE(KEY:PLAIN)%: an object filters shared; serialize() if it has one."""
+    fs = info._filter_state
+    v = fs.get(key) if fs else None
+    if v is None:
+        return None
+    ser = getattr(v, "serialize", None)
+    return str(ser() if ser is not None else v)
+
+
 _GLOBALS = {
     "_strip_port": _strip_port, "_port": _port, "_flags_long": _flags_long,
-    "_trace_id": _trace_id, "_request_id": _request_id, "__builtins__": __builtins__,
+    "_trace_id": _trace_id, "_request_id": _request_id, "_dynamic_metadata": _dynamic_metadata,
+    "_filter_state": _filter_state, "__builtins__": __builtins__,
 }
 
 
@@ -288,6 +313,7 @@ class _Gen:
         self.consts: dict[str, object] = {}
         self.n = 0
         self.header_uses = {"qh": 0, "sh": 0, "tr": 0}
+        self.text = True   # a text format (objects render as JSON text)
 
     def const(self, value) -> str:
         name = f"_k{len(self.consts)}"
@@ -340,6 +366,21 @@ class _Gen:
                 raise ValueError(f"invalid header alternatives in access log command "
                                  f"operator {cmd.text}")
             v = self.header_lookup({"REQ": "qh", "RESP": "sh", "TRAILER": "tr"}[name], names)
+            kind = "str"
+        elif name == "DYNAMIC_METADATA":
+            ns, *path = (cmd.arg or "").split(":")
+            if not ns:
+                raise ValueError(f"access log command operator {cmd.text} needs a namespace")
+            v = self.var()
+            self.stmts.append(f"{v} = _dynamic_metadata(info, {ns!r}, {tuple(path)!r}, "
+                              f"{self.text!r})")
+            kind = "str" if self.text else "any"
+        elif name == "FILTER_STATE":
+            key, _, mode = (cmd.arg or "").partition(":")
+            if not key or mode not in ("", "PLAIN", "TYPED"):
+                raise ValueError(f"invalid access log command operator {cmd.text}")
+            v = self.var()
+            self.stmts.append(f"{v} = _filter_state(info, {key!r})")
             kind = "str"
         elif name == "HOSTNAME":
             v = self.var()
@@ -435,6 +476,7 @@ def compile_json(spec: dict, typed: bool = True, omit_empty_values: bool = False
     if not isinstance(spec, dict):
         raise ValueError("access log json_format must be a mapping")
     gen = _Gen()
+    gen.text = False
 
     def value_expr(value) -> str:
         if isinstance(value, str):
