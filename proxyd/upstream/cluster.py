@@ -31,6 +31,7 @@ class ClusterStats:
 
     _COUNTERS = ("upstream_cx_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
                  "upstream_cx_destroy_local", "upstream_cx_destroy_remote",
+                 "upstream_cx_protocol_error",
                  "upstream_rq_total", "upstream_rq_completed", "upstream_rq_timeout",
                  "upstream_rq_rx_reset", "upstream_rq_tx_reset", "upstream_rq_retry",
                  "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",

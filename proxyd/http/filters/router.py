@@ -256,7 +256,13 @@ def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float) -> None:
                     stream.flush()
                     cstats.upstream_cx_rx_bytes_total.inc(rx)
                     _complete(cstats, host, resp, info, t0)
-                    if keep_alive and not events and parser.done:
+                    if parser.extra:
+                        # bytes past the end of the response (a wrong Content-Length, a
+                        # body after HEAD) would be read as the next request's answer
+                        cstats.upstream_cx_protocol_error.inc()
+                        conn.close()
+                        cstats.upstream_cx_destroy_local.inc()
+                    elif keep_alive and parser.done:
                         host.pool.release(conn)
                     else:
                         conn.close()
