@@ -151,6 +151,14 @@ for _name, _more in {  # HTTP/2 both ways, gRPC deadlines
     _ROUTE + 'RouteAction': 'max_grpc_timeout grpc_timeout_offset',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+for _name, _more in {  # circuit breakers: no retry budgets, no per-host thresholds
+    'envoy.config.cluster.v3.Cluster': 'circuit_breakers',
+    'envoy.config.cluster.v3.CircuitBreakers': 'thresholds',
+    'envoy.config.cluster.v3.CircuitBreakers.Thresholds':
+        'priority max_connections max_pending_requests max_requests max_retries '
+        'track_remaining max_connection_pools',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
 """Full message name -> names of the fields proxyd implements."""
 

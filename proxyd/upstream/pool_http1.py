@@ -15,17 +15,22 @@ from collections import deque
 
 from gevent import get_hub
 from gevent import ssl as gssl
+from gevent.event import AsyncResult
+
+from proxyd.upstream.resource_manager import Overflow
 
 QUIET, EOF, DATA = 0, 1, 2
 
 
 class UpstreamConnection:
-    __slots__ = ("sock", "host", "cluster", "last_used", "local_address", "reused", "_watch")
+    __slots__ = ("sock", "host", "cluster", "pool", "last_used", "local_address", "reused",
+                 "_watch")
 
-    def __init__(self, sock, host, cluster):
+    def __init__(self, sock, host, cluster, pool=None):
         self.sock = sock
         self.host = host
         self.cluster = cluster
+        self.pool = pool  # the Http1Pool it belongs to (None for tcp_proxy's)
         self.last_used = time.monotonic()
         self.reused = False
         self._watch = None  # read watcher while idle in a pool
@@ -56,12 +61,21 @@ class UpstreamConnection:
                 self.sock.close()
             finally:
                 self.sock = None
-                self.host.cx_active.dec()
-                self.cluster.stats.upstream_cx_active.dec()
+                self.cluster.disconnected(self.host)
+                if self.pool is not None:
+                    self.pool.closed(self)
 
 
 class Http1Pool:
-    __slots__ = ("host", "cluster", "_idle", "idle_timeout", "max_idle")
+    """Idle connections, the connections open, and the requests waiting for one.
+
+    Envoy's HTTP/1 pool semantics: a request with no idle connection is pending (within
+    the cluster's max_pending_requests) until a connection is free; a new connection is
+    made only within max_connections, except that a pool with no connection at all may
+    always make one, so that its pending requests can be served."""
+
+    __slots__ = ("host", "cluster", "_idle", "idle_timeout", "max_idle", "_open", "_waiters",
+                 "_counted")
 
     def __init__(self, host, cluster, idle_timeout: float, max_idle: int = 256):
         self.host = host
@@ -69,9 +83,51 @@ class Http1Pool:
         self._idle: deque = deque()
         self.idle_timeout = idle_timeout
         self.max_idle = max_idle
+        self._open = 0                  # connections of this pool, idle or busy
+        self._waiters: deque = deque()  # pending requests: AsyncResults waiting for one
+        self._counted = False           # counted in the cluster's connection pools
 
     def acquire(self) -> UpstreamConnection:
-        """An idle live connection, else a new one (raises UpstreamConnectError)."""
+        """An idle live connection, else a new one, else the next one released (raises
+        UpstreamConnectError, or Overflow when a circuit breaker refuses)."""
+        conn = self._idle_connection()
+        if conn is not None:
+            return conn
+        cluster = self.cluster
+        resources = cluster.resources
+        stats = cluster.stats
+        if not self._counted:
+            if not resources.connection_pools.can_create():
+                stats.upstream_cx_pool_overflow.inc()
+                raise Overflow()
+            resources.connection_pools.inc()
+            self._counted = True
+        pending = resources.pending_requests
+        if not pending.can_create():
+            stats.upstream_rq_pending_overflow.inc()
+            raise Overflow()
+        pending.inc()
+        stats.upstream_rq_pending_total.inc()
+        stats.upstream_rq_pending_active.inc()
+        try:
+            while True:
+                if self._open == 0 or resources.connections.can_create():
+                    self._open += 1
+                    try:
+                        sock = cluster.connect(self.host)
+                    except BaseException:
+                        self._open -= 1
+                        raise
+                    return UpstreamConnection(sock, self.host, cluster, self)
+                stats.upstream_cx_overflow.inc()
+                conn = self._wait()
+                if conn is not None:
+                    return conn
+        finally:
+            pending.dec()
+            stats.upstream_rq_pending_active.dec()
+
+    def _idle_connection(self):
         idle = self._idle
         now = time.monotonic()
         while idle:
@@ -86,17 +142,44 @@ class Http1Pool:
                 self._discard(conn, state)
             else:
                 conn.close()
-        return UpstreamConnection(self.cluster.connect(self.host), self.host, self.cluster)
+        return None
+
+    def _wait(self):
+        """Wait for a connection handed over by `release`, or None once one closed (so
+        a new one may be made)."""
+        waiter = AsyncResult()
+        self._waiters.append(waiter)
+        try:
+            return waiter.get()
+        except BaseException:  # the route timeout, or the client went away
+            if not waiter.ready():
+                self._waiters.remove(waiter)
+            elif waiter.value is not None:
+                self.release(waiter.value)  # handed over just as we were interrupted
+            raise
 
     def release(self, conn: UpstreamConnection) -> None:
         if conn.sock is None:
             return
-        if len(self._idle) >= self.max_idle or self.cluster.removed:
+        if self.cluster.removed:
             conn.close()
             return
         conn.last_used = time.monotonic()
+        if self._waiters:
+            conn.reused = True
+            self._waiters.popleft().set(conn)
+            return
+        if len(self._idle) >= self.max_idle:
+            conn.close()
+            return
         self._idle.append(conn)
         conn.watch(self._readable)
+
+    def closed(self, conn: UpstreamConnection) -> None:
+        """One of this pool's connections closed: a pending request may make a new one."""
+        self._open -= 1
+        if self._waiters:
+            self._waiters.popleft().set(None)
 
     def _readable(self, conn: UpstreamConnection) -> None:
         """Loop callback: an idle connection turned readable (FIN or stray bytes)."""
@@ -124,6 +207,9 @@ class Http1Pool:
     def close_idle(self) -> None:
         while self._idle:
             self._idle.pop().close()
+        if self._counted:
+            self._counted = False
+            self.cluster.resources.connection_pools.dec()
 
 
 def idle_state(sock) -> int:

@@ -19,6 +19,7 @@ from proxyd.http.headers import HOP_BY_HOP
 from proxyd.http.message import ResponseHead
 from proxyd.network.io import send_all
 from proxyd.upstream.cluster import UpstreamConnectError
+from proxyd.upstream.resource_manager import Overflow
 
 RECV_SIZE = 65536
 # proxyd answers 100-continue itself, as Envoy does by default: Expect is not forwarded
@@ -138,6 +139,7 @@ def forward(stream, route, cluster, host) -> None:
     info = stream.info
     cstats = cluster.stats
     conn = None
+    requests = None  # the circuit breaker's request count, once attached to a connection
     t0, expired, timer = begin_upstream_request(info, cstats, host, timeout)
     try:
         head_bytes = encode_request_head(req, _upstream_headers(stream, route, host))
@@ -148,6 +150,18 @@ def forward(stream, route, cluster, host) -> None:
                 host.rq_error.inc()
                 stream.local_reply(*local_reply.connect_failure(e.reason))
                 return
+            except Overflow:
+                stream.local_reply(*local_reply.OVERFLOW)
+                return
+            if requests is None:
+                if not cluster.resources.requests.can_create():
+                    cstats.upstream_rq_active_overflow.inc()
+                    host.pool.release(conn)
+                    conn = None
+                    stream.local_reply(*local_reply.OVERFLOW)
+                    return
+                requests = cluster.resources.requests
+                requests.inc()
             info.upstream_local_address = conn.local_address
             info.upstream_start_mono = time.monotonic()
             try:
@@ -181,6 +195,8 @@ def forward(stream, route, cluster, host) -> None:
         raise
     finally:
         timer.close()
+        if requests is not None:
+            requests.dec()
         cstats.upstream_rq_active.dec()
         host.rq_active.dec()
 
