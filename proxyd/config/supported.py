@@ -91,8 +91,9 @@ _FIELDS = {
     _ROUTE + 'Route': 'name match route redirect direct_response request_headers_to_add '
                       'request_headers_to_remove response_headers_to_add response_headers_to_remove',
     _ROUTE + 'RouteMatch': 'prefix path safe_regex case_sensitive headers',
-    _ROUTE + 'RouteAction': 'cluster weighted_clusters prefix_rewrite timeout '
+    _ROUTE + 'RouteAction': 'cluster weighted_clusters prefix_rewrite regex_rewrite timeout '
                             'host_rewrite_literal auto_host_rewrite',
+    'envoy.type.matcher.v3.RegexMatchAndSubstitute': 'pattern substitution',
     _ROUTE + 'WeightedCluster': 'clusters',
     _ROUTE + 'WeightedCluster.ClusterWeight': 'name weight',
     _ROUTE + 'RedirectAction': 'https_redirect scheme_redirect host_redirect port_redirect '

@@ -25,6 +25,7 @@ from proxyd.listener.manager import ListenerManager  # noqa: E402
 from proxyd.observability import access_log  # noqa: E402
 from proxyd.observability.tracing import zipkin  # noqa: E402
 from proxyd.observability.logging import configure_logging, get_logger, set_level  # noqa: E402
+from proxyd import regex  # noqa: E402
 from proxyd.runtime import Runtime  # noqa: E402
 from proxyd.stats import StatsStore  # noqa: E402
 from proxyd.upstream.cluster_manager import ClusterManager  # noqa: E402
@@ -102,6 +103,7 @@ class Worker:
         ctx.bootstrap = bs
         ctx.node = bs.node
         ctx.runtime.update(msg.get("runtime", {}))
+        regex.set_program_size_limits(ctx.runtime)  # before route tables compile
         clusters = list(bs.static_resources.clusters) + [c for c in msg.get("clusters", [])]
         ctx.cluster_manager.apply(clusters, msg["endpoints"])
         socks = {}
