@@ -26,16 +26,19 @@ class Overflow(Exception):
 
 
 class Resource:
-    """One limited resource: this worker's share of the count and the shared total."""
+    """One limited resource: this worker's share of the count and the shared total.
+    `rows`: 2 keeps the count and publishes the limit, 1 only publishes the limit (for
+    the derived remaining_* gauge), 0 neither (a priority no request can use)."""
 
     __slots__ = ("max", "_share", "_total", "_max_share")
 
-    def __init__(self, store, name: str, limit: int):
+    def __init__(self, store, name: str, limit: int, rows: int = 2):
         self.max = limit
-        self._share = store.gauge(name)
-        self._total = store.total_view(self._share)
-        self._max_share = store.gauge(name + "_max")
-        self._max_share.set(limit)
+        self._share = store.gauge(name) if rows == 2 else None
+        self._total = store.total_view(self._share) if rows == 2 else ()
+        self._max_share = store.gauge(name + "_max") if rows else None
+        if self._max_share is not None:
+            self._max_share.set(limit)
 
     def can_create(self) -> bool:
         return self.max < 0 or sum(self._total) < self.max
@@ -49,32 +52,38 @@ class Resource:
     def withdraw(self) -> None:
         """This worker no longer enforces the limit (cluster removed or rebuilt); its
         share of the count stays until the resources in use are released."""
-        self._max_share.set(0)
+        if self._max_share is not None:
+            self._max_share.set(0)
 
 
 class ResourceManager:
-    """The resources of one cluster priority (Envoy's ResourceManagerImpl)."""
+    """The resources of one cluster priority (Envoy's ResourceManagerImpl). `counted`:
+    requests may use this priority (routes cannot ask for HIGH yet), so its counts are
+    kept; otherwise it only shows its gauges, at zero use."""
 
     __slots__ = ("connections", "pending_requests", "requests", "retries",
                  "connection_pools", "_procs")
 
-    def __init__(self, store, cluster: str, priority: str, thresholds=None):
+    def __init__(self, store, cluster: str, priority: str, thresholds=None, counted: bool = True):
         prefix = "cluster.%s.circuit_breakers.%s." % (cluster, priority)
         internal = INTERNAL + prefix
         track = thresholds is not None and thresholds.track_remaining
+        rows = 2 if counted else 1 if track else 0
         for field, resource, default in _FIELDS:
             limit = default
             if thresholds is not None and thresholds.HasField(field):
                 limit = getattr(thresholds, field).value
-            setattr(self, _ATTR[resource], Resource(store, internal + resource, limit))
+            setattr(self, _ATTR[resource], Resource(store, internal + resource, limit, rows))
             store.gauge(prefix + FLAGS[resource])
             if track:
                 store.gauge(prefix + "remaining_" + resource)
-        self._procs = store.gauge(internal + "procs")
-        self._procs.set(1)
+        self._procs = store.gauge(internal + "procs") if rows else None
+        if self._procs is not None:
+            self._procs.set(1)
 
     def close(self) -> None:
-        self._procs.set(0)
+        if self._procs is not None:
+            self._procs.set(0)
         for _, resource, _ in _FIELDS:
             getattr(self, _ATTR[resource]).withdraw()
 
@@ -89,4 +98,5 @@ def resource_managers(config, store) -> dict:
     given = {}
     for t in config.circuit_breakers.thresholds:
         given.setdefault(PRIORITIES[t.priority], t)
-    return {p: ResourceManager(store, config.name, p, given.get(p)) for p in PRIORITIES}
+    return {p: ResourceManager(store, config.name, p, given.get(p), counted=p == "default")
+            for p in PRIORITIES}

@@ -136,8 +136,9 @@ def test_max_requests_is_shared_by_workers_and_gauges_follow(proxyd_factory):
     (track_remaining) follow the shared count."""
     up = CountingUpstream(delay=1.5)
     admin = free_port()
-    px = proxyd_factory(_config(up.port, admin, [{"max_requests": 1, "track_remaining": True}]),
-                        concurrency=2)
+    px = proxyd_factory(_config(up.port, admin, [
+        {"max_requests": 1, "track_remaining": True},
+        {"priority": "HIGH", "max_connections": 7, "track_remaining": True}]), concurrency=2)
     prefix = "cluster.upstream.circuit_breakers.default."
     try:
         stats = _stats(admin)
@@ -145,6 +146,7 @@ def test_max_requests_is_shared_by_workers_and_gauges_follow(proxyd_factory):
         assert stats[prefix + "remaining_cx"] == "1024"
         assert stats[prefix + "remaining_cx_pools"] == str(2 ** 64 - 1)
         assert stats["cluster.upstream.circuit_breakers.high.rq_open"] == "0"
+        assert stats["cluster.upstream.circuit_breakers.high.remaining_cx"] == "7"
         slow = []
         t = threading.Thread(target=lambda: slow.append(http(px.port, path="/slow")))
         t.start()
