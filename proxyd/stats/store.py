@@ -335,7 +335,7 @@ class Snapshot:
             name, kind, row = entry
             if name.startswith("_"):
                 continue
-            if filter_re is not None and filter_re.search(name) is None:
+            if filter_re is not None and not filter_re.search(name):
                 continue
             if used_only and not self.is_used(kind, row):
                 continue
