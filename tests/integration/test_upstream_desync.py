@@ -7,6 +7,7 @@ an idle pooled connection is watched for readable data or EOF until it is reused
 """
 import socket
 import threading
+import threading
 import time
 import urllib.request
 
@@ -149,3 +150,37 @@ def test_upstream_closing_an_idle_connection_is_counted(misbehaving, proxyd_fact
     with Conn(px.port) as c:
         assert c.request("GET", "/b").body == b"/b"
     assert misbehaving.connections == 2
+
+
+def test_concurrent_clients_after_stray_bytes_on_several_pooled_connections(misbehaving,
+                                                                          proxyd_factory):
+    """The attack's shape: several pooled connections carry late stray responses, then
+    20 clients arrive at once (fresh connections): none gets a response not its own."""
+    admin = free_port()
+    px = proxyd_factory(simple_config(free_port(), misbehaving.port, admin_port=admin))
+    cues = [threading.Thread(target=lambda: Conn(px.port).request("GET", "/cl-late"))
+            for _ in range(5)]
+    for t in cues:
+        t.start()
+    for t in cues:
+        t.join()
+    time.sleep(0.3)
+    wrong = []
+
+    def client(i):
+        path = "/next/%d" % i
+        with Conn(px.port) as c:
+            r = c.request("GET", path)
+            if r.header("x-stray") is not None or r.body != path.encode():
+                wrong.append(path)
+
+    clients = [threading.Thread(target=client, args=(i,)) for i in range(20)]
+    for t in clients:
+        t.start()
+    for t in clients:
+        t.join()
+    assert not wrong, "%d of 20 clients got a response not their own" % len(wrong)
+    stats = _counters(admin)
+    # every connection closed was closed for its stray bytes, none for anything else
+    closed = misbehaving.connections - int(stats["cluster.upstream.upstream_cx_active"])
+    assert closed >= 1 and int(stats["cluster.upstream.upstream_cx_protocol_error"]) == closed
