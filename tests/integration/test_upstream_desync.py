@@ -7,7 +7,6 @@ an idle pooled connection is watched for readable data or EOF until it is reused
 """
 import socket
 import threading
-import threading
 import time
 import urllib.request
 
