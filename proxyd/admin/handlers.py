@@ -1,15 +1,18 @@
-"""Admin endpoints: pure functions from (context, request) to a response; no I/O here.
+"""Admin endpoints: functions from (context, request) to a response; no I/O here (long
+work yields to the master's loop in bounded steps).
 
 State-changing endpoints accept only POST (405 with ``Allow: POST`` otherwise), so a link
 followed by a browser cannot drain or stop the proxy.
 """
 
 import json
-import re
 import time
 from dataclasses import dataclass, field
 from typing import Callable, NamedTuple
 
+import gevent
+
+from .. import regex
 from ..stats.prometheus import render as render_prometheus
 from ..stats.render import stats_json, stats_text
 from ..observability.logging import get_level
@@ -51,13 +54,39 @@ def ok() -> Response:
 
 
 def _filter(req: Request):
+    """?filter= as Envoy's admin takes it: an RE2 pattern, searched in each stat name."""
     pattern = req.arg("filter")
     if not pattern:
         return None
     try:
-        return re.compile(pattern)
-    except re.error as exc:
-        raise BadRequest(f"Invalid regex: {exc}") from None
+        return regex.compile_unlimited(pattern)
+    except regex.RegexError as exc:
+        raise BadRequest("Invalid re2 regex: " + exc.reason) from None
+
+
+class _Names(frozenset):
+    """The stat names a filter matched, answering the renderers' `search(name)`."""
+
+    search = frozenset.__contains__
+
+
+FILTER_STEP = 512  # names matched between two yields to the master's other work
+
+
+def _filtered(snap, filter_re):
+    """Match the filter against the snapshot's names in bounded steps: RE2 is linear
+    in each name, but a whole catalog is tens of thousands of them, and the master's
+    loop also supervises workers and answers /ready."""
+    if filter_re is None:
+        return None
+    search = filter_re.search
+    names = []
+    for i, (name, _, _) in enumerate(snap.entries):
+        if not i % FILTER_STEP:
+            gevent.idle()  # after pending I/O (sleep(0) may run before the loop polls)
+        if not name.startswith("_") and search(name):
+            names.append(name)
+    return _Names(names)
 
 
 def stats(ctx, req: Request) -> Response:
@@ -69,6 +98,7 @@ def stats(ctx, req: Request) -> Response:
     filter_re, used = _filter(req), "usedonly" in req.query
     refresh_server_stats(ctx)
     snap = ctx.stats.snapshot(with_used=used)
+    filter_re = _filtered(snap, filter_re)
     if fmt == "json":
         return Response(200, stats_json(snap, filter_re, used), JSON)
     return Response(200, stats_text(snap, filter_re, used).encode())
@@ -78,6 +108,7 @@ def prometheus(ctx, req: Request) -> Response:
     filter_re, used = _filter(req), "usedonly" in req.query
     refresh_server_stats(ctx)
     snap = ctx.stats.snapshot(with_used=used)
+    filter_re = _filtered(snap, filter_re)
     return Response(200, render_prometheus(snap, ctx.processes(), filter_re, used).encode(), PROMETHEUS)
 
 

@@ -1,10 +1,10 @@
 """Load-time checks Envoy makes beyond PGV: uniqueness, references, filter order, regexes,
 endpoint addresses. Same ``(path, reason)`` output as the other checks."""
 import ipaddress
-import re
 
 from envoy.config.core.v3 import base_pb2
 
+from proxyd import regex, runtime
 from proxyd.listener import filter_chain
 from proxyd.transport import tls
 
@@ -40,7 +40,10 @@ def check(msg, path=(), clusters=None):
         _hcm(msg, path, clusters, out)
     elif kind == 'envoy.service.runtime.v3.Runtime':
         _runtime_layer(msg.layer, path + ('layer',), '', out)
-    _regexes(msg, path, out)
+    rt = None
+    if kind == 'envoy.config.bootstrap.v3.Bootstrap':  # its static layers may set RE2 limits
+        rt = runtime.Runtime(runtime.merge(runtime.bootstrap_layers(msg, {})))
+    _regexes(msg, path, out, rt)
     return out
 
 
@@ -263,23 +266,7 @@ def _cluster(c, path, out):
                             f"(use type STRICT_DNS for hostnames)"))
 
 
-_RE2_MISSING = ((re.compile(r'\(\?<?[=!]'), 'lookaround assertions'),
-                (re.compile(r'(?<!\\)(?:\\\\)*\\[1-9]'), 'backreferences'))
-
-
-def regex_problem(pattern):
-    """Why ``pattern`` would not compile under RE2 (approximated with Python's re), or None."""
-    for probe, what in _RE2_MISSING:
-        if probe.search(pattern):
-            return f'invalid regex: RE2 does not support {what}'
-    try:
-        re.compile(pattern.replace(r'\z', r'\Z'))
-    except re.error as e:
-        return f'invalid regex: {e}'
-    return None
-
-
-def _regexes(msg, path, out):
+def _regexes(msg, path, out, rt):
     name = msg.DESCRIPTOR.full_name
     if name == 'google.protobuf.Any':
         try:
@@ -290,7 +277,7 @@ def _regexes(msg, path, out):
     if name.startswith('google.protobuf.'):
         return
     if name == _REGEX_MATCHER:
-        problem = regex_problem(msg.regex)
+        problem = regex.problem(msg.regex, rt)
         if problem:
             out.append((path + ('regex',), problem))
         return
@@ -301,9 +288,9 @@ def _regexes(msg, path, out):
         if field.message_type.GetOptions().map_entry:
             if field.message_type.fields_by_name['value'].message_type is not None:
                 for k, v in value.items():
-                    _regexes(v, fpath + (MapKey(k),), out)
+                    _regexes(v, fpath + (MapKey(k),), out, rt)
         elif field.is_repeated:
             for i, v in enumerate(value):
-                _regexes(v, fpath + (i,), out)
+                _regexes(v, fpath + (i,), out, rt)
         else:
-            _regexes(value, fpath, out)
+            _regexes(value, fpath, out, rt)

@@ -99,8 +99,9 @@ _FIELDS = {
     _ROUTE + 'VirtualHost.TypedPerFilterConfigEntry': 'key value',
     _ROUTE + 'Route.TypedPerFilterConfigEntry': 'key value',
     _ROUTE + 'RouteMatch': 'prefix path safe_regex case_sensitive headers',
-    _ROUTE + 'RouteAction': 'cluster weighted_clusters prefix_rewrite timeout '
+    _ROUTE + 'RouteAction': 'cluster weighted_clusters prefix_rewrite regex_rewrite timeout '
                             'host_rewrite_literal auto_host_rewrite',
+    'envoy.type.matcher.v3.RegexMatchAndSubstitute': 'pattern substitution',
     _ROUTE + 'WeightedCluster': 'clusters',
     _ROUTE + 'WeightedCluster.ClusterWeight': 'name weight',
     _ROUTE + 'RedirectAction': 'https_redirect scheme_redirect host_redirect port_redirect '
@@ -195,6 +196,14 @@ for _name, _more in {  # downstream connection limits (listener/limits.py)
     'envoy.config.overload.v3.ResourceMonitor': 'name typed_config',
     _DCX: 'max_active_downstream_connections',
     'envoy.config.listener.v3.Listener': 'ignore_global_conn_limit',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+for _name, _more in {  # circuit breakers: no retry budgets, no per-host thresholds
+    'envoy.config.cluster.v3.Cluster': 'circuit_breakers',
+    'envoy.config.cluster.v3.CircuitBreakers': 'thresholds',
+    'envoy.config.cluster.v3.CircuitBreakers.Thresholds':
+        'priority max_connections max_pending_requests max_requests max_retries '
+        'track_remaining max_connection_pools',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}

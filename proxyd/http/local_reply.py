@@ -16,6 +16,11 @@ def connect_failure(reason: str):
             "upstream_reset_before_response_started{%s}" % reason.replace(" ", "_"), "UF")
 
 
+# a circuit breaker refused (Envoy adds x-envoy-overloaded: true)
+OVERFLOW = (503, (UPSTREAM_RESET + "overflow").encode(),
+            "upstream_reset_before_response_started{overflow}", "UO", [("x-envoy-overloaded", "true")])
+
+
 def upstream_reset():
     return (503, (UPSTREAM_RESET + "connection termination").encode(),
             "upstream_reset_before_response_started{connection_termination}", "UC")

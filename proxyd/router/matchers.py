@@ -10,28 +10,12 @@ and a UTF-8 prefix such as "/café" must meet the request's bytes, not its chara
 """
 from __future__ import annotations
 
-import re
 from typing import Callable
 
-try:
-    from re import _parser as _sre_parse
-except ImportError:  # pragma: no cover - CPython < 3.11
-    import sre_parse as _sre_parse  # type: ignore[no-redef]
+from proxyd import regex
 
 _UPPER = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 _ASCII_LOWER = str.maketrans(_UPPER, _UPPER.lower())
-
-# RE2 (what Envoy's safe_regex uses) has no backtracking features; Python's re does.
-# Refusing them keeps a config valid here exactly when it is valid in Envoy.
-_RE2_UNSUPPORTED = {
-    _sre_parse.ASSERT: "lookaround assertions",
-    _sre_parse.ASSERT_NOT: "lookaround assertions",
-    _sre_parse.GROUPREF: "backreferences",
-    _sre_parse.GROUPREF_EXISTS: "conditional groups",
-}
-for _name, _what in (("ATOMIC_GROUP", "atomic groups"), ("POSSESSIVE_REPEAT", "possessive repeats")):
-    if hasattr(_sre_parse, _name):
-        _RE2_UNSUPPORTED[getattr(_sre_parse, _name)] = _what
 
 
 def wire(s: str) -> str:
@@ -75,58 +59,11 @@ def strip_host_port(host: str, listener_port: int | None = None) -> str:
     return host[:i]
 
 
-def compile_regex(pattern: str, path: str) -> re.Pattern:
-    """Compile an RE2 pattern with Python's re, refusing what RE2 would refuse.
-
-    RE2's `\\z` (end of text) is Python's `\\Z`; RE2 has no `\\Z`. Classes such as `\\d`
-    are ASCII-only in RE2, hence re.ASCII.
-    """
-    out = []
-    i, n = 0, len(pattern)
-    while i < n:
-        c = pattern[i]
-        if c == "\\" and i + 1 < n:
-            e = pattern[i + 1]
-            if e == "z":
-                out.append("\\Z")
-            elif e == "Z":
-                raise ValueError(f"{path}: invalid regex {pattern!r}: \\Z is not RE2 syntax (use \\z)")
-            else:
-                out.append(pattern[i:i + 2])
-            i += 2
-            continue
-        out.append(c)
-        i += 1
-    translated = wire("".join(out))
-    try:
-        tree = _sre_parse.parse(translated, re.ASCII)
-        _check_re2(tree, pattern, path)
-        return re.compile(translated, re.ASCII)
-    except (re.error, RecursionError, OverflowError) as e:
-        raise ValueError(f"{path}: invalid regex {pattern!r}: {e}") from None
-
-
-def _check_re2(sub, pattern: str, path: str) -> None:
-    for op, av in sub.data if hasattr(sub, "data") else sub:
-        what = _RE2_UNSUPPORTED.get(op)
-        if what:
-            raise ValueError(f"{path}: invalid regex {pattern!r}: {what} are not supported by RE2")
-        _walk_args(av, pattern, path)
-
-
-def _walk_args(av, pattern: str, path: str) -> None:
-    if hasattr(av, "data"):
-        _check_re2(av, pattern, path)
-    elif isinstance(av, (list, tuple)):
-        for x in av:
-            _walk_args(x, pattern, path)
-
-
-def regex_matcher(msg, path: str) -> re.Pattern:
-    """An envoy.type.matcher.v3.RegexMatcher as a compiled pattern (used with fullmatch)."""
+def regex_matcher(msg, path: str) -> regex.Regex:
+    """An envoy.type.matcher.v3.RegexMatcher as a compiled RE2 pattern."""
     if not msg.regex:
         raise ValueError(f"{path}.regex: value length must be at least 1 characters")
-    return compile_regex(msg.regex, path + ".regex")
+    return regex.compile(msg.regex, path + ".regex")
 
 
 def string_matcher(msg, path: str) -> Callable[[str], bool]:
@@ -136,8 +73,7 @@ def string_matcher(msg, path: str) -> Callable[[str], bool]:
     if which == "safe_regex":
         if ignore_case:
             raise ValueError(f"{path}: ignore_case has no effect for safe_regex.")
-        fullmatch = regex_matcher(msg.safe_regex, path + ".safe_regex").fullmatch
-        return lambda v: fullmatch(v) is not None
+        return regex_matcher(msg.safe_regex, path + ".safe_regex").fullmatch
     if which not in ("exact", "prefix", "suffix", "contains"):
         raise ValueError(f"{path}: string matcher {which or '(none)'!s} is not supported")
     expected = wire(getattr(msg, which))
@@ -218,8 +154,7 @@ def header_matcher(msg, path: str) -> tuple[Callable[[object], bool], str]:
         check = (lambda v: True) if not expected else expected.__eq__
         desc = f"{name} == {msg.exact_match!r}"
     elif which == "safe_regex_match":
-        fm = regex_matcher(msg.safe_regex_match, f"{path}.safe_regex_match").fullmatch
-        check = lambda v: fm(v) is not None
+        check = regex_matcher(msg.safe_regex_match, f"{path}.safe_regex_match").fullmatch
         desc = f"{name} ~ {msg.safe_regex_match.regex!r}"
     elif which == "range_match":
         lo, hi = msg.range_match.start, msg.range_match.end

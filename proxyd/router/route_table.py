@@ -26,6 +26,7 @@ import os
 import random
 from typing import Callable
 
+from proxyd import regex
 from proxyd.http.headers import Headers
 from proxyd.http.message import RequestHead
 from proxyd.http.per_filter_config import merge as merge_filter_levels
@@ -64,8 +65,9 @@ SUPPORTED_FIELDS: dict[str, frozenset[str]] = {
         "prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers")),
     "envoy.config.route.v3.RouteAction": frozenset((
         "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code",
-        "prefix_rewrite", "host_rewrite_literal", "auto_host_rewrite",
+        "prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite",
         "append_x_forwarded_host", "timeout", "max_grpc_timeout", "grpc_timeout_offset")),
+    "envoy.type.matcher.v3.RegexMatchAndSubstitute": frozenset(("pattern", "substitution")),
     "envoy.config.route.v3.WeightedCluster": frozenset(("clusters", "total_weight")),
     "envoy.config.route.v3.WeightedCluster.ClusterWeight": frozenset(("name", "weight")),
     "envoy.config.route.v3.RedirectAction": frozenset((
@@ -134,7 +136,7 @@ class RouteEntry:
     __slots__ = (
         "name", "virtual_host_name", "kind", "timeout", "max_grpc_timeout",
         "grpc_timeout_offset", "auto_host_rewrite",
-        "append_x_forwarded_host", "host_rewrite", "prefix_rewrite",
+        "append_x_forwarded_host", "host_rewrite", "prefix_rewrite", "regex_rewrite",
         "cluster_not_found_status", "direct_status", "direct_body", "_cluster",
         "_cluster_header", "_weights", "_cum_weights", "_total_weight", "_matched_len",
         "_request_mutations", "_response_mutations", "_redirect",
@@ -177,6 +179,14 @@ class RouteEntry:
             if insert_original_path:
                 req.headers.set("x-envoy-original-path", path)
             req.path = self.prefix_rewrite + path[n:]
+        elif self.regex_rewrite is not None:
+            # every match in the path (query and fragment kept as they are), on RE2
+            pattern, substitution = self.regex_rewrite
+            path = req.path
+            bare = _strip_query(path)
+            if insert_original_path:
+                req.headers.set("x-envoy-original-path", path)
+            req.path = pattern.sub(substitution, bare) + path[len(bare):]
 
     def apply_request_headers(self, req: RequestHead, info) -> None:
         """request_headers_to_remove/_add of route, virtual host and route config, in
@@ -326,7 +336,7 @@ def _path_matcher(m, path: str, ignore_params: bool) -> tuple[Callable[[str, str
         desc = f"path_separated_prefix {sp!r}{ci}"
     elif which == "safe_regex":
         fullmatch = regex_matcher(m.safe_regex, f"{path}.safe_regex").fullmatch
-        f = lambda full, bare: fullmatch(bare) is not None
+        f = lambda full, bare: fullmatch(bare)
         n = -1
         desc = f"safe_regex {m.safe_regex.regex!r}"
     else:
@@ -496,6 +506,7 @@ class RouteTable:
         e.append_x_forwarded_host = False
         e.host_rewrite = ""
         e.prefix_rewrite = ""
+        e.regex_rewrite = None  # (Regex, substitution)
         e.cluster_not_found_status = 503
         e.direct_status = 0
         e.direct_body = None
@@ -595,6 +606,13 @@ class RouteTable:
         if a.HasField("grpc_timeout_offset"):
             e.grpc_timeout_offset = _seconds(a.grpc_timeout_offset)
         e.prefix_rewrite = wire(a.prefix_rewrite)
+        if a.HasField("regex_rewrite"):
+            rp = f"{path}.regex_rewrite"
+            if a.prefix_rewrite:
+                raise ValueError(f"{path}: Cannot specify both prefix_rewrite and regex_rewrite")
+            pattern = regex_matcher(a.regex_rewrite.pattern, f"{rp}.pattern")
+            regex.check_substitution(pattern, a.regex_rewrite.substitution, f"{rp}.substitution")
+            e.regex_rewrite = (pattern, a.regex_rewrite.substitution)
         e.host_rewrite = wire(a.host_rewrite_literal)
         e.auto_host_rewrite = a.auto_host_rewrite.value
         e.append_x_forwarded_host = a.append_x_forwarded_host

@@ -103,6 +103,11 @@ class Region:
     def fileno(self) -> int:
         return self._fd
 
+    def values_block(self) -> memoryview:
+        """Every slot's value block, retired slot last, as one byte view."""
+        lay = self.layout
+        return self._whole[lay.values_off:lay.values_off + (lay.max_slots + 1) * lay.slot_stride]
+
     def values(self, slot: int) -> memoryview:
         """The 64-bit value block of ``slot`` (``layout.retired_slot`` for the retired one)."""
         return self._values[slot]

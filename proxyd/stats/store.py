@@ -23,6 +23,7 @@ from array import array
 import psutil
 
 from . import layout as L
+from . import limits
 from .catalog import Catalog
 from .handles import Counter, Gauge, Histogram, HistogramValue
 from .region import IncompatibleStatsFile, Region
@@ -232,6 +233,16 @@ class StatsStore:
         self._handles[name] = handle
         return handle
 
+    def total_view(self, handle):
+        """A view of ``handle``'s row in every slot block (active, free and retired), so
+        ``sum(view)`` is its total across processes without a seqlock: for gauges, whose
+        rows are zero in free slots and in the retired slot. As racy as an atomic read."""
+        if not handle.recorded:
+            return handle._v[handle._i:handle._i + 1]
+        lay = self.layout
+        words = self._region.values_block().cast("q")
+        return words[handle._i::lay.slot_stride // 8]
+
     def _write_view(self):
         if self.slot is not None:
             return self._region.values(self.slot)
@@ -283,6 +294,7 @@ class StatsStore:
             blocks = [region.values(s)[:rows].tolist() for s in self._read_slots()]
             totals = blocks[0] if len(blocks) == 1 else list(map(sum, zip(*blocks)))
             used = list(map(any, zip(*blocks))) if with_used else None
+            limits.derive(entries, totals, self._render_cache)
             return Snapshot(entries, totals, used, self._render_cache)
 
         return region.read_stable(read)
@@ -339,7 +351,7 @@ class Snapshot:
             name, kind, row = entry
             if name.startswith("_"):
                 continue
-            if filter_re is not None and filter_re.search(name) is None:
+            if filter_re is not None and not filter_re.search(name):
                 continue
             if used_only and not self.is_used(kind, row):
                 continue

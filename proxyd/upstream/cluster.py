@@ -13,6 +13,7 @@ from proxyd.upstream.host import Host
 from proxyd.upstream.lb import RoundRobin
 from proxyd.upstream.pool_http1 import Http1Pool
 from proxyd.upstream.pool_http2 import Http2Pool, cluster_http2_options
+from proxyd.upstream.resource_manager import resource_managers
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
 DEFAULT_IDLE_TIMEOUT = 3600.0
@@ -31,11 +32,15 @@ class ClusterStats:
 
     _COUNTERS = ("upstream_cx_total", "upstream_cx_connect_fail", "upstream_cx_connect_timeout",
                  "upstream_cx_destroy_local", "upstream_cx_destroy_remote",
-                 "upstream_rq_total", "upstream_rq_completed", "upstream_rq_timeout",
+                 "upstream_cx_protocol_error", "upstream_cx_overflow",
+                 "upstream_cx_pool_overflow", "upstream_rq_pending_total",
+                 "upstream_rq_pending_overflow", "upstream_rq_active_overflow",
+                 "upstream_rq_retry_overflow", "upstream_rq_total", "upstream_rq_completed", "upstream_rq_timeout",
                  "upstream_rq_rx_reset", "upstream_rq_tx_reset", "upstream_rq_retry",
                  "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
                  "membership_change", "upstream_cx_none_healthy")
-    _GAUGES = ("upstream_cx_active", "upstream_rq_active", "membership_total",
+    _GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
+               "membership_total",
                "membership_healthy")
 
     def __init__(self, store, name: str):
@@ -71,6 +76,9 @@ class Cluster:
         self.removed = False
         self._store = store
         self.stats = ClusterStats(store, self.name)
+        managers = resource_managers(config, store)
+        self.resources = managers["default"]  # routes cannot ask for the high priority
+        self._resource_managers = managers.values()
         ct = config.connect_timeout
         self.connect_timeout = (ct.seconds + ct.nanos / 1e9) if config.HasField("connect_timeout") \
             else DEFAULT_CONNECT_TIMEOUT
@@ -118,6 +126,20 @@ class Cluster:
         stats = self.stats
         stats.upstream_cx_total.inc()
         host.cx_total.inc()
+        # counted from the start, as in Envoy: a caller's circuit-breaker check and this
+        # increment happen with no switch between them
+        self.resources.connections.inc()
+        try:
+            sock = self._connect(host)
+        except BaseException:
+            self.resources.connections.dec()
+            raise
+        stats.upstream_cx_active.inc()
+        host.cx_active.inc()
+        return sock
+
+    def _connect(self, host):
+        stats = self.stats
         t0 = time.monotonic()
         ip, port = host.address
         sock = gsocket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
@@ -143,9 +165,13 @@ class Cluster:
         if self.tls is not None:
             sock = self._tls_handshake(sock, host)
         stats.upstream_cx_connect_ms.record((time.monotonic() - t0) * 1000.0)
-        stats.upstream_cx_active.inc()
-        host.cx_active.inc()
         return sock
+
+    def disconnected(self, host) -> None:
+        """A connection made by `connect` is closed: the counts it held are released."""
+        self.stats.upstream_cx_active.dec()
+        host.cx_active.dec()
+        self.resources.connections.dec()
 
     def _tls_handshake(self, sock, host):
         """UpstreamTlsContext handshake within connect_timeout; a failure is a connect
@@ -160,6 +186,8 @@ class Cluster:
 
     def close(self) -> None:
         self.removed = True
+        for m in self._resource_managers:
+            m.close()
         for h in self.hosts:
             h.pool.close_idle()
             if h.h2pool is not None:

@@ -213,8 +213,7 @@ class Http2ClientConnection(H2Transport):
             except OSError:
                 pass
             (cstats.upstream_cx_destroy_remote if remote else cstats.upstream_cx_destroy_local).inc()
-            cstats.upstream_cx_active.dec()
-            self.host.cx_active.dec()
+            self.cluster.disconnected(self.host)
 
     def _on_event(self, ev) -> None:
         kind = ev[0]

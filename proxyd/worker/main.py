@@ -28,6 +28,7 @@ from proxyd.master import watchdog  # noqa: E402
 from proxyd.observability import access_log  # noqa: E402
 from proxyd.observability.tracing import zipkin  # noqa: E402
 from proxyd.observability.logging import configure_logging, get_logger, set_level  # noqa: E402
+from proxyd import regex  # noqa: E402
 from proxyd.runtime import Runtime  # noqa: E402
 from proxyd.stats import StatsStore  # noqa: E402
 from proxyd.upstream.cluster_manager import ClusterManager  # noqa: E402
@@ -149,6 +150,7 @@ class Worker:
         ctx.runtime.update(msg.get("runtime", {}))
         self.watchdog = watchdog.timeouts(bs)[1]
         ctx.global_cx_limit = limits.global_limit(bs, ctx.runtime)
+        regex.set_program_size_limits(ctx.runtime)  # before route tables compile
         clusters = list(bs.static_resources.clusters) + [c for c in msg.get("clusters", [])]
         ctx.cluster_manager.apply(clusters, msg["endpoints"])
         socks = {}

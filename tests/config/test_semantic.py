@@ -3,7 +3,7 @@ from envoy.config.cluster.v3.cluster_pb2 import Cluster
 from envoy.config.route.v3.route_pb2 import RouteConfiguration
 
 from proxyd.config import validate_resource
-from proxyd.config.semantic import regex_problem
+from proxyd.regex import problem as regex_problem
 
 HCM_PATH = 'static_resources.listeners[0].filter_chains[0].filters[0].typed_config'
 VH_PATH = HCM_PATH + '.route_config.virtual_hosts[0]'
@@ -118,14 +118,20 @@ def test_regex_must_compile(config):
     cfg = config(replace={'"^/s/[0-9]+$"': '"^/s/[0-9+$"'})
     line, reason = cfg.error(VH_PATH + '.routes[1].match.safe_regex.regex')
     assert line == cfg.line('safe_regex')
-    assert reason.startswith('invalid regex: unterminated character set')
+    assert reason == "invalid regex '^/s/[0-9+$': missing ]: [0-9+$"
 
 
 def test_re2_differences():
-    assert regex_problem('^/a(?=b)') == 'invalid regex: RE2 does not support lookaround assertions'
-    assert regex_problem(r'(a)\1') == 'invalid regex: RE2 does not support backreferences'
+    """RE2's own refusals, worded as RE2 words them (Envoy 1.40 says the same)."""
+    assert regex_problem('^/a(?=b)') == "invalid regex '^/a(?=b)': invalid perl operator: (?="
+    assert regex_problem(r'(a)\1') == "invalid regex '(a)\\\\1': invalid escape sequence: \\1"
+    assert regex_problem(r'\Z') == "invalid regex '\\\\Z': invalid escape sequence: \\Z"
     assert regex_problem(r'a\\1') is None
     assert regex_problem(r'^/api/.*\z') is None
+    assert regex_problem(r'\p{Greek}+') is None  # RE2 syntax Python's re lacks
+    assert regex_problem('/(a{50}|b{60})x') == (
+        "regex '/(a{50}|b{60})x' RE2 program size of 118 > max program size of 100 set for "
+        "the error level threshold. Increase configured max program size if necessary.")
 
 
 def test_static_cluster_needs_ip_literals(config):
@@ -193,3 +199,14 @@ def test_unpack_unknown_type():
     from proxyd.config import unpack
     with pytest.raises(ValueError, match='unknown type URL'):
         unpack(Any(type_url='type.googleapis.com/nope.v3.Nope'))
+
+
+def test_re2_program_size_limits_follow_the_runtime():
+    """re2.max_program_size.error_level raises Envoy's limit of 100; the warn level
+    only logs."""
+    from proxyd import runtime
+    rt = runtime.Runtime(runtime.flatten({"re2": {"max_program_size": {"error_level": 200,
+                                                                       "warn_level": 10}}}))
+    assert regex_problem('/(a{50}|b{60})x', rt) is None
+    rt = runtime.Runtime(runtime.flatten({"re2.max_program_size.error_level": 10}))
+    assert "RE2 program size of 20 > max program size of 10" in regex_problem('/abc[0-9]+x{10}', rt)

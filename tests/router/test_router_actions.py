@@ -1,5 +1,6 @@
 """What a matched route does: clusters, timeouts, rewrites, redirects, direct responses."""
 import random
+import re
 from collections import Counter
 
 import pytest
@@ -288,3 +289,28 @@ def test_describe_redirect_and_direct():
                    {"match": {"prefix": "/"}, "direct_response": {"status": 404}}])
     assert t.describe("h", "/old")["route"]["location"] == "http://h/new"
     assert t.describe("h", "/x")["route"]["status"] == 404
+
+
+def test_regex_rewrite_replaces_every_match_in_the_path_only():
+    """Envoy's regex_rewrite: RE2 GlobalReplace on the path, the query kept, \\N groups."""
+    e, req = entry_for({"route": {"cluster": "c", "regex_rewrite": {
+        "pattern": {"regex": "^/service/([^/]+)(/.*)$"}, "substitution": "\\2/instance/\\1"}}},
+        path="/service/foo/v1/api?service=x")
+    e.rewrite_request(req)
+    assert req.path == "/v1/api/instance/foo?service=x"
+    assert req.headers.get("x-envoy-original-path") == "/service/foo/v1/api?service=x"
+    e, req = entry_for({"route": {"cluster": "c", "regex_rewrite": {
+        "pattern": {"regex": "one"}, "substitution": "two"}}}, path="/xxx/one/yyy/one/zzz")
+    e.rewrite_request(req)
+    assert req.path == "/xxx/two/yyy/two/zzz"
+
+
+@pytest.mark.parametrize("rewrite,message", [
+    ({"pattern": {"regex": "/(a)"}, "substitution": "\\2"},
+     "regex_rewrite.substitution: Rewrite schema requests 2 matches, but the regexp only has 1"),
+    ({"pattern": {"regex": "/(?=a)"}, "substitution": "x"},
+     "regex_rewrite.pattern.regex: invalid regex '/(?=a)': invalid perl operator: (?="),
+])
+def test_regex_rewrite_refused_as_envoy_refuses_it(rewrite, message):
+    with pytest.raises(ValueError, match=re.escape(message)):
+        entry_for({"route": {"cluster": "c", "regex_rewrite": rewrite}})

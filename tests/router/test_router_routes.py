@@ -288,3 +288,22 @@ FUZZ_TABLE = table_from({"virtual_hosts": [
 def test_match_never_raises(host, path, values):
     FUZZ_TABLE.match(request(path, host=host, headers=values))
     FUZZ_TABLE.describe(host, path, headers=values)
+
+
+def test_regex_takes_re2_syntax():
+    """Unicode classes are RE2 syntax that Python's re lacks; patterns match UTF-8 bytes."""
+    t = one_vhost([route({"safe_regex": {"regex": r"/\p{Greek}+"}}, "greek")])
+    assert matched(t, "/αβγ".encode("utf-8").decode("latin-1")) == "greek"
+    assert matched(t, "/abc") is None
+
+
+@pytest.mark.parametrize("regex,why", [
+    ("/a(?=b)", "invalid perl operator: (?="),
+    (r"/(a)\1", "invalid escape sequence: \\1"),
+    ("/(a{50}|b{60})x", "RE2 program size of 118 > max program size of 100"),
+])
+def test_regex_refused_as_re2_refuses_it_with_the_config_path(regex, why):
+    with pytest.raises(ValueError) as e:
+        one_vhost([route({"safe_regex": {"regex": regex}}, "r")])
+    assert why in str(e.value)
+    assert "virtual_hosts[0].routes[0].match.safe_regex.regex" in str(e.value)

@@ -234,7 +234,7 @@ class ResponseParser:
     be told a response has no body); creating one costs about a microsecond.
     """
 
-    __slots__ = ("_p", "events", "_headers", "_head_only", "head", "done",
+    __slots__ = ("_p", "events", "_headers", "_head_only", "head", "done", "extra",
                  "_reason", "_until_close", "_max_head", "_head_bytes")
 
     def __init__(self, head_only: bool = False, max_header_bytes: int = 80 * 1024):
@@ -247,21 +247,25 @@ class ResponseParser:
         self._reason = b""
         self.head: ResponseHead | None = None
         self.done = False
+        self.extra = False  # bytes arrived beyond the end of the response
         self._until_close = False
 
     def feed(self, data: bytes) -> None:
-        """Raises ProtocolError(502) on a malformed response."""
+        """Raises ProtocolError(502) on a malformed response. Bytes past the end of the
+        response are not parsed: they set `extra` (the connection must not be reused)."""
         if self.done:
+            if data:
+                self.extra = True
             return
         try:
             self._p.feed_data(data)
         except httptools.HttpParserCallbackError as e:
-            if isinstance(e.__context__, _HeadDone):
-                self._p = None
-                return
-            raise ProtocolError(502, "upstream_protocol_error") from e
+            if not isinstance(e.__context__, _BeyondResponse):
+                raise ProtocolError(502, "upstream_protocol_error") from e
         except httptools.HttpParserError as e:
-            raise ProtocolError(502, "upstream_protocol_error: %s" % (e.args[0] if e.args else "")) from None
+            if not self.done:
+                raise ProtocolError(502, "upstream_protocol_error: %s" % (e.args[0] if e.args else "")) from None
+            self.extra = True  # garbage after a complete response
         if self.done:
             # llhttp holds our bound callbacks: dropping it once the response is parsed
             # lets refcounting free both, instead of a cycle per exchange for the GC.
@@ -275,6 +279,11 @@ class ResponseParser:
             self.events.append((END, None))
             return True
         return self.done
+
+    def on_message_begin(self) -> None:
+        if self.done:  # a second message where the upstream owes none
+            self.extra = True
+            raise _BeyondResponse()
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
@@ -311,13 +320,14 @@ class ResponseParser:
         if bodyless:
             self.done = True
             self.events.append((END, None))
-            if self._head_only:
-                raise _HeadDone()
         elif te is None and cl is None:
             self._until_close = True
             resp.keep_alive = False
 
     def on_body(self, body: bytes) -> None:
+        if self.done:  # a body after the head of a response to HEAD
+            self.extra = True
+            raise _BeyondResponse()
         self.events.append((DATA, body))
 
     def on_message_complete(self) -> None:
@@ -326,8 +336,8 @@ class ResponseParser:
             self.events.append((END, None))
 
 
-class _HeadDone(Exception):
-    """Raised inside llhttp to stop after the head of a response to HEAD."""
+class _BeyondResponse(Exception):
+    """Raised inside llhttp to stop at bytes past the end of the response."""
 
 
 def _header_lines(items: list) -> str:

@@ -19,6 +19,7 @@ from proxyd.http.headers import HOP_BY_HOP
 from proxyd.http.message import ResponseHead
 from proxyd.network.io import send_all
 from proxyd.upstream.cluster import UpstreamConnectError
+from proxyd.upstream.resource_manager import Overflow
 
 RECV_SIZE = 65536
 # proxyd answers 100-continue itself, as Envoy does by default: Expect is not forwarded
@@ -147,6 +148,7 @@ def forward(stream, route, cluster, host) -> None:
     info = stream.info
     cstats = cluster.stats
     conn = None
+    requests = None  # the circuit breaker's request count, once attached to a connection
     t0, expired, timer = begin_upstream_request(info, cstats, host, timeout)
     try:
         head_bytes = encode_request_head(req, _upstream_headers(stream, route, host))
@@ -157,6 +159,18 @@ def forward(stream, route, cluster, host) -> None:
                 host.rq_error.inc()
                 stream.local_reply(*local_reply.connect_failure(e.reason))
                 return
+            except Overflow:
+                stream.local_reply(*local_reply.OVERFLOW)
+                return
+            if requests is None:
+                if not cluster.resources.requests.can_create():
+                    cstats.upstream_rq_active_overflow.inc()
+                    host.pool.release(conn)
+                    conn = None
+                    stream.local_reply(*local_reply.OVERFLOW)
+                    return
+                requests = cluster.resources.requests
+                requests.inc()
             info.upstream_local_address = conn.local_address
             info.upstream_start_mono = time.monotonic()
             try:
@@ -190,6 +204,8 @@ def forward(stream, route, cluster, host) -> None:
         raise
     finally:
         timer.close()
+        if requests is not None:
+            requests.dec()
         cstats.upstream_rq_active.dec()
         host.rq_active.dec()
 
@@ -265,7 +281,13 @@ def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float) -> None:
                     stream.flush()
                     cstats.upstream_cx_rx_bytes_total.inc(rx)
                     _complete(cstats, host, resp, info, t0)
-                    if keep_alive and not events and parser.done:
+                    if parser.extra:
+                        # bytes past the end of the response (a wrong Content-Length, a
+                        # body after HEAD) would be read as the next request's answer
+                        cstats.upstream_cx_protocol_error.inc()
+                        conn.close()
+                        cstats.upstream_cx_destroy_local.inc()
+                    elif keep_alive and parser.done:
                         host.pool.release(conn)
                     else:
                         conn.close()

@@ -52,6 +52,12 @@ def forward_http2(stream, route, cluster, host, timeout) -> None:
     cstats = cluster.stats
     us = None
     pump = None
+    requests = cluster.resources.requests
+    if not requests.can_create():
+        cstats.upstream_rq_active_overflow.inc()
+        stream.local_reply(*local_reply.OVERFLOW)
+        return
+    requests.inc()
     t0, expired, timer = begin_upstream_request(info, cstats, host, timeout)
     try:
         headers = request_headers(stream, route, host, cluster)
@@ -104,6 +110,7 @@ def forward_http2(stream, route, cluster, host, timeout) -> None:
             pump.kill(block=False)
         if us is not None:
             us.done()
+        requests.dec()
         cstats.upstream_rq_active.dec()
         host.rq_active.dec()
 
