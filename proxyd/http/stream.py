@@ -51,6 +51,8 @@ class Stream:
         self.headers_sent = False
         self.closing = False
         self.request_complete = not request.has_body
+        if self.request_complete:
+            info.request_end_mono = info.start_mono
 
     def run(self) -> None:
         """Decode side: request id, route, filters. The router (last filter) answers."""
@@ -166,8 +168,6 @@ class Stream:
         info = self.info
         info.response = resp
         info.response_code = resp.status
-        if info.response_start_mono is None:
-            info.response_start_mono = time.monotonic()
         h = resp.headers
         hcm = self.hcm
         if self.route is not None:

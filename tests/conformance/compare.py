@@ -7,6 +7,7 @@ named differences (differences.py), so a fixed difference fails the test too.
 from __future__ import annotations
 
 import json
+import re
 
 from harness import Response
 
@@ -75,3 +76,60 @@ def response_diff(envoy: Response, proxyd: Response) -> list[str]:
     elif eb != pb:
         out.append("body: envoy %r, proxyd %r" % (eb, pb))
     return out
+
+
+# --- access logs ---------------------------------------------------------------------
+DEFAULT_LOG_LINE = re.compile(
+    r'^\[(?P<START_TIME>[^\]]*)\] "(?P<METHOD>\S+) (?P<PATH>\S+) (?P<PROTOCOL>\S+)" '
+    r'(?P<RESPONSE_CODE>\d+) (?P<RESPONSE_FLAGS>\S+) (?P<BYTES_RECEIVED>\d+) '
+    r'(?P<BYTES_SENT>\d+) (?P<DURATION>\S+) (?P<UPSTREAM_SERVICE_TIME>\S+) '
+    r'"(?P<X_FORWARDED_FOR>[^"]*)" "(?P<USER_AGENT>[^"]*)" "(?P<X_REQUEST_ID>[^"]*)" '
+    r'"(?P<AUTHORITY>[^"]*)" "(?P<UPSTREAM_HOST>[^"]*)"$')
+"""Envoy's default access-log line (used when a logger sets no format), field by field."""
+
+ISO_MS = re.compile(r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
+
+
+def shape(value: str) -> str:
+    """A volatile value reduced to what must agree: unset ('-'), a number, a timestamp,
+    a UUID, or some other text."""
+    if value == "-":
+        return "-"
+    if value.isdigit():
+        return "<number>"
+    if ISO_MS.match(value):
+        return "<iso8601-ms>"
+    if UUID4.match(value):
+        return "<uuid4>"
+    return "<text>"
+
+
+DEFAULT_VOLATILE = ("START_TIME", "DURATION", "UPSTREAM_SERVICE_TIME", "X_REQUEST_ID")
+
+
+def default_line_view(line: str, echo: bool) -> dict:
+    """One default-format line as {field: value}; volatile fields as their shape (and
+    BYTES_SENT too for an upstream echo, whose length follows the upstream's conn ids)."""
+    m = DEFAULT_LOG_LINE.match(line)
+    if not m:
+        return {"unparsed line": line}
+    view = m.groupdict()
+    for k in DEFAULT_VOLATILE + (("BYTES_SENT",) if echo else ()):
+        view[k] = shape(view[k])
+    return view
+
+
+def operators(fmt: str) -> list[str]:
+    """The command operators of a format string, in order (`%REQ(X):5%` included whole)."""
+    return re.findall(r"%[A-Z0-9_]+(?:\([^)]*\))?(?::\d+)?%", fmt)
+
+
+def format_line_view(line: str, fmt: str, volatile: bool = False) -> dict:
+    """A line of a space-separated operator format as {operator: value} (as shapes when
+    `volatile`)."""
+    names = operators(fmt)
+    values = line.split(" ")
+    if len(values) != len(names):
+        return {"unparsed line": line}
+    return {n: shape(v) if volatile else v for n, v in zip(names, values)}

@@ -11,6 +11,7 @@ import pytest
 from harness import closed_port
 from pair import Pair
 from real_envoy import unusable_reason
+from scenario import TEMPLATE, observe
 
 
 def pytest_collection_modifyitems(config, items):
@@ -41,3 +42,17 @@ def pair_factory(tmp_path_factory, upstream, refused_port, request):
             for side in p.sides:
                 sys.stderr.write("---- %s log ----\n%s\n" % (side.name, side.log()[-6000:]))
         p.cleanup()
+
+
+@pytest.fixture(scope="session")
+def observed(tmp_path_factory, upstream, refused_port, request):
+    """The scenario (scenario.py) run once through a pair, shared by the response,
+    access-log, stats and report tests."""
+    pair = Pair(TEMPLATE, tmp_path_factory.mktemp("scenario"), upstream.port, refused_port).start()
+    try:
+        yield observe(pair)
+    finally:
+        if request.session.testsfailed:
+            for side in pair.sides:
+                sys.stderr.write("---- %s log ----\n%s\n" % (side.name, side.log()[-6000:]))
+        pair.cleanup()

@@ -77,7 +77,7 @@ class Envoy:
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
             [envoy_binary(), "-c", self.config_path, "--disable-hot-restart", "--concurrency", "1",
-             "-l", "warning", "--drain-time-s", "1"],
+             "-l", "warning", "--drain-time-s", "1", "--file-flush-interval-msec", "50"],
             stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             start_new_session=True)
         deadline = time.monotonic() + timeout

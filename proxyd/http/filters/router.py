@@ -52,18 +52,17 @@ class Router(HttpFilter):
         if kind == "redirect":
             stream.hcm.stats.rq_redirect.inc()
             status, location = route.redirect(stream.request)
-            stream.local_reply(status, None, "redirect", None,
+            stream.local_reply(status, None, "direct_response", None,  # Envoy's details
                                [("location", location)])
             return False
         req = stream.request
         info = stream.info
-        name = route.cluster_for(req)
-        info.upstream_cluster = name
-        cluster = self.ctx.cluster_manager.get(name)
-        if cluster is None:
+        cluster = self.ctx.cluster_manager.get(route.cluster_for(req))
+        if cluster is None:  # %UPSTREAM_CLUSTER% stays unset, as in Envoy
             stream.hcm.stats.no_cluster.inc()
             stream.local_reply(*local_reply.NO_CLUSTER)
             return False
+        info.upstream_cluster = cluster.name
         host = cluster.choose_host()
         if host is None:
             cluster.stats.upstream_cx_none_healthy.inc()
@@ -269,6 +268,7 @@ def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float) -> None:
 
 
 def _send_response_head(stream, resp: ResponseHead, t0: float, end_stream: bool) -> None:
+    stream.info.response_start_mono = time.monotonic()  # %RESPONSE_DURATION%: first upstream byte
     h = resp.headers = resp.headers.without_hop_by_hop(
         HOP_BY_HOP if resp.content_length is not None else _NOT_RELAYED_UNFRAMED)
     h.set("x-envoy-upstream-service-time", str(int((time.monotonic() - t0) * 1000)))
