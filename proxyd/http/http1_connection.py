@@ -124,8 +124,11 @@ class Http1Connection:
         """400/431 for a request we refuse; the connection closes after it. Logged as
         Envoy 1.40 does: no request fields, flag DPE, the codec's details."""
         body = local_reply.CODEC_BODIES.get(e.status, b"Bad Request")
-        if e.status == 431:
-            self.hcm.stats.downstream_rq_too_large.inc()
+        stats = self.hcm.stats  # counted as a request, as Envoy 1.40 does (not rq_too_large)
+        for c in (stats.downstream_rq_total, stats.downstream_rq_http1_total,
+                  stats.downstream_rq_xx[e.status // 100], stats.downstream_rq_completed,
+                  stats.downstream_rq_response_before_rq_complete, stats.downstream_rq_rx_reset):
+            c.inc()
         h = Headers([("content-length", str(len(body))), ("content-type", "text/plain"),
                      ("date", http_date()), ("server", self.hcm.server_name),
                      ("connection", "close")])
@@ -135,9 +138,11 @@ class Http1Connection:
         info.response_code = e.status
         info.response_code_details = e.details.split(":", 1)[0]
         info.response_flags.append("DPE")
+        data = encode_response_head(e.status, h) + body
         try:
-            send_all(self.sock, encode_response_head(e.status, h) + body)
+            send_all(self.sock, data)
             info.bytes_sent = len(body)
+            stats.downstream_cx_tx_bytes_total.inc(len(data))
         except OSError:
             pass
         info.end_mono = time.monotonic()

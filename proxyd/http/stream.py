@@ -132,6 +132,11 @@ class Stream:
         code = info.response_code
         if code:
             stats.downstream_rq_xx[code // 100 if 1 <= code // 100 <= 5 else 5].inc()
+            stats.downstream_rq_completed.inc()
+            if not self.request_complete:
+                stats.downstream_rq_response_before_rq_complete.inc()
+                if self.request.version != "HTTP/2":  # HTTP/1: the close resets it (Envoy)
+                    stats.downstream_rq_rx_reset.inc()
         stats.downstream_rq_time.record((now - info.start_mono) * 1000.0)
         if info.trace is not None:
             hcm.tracer.finish(info.trace, info)

@@ -133,3 +133,131 @@ def format_line_view(line: str, fmt: str, volatile: bool = False) -> dict:
     if len(values) != len(names):
         return {"unparsed line": line}
     return {n: shape(v) if volatile else v for n, v in zip(names, values)}
+
+
+# --- stats ---------------------------------------------------------------------------
+STAT_ROOTS = ("cluster.", "http.", "listener.", "tcp.", "server.", "cluster_manager.",
+              "listener_manager.")
+"""The stat trees compared; filter prefixes sit under cluster.<name>. and http.<prefix>."""
+
+VOLATILE_STATS = ("server.uptime", "server.memory_*", "server.version",
+                  "http.*.downstream_cx_tx_bytes_total",  # x-envoy-upstream-service-time digits
+                  "server.stats_recent_lookups", "server.total_connections",
+                  "http.admin.*", "listener.admin.*")
+"""Stats whose value depends on the process or on the admin polling, not on the traffic:
+their presence is compared, not their value."""
+
+_LISTENER_ADDRESS = re.compile(r"(127\.0\.0\.1_)\d+")
+
+
+def normalise_stat(name: str) -> str:
+    """A listener's address carries the side's own port: `listener.127.0.0.1_<port>.`."""
+    return _LISTENER_ADDRESS.sub(r"\1<port>", name)
+
+
+def stats_view(stats: dict) -> dict:
+    from fnmatch import fnmatchcase
+    out = {}
+    for name, value in stats.items():
+        name = normalise_stat(name)
+        if name.startswith(STAT_ROOTS):
+            out[name] = ("<volatile>" if any(fnmatchcase(name, p) for p in VOLATILE_STATS)
+                         else value)
+    return out
+
+
+def stats_diff(envoy: dict, proxyd: dict) -> list[str]:
+    """Stat by stat: lacking in proxyd, or a different value. Names only proxyd has are
+    not differences (the report lists them)."""
+    e, p = stats_view(envoy), stats_view(proxyd)
+    return dict_diff("", e, {k: v for k, v in p.items() if k in e})
+
+
+# --- Prometheus ----------------------------------------------------------------------
+_PROM_LINE = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
+_PROM_LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"')
+
+
+def prometheus_series(text: str) -> tuple[dict, dict]:
+    """({(metric name, sorted labels): value}, {metric name: TYPE}) of a text exposition,
+    listener ports normalised."""
+    series, types = {}, {}
+    for line in text.splitlines():
+        if line.startswith("# TYPE "):
+            _, _, name, kind = line.split(" ", 3)
+            types[name] = kind
+            continue
+        m = _PROM_LINE.match(line)
+        if not m:
+            continue
+        labels = tuple(sorted((k, _LISTENER_ADDRESS.sub(r"\1<port>", v))
+                              for k, v in _PROM_LABEL.findall(m.group(2) or "")))
+        series[(m.group(1), labels)] = float(m.group(3))
+    return series, types
+
+
+_CODE = re.compile(r"^(.*_rq)_(\d{3})$")
+_CLASS = re.compile(r"^(.*_rq)_(\d)xx$")
+_WORKER = re.compile(r"^worker_(\d+)\.(.*)$")
+_ADDRESS = re.compile(r"^(\d+\.\d+\.\d+\.\d+_[^.]+|\[[^\]]*\]_[^.]+)\.")
+
+
+def _san(name: str) -> str:
+    return re.sub(r"[^a-zA-Z0-9_]", "_", name)
+
+
+def prometheus_key(stat: str) -> tuple[str, tuple]:
+    """The series Envoy's default tag extractors make of a stat name (the subset of
+    extractors these stat trees use); checked against real Envoy in the tests."""
+    labels = {}
+    root, rest = stat.split(".", 1)
+    if root == "cluster" and rest.count(".") >= 1:
+        labels["envoy_cluster_name"], rest = rest.split(".", 1)
+    elif root == "http":
+        labels["envoy_http_conn_manager_prefix"], rest = rest.split(".", 1)
+    elif root == "listener" and _ADDRESS.match(rest):
+        m = _ADDRESS.match(rest)
+        labels["envoy_listener_address"], rest = m.group(1), rest[m.end():]
+    elif root == "listener":  # listener.admin.: no address tag
+        root, rest = "listener.admin", rest.split(".", 1)[1]
+    if root.startswith("listener") and rest.startswith("http."):
+        _, labels["envoy_http_conn_manager_prefix"], rest = rest.split(".", 2)
+        rest = "http." + rest
+    m = _WORKER.match(rest)
+    if m:
+        labels["envoy_worker_id"], rest = m.group(1), "worker." + m.group(2)
+    m = _CODE.match(rest) or None
+    if m:
+        labels["envoy_response_code"], rest = m.group(2), m.group(1)
+    else:
+        m = _CLASS.match(rest)
+        if m:
+            labels["envoy_response_code_class"], rest = m.group(2), m.group(1) + "_xx"
+    return "envoy_" + _san(root + "." + rest), tuple(sorted(labels.items()))
+
+
+def series_name(key) -> str:
+    name, labels = key
+    return "%s{%s}" % (name, ",".join('%s="%s"' % kv for kv in labels))
+
+
+def prometheus_diff(envoy_stats: dict, proxyd_stats: dict, envoy_text: str,
+                    proxyd_text: str) -> list[str]:
+    """For every compared stat both proxies have: its series (Envoy's tag-extracted name
+    and labels) in proxyd's /stats/prometheus, with Envoy's TYPE and value."""
+    ev, pv = stats_view(envoy_stats), stats_view(proxyd_stats)
+    es, et = prometheus_series(envoy_text)
+    ps, pt = prometheus_series(proxyd_text)
+    out = []
+    for stat in sorted(set(ev) & set(pv)):
+        key = prometheus_key(stat)
+        shown = series_name(key)
+        if key not in es:
+            out.append("%s: the test's tag extraction (%s) is not what Envoy shows" % (stat, shown))
+        elif key not in ps:
+            out.append("%s: envoy shows it, proxyd lacks it" % shown)
+        elif et.get(key[0]) != pt.get(key[0]):
+            out.append("%s: TYPE envoy %s, proxyd %s" % (shown, et.get(key[0]), pt.get(key[0])))
+        elif ev[stat] != "<volatile>" and es[key] != ps[key]:
+            out.append("%s: envoy %g, proxyd %g" % (shown, es[key], ps[key]))
+    return out

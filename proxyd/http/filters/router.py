@@ -49,8 +49,8 @@ class Router(HttpFilter):
             stream.local_reply(route.direct_status, route.direct_body, "direct_response", None,
                                [("location", location)] if location else None)
             return False
-        if kind == "redirect":
-            stream.hcm.stats.rq_redirect.inc()
+        if kind == "redirect":  # Envoy 1.40 counts a route's redirect as a direct response
+            stream.hcm.stats.rq_direct_response.inc()
             status, location = route.redirect(stream.request)
             stream.local_reply(status, None, "direct_response", None,  # Envoy's details
                                [("location", location)])
@@ -66,10 +66,22 @@ class Router(HttpFilter):
         host = cluster.choose_host()
         if host is None:
             cluster.stats.upstream_cx_none_healthy.inc()
-            stream.local_reply(*local_reply.NO_HEALTHY_UPSTREAM)
+            cluster_local_reply(stream, cluster.stats, local_reply.NO_HEALTHY_UPSTREAM)
             return False
         forward(stream, route, cluster, host)
         return False
+
+
+def cluster_local_reply(stream, cstats, reply) -> None:
+    """A local reply to a request routed to a cluster. Envoy 1.40 charges its status to
+    the cluster too (upstream_rq_<code>, _<N>xx, _completed), unless the response had
+    started (then the stream is reset)."""
+    if not stream.headers_sent:
+        code, cls = cstats.response(reply[0])
+        code.inc()
+        cls.inc()
+        cstats.upstream_rq_completed.inc()
+    stream.local_reply(*reply)
 
 
 def _upstream_headers(stream, route, host):
@@ -145,7 +157,7 @@ def forward(stream, route, cluster, host) -> None:
                 conn = host.pool.acquire()
             except UpstreamConnectError as e:
                 host.rq_error.inc()
-                stream.local_reply(*local_reply.connect_failure(e.reason))
+                cluster_local_reply(stream, cstats, local_reply.connect_failure(e.reason))
                 return
             info.upstream_local_address = conn.local_address
             info.upstream_start_mono = time.monotonic()
@@ -164,12 +176,12 @@ def forward(stream, route, cluster, host) -> None:
             raise
         cstats.upstream_rq_timeout.inc()
         host.rq_timeout.inc()
-        _abort(stream, conn, local_reply.ROUTE_TIMEOUT)
+        _abort(stream, conn, cstats, local_reply.ROUTE_TIMEOUT)
     except UpstreamReset:
         cstats.upstream_rq_rx_reset.inc()
-        _abort(stream, conn, local_reply.upstream_reset())
+        _abort(stream, conn, cstats, local_reply.upstream_reset())
     except ProtocolError:
-        _abort(stream, conn, local_reply.upstream_protocol_error())
+        _abort(stream, conn, cstats, local_reply.upstream_protocol_error())
     except BaseException:
         # the client went away, or the stream was interrupted (request_timeout): the
         # upstream connection is mid-exchange and cannot be reused
@@ -184,13 +196,13 @@ def forward(stream, route, cluster, host) -> None:
         host.rq_active.dec()
 
 
-def _abort(stream, conn, reply) -> None:
+def _abort(stream, conn, cstats, reply) -> None:
     """The exchange failed: a local reply if nothing was sent yet, else a reset (both
     are what Stream.local_reply does)."""
     if conn is not None:
         conn.close()
         conn.host.rq_error.inc()
-    stream.local_reply(*reply)
+    cluster_local_reply(stream, cstats, reply)
 
 
 def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float) -> None:
@@ -198,6 +210,7 @@ def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float) -> None:
     info = stream.info
     sock = conn.sock
     # request
+    sent = 0
     try:
         if req.has_body:
             send_all(sock, head_bytes)
@@ -219,7 +232,8 @@ def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float) -> None:
             sent = len(head_bytes)
     except OSError:
         raise UpstreamReset() from None
-    cstats.upstream_cx_tx_bytes_total.inc(sent)
+    finally:  # also what went out before a timeout or reset cut the request short
+        cstats.upstream_cx_tx_bytes_total.inc(sent)
     info.request_end_mono = time.monotonic()
     # response
     parser = ResponseParser(head_only=req.method == "HEAD")
