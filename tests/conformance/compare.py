@@ -261,3 +261,65 @@ def prometheus_diff(envoy_stats: dict, proxyd_stats: dict, envoy_text: str,
         elif ev[stat] != "<volatile>" and es[key] != ps[key]:
             out.append("%s: envoy %g, proxyd %g" % (shown, es[key], ps[key]))
     return out
+
+
+# --- admin JSON ----------------------------------------------------------------------
+MAP_FIELDS = frozenset({"metadata", "filter_metadata", "typed_filter_metadata",
+                        "dynamic_parameters"})
+"""Fields whose keys are data (proto maps and Structs), not schema."""
+
+
+def json_shape(value):
+    """The keys and types of a JSON document, not its values: a list becomes the union
+    of its items' shapes, a list of typed messages a map by "@type"."""
+    if isinstance(value, dict):
+        return {k: "map" if k in MAP_FIELDS and isinstance(v, dict) else json_shape(v)
+                for k, v in value.items()}
+    if isinstance(value, list):
+        if value and all(isinstance(v, dict) and "@type" in v for v in value):
+            return {"[@type=%s]" % v["@type"]: json_shape(v) for v in value}
+        merged: dict = {}
+        scalars = set()
+        for v in value:
+            s = json_shape(v)
+            if isinstance(s, dict):
+                _merge(merged, s)
+            else:
+                scalars.add(str(s))
+        return [merged] if merged else sorted(scalars)
+    return type(value).__name__
+
+
+def _merge(into: dict, shape: dict) -> None:
+    for k, v in shape.items():
+        if isinstance(v, dict) and isinstance(into.get(k), dict):
+            _merge(into[k], v)
+        else:
+            into.setdefault(k, v)
+
+
+def shape_diff(where: str, envoy, proxyd) -> list[str]:
+    """Keys Envoy's document has and proxyd's lacks (or the reverse), and type mismatches."""
+    if isinstance(envoy, list) and isinstance(proxyd, list):
+        if envoy and proxyd and isinstance(envoy[0], dict) and isinstance(proxyd[0], dict):
+            return shape_diff(where + "[]", envoy[0], proxyd[0])
+        return [] if not envoy or not proxyd or envoy == proxyd else [
+            "%s: envoy %s, proxyd %s" % (where, envoy, proxyd)]
+    if isinstance(envoy, dict) and isinstance(proxyd, dict):
+        out = []
+        for k in sorted(set(envoy) | set(proxyd)):
+            path = "%s.%s" % (where, k) if where else k
+            if k not in proxyd:
+                out.append("%s: envoy has it, proxyd lacks it" % path)
+            elif k not in envoy:
+                out.append("%s: proxyd has it, envoy lacks it" % path)
+            else:
+                out += shape_diff(path, envoy[k], proxyd[k])
+        return out
+    if envoy != proxyd:
+        return ["%s: envoy %s, proxyd %s" % (where, _kind(envoy), _kind(proxyd))]
+    return []
+
+
+def _kind(shape) -> str:
+    return "object" if isinstance(shape, dict) else "list" if isinstance(shape, list) else shape
