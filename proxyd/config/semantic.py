@@ -90,6 +90,8 @@ def _runtime_layer(struct, path, prefix, out):
 
 
 def _listener(listener, path, clusters, out):
+    if not listener.HasField('address'):  # Envoy 1.40: "address is necessary"
+        out.append((path + ('address',), 'a listener needs an address'))
     if not listener.filter_chains and not listener.HasField('default_filter_chain'):
         out.append((path + ('filter_chains',), 'a listener needs at least one filter chain'))
     from proxyd.observability.config_check import check_access_logs

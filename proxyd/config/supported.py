@@ -151,8 +151,18 @@ for _name, _more in {  # HTTP/2 both ways, gRPC deadlines
     _ROUTE + 'RouteAction': 'max_grpc_timeout grpc_timeout_offset',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
-FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
-"""Full message name -> names of the fields proxyd implements."""
+DESCRIPTIVE = {
+    'envoy.config.listener.v3.Listener': frozenset({'traffic_direction'}),
+}
+"""Fields that only describe (labels that change nothing in proxyd): accepted,
+kept in /config_dump, no effect. 11 of Envoy's own example configs set
+`Listener.traffic_direction`. A field that changes behaviour never goes here: it stays
+a named error until it is implemented."""
+
+FIELDS = {name: frozenset(fields.split()) | DESCRIPTIVE.get(name, frozenset())
+          for name, fields in _FIELDS.items()}
+"""Full message name -> names of the fields proxyd accepts: the ones it implements, and
+the DESCRIPTIVE ones."""
 
 ENUMS = {
     (_CORE + 'SocketAddress', 'protocol'): frozenset({'TCP'}),

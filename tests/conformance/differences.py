@@ -35,6 +35,11 @@ KNOWN = (
         "an Envoy quirk: the client sent the original path, which is what the log is for",
         ("redirect_prefix: %REQ(:PATH)%: envoy '/new/page', proxyd '/old/page'",)),
     Difference(
+        "lower_case_enums", "config",
+        "Envoy accepts enum values in lower case (`codec_type: auto`, as its own examples "
+        "write it); proxyd refuses them",
+        "issue 11 (config loading) fixes it", ("good/lowercase_enum: envoy accepts, proxyd refuses",)),
+    Difference(
         "config_dump_sections", "admin",
         "/config_dump: Envoy adds RoutesConfigDump (the inline route configs), empty "
         "ScopedRoutesConfigDump and SecretsConfigDump sections, and the node it runs as "
