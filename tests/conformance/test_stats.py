@@ -4,7 +4,8 @@ with the same value where the value follows from the traffic; Prometheus names, 
 types and values of /stats/prometheus match for the stats both have."""
 from __future__ import annotations
 
-from compare import prometheus_diff, stats_diff, stats_view
+import areas
+from compare import stats_view
 from differences import assert_explained
 
 
@@ -18,8 +19,8 @@ def test_the_traffic_shows_in_envoys_stats(observed):
 
 
 def test_stats_match_envoy(observed):
-    assert_explained(stats_diff(*observed.stats), "stats")
+    assert_explained(areas.stats(observed), "stats")
 
 
 def test_prometheus_series_match_envoy(observed):
-    assert_explained(prometheus_diff(*observed.stats, *observed.prometheus), "prometheus")
+    assert_explained(areas.prometheus(observed), "prometheus")
