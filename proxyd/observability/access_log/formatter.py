@@ -224,6 +224,10 @@ _SIMPLE = {
 }
 
 
+OPERATORS = frozenset(_SIMPLE) | {"START_TIME", "REQ", "RESP", "TRAILER", "HOSTNAME"}
+"""Every command operator proxyd renders (the compatibility report lists them)."""
+
+
 def _request_id(info):
     if info.request_id is not None:
         return info.request_id
