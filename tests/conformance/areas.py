@@ -7,7 +7,7 @@ import re
 
 from compare import (default_line_view, dict_diff, format_line_view, json_shape, prometheus_diff,
                      response_diff, shape_diff, stats_diff)
-from scenario import CASES, CUSTOM_FORMAT, VOLATILE_FORMAT
+from scenario import HCM_CASES, CUSTOM_FORMAT, VOLATILE_FORMAT
 
 JSON_ENDPOINTS = ("/clusters?format=json", "/listeners?format=json", "/server_info",
                   "/config_dump")
@@ -26,14 +26,14 @@ def responses(observed) -> list[str]:
 def _per_case(observed, file: str, view) -> list[str]:
     envoy, proxyd = observed.logs[file]
     diffs = []
-    for i, case in enumerate(CASES):
+    for i, case in enumerate(HCM_CASES):
         if i >= len(envoy):
             diffs.append("%s: envoy logged no line" % case.name)
         elif i >= len(proxyd):
             diffs.append("%s: proxyd logged no line" % case.name)
         else:
             diffs += dict_diff(case.name + ": ", view(envoy[i], case), view(proxyd[i], case))
-    diffs += ["extra proxyd line: %s" % line for line in proxyd[len(CASES):]]
+    diffs += ["extra proxyd line: %s" % line for line in proxyd[len(HCM_CASES):]]
     return diffs
 
 

@@ -215,6 +215,8 @@ def prometheus_key(stat: str) -> tuple[str, tuple]:
         labels["envoy_cluster_name"], rest = rest.split(".", 1)
     elif root == "http":
         labels["envoy_http_conn_manager_prefix"], rest = rest.split(".", 1)
+    elif root == "tcp":
+        labels["envoy_tcp_prefix"], rest = rest.split(".", 1)
     elif root == "listener" and _ADDRESS.match(rest):
         m = _ADDRESS.match(rest)
         labels["envoy_listener_address"], rest = m.group(1), rest[m.end():]

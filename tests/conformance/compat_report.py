@@ -95,9 +95,10 @@ def _explainer(line: str, area: str) -> str | None:
 
 _GENERIC = ((re.compile(r"^cluster\.(upstream|refused|empty)\."), "cluster.<name>."),
             (re.compile(r"^http\.ingress_http\."), "http.<stat_prefix>."),
-            (re.compile(r"^listener\.127\.0\.0\.1_<port>\.http\.ingress_http\."),
+            (re.compile(r"^tcp\.tcp_in\."), "tcp.<stat_prefix>."),
+            (re.compile(r"^listener\.127\.0\.0\.1_<[a-z]+>\.http\.ingress_http\."),
              "listener.<address>.http.<stat_prefix>."),
-            (re.compile(r"^listener\.127\.0\.0\.1_<port>\."), "listener.<address>."),
+            (re.compile(r"^listener\.127\.0\.0\.1_<[a-z]+>\."), "listener.<address>."),
             (re.compile(r"^listener\.admin\.http\.admin\."), "listener.admin.http.admin."),
             (re.compile(r"_rq_\d{3}$"), "_rq_<code>"), (re.compile(r"_rq_\dxx$"), "_rq_<N>xx"))
 
@@ -109,7 +110,8 @@ def generic(stat: str) -> str:
 
 
 def _root(generic_name: str) -> str:
-    for root in ("cluster.<name>.", "http.<stat_prefix>.", "listener.<address>.", "listener.admin.",
+    for root in ("cluster.<name>.", "http.<stat_prefix>.", "tcp.<stat_prefix>.",
+                 "listener.<address>.", "listener.admin.",
                  "http.admin.", "http.async-client.", "server.", "cluster_manager.",
                  "listener_manager."):
         if generic_name.startswith(root):

@@ -104,6 +104,15 @@ static_resources:
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  - name: tcp
+    address: {socket_address: {address: 127.0.0.1, port_value: $tcp}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.tcp_proxy
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp_in
+          cluster: upstream
   clusters:
   - name: upstream
     type: STATIC
@@ -141,6 +150,7 @@ class Case:
     flags: str = "-"  # the %RESPONSE_FLAGS% Envoy logs (asserted: the case reaches its reply)
     status: int = 200  # the status Envoy answers (asserted the same way)
     echo: bool = False  # answered by the upstream's echo (its length varies with conn ids)
+    port: str = "listener"  # "tcp": through the tcp_proxy listener (no HCM, no HCM log)
 
     def request_bytes(self) -> bytes:
         return self.raw if self.raw is not None else build_request(
@@ -176,7 +186,11 @@ CASES = [
          flags="DPE", status=400),
     Case("header_too_large_431", "/up/big", headers=(("x-big", "a" * 70000),), flags="DPE",
          status=431),
+    Case("upstream_reset_503", "/up/reset?close=1", flags="UC", status=503),
+    Case("tcp_proxy", "/through/tcp", headers=(("connection", "close"),), echo=True, port="tcp"),
 ]
+HCM_CASES = [c for c in CASES if c.port == "listener"]
+"""The cases the HTTP listener's access logs show, in order."""
 
 
 @dataclass
@@ -187,7 +201,7 @@ class Exchange:
 
 def drive(side, case: Case) -> Exchange:
     """Send `case` to one side on a fresh connection; parse its response when it sent one."""
-    conn = side.conn()
+    conn = side.conn(case.port)
     try:
         conn.send(case.request_bytes())
         if case.pause:
@@ -213,11 +227,19 @@ class Observed:
     prometheus: tuple  # (text, text) of /stats/prometheus
 
 
+def named_ports(side, text: str) -> str:
+    """Listener addresses in stat names and labels carry the side's own ports: name them
+    by the template's placeholder instead (`listener.127.0.0.1_<listener>.`)."""
+    for name, port in side.ports.items():
+        text = text.replace("127.0.0.1_%d" % port, "127.0.0.1_<%s>" % name)
+    return text
+
+
 def _stats(side) -> dict:
     out = {}
     for entry in side.admin("/stats?format=json").json()["stats"]:
         if "name" in entry:
-            out[entry["name"]] = entry["value"]
+            out[named_ports(side, entry["name"])] = entry["value"]
     return out
 
 
@@ -240,7 +262,7 @@ def _wait_logs(pair, expected: int, timeout: float = 5.0) -> dict:
 def observe(pair) -> Observed:
     """Drive every case through both proxies in order, then read their logs and stats."""
     exchanges = {c.name: pair.both(lambda s, c=c: drive(s, c)) for c in CASES}
-    logs = _wait_logs(pair, len(CASES))
+    logs = _wait_logs(pair, len(HCM_CASES))
     stats = pair.both(_stats)
-    prom = pair.both(lambda s: s.admin("/stats/prometheus").body.decode())
+    prom = pair.both(lambda s: named_ports(s, s.admin("/stats/prometheus").body.decode()))
     return Observed(pair, exchanges, logs, stats, prom)

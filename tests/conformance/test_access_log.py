@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import areas
 from differences import assert_explained
-from scenario import CASES
+from scenario import HCM_CASES
 
 
 def test_envoy_logs_the_flags_each_case_is_there_for(observed):
     lines = observed.logs["custom.log"][0]
-    assert [line.split(" ")[:2] for line in lines] == [[str(c.status), c.flags] for c in CASES]
+    assert [line.split(" ")[:2] for line in lines] == [[str(c.status), c.flags] for c in HCM_CASES]
 
 
 def test_default_format_matches_envoy(observed):
