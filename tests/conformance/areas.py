@@ -19,7 +19,8 @@ def responses(observed) -> list[str]:
         if p.response is None:
             diffs.append("%s: proxyd sent no response" % name)
             continue
-        diffs += ["%s: %s" % (name, d) for d in response_diff(e.response, p.response)]
+        diffs += ["%s: %s" % (name, d)
+                  for d in response_diff(e.response, p.response, e.case.echo)]
     return diffs
 
 

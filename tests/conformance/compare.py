@@ -22,7 +22,7 @@ def _headers(pairs) -> list[tuple[str, str]]:
     return sorted((k, "<volatile>" if k in VOLATILE_HEADERS else v) for k, v in pairs)
 
 
-def response_view(resp: Response) -> dict:
+def response_view(resp: Response, echo: bool = False) -> dict:
     """What a client sees, with volatile values masked: status, headers (as a sorted list,
     since order carries no meaning), body; an upstream echo body is parsed and the request
     headers the upstream saw are masked the same way."""
@@ -37,7 +37,7 @@ def response_view(resp: Response) -> dict:
             body = {k: (_headers(v) if k == "headers" else v) for k, v in echo.items()
                     if k not in UPSTREAM_ECHO_VOLATILE}
     headers = _headers(resp.headers)
-    if isinstance(body, dict):  # the echo's length varies with masked values
+    if echo or isinstance(body, dict):  # the echo's length varies with masked values
         headers = [(k, "<echo>" if k == "content-length" else v) for k, v in headers]
     return {"status": resp.status, "headers": headers, "body": body}
 
@@ -61,9 +61,10 @@ def _multi(pairs) -> dict:
     return {k: v[0] if len(v) == 1 else v for k, v in out.items()}
 
 
-def response_diff(envoy: Response, proxyd: Response) -> list[str]:
-    """Differences between two responses to the same request (empty when they agree)."""
-    e, p = response_view(envoy), response_view(proxyd)
+def response_diff(envoy: Response, proxyd: Response, echo: bool = False) -> list[str]:
+    """Differences between two responses to the same request (empty when they agree);
+    `echo`: the upstream's echo answered, whose length follows its connection ids."""
+    e, p = response_view(envoy, echo), response_view(proxyd, echo)
     out = []
     if e["status"] != p["status"]:
         out.append("status: envoy %d, proxyd %d" % (e["status"], p["status"]))

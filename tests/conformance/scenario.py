@@ -243,18 +243,15 @@ def _stats(side) -> dict:
     return out
 
 
-def _wait_logs(pair, expected: int, timeout: float = 5.0) -> dict:
-    """Both sides' access-log lines, once Envoy's default log has `expected` lines and
-    proxyd's stopped growing (it may log fewer)."""
+def _wait_logs(pair, expected: int, timeout: float = 6.0) -> dict:
+    """Both sides' access-log lines, once every log has `expected` lines (both flush on
+    a timer: Envoy every 50 ms here, proxyd every second), or at the timeout (a side that
+    logs fewer lines shows as a difference)."""
     deadline = time.monotonic() + timeout
-    last, stable_since = None, time.monotonic()
     while True:
         logs = {f: tuple(s.read(f).splitlines() for s in pair.sides) for f in LOG_FILES}
-        counts = [len(v) for f in LOG_FILES for v in logs[f]]
-        if counts != last:
-            last, stable_since = counts, time.monotonic()
-        envoy_done = all(len(logs[f][0]) >= expected for f in LOG_FILES)
-        if (envoy_done and time.monotonic() - stable_since > 0.3) or time.monotonic() > deadline:
+        if all(len(v) >= expected for f in LOG_FILES for v in logs[f]) or \
+                time.monotonic() > deadline:
             return logs
         time.sleep(0.05)
 
