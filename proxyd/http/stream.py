@@ -91,6 +91,7 @@ class Stream:
                 headers.add("x-forwarded-proto", req.scheme)
             if hcm.tracer is not None:
                 hcm.tracer.start(info, req)
+            stats.rq_total.inc()  # the router's count: every request that reaches routing
             route = self.route = hcm.route_table.match(req)
             if route is None:
                 stats.no_route.inc()
@@ -159,7 +160,8 @@ class Stream:
         h = Headers(list(headers) if headers else [])
         if body:
             h.add("content-type", "text/plain")
-        h.add("content-length", str(len(body) if body else 0))
+        if body or self.request.version != "HTTP/2":  # Envoy 1.40: no "0" over HTTP/2
+            h.add("content-length", str(len(body) if body else 0))
         resp = ResponseHead(status, h)
         resp.content_length = len(body) if body else 0
         self.send_headers(resp, not body)

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
 
 from compare import (default_line_view, dict_diff, format_line_view, json_shape, prometheus_diff,
                      response_diff, shape_diff, stats_diff)
+from harness import Response
 from scenario import HCM_CASES, CUSTOM_FORMAT, VOLATILE_FORMAT
 
 JSON_ENDPOINTS = ("/clusters?format=json", "/listeners?format=json", "/server_info",
@@ -35,6 +37,39 @@ def _per_case(observed, file: str, view) -> list[str]:
         else:
             diffs += dict_diff(case.name + ": ", view(envoy[i], case), view(proxyd[i], case))
     diffs += ["extra proxyd line: %s" % line for line in proxyd[len(HCM_CASES):]]
+    return diffs
+
+
+H2_CASES = [c for c in HCM_CASES if c.raw is None and not c.pause and len(repr(c.headers)) < 1000
+         and c.name != "upstream_reset_503"]
+
+
+def curl_h2(port: int, case) -> Response:
+    cmd = ["curl", "-sS", "-i", "--http2-prior-knowledge", "--max-time", "10",
+           "-X", case.method, "-H", "host: %s" % case.host]
+    if case.method == "HEAD":
+        cmd = [c for c in cmd if c not in ("-X", "HEAD")] + ["-I"]
+    for k, v in case.headers:
+        cmd += ["-H", "%s: %s" % (k, v)]
+    if case.body is not None:
+        cmd += ["--data-binary", "@-"]
+    out = subprocess.run(cmd + ["http://127.0.0.1:%d%s" % (port, case.path)],
+                         input=case.body or b"", capture_output=True, timeout=20)
+    assert out.returncode == 0, out.stderr
+    head, _, body = out.stdout.partition(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    version, status = lines[0].split(" ")[:2]
+    headers = [(k.strip().lower(), v.strip()) for k, _, v in (x.partition(":") for x in lines[1:])]
+    return Response(int(status), "", version, headers, body)
+
+
+def http2(observed) -> list[str]:
+    """The plain scenario requests again, over h2c from curl, compared the same way."""
+    diffs = []
+    for case in H2_CASES:
+        e, p = observed.pair.both(lambda s: curl_h2(s.ports["listener"], case))
+        assert e.version == "HTTP/2" and e.status == case.status, (case.name, e)
+        diffs += ["%s: %s" % (case.name, d) for d in response_diff(e, p, case.echo)]
     return diffs
 
 

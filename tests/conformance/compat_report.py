@@ -231,6 +231,11 @@ def _responses_section(observed) -> list[str]:
     out += ["| %s | %d | %s | %s |" % (c.name, c.status, c.flags,
                                        "yes" if c.name not in bad else "no")
             for c in CASES]
+    h2 = areas.http2(observed)
+    h2_bad = {d.split(":", 1)[0] for d in h2}
+    out += ["", "Over HTTP/2 (h2c from curl), %d of the %d plain requests (%s) are the same." % (
+        len(areas.H2_CASES) - len(h2_bad), len(areas.H2_CASES),
+        ", ".join(c.name for c in areas.H2_CASES))]
     return out + [""]
 
 
