@@ -1,13 +1,14 @@
 """Comparison helpers: reduce what Envoy and proxyd each showed to the part that must be
 equal, and list the differences as readable lines ("where: envoy X, proxyd Y").
 
-A test asserts `diffs == expected`, where expected is empty or the lines of recorded,
-named differences (differences.py), so a fixed difference fails the test too.
+A test passes the lines to differences.assert_explained: every line must be explained by
+a recorded, named difference, and every recorded difference must still show.
 """
 from __future__ import annotations
 
 import json
 import re
+from fnmatch import fnmatchcase
 
 from harness import Response
 
@@ -157,7 +158,7 @@ def normalise_stat(name: str) -> str:
 
 
 def stats_view(stats: dict) -> dict:
-    from fnmatch import fnmatchcase
+    """The compared trees' stats by normalised name; volatile values masked."""
     out = {}
     for name, value in stats.items():
         name = normalise_stat(name)
