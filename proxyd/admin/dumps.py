@@ -1,6 +1,8 @@
 """Envoy admin JSON documents built as admin.v3 protos, so field names and shapes are Envoy's."""
 
-from google.protobuf import any_pb2, json_format, timestamp_pb2
+import json
+
+from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory, timestamp_pb2
 
 from envoy.admin.v3 import (clusters_pb2, config_dump_pb2, config_dump_shared_pb2, listeners_pb2, metrics_pb2,
                             server_info_pb2)
@@ -9,6 +11,7 @@ from udpa.annotations import sensitive_pb2
 
 from .. import __version__
 from ..config import loader
+from ..observability.access_log.sinks import FLUSH_INTERVAL, MIN_FLUSH_SIZE
 from ..stats import layout
 
 VERSION = f"proxyd/{__version__}/Clean/RELEASE/Python"
@@ -57,10 +60,22 @@ def server_info(ctx, now: float) -> bytes:
     cli.drain_time.FromSeconds(int(getattr(options, "drain_time_s", 600) or 0))
     cli.parent_shutdown_time.FromSeconds(int(getattr(options, "parent_shutdown_time_s", 900) or 0))
     cli.mode = server_info_pb2.CommandLineOptions.Serve
+    cli.file_flush_interval.FromSeconds(int(FLUSH_INTERVAL))
     if ctx.bootstrap is not None and ctx.bootstrap.HasField("node"):
         info.node.CopyFrom(ctx.bootstrap.node)
     info.node.user_agent_name = info.node.user_agent_name or "proxyd"
-    return to_json(info, defaults=True)
+    build = info.node.user_agent_build_version
+    if not build.HasField("version"):
+        major, minor, patch = (int(x) for x in (__version__.split(".") + ["0", "0"])[:3])
+        build.version.major_number, build.version.minor_number, build.version.patch = (
+            major, minor, patch)
+        build.metadata.update({"build.type": "RELEASE", "revision.status": "Clean"})
+    out = json.loads(to_json(info, defaults=True))
+    # Envoy 1.40 fields newer than the xds-protos ServerInfo proto
+    out["hot_restart_initializing"] = False
+    out["command_line_options"].update(file_flush_min_size=MIN_FLUSH_SIZE,
+                                       log_stacktrace_single_entry=False)
+    return json.dumps(out, indent=2).encode() + b"\n"
 
 
 def _health_status(flags: str) -> clusters_pb2.HostHealthStatus:
@@ -108,6 +123,7 @@ def clusters_json(clusters: list[dict], host_stat) -> bytes:
             hs = status.host_statuses.add(address=socket_address(host["address"]),
                                           hostname=host.get("hostname", ""), weight=int(host.get("weight", 1)),
                                           health_status=_health_status(host.get("health_flags", "healthy")))
+            hs.locality.SetInParent()  # Envoy shows it even when empty
             for stat in HOST_COUNTERS:
                 hs.stats.add(name=stat, type=metrics_pb2.SimpleMetric.COUNTER,
                              value=host_stat(cluster["name"], host["address"], stat))

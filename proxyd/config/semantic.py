@@ -96,6 +96,8 @@ def _runtime_layer(struct, path, prefix, out):
 
 
 def _listener(listener, path, clusters, out):
+    if not listener.HasField('address'):  # Envoy 1.40: "address is necessary"
+        out.append((path + ('address',), 'a listener needs an address'))
     udp = listener.address.socket_address.protocol == listener.address.socket_address.UDP
     if not listener.filter_chains and not listener.HasField('default_filter_chain') and not udp:
         # (A UDP listener has listener filters only; that it is UDP is the error to report.)

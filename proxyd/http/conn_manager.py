@@ -50,7 +50,8 @@ class HcmStats:
                  "downstream_cx_idle_timeout", "downstream_cx_protocol_error",
                  "downstream_rq_total", "downstream_rq_http1_total", "downstream_rq_http2_total",
                  "downstream_rq_rx_reset", "downstream_rq_tx_reset", "downstream_rq_timeout",
-                 "downstream_rq_idle_timeout",
+                 "downstream_rq_idle_timeout", "downstream_rq_completed",
+                 "downstream_rq_response_before_rq_complete", "rq_total",
                  "downstream_rq_too_large", "rs_too_large", "no_route", "no_cluster", "rq_direct_response",
                  "rq_redirect", "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total")
     _GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_cx_http2_active",

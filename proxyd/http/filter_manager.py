@@ -754,7 +754,8 @@ def _local_response(request, status: int, body: bytes | None, headers):
     h = Headers(list(headers) if headers else [])
     if body:
         h.add("content-type", "text/plain")
-    h.add("content-length", str(len(body) if body else 0))
+    if body or request.version != "HTTP/2":  # Envoy 1.40: no "0" over HTTP/2
+        h.add("content-length", str(len(body) if body else 0))
     resp = ResponseHead(status, h)
     resp.content_length = len(body) if body else 0
     return resp, body or b""

@@ -8,12 +8,22 @@ UPSTREAM_RESET = "upstream connect error or disconnect/reset before headers. res
 NO_ROUTE = (404, b"", "route_not_found", "NR")
 NO_CLUSTER = (503, b"", "cluster_not_found", "NC")
 NO_HEALTHY_UPSTREAM = (503, b"no healthy upstream", "no_healthy_upstream", "UH")
-ROUTE_TIMEOUT = (504, b"upstream request timeout", "upstream_response_timeout", "UT")
+ROUTE_TIMEOUT = (504, b"upstream request timeout", "response_timeout", "UT")
+
+# proxyd's connect-failure reason -> (Envoy's reset reason, its transport failure reason),
+# as Envoy 1.40 words them for a refused connect.
+_CONNECT_RESET = {"connection refused": ("remote connection failure",
+                                         "delayed connect error: Connection refused"),
+                  "connection failure": ("remote connection failure", None)}
 
 
 def connect_failure(reason: str):
-    return (503, (UPSTREAM_RESET + reason).encode(),
-            "upstream_reset_before_response_started{%s}" % reason.replace(" ", "_"), "UF")
+    """The body names Envoy's reset reason; the details add the transport failure
+    reason after a '|', spaces as underscores (Envoy 1.40)."""
+    reset, transport = _CONNECT_RESET.get(reason, (reason, None))
+    details = reset if transport is None else reset + "|" + transport
+    return (503, (UPSTREAM_RESET + reset).encode(),
+            "upstream_reset_before_response_started{%s}" % details.replace(" ", "_"), "UF")
 
 
 # a circuit breaker refused (Envoy adds x-envoy-overloaded: true)

@@ -113,7 +113,7 @@ class StreamInfo:
         self.start_mono = time.monotonic()
         self.request_end_mono: float | None = None     # last request byte received
         self.upstream_start_mono: float | None = None  # request sent upstream
-        self.response_start_mono: float | None = None  # first response byte sent downstream
+        self.response_start_mono: float | None = None  # first response byte from upstream
         self.end_mono: float | None = None             # last response byte sent
         self.protocol = protocol
         self.request: RequestHead | None = None

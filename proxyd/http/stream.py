@@ -43,6 +43,8 @@ class Stream:
         self.headers_sent = False
         self.closing = False
         self.request_complete = not request.has_body
+        if self.request_complete:
+            info.request_end_mono = info.start_mono
 
     @property
     def route(self):
@@ -125,6 +127,11 @@ class Stream:
         code = info.response_code
         if code:
             stats.downstream_rq_xx[code // 100 if 1 <= code // 100 <= 5 else 5].inc()
+            stats.downstream_rq_completed.inc()
+            if not self.request_complete:
+                stats.downstream_rq_response_before_rq_complete.inc()
+                if self.request.version != "HTTP/2":  # HTTP/1: the close resets it (Envoy)
+                    stats.downstream_rq_rx_reset.inc()
         stats.downstream_rq_time.record((now - info.start_mono) * 1000.0)
         if info.trace is not None:
             hcm.tracer.finish(info.trace, info)
@@ -143,8 +150,6 @@ class Stream:
         info = self.info
         info.response = resp
         info.response_code = resp.status
-        if info.response_start_mono is None:
-            info.response_start_mono = time.monotonic()
         h = resp.headers
         hcm = self.hcm
         if hcm.always_set_request_id_in_response and info.request_id:

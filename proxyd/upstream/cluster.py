@@ -38,7 +38,8 @@ class ClusterStats:
                  "upstream_rq_retry_overflow", "upstream_rq_total", "upstream_rq_completed", "upstream_rq_timeout",
                  "upstream_rq_rx_reset", "upstream_rq_tx_reset", "upstream_rq_retry",
                  "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
-                 "membership_change", "upstream_cx_none_healthy")
+                 "membership_change", "upstream_cx_none_healthy",
+                 "upstream_cx_connect_attempts_exceeded")
     _GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
                "membership_total",
                "membership_healthy")

@@ -47,6 +47,7 @@ class Router(BlockingTerminalFilter):
 
     def serve(self) -> None:
         stream = self
+        stream.hcm.stats.rq_total.inc()  # every request that reaches the router (Envoy)
         route = stream.route
         if route is None:
             stream.hcm.stats.no_route.inc()
@@ -59,28 +60,39 @@ class Router(BlockingTerminalFilter):
             stream.local_reply(route.direct_status, route.direct_body, "direct_response", None,
                                [("location", location)] if location else None)
             return False
-        if kind == "redirect":
-            stream.hcm.stats.rq_redirect.inc()
+        if kind == "redirect":  # Envoy 1.40 counts a route's redirect as a direct response
+            stream.hcm.stats.rq_direct_response.inc()
             status, location = route.redirect(stream.request)
-            stream.local_reply(status, None, "redirect", None,
+            stream.local_reply(status, None, "direct_response", None,  # Envoy's details
                                [("location", location)])
             return False
         req = stream.request
         info = stream.info
-        name = route.cluster_for(req)
-        info.upstream_cluster = name
-        cluster = self.ctx.cluster_manager.get(name)
-        if cluster is None:
+        cluster = self.ctx.cluster_manager.get(route.cluster_for(req))
+        if cluster is None:  # %UPSTREAM_CLUSTER% stays unset, as in Envoy
             stream.hcm.stats.no_cluster.inc()
             stream.local_reply(*local_reply.NO_CLUSTER)
             return False
+        info.upstream_cluster = cluster.name
         host = cluster.choose_host()
         if host is None:
             cluster.stats.upstream_cx_none_healthy.inc()
-            stream.local_reply(*local_reply.NO_HEALTHY_UPSTREAM)
+            cluster_local_reply(stream, cluster.stats, local_reply.NO_HEALTHY_UPSTREAM)
             return False
         forward(stream, route, cluster, host)
         return False
+
+
+def cluster_local_reply(stream, cstats, reply) -> None:
+    """A local reply to a request routed to a cluster. Envoy 1.40 charges its status to
+    the cluster too (upstream_rq_<code>, _<N>xx, _completed), unless the response had
+    started (then the stream is reset)."""
+    if not stream.headers_sent:
+        code, cls = cstats.response(reply[0])
+        code.inc()
+        cls.inc()
+        cstats.upstream_rq_completed.inc()
+    stream.local_reply(*reply)
 
 
 def _upstream_headers(stream, route, host):
@@ -157,7 +169,7 @@ def forward(stream, route, cluster, host) -> None:
                 conn = host.pool.acquire()
             except UpstreamConnectError as e:
                 host.rq_error.inc()
-                stream.local_reply(*local_reply.connect_failure(e.reason))
+                cluster_local_reply(stream, cstats, local_reply.connect_failure(e.reason))
                 return
             except Overflow:
                 stream.local_reply(*local_reply.OVERFLOW)
@@ -188,12 +200,12 @@ def forward(stream, route, cluster, host) -> None:
             raise
         cstats.upstream_rq_timeout.inc()
         host.rq_timeout.inc()
-        _abort(stream, conn, local_reply.ROUTE_TIMEOUT)
+        _abort(stream, conn, cstats, local_reply.ROUTE_TIMEOUT)
     except UpstreamReset:
         cstats.upstream_rq_rx_reset.inc()
-        _abort(stream, conn, local_reply.upstream_reset())
+        _abort(stream, conn, cstats, local_reply.upstream_reset())
     except ProtocolError:
-        _abort(stream, conn, local_reply.upstream_protocol_error())
+        _abort(stream, conn, cstats, local_reply.upstream_protocol_error())
     except BaseException:
         # the client went away, or the stream was interrupted (request_timeout): the
         # upstream connection is mid-exchange and cannot be reused
@@ -210,13 +222,13 @@ def forward(stream, route, cluster, host) -> None:
         host.rq_active.dec()
 
 
-def _abort(stream, conn, reply) -> None:
+def _abort(stream, conn, cstats, reply) -> None:
     """The exchange failed: a local reply if nothing was sent yet, else a reset (both
     are what Stream.local_reply does)."""
     if conn is not None:
         conn.close()
         conn.host.rq_error.inc()
-    stream.local_reply(*reply)
+    cluster_local_reply(stream, cstats, reply)
 
 
 def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float) -> None:
@@ -224,6 +236,7 @@ def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float) -> None:
     info = stream.info
     sock = conn.sock
     # request
+    sent = 0
     try:
         if req.has_body:
             send_all(sock, head_bytes)
@@ -245,7 +258,8 @@ def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float) -> None:
             sent = len(head_bytes)
     except OSError:
         raise UpstreamReset() from None
-    cstats.upstream_cx_tx_bytes_total.inc(sent)
+    finally:  # also what went out before a timeout or reset cut the request short
+        cstats.upstream_cx_tx_bytes_total.inc(sent)
     info.request_end_mono = time.monotonic()
     # response
     parser = ResponseParser(head_only=req.method == "HEAD")
@@ -300,6 +314,7 @@ def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float) -> None:
 
 
 def _send_response_head(stream, resp: ResponseHead, t0: float, end_stream: bool) -> None:
+    stream.info.response_start_mono = time.monotonic()  # %RESPONSE_DURATION%: first upstream byte
     h = resp.headers = resp.headers.without_hop_by_hop(
         HOP_BY_HOP if resp.content_length is not None else _NOT_RELAYED_UNFRAMED)
     h.set("x-envoy-upstream-service-time", str(int((time.monotonic() - t0) * 1000)))

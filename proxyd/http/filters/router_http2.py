@@ -15,7 +15,8 @@ import gevent
 from proxyd.http import local_reply
 from proxyd.http.codec import http2 as h2c
 from proxyd.http.filters.router import (RouteTimeout, _complete, _send_response_head,
-                                        _upstream_headers, begin_upstream_request)
+                                        _upstream_headers, begin_upstream_request,
+                                        cluster_local_reply)
 from proxyd.http.headers import Headers
 from proxyd.http.http2_connection import ConnectionClosed
 from proxyd.http.message import ResponseHead
@@ -67,7 +68,7 @@ def forward_http2(stream, route, cluster, host, timeout) -> None:
                 us = host.h2pool.open_stream(headers, end)
             except UpstreamConnectError as e:
                 host.rq_error.inc()
-                stream.local_reply(*local_reply.connect_failure(e.reason))
+                cluster_local_reply(stream, cstats, local_reply.connect_failure(e.reason))
                 return
             info.upstream_local_address = us.conn.local_address
             info.upstream_start_mono = time.monotonic()
@@ -89,11 +90,11 @@ def forward_http2(stream, route, cluster, host, timeout) -> None:
         cstats.upstream_rq_timeout.inc()
         host.rq_timeout.inc()
         _reset_upstream(us, cstats)
-        _fail(stream, host, local_reply.ROUTE_TIMEOUT)
+        _fail(stream, host, cstats, local_reply.ROUTE_TIMEOUT)
     except UpstreamStreamReset as e:
         cstats.upstream_rq_rx_reset.inc()
         if not stream.headers_sent:
-            _fail(stream, host, local_reply.upstream_reset())
+            _fail(stream, host, cstats, local_reply.upstream_reset())
         else:
             host.rq_error.inc()
             info.response_code_details = "upstream_reset_after_response_started"
@@ -124,10 +125,10 @@ def _reset_upstream(us, cstats) -> None:
         cstats.upstream_rq_tx_reset.inc()
 
 
-def _fail(stream, host, reply) -> None:
+def _fail(stream, host, cstats, reply) -> None:
     """A local reply if nothing was sent yet, else a reset (Stream.local_reply does both)."""
     host.rq_error.inc()
-    stream.local_reply(*reply)
+    cluster_local_reply(stream, cstats, reply)
 
 
 def _pump_request(stream, us) -> None:

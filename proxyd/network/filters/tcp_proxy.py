@@ -34,8 +34,7 @@ def _seconds(msg, field: str, default: float) -> float:
 
 class TcpProxyStats:
     _COUNTERS = ("downstream_cx_total", "downstream_cx_no_route", "downstream_cx_rx_bytes_total",
-                 "downstream_cx_tx_bytes_total", "idle_timeout", "upstream_flush_total",
-                 "upstream_cx_connect_attempts_exceeded")
+                 "downstream_cx_tx_bytes_total", "idle_timeout", "upstream_flush_total")
     _GAUGES = ("upstream_flush_active",)
 
     def __init__(self, store, prefix: str):
@@ -123,7 +122,7 @@ class TcpProxy:
             info.upstream_local_address = up.local_address
             info.upstream_start_mono = time.monotonic()
             return up
-        self.stats.upstream_cx_connect_attempts_exceeded.inc()
+        cluster.stats.upstream_cx_connect_attempts_exceeded.inc()  # Envoy 1.40: a cluster stat
         info.response_flags.append("UF")
         return None
 

@@ -199,7 +199,9 @@ _SIMPLE = {
     "RESPONSE_DURATION": (_ms("info.response_start_mono", "info.start_mono"), "int"),
     "RESPONSE_TX_DURATION": (_ms("info.end_mono", "info.response_start_mono"), "int"),
     "UPSTREAM_HOST": (_attr("upstream_host"), "str"),
-    "UPSTREAM_REMOTE_ADDRESS": (_attr("upstream_host"), "str"),
+    # the connected upstream's address: unset when the connect failed (Envoy 1.40)
+    "UPSTREAM_REMOTE_ADDRESS": ("(info.upstream_local_address and info.upstream_host or None)",
+                                "str"),
     "UPSTREAM_CLUSTER": (_attr("upstream_cluster"), "str"),
     "UPSTREAM_LOCAL_ADDRESS": (_attr("upstream_local_address"), "str"),
     "DOWNSTREAM_REMOTE_ADDRESS": (_attr("downstream_remote_address"), "str"),
@@ -213,17 +215,17 @@ _SIMPLE = {
     "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT":
         ("_strip_port(info.downstream_local_address)", "str"),
     "DOWNSTREAM_LOCAL_PORT": ("_port(info.downstream_local_address)", "int"),
-    "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT": ("_strip_port(info.upstream_host)", "str"),
+    "UPSTREAM_REMOTE_ADDRESS_WITHOUT_PORT":
+        ("(info.upstream_local_address and _strip_port(info.upstream_host) or None)", "str"),
     "ROUTE_NAME": (_attr("route_name"), "str"),
     "CONNECTION_ID": ("info.connection_id", "int"),
-    "REQUEST_ID": ("_request_id(info)", "str"),
     "STREAM_ID": ("_request_id(info)", "str"),
     "TRACE_ID": ("_trace_id(info.trace)", "str"),
 }
 
 
 OPERATORS = frozenset(_SIMPLE) | {"START_TIME", "REQ", "RESP", "TRAILER", "HOSTNAME"}
-"""Every command operator a format may use."""
+"""Every command operator proxyd renders (the compatibility report lists them)."""
 
 
 def _request_id(info):
