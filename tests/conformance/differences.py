@@ -35,11 +35,6 @@ KNOWN = (
         "an Envoy quirk: the client sent the original path, which is what the log is for",
         ("redirect_prefix: %REQ(:PATH)%: envoy '/new/page', proxyd '/old/page'",)),
     Difference(
-        "lower_case_enums", "config",
-        "Envoy accepts enum values in lower case (`codec_type: auto`, as its own examples "
-        "write it); proxyd refuses them",
-        "issue 11 (config loading) fixes it", ("good/lowercase_enum: envoy accepts, proxyd refuses",)),
-    Difference(
         "config_dump_sections", "admin",
         "/config_dump: Envoy adds RoutesConfigDump (the inline route configs), empty "
         "ScopedRoutesConfigDump and SecretsConfigDump sections, and the node it runs as "
@@ -91,7 +86,8 @@ KNOWN = (
               "cluster.*.upstream_queue_overloaded", "cluster.*.upstream_rq_maintenance_mode",
               "cluster.*.bind_errors") + tuple(
             p for stat in ("upstream_cx_destroy_local", "upstream_cx_destroy_remote",
-                           "upstream_rq_total", "upstream_rq_tx_reset", "upstream_rq_rx_reset")
+                           "upstream_rq_total", "upstream_rq_tx_reset", "upstream_rq_rx_reset",
+                           "upstream_rq_pending_total")
             for p in ("cluster.*.%s: envoy *, proxyd *" % stat,
                       "envoy_cluster_%s{*}: envoy *, proxyd *" % stat))),
     Difference(
