@@ -20,10 +20,14 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 DRAIN_GRACE = 2.5  # as listener.manager.IDLE_GRACE (why: see there)
 
 
-class Http1Connection:
-    __slots__ = ("hcm", "conn", "sock", "parser", "stream", "idle", "idle_since")
+class RequestHeadersTimeout(Exception):
+    """request_headers_timeout passed with a request's headers still incomplete."""
 
-    def __init__(self, hcm, conn):
+
+class Http1Connection:
+    __slots__ = ("hcm", "conn", "sock", "parser", "stream", "idle", "idle_since", "first")
+
+    def __init__(self, hcm, conn, first: bytes = b""):
         self.hcm = hcm
         self.conn = conn
         self.sock = conn.sock
@@ -31,6 +35,7 @@ class Http1Connection:
         self.stream = None
         self.idle = True
         self.idle_since = time.monotonic()
+        self.first = first  # bytes codec AUTO read while choosing the codec
         conn.protocol = self
 
     def recv_into_parser(self) -> bool:
@@ -62,8 +67,23 @@ class Http1Connection:
         idle_timer = None
         idle_timer_wait = None
         expired = None
+        # request_headers_timeout: from the first byte of a request head to its end
+        headers_timeout = hcm.request_headers_timeout
+        headers_timer = None
         try:
+            if self.first:
+                stats.downstream_cx_rx_bytes_total.inc(len(self.first))
+                self.parser.feed(self.first)
+                self.first = b""
             while True:
+                if headers_timeout:
+                    if self.parser.in_head:
+                        if headers_timer is None:
+                            headers_timer = gevent.get_hub().loop.timer(headers_timeout)
+                            headers_timer.start(gevent.getcurrent().throw, RequestHeadersTimeout)
+                    elif headers_timer is not None:
+                        headers_timer.close()
+                        headers_timer = None
                 if not events:
                     # Draining after a keep-alive response: the client may be sending its
                     # next request right now, and closing would fail it. Wait DRAIN_GRACE
@@ -98,6 +118,9 @@ class Http1Connection:
                 kind, head = events.popleft()
                 if kind != HEAD:
                     continue
+                if headers_timer is not None:  # never thrown into a running stream
+                    headers_timer.close()
+                    headers_timer = None
                 stats.downstream_rq_http1_total.inc()
                 stream = self.stream = Http1Stream(hcm, conn, head, self)
                 stream.run()
@@ -112,9 +135,15 @@ class Http1Connection:
         except socket.timeout:
             stats.downstream_rq_timeout.inc()
             closed_by = "local"
+        except RequestHeadersTimeout:
+            closed_by = "local"
+            stats.downstream_rq_header_timeout.inc()
+            self._reply_and_close(408, b"request header timeout")
         finally:
             if idle_timer is not None:
                 idle_timer.close()
+            if headers_timer is not None:
+                headers_timer.close()
             if closed_by == "remote":
                 stats.downstream_cx_destroy_remote.inc()
             else:
@@ -122,14 +151,17 @@ class Http1Connection:
 
     def _codec_error(self, e: ProtocolError) -> None:
         """400/431 for a request we refuse; the connection closes after it (Envoy)."""
-        body = local_reply.CODEC_BODIES.get(e.status, b"Bad Request")
         if e.status == 431:
             self.hcm.stats.downstream_rq_too_large.inc()
+        self._reply_and_close(e.status, local_reply.CODEC_BODIES.get(e.status, b"Bad Request"))
+
+    def _reply_and_close(self, status: int, body: bytes) -> None:
+        """A local reply before any stream exists, with Connection: close (as Envoy)."""
         h = Headers([("content-length", str(len(body))), ("content-type", "text/plain"),
                      ("date", http_date()), ("server", self.hcm.server_name),
                      ("connection", "close")])
         try:
-            send_all(self.sock, encode_response_head(e.status, h) + body)
+            send_all(self.sock, encode_response_head(status, h) + body)
         except OSError:
             pass
 

@@ -10,6 +10,11 @@ Flow control, both ways:
   consumes them, not when they arrive, so what we buffer is bounded by the window we
   advertise.
 
+Envoy's HCM `request_headers_timeout` bounds a header block from its first byte to its
+last; as a block in progress holds up the whole connection (no other frame may come
+between HEADERS and its last CONTINUATION), its expiry ends the connection with GOAWAY
+(Envoy, which starts the stream at the first frame header, answers that stream 408).
+
 Per stream, as Envoy's HCM: `stream_idle_timeout` (no frame in or out on the stream for
 that long: 408, or RST_STREAM once the response started; the other streams go on), and
 a stream-level protocol error resets that stream only (see the codec). Graceful drain
@@ -158,11 +163,12 @@ class H2Transport:
 class Http2Connection(H2Transport):
     """Server side of one HTTP/2 connection (h2c prior knowledge or TLS with ALPN h2)."""
 
-    def __init__(self, hcm, conn):
+    def __init__(self, hcm, conn, first: bytes = b""):
         super().__init__(conn.sock, h2c.Http2Codec(False, hcm.http2_options,
                                                    hcm.max_request_headers))
         self.hcm = hcm
         self.conn = conn
+        self.first = first  # bytes codec AUTO read while choosing the codec
         self.streams: dict[int, Http2Stream] = {}
         self.last_stream_id = 0
         self.loop = gevent.get_hub().loop
@@ -215,23 +221,34 @@ class Http2Connection(H2Transport):
         stats = hcm.stats
         codec = self.codec
         sock = self.sock
+        headers_timeout = hcm.request_headers_timeout
+        headers_deadline = None  # a header block has begun and must end by then
         self.flush()  # our SETTINGS (+ connection WINDOW_UPDATE) go first
         closed_by = "remote"
+        data, self.first = self.first, b""
         try:
             while not self.closed:
-                sock.settimeout(None if self.streams else hcm.idle_timeout)
-                try:
-                    data = sock.recv(RECV_SIZE)
-                except socket.timeout:
-                    stats.downstream_cx_idle_timeout.inc()
-                    codec.goaway()
-                    self.flush()
-                    closed_by = "local"
-                    break
-                except OSError:
-                    break
                 if not data:
-                    break
+                    timeout = None if self.streams else hcm.idle_timeout
+                    if headers_deadline is not None:
+                        left = max(headers_deadline - time.monotonic(), 0.0)
+                        timeout = left if timeout is None else min(timeout, left)
+                    sock.settimeout(timeout)
+                    try:
+                        data = sock.recv(RECV_SIZE)
+                    except socket.timeout:
+                        if headers_deadline is not None and time.monotonic() >= headers_deadline:
+                            stats.downstream_rq_header_timeout.inc()
+                        else:
+                            stats.downstream_cx_idle_timeout.inc()
+                        codec.goaway()
+                        self.flush()
+                        closed_by = "local"
+                        break
+                    except OSError:
+                        break
+                    if not data:
+                        break
                 stats.downstream_cx_rx_bytes_total.inc(len(data))
                 try:
                     events = codec.receive(data)
@@ -240,12 +257,18 @@ class Http2Connection(H2Transport):
                     self.flush()
                     closed_by = "local"
                     break
+                data = b""
                 for ev in events:
                     self._on_event(ev)
                 self.flush()
                 if self.draining and not self.streams:
                     closed_by = "local"
                     break
+                if headers_timeout:
+                    if not codec.header_block_pending():
+                        headers_deadline = None
+                    elif headers_deadline is None:
+                        headers_deadline = time.monotonic() + headers_timeout
         finally:
             if self._drain_timer is not None:
                 self._drain_timer.kill(block=False)

@@ -323,6 +323,15 @@ class Http2Codec:
     def highest_inbound_stream_id(self) -> int:
         return self._c.highest_inbound_stream_id
 
+    def header_block_pending(self) -> bool:
+        """Part of a HEADERS frame, or a HEADERS frame waiting for its CONTINUATION, has
+        arrived (request_headers_timeout runs)."""
+        buf = self._c.incoming_buffer
+        if buf._headers_buffer:
+            return True
+        data, off = buf._data, buf._data_offset
+        return len(data) > off + 3 and data[off + 3] in (0x1, 0x9)
+
     def data_to_send(self) -> bytes:
         c = self._c
         if not c._data_to_send:
