@@ -49,6 +49,7 @@ class HcmStats:
                  "downstream_rq_total", "downstream_rq_http1_total", "downstream_rq_http2_total",
                  "downstream_rq_rx_reset", "downstream_rq_tx_reset", "downstream_rq_timeout",
                  "downstream_rq_idle_timeout", "downstream_rq_header_timeout",
+                 "downstream_rq_too_many_premature_resets",
                  "downstream_rq_too_large", "no_route", "no_cluster", "rq_direct_response",
                  "rq_redirect", "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total")
     _GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_cx_http2_active",
@@ -66,6 +67,17 @@ class HcmStats:
         self.downstream_cx_length_ms = store.histogram(p + "downstream_cx_length_ms")
 
 
+class Http2Stats:
+    """Envoy's downstream HTTP/2 codec stats (`http2.*`, shared by every listener)."""
+    _COUNTERS = ("rx_reset", "outbound_flood",
+                 "outbound_control_flood", "inbound_empty_frames_flood",
+                 "inbound_priority_frames_flood", "inbound_window_update_frames_flood")
+
+    def __init__(self, store):
+        for n in self._COUNTERS:
+            setattr(self, n, store.counter("http2." + n))
+
+
 class HttpConnectionManager:
     """One listener filter chain's HTTP settings, shared by all its connections."""
 
@@ -74,6 +86,7 @@ class HttpConnectionManager:
         self.config = config
         self.stat_prefix = config.stat_prefix
         self.stats = HcmStats(ctx.stats, config.stat_prefix)
+        self.http2_stats = Http2Stats(ctx.stats)
         self.route_table = RouteTable(config.route_config)
         self.filters = []
         for f in config.http_filters:

@@ -38,6 +38,10 @@ from proxyd.http.message import RequestHead
 from proxyd.http.stream import DownstreamGone, Stream, StreamIdleTimeout
 
 RECV_SIZE = 65536
+# Envoy's runtime keys and defaults for premature-reset accounting (CVE-2023-44487)
+PREMATURE_RESET_LIFETIME_KEY = "overload.premature_reset_min_stream_lifetime_seconds"
+PREMATURE_RESET_COUNT_KEY = "overload.premature_reset_total_stream_count"
+MAX_REQUESTS_PER_IO_CYCLE_KEY = "http.max_requests_per_io_cycle"
 FLUSH_AT = 65536  # send buffered output once this much is waiting
 MAX_STREAM_ID = 0x7FFFFFFF
 
@@ -176,6 +180,11 @@ class Http2Connection(H2Transport):
         self.draining = False      # no new streams (final GOAWAY sent, or the client's)
         self._drain_timer = None
         self.idle_since = time.monotonic()
+        # premature-reset accounting, as Envoy's HCM: streams closed (not by the
+        # connection's end), and those of them that ended early with no response
+        self.closed_streams = 0
+        self.premature_resets = 0
+        self.abort = None  # why the connection must end now (a flood, too many resets)
         conn.protocol = self
 
     @property
@@ -258,9 +267,11 @@ class Http2Connection(H2Transport):
                     closed_by = "local"
                     break
                 data = b""
-                for ev in events:
-                    self._on_event(ev)
+                self._dispatch(events)
                 self.flush()
+                if self.abort is not None:
+                    closed_by = "local"
+                    break
                 if self.draining and not self.streams:
                     closed_by = "local"
                     break
@@ -281,6 +292,33 @@ class Http2Connection(H2Transport):
             for s in streams:
                 s.on_reset(h2c.CANCEL, connection=True)
             gevent.joinall([s.greenlet for s in streams if s.greenlet is not None], timeout=1.0)
+
+    def _dispatch(self, events: list) -> None:
+        """Handle one read's events. With Envoy's runtime `http.max_requests_per_io_cycle`
+        set, the loop runs the streams started so far after every that many new ones."""
+        per_cycle = self.hcm.ctx.runtime.get_int(MAX_REQUESTS_PER_IO_CYCLE_KEY, 0)
+        started = 0
+        for ev in events:
+            if self.abort is not None:
+                return
+            if per_cycle and ev[0] == h2c.HEADERS and ev[1] not in self.streams:
+                started += 1
+                if started > per_cycle:
+                    started = 1
+                    self.flush()
+                    gevent.sleep(0)
+                    if self.abort is not None:
+                        return
+            self._on_event(ev)
+
+    def _abort(self, reason: str) -> None:
+        """End the connection now: GOAWAY ENHANCE_YOUR_CALM, then the reader stops."""
+        if self.abort is not None:
+            return
+        self.abort = reason
+        self.codec.goaway(code=h2c.ENHANCE_YOUR_CALM)
+        self.flush()
+        self._shutdown()
 
     def _on_event(self, ev) -> None:
         kind = ev[0]
@@ -304,9 +342,16 @@ class Http2Connection(H2Transport):
                 s.trailers = Headers(ev[2])
                 s.last_active = self.loop.now()
         elif kind == h2c.RESET:
+            self.hcm.http2_stats.rx_reset.inc()
             s = self.streams.get(ev[1])
             if s is not None:
                 s.on_reset(ev[2])
+                if not s.started:
+                    # reset before its greenlet ran (HEADERS and RST_STREAM in one
+                    # read): it never will; done now, so a reset flood holds nothing
+                    s.greenlet.kill(block=False)
+                    self.hcm.stats.downstream_rq_rx_reset.inc()
+                    self.stream_done(s)
         elif kind == h2c.SETTINGS:
             self.wake(0)
         elif kind == h2c.GOAWAY:
@@ -359,13 +404,33 @@ class Http2Connection(H2Transport):
         s.greenlet = gevent.spawn(s.serve)
 
     def stream_done(self, s: "Http2Stream") -> None:
-        self.streams.pop(s.sid, None)
+        if self.streams.pop(s.sid, None) is None:
+            return
         self.forget(s.sid)
         s.stop_idle_timer()
         if not self.streams:
             self.idle_since = time.monotonic()
+        if not self.closed:
+            self._count_closed(s)
         if self.draining and not self.streams:
             self._shutdown()
+
+    def _count_closed(self, s: "Http2Stream") -> None:
+        """Envoy's premature-reset rule: a stream closed within the minimum lifetime
+        with no response is premature; once half of the closed streams (counted from
+        the first `premature_reset_total_stream_count`, 500) are, the connection ends."""
+        runtime = self.hcm.ctx.runtime
+        self.closed_streams += 1
+        lifetime = time.monotonic() - s.info.start_mono
+        if not s.info.response_code and \
+                int(lifetime) <= runtime.get_int(PREMATURE_RESET_LIFETIME_KEY, 1):
+            self.premature_resets += 1
+        limit = runtime.get_int(PREMATURE_RESET_COUNT_KEY, 500)
+        # below `limit` closed streams, end as soon as the rest could not save it
+        if self.premature_resets * 2 < max(self.closed_streams, limit):
+            return
+        self.hcm.stats.downstream_rq_too_many_premature_resets.inc()
+        self._abort("too_many_premature_resets")
 
 
 class Http2Stream(Stream):

@@ -64,6 +64,7 @@ FLOW_CONTROL_ERROR = 3
 STREAM_CLOSED = 5
 REFUSED_STREAM = 7
 CANCEL = 8
+ENHANCE_YOUR_CALM = 11
 
 # event kinds
 HEADERS = 0    # (HEADERS, sid, [(name, value)], end_stream)  request or final response head
