@@ -63,6 +63,7 @@ class H2Transport:
         self.sock = sock
         self.codec = codec
         self.closed = False
+        self.writing = False  # the writer is in a socket write (the peer may not be reading)
         self._want = Event()
         self._drained = Event()
         self._drained.set()
@@ -81,7 +82,10 @@ class H2Transport:
                     data = codec.data_to_send()
                     if not data:
                         break
+                    self.writing = True
                     sendall(data)
+                    self.writing = False
+                    codec.written()
                     self.on_tx(len(data))
                 self._drained.set()
         except OSError:
@@ -261,13 +265,27 @@ class Http2Connection(H2Transport):
                 stats.downstream_cx_rx_bytes_total.inc(len(data))
                 try:
                     events = codec.receive(data)
-                except h2c.H2ProtocolError:
-                    stats.downstream_cx_protocol_error.inc()
+                except h2c.H2ProtocolError as e:
+                    if isinstance(e, h2c.FloodError):  # Envoy counts only the flood
+                        getattr(hcm.http2_stats, e.stat).inc()
+                    else:
+                        stats.downstream_cx_protocol_error.inc()
                     self.flush()
                     closed_by = "local"
                     break
                 data = b""
                 self._dispatch(events)
+                if codec.pending():
+                    # a read that is always ready never yields: let the writer take
+                    # what this one queued (PING and SETTINGS ACKs) before reading on
+                    self.flush()
+                    gevent.sleep(0)
+                if self.writing:  # frames pile up only while the socket does not take them
+                    try:
+                        codec.check_outbound()
+                    except h2c.Flood as e:
+                        getattr(hcm.http2_stats, e.stat).inc()
+                        self._abort(e.stat)
                 self.flush()
                 if self.abort is not None:
                     closed_by = "local"
