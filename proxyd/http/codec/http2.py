@@ -67,10 +67,14 @@ Flood = http2_limits.Flood
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-# Envoy's Http2ProtocolOptions defaults (config/core/v3/protocol.proto)
-DEFAULT_MAX_CONCURRENT_STREAMS = 2147483647
-DEFAULT_STREAM_WINDOW = 268435456
-DEFAULT_CONNECTION_WINDOW = 268435456
+# Envoy 1.40's Http2ProtocolOptions defaults as it sends them (its SETTINGS and first
+# WINDOW_UPDATE; protocol.proto's comments still say 2^31-1 and 256 MiB). The windows
+# bound what a client may send ahead of what the upstream takes: request DATA is
+# acknowledged only as the router hands it on, so an upstream that never reads holds
+# at most a window per stream and the connection window per connection.
+DEFAULT_MAX_CONCURRENT_STREAMS = 1024
+DEFAULT_STREAM_WINDOW = 16 * 1024 * 1024
+DEFAULT_CONNECTION_WINDOW = 16 * 1024 * 1024
 SPEC_INITIAL_WINDOW = 65535
 
 # error codes (RFC 9113 7)
