@@ -2,7 +2,9 @@
 
 Streams share a connection up to the peer's SETTINGS_MAX_CONCURRENT_STREAMS (until a new
 connection's SETTINGS arrive: the host's last advertised value, else 100, the RFC's
-recommended floor); a full pool opens another connection. A GOAWAY takes the connection out of the pool at once, so new streams go
+recommended floor) and while at least half of its receive window is free (a client
+that stops reading holds what its stream took, so one stalled client cannot hold up
+the others); a full pool opens another connection. A GOAWAY takes the connection out of the pool at once, so new streams go
 to a fresh connection, while streams at or below its last_stream_id finish on it.
 
 Each connection has a reader greenlet that feeds the codec and queues events on the
@@ -133,7 +135,11 @@ class Http2ClientConnection(H2Transport):
 
     @property
     def available(self) -> bool:
-        return not self.goaway and not self.closed and len(self.streams) < self.max_streams
+        """Room for a new stream: not going away, under the peer's stream limit, and
+        at least half of the connection receive window free (streams whose clients
+        stopped reading hold the rest, and a new stream here would wait for them)."""
+        return (not self.goaway and not self.closed and len(self.streams) < self.max_streams
+                and self.codec.receive_window_held() <= 0.5)
 
     def open_stream(self, headers: list, end_stream: bool) -> UpstreamStream:
         codec = self.codec

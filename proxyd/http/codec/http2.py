@@ -355,6 +355,13 @@ class Http2Codec:
         """Bytes we may send on `sid` now (stream and connection windows)."""
         return self._c.local_flow_control_window(sid)
 
+    def receive_window_held(self) -> float:
+        """The share of our connection receive window taken by DATA not yet
+        acknowledged (handed on): a stalled stream can hold all of it."""
+        m = self._c._inbound_flow_control_window_manager
+        held = m.max_window_size - m.current_window_size - m._bytes_processed
+        return held / m.max_window_size if m.max_window_size > 0 else 1.0
+
     @property
     def max_frame(self) -> int:
         return self._c.max_outbound_frame_size
