@@ -302,6 +302,8 @@ class Http2Connection(H2Transport):
             if self._drain_timer is not None:
                 self._drain_timer.kill(block=False)
             self.stop_writer()
+            if self.abort is not None:  # a stream's end may have ended the read
+                closed_by = "local"
             if closed_by == "remote":
                 stats.downstream_cx_destroy_remote.inc()
             else:
