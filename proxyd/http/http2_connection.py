@@ -236,6 +236,7 @@ class Http2Connection(H2Transport):
         sock = self.sock
         headers_timeout = hcm.request_headers_timeout
         headers_deadline = None  # a header block has begun and must end by then
+        resets_seen = 0  # RST_STREAM frames counted into http2.rx_reset so far
         self.flush()  # our SETTINGS (+ connection WINDOW_UPDATE) go first
         closed_by = "remote"
         data, self.first = self.first, b""
@@ -274,6 +275,10 @@ class Http2Connection(H2Transport):
                     closed_by = "local"
                     break
                 data = b""
+                resets = codec.limits.resets_received
+                if resets != resets_seen:
+                    hcm.http2_stats.rx_reset.inc(resets - resets_seen)
+                    resets_seen = resets
                 self._dispatch(events)
                 if codec.pending():
                     # a read that is always ready never yields: let the writer take
@@ -362,7 +367,6 @@ class Http2Connection(H2Transport):
                 s.trailers = Headers(ev[2])
                 s.last_active = self.loop.now()
         elif kind == h2c.RESET:
-            self.hcm.http2_stats.rx_reset.inc()
             s = self.streams.get(ev[1])
             if s is not None:
                 s.on_reset(ev[2])

@@ -19,7 +19,10 @@ The wrapper exists to keep h2's event classes and quirks out of the connection c
   REFUSED_STREAM, a malformed message (bad header block fields, a body not matching
   content-length or sent in reply to HEAD) PROTOCOL_ERROR, a stream window overrun
   FLOW_CONTROL_ERROR; the other streams go on. Connection errors (bad preface, HPACK,
-  frame size, the connection window) still end it with GOAWAY.
+  frame size, the connection window) still end it with GOAWAY;
+- on the server side, Envoy's flood limits (http2_limits) count every frame in and
+  every frame queued out; an inbound flood is a connection error (FloodError, GOAWAY
+  ENHANCE_YOUR_CALM), the outbound ones the connection checks (`check_outbound`).
 """
 from __future__ import annotations
 

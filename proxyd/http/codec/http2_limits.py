@@ -43,7 +43,7 @@ class FrameLimits:
 
     __slots__ = ("max_outbound", "max_control", "max_empty", "max_priority", "max_window_update",
                  "queued", "queued_control", "data_frames_sent", "opened_streams",
-                 "empty_in_a_row", "priority_frames", "window_update_frames")
+                 "empty_in_a_row", "priority_frames", "window_update_frames", "resets_received")
 
     def __init__(self, options):
         self.max_outbound = options.max_outbound_frames
@@ -58,6 +58,7 @@ class FrameLimits:
         self.empty_in_a_row = 0
         self.priority_frames = 0
         self.window_update_frames = 0
+        self.resets_received = 0  # RST_STREAM frames from the peer (http2.rx_reset)
 
     # -- outbound ------------------------------------------------------------------------
 
@@ -103,6 +104,8 @@ class FrameLimits:
             self.priority_frames += 1
             if self.priority_frames > self.max_priority * (1 + self.opened_streams):
                 raise Flood("inbound_priority_frames_flood", "Too many PRIORITY frames")
+        elif kind == RST_STREAM:
+            self.resets_received += 1
         elif kind == WINDOW_UPDATE:
             self.window_update_frames += 1
             if self.window_update_frames > 5 + 2 * (
