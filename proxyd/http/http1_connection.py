@@ -131,6 +131,9 @@ class Http1Connection:
         except ProtocolError as e:
             closed_by = "local"
             stats.downstream_cx_protocol_error.inc()
+            if headers_timer is not None:  # not thrown into the 400's write
+                headers_timer.close()
+                headers_timer = None
             self._codec_error(e)
         except socket.timeout:
             stats.downstream_rq_timeout.inc()
