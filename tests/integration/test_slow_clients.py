@@ -156,3 +156,16 @@ def test_request_headers_timeout_ends_a_cut_http2_header_block(upstream, proxyd_
     assert b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" in data  # GOAWAY
     st = _stats(admin)
     assert int(st["http.ingress_http.downstream_rq_header_timeout"]) == 1
+
+
+def test_request_headers_timeout_runs_from_a_heads_first_byte(upstream, proxyd_factory):
+    """Idle time between keep-alive requests does not count (idle_timeout covers it);
+    a head that arrives in pieces within the timeout is served."""
+    px = proxyd_factory(simple_config(free_port(), upstream.port, request_headers_timeout="1s"))
+    with Conn(px.port) as c:
+        assert c.request("GET", "/one").status == 200
+        time.sleep(1.5)
+        c.send(b"GET /two HTTP/1.1\r\nHost: x\r\n")
+        time.sleep(0.5)
+        c.send(b"Accept: */*\r\n\r\n")
+        assert c.read_response().status == 200
