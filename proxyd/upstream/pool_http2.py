@@ -30,6 +30,21 @@ DOWNSTREAM_GONE = 9    # event kind queued by the request pump when the client l
 UNSETTLED_MAX_STREAMS = 100
 
 
+# What one upstream stream may receive ahead of its client (its window) unless the
+# cluster sets initial_stream_window_size: Envoy's per-stream buffer limit (the default
+# per_connection_buffer_limit_bytes). The response DATA of a stream whose client stopped
+# reading waits in the worker, so this bounds what each such stream costs; the
+# connection window (16 MiB) stays, so such streams hold a share of it, not all of it.
+UPSTREAM_STREAM_WINDOW = 1024 * 1024
+
+
+def _upstream_options(msg) -> h2c.Http2Options:
+    opts = h2c.Http2Options(msg)
+    if msg is None or not msg.HasField("initial_stream_window_size"):
+        opts.initial_stream_window_size = UPSTREAM_STREAM_WINDOW
+    return opts
+
+
 def cluster_http2_options(config):
     """(mode, Http2Options) from a Cluster's typed_extension_protocol_options
     (envoy.extensions.upstreams.http.v3.HttpProtocolOptions) or its deprecated
@@ -44,14 +59,14 @@ def cluster_http2_options(config):
         if which == "explicit_http_config":
             e = opts.explicit_http_config
             if e.WhichOneof("protocol_config") == "http2_protocol_options":
-                return "h2", h2c.Http2Options(e.http2_protocol_options)
+                return "h2", _upstream_options(e.http2_protocol_options)
         elif which == "use_downstream_protocol_config":
             d = opts.use_downstream_protocol_config
-            return "downstream", h2c.Http2Options(
+            return "downstream", _upstream_options(
                 d.http2_protocol_options if d.HasField("http2_protocol_options") else None)
         return None, None
     if config.HasField("http2_protocol_options"):
-        return "h2", h2c.Http2Options(config.http2_protocol_options)
+        return "h2", _upstream_options(config.http2_protocol_options)
     return None, None
 
 
