@@ -206,6 +206,14 @@ for _name, _more in {  # circuit breakers: no retry budgets, no per-host thresho
         'track_remaining max_connection_pools',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+for _name, _more in {  # hostile clients: slow heads, HTTP/2 floods
+    _HCM: 'request_headers_timeout',
+    _CORE + 'Http2ProtocolOptions': 'max_outbound_frames max_outbound_control_frames '
+                                    'max_consecutive_inbound_frames_with_empty_payload '
+                                    'max_inbound_priority_frames_per_stream '
+                                    'max_inbound_window_update_frames_per_data_frame_sent',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
 """Full message name -> names of the fields proxyd implements."""
 

@@ -11,8 +11,6 @@ import socket
 import time
 from random import getrandbits
 
-import gevent
-
 from proxyd import registry
 from proxyd.config.loader import extension_config
 from proxyd.observability.access_log import build_access_logs
@@ -26,7 +24,9 @@ from proxyd.stats.scope import Scope
 DEFAULT_IDLE_TIMEOUT = 3600.0
 DEFAULT_STREAM_IDLE_TIMEOUT = 300.0
 DEFAULT_DRAIN_TIMEOUT = 5.0
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+# what codec AUTO looks for to pick HTTP/2 prior knowledge (Envoy's CLIENT_MAGIC_PREFIX)
+H2_MAGIC_PREFIX = b"PRI * HTTP/2"
+SNIFF_RECV_SIZE = 65536
 # RFC 9562 version (4) and variant (10) bits of a UUID held as a 128-bit int
 _UUID_CLEAR = ~((0xF << 76) | (0x3 << 62)) & ((1 << 128) - 1)
 _UUID_SET = (0x4 << 76) | (0x2 << 62)
@@ -52,6 +52,7 @@ class HcmStats:
                  "downstream_rq_rx_reset", "downstream_rq_tx_reset", "downstream_rq_timeout",
                  "downstream_rq_idle_timeout", "downstream_rq_completed",
                  "downstream_rq_response_before_rq_complete", "rq_total",
+                 "downstream_rq_header_timeout", "downstream_rq_too_many_premature_resets",
                  "downstream_rq_too_large", "rs_too_large", "no_route", "no_cluster", "rq_direct_response",
                  "rq_redirect", "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total")
     _GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_cx_http2_active",
@@ -104,6 +105,17 @@ class _LazyCounter:
         self.handle.inc(n)
 
 
+class Http2Stats:
+    """Envoy's downstream HTTP/2 codec stats (`http2.*`, shared by every listener)."""
+    _COUNTERS = ("rx_reset", "outbound_flood",
+                 "outbound_control_flood", "inbound_empty_frames_flood",
+                 "inbound_priority_frames_flood", "inbound_window_update_frames_flood")
+
+    def __init__(self, store):
+        for n in self._COUNTERS:
+            setattr(self, n, store.counter("http2." + n))
+
+
 class HttpConnectionManager:
     """One listener filter chain's HTTP settings, shared by all its connections."""
 
@@ -112,6 +124,7 @@ class HttpConnectionManager:
         self.config = config
         self.stat_prefix = config.stat_prefix
         self.stats = HcmStats(ctx.stats, config.stat_prefix)
+        self.http2_stats = Http2Stats(ctx.stats)
         # the filter chain: one FilterFactoryCb per http_filters entry (the router last)
         self.filters = []
         errors = _LazyCounter(ctx.stats, "http.%s.filter_errors" % config.stat_prefix)
@@ -129,6 +142,8 @@ class HttpConnectionManager:
         self.idle_timeout = _seconds(config.common_http_protocol_options, "idle_timeout",
                                      DEFAULT_IDLE_TIMEOUT) or None
         self.request_timeout = _seconds(config, "request_timeout", 0.0) or None
+        # from the first byte of a request's headers to the last (Envoy's default: off)
+        self.request_headers_timeout = _seconds(config, "request_headers_timeout", 0.0) or None
         self.stream_idle_timeout = _seconds(config, "stream_idle_timeout",
                                             DEFAULT_STREAM_IDLE_TIMEOUT) or None
         # HTTP/2: time between the GOAWAY "shutdown notice" and the final GOAWAY
@@ -158,12 +173,15 @@ class HttpConnectionManager:
         stats.downstream_cx_active.inc()
         t0 = time.monotonic()
         try:
-            if self._is_http2(conn):
+            http2, first = self._pick_codec(conn)
+            if http2 is None:
+                return
+            if http2:
                 from proxyd.http.http2_connection import Http2Connection
                 stats.downstream_cx_http2_total.inc()
                 stats.downstream_cx_http2_active.inc()
                 try:
-                    Http2Connection(self, conn).serve()
+                    Http2Connection(self, conn, first).serve()
                 finally:
                     stats.downstream_cx_http2_active.dec()
                 return
@@ -171,7 +189,7 @@ class HttpConnectionManager:
             stats.downstream_cx_http1_total.inc()
             stats.downstream_cx_http1_active.inc()
             try:
-                Http1Connection(self, conn).serve()
+                Http1Connection(self, conn, first).serve()
             finally:
                 stats.downstream_cx_http1_active.dec()
         finally:
@@ -179,39 +197,50 @@ class HttpConnectionManager:
             stats.downstream_cx_destroy.inc()
             stats.downstream_cx_length_ms.record((time.monotonic() - t0) * 1000.0)
 
-
-    def _is_http2(self, conn) -> bool:
-        """codec_type HTTP2, ALPN h2 on TLS, or (AUTO, plaintext) the client's first
-        bytes are the HTTP/2 preface (prior knowledge)."""
+    def _pick_codec(self, conn) -> tuple[bool | None, bytes]:
+        """(HTTP/2?, bytes already read): codec_type HTTP2 or HTTP1, ALPN on TLS, or
+        (AUTO, plaintext) whether the client's first bytes start with the HTTP/2 magic.
+        (None, b"") when the client left or stayed silent for idle_timeout first."""
         if self.codec_type == 2:
-            return True
+            return True, b""
         if self.codec_type == 1:
-            return False
+            return False, b""
         alpn = getattr(conn, "alpn", None)
         if alpn is not None or conn.scheme == "https":
-            return alpn == "h2"
-        return _sniff_preface(conn.sock, self.idle_timeout)
+            return alpn == "h2", b""
+        try:
+            first = _read_until_decided(conn.sock, self.idle_timeout)
+        except socket.timeout:
+            self.stats.downstream_cx_idle_timeout.inc()
+            self.stats.downstream_cx_destroy_local.inc()
+            return None, b""
+        if first is None:
+            self.stats.downstream_cx_destroy_remote.inc()
+            return None, b""
+        return first.startswith(H2_MAGIC_PREFIX), first
 
 
-def _sniff_preface(sock, timeout) -> bool:
-    """Peek (without consuming) until the bytes match or rule out the h2 preface."""
-    n = len(H2_PREFACE)
+def _read_until_decided(sock, timeout) -> bytes | None:
+    """Read (consuming) until the bytes rule the HTTP/2 magic in or out; the codec then
+    parses them first. A client that sends part of the magic and waits just blocks in
+    recv (the old MSG_PEEK poll woke every millisecond per connection, as the data
+    stayed readable). None at EOF; socket.timeout after `timeout` of silence."""
+    n = len(H2_MAGIC_PREFIX)
     sock.settimeout(timeout)
-    waited = 0.0
+    got = b""
     while True:
         try:
-            data = sock.recv(n, socket.MSG_PEEK)
+            data = sock.recv(SNIFF_RECV_SIZE)
+        except socket.timeout:
+            raise
         except OSError:
-            return False
-        if not data or not H2_PREFACE.startswith(data):
-            return False
-        if len(data) == n:
-            return True
-        # a partial preface stays readable: poll instead of spinning
-        if timeout is not None and waited > timeout:
-            return False
-        gevent.sleep(0.001)
-        waited += 0.001
+            return None
+        if not data:
+            return None
+        got += data
+        if len(got) >= n or not H2_MAGIC_PREFIX.startswith(got):
+            sock.settimeout(None)
+            return got
 
 
 def create(config, ctx) -> HttpConnectionManager:

@@ -20,10 +20,14 @@ CONTINUE = b"HTTP/1.1 100 Continue\r\n\r\n"
 DRAIN_GRACE = 2.5  # as listener.manager.IDLE_GRACE (why: see there)
 
 
-class Http1Connection:
-    __slots__ = ("hcm", "conn", "sock", "parser", "stream", "idle", "idle_since")
+class RequestHeadersTimeout(Exception):
+    """request_headers_timeout passed with a request's headers still incomplete."""
 
-    def __init__(self, hcm, conn):
+
+class Http1Connection:
+    __slots__ = ("hcm", "conn", "sock", "parser", "stream", "idle", "idle_since", "first")
+
+    def __init__(self, hcm, conn, first: bytes = b""):
         self.hcm = hcm
         self.conn = conn
         self.sock = conn.sock
@@ -31,6 +35,7 @@ class Http1Connection:
         self.stream = None
         self.idle = True
         self.idle_since = time.monotonic()
+        self.first = first  # bytes codec AUTO read while choosing the codec
         conn.protocol = self
 
     def recv_into_parser(self) -> bool:
@@ -62,8 +67,23 @@ class Http1Connection:
         idle_timer = None
         idle_timer_wait = None
         expired = None
+        # request_headers_timeout: from the first byte of a request head to its end
+        headers_timeout = hcm.request_headers_timeout
+        headers_timer = None
         try:
+            if self.first:
+                stats.downstream_cx_rx_bytes_total.inc(len(self.first))
+                self.parser.feed(self.first)
+                self.first = b""
             while True:
+                if headers_timeout:
+                    if self.parser.in_head:
+                        if headers_timer is None:
+                            headers_timer = gevent.get_hub().loop.timer(headers_timeout)
+                            headers_timer.start(gevent.getcurrent().throw, RequestHeadersTimeout)
+                    elif headers_timer is not None:
+                        headers_timer.close()
+                        headers_timer = None
                 if not events:
                     # Draining after a keep-alive response: the client may be sending its
                     # next request right now, and closing would fail it. Wait DRAIN_GRACE
@@ -98,6 +118,9 @@ class Http1Connection:
                 kind, head = events.popleft()
                 if kind != HEAD:
                     continue
+                if headers_timer is not None:  # never thrown into a running stream
+                    headers_timer.close()
+                    headers_timer = None
                 stats.downstream_rq_http1_total.inc()
                 stream = self.stream = Http1Stream(hcm, conn, head, self)
                 stream.run()
@@ -108,41 +131,58 @@ class Http1Connection:
         except ProtocolError as e:
             closed_by = "local"
             stats.downstream_cx_protocol_error.inc()
+            if headers_timer is not None:  # not thrown into the 400's write
+                headers_timer.close()
+                headers_timer = None
             self._codec_error(e)
         except socket.timeout:
             stats.downstream_rq_timeout.inc()
             closed_by = "local"
+        except RequestHeadersTimeout:
+            closed_by = "local"
+            stats.downstream_rq_header_timeout.inc()
+            self._reply_and_close(408, b"request header timeout", "request_header_timeout")
         finally:
             if idle_timer is not None:
                 idle_timer.close()
+            if headers_timer is not None:
+                headers_timer.close()
             if closed_by == "remote":
                 stats.downstream_cx_destroy_remote.inc()
             else:
                 stats.downstream_cx_destroy_local.inc()
 
     def _codec_error(self, e: ProtocolError) -> None:
-        """400/431 for a request we refuse; the connection closes after it. Logged as
-        Envoy 1.40 does: no request fields, flag DPE, the codec's details."""
-        body = local_reply.CODEC_BODIES.get(e.status, b"Bad Request")
-        stats = self.hcm.stats  # counted as a request, as Envoy 1.40 does (not rq_too_large)
+        """400/431 for a request we refuse; the connection closes after it. Counted as a
+        request (not rq_too_large) and logged as Envoy 1.40 does: no request fields,
+        flag DPE, the codec's details."""
+        stats = self.hcm.stats
         for c in (stats.downstream_rq_total, stats.downstream_rq_http1_total,
                   stats.downstream_rq_xx[e.status // 100], stats.downstream_rq_completed,
                   stats.downstream_rq_response_before_rq_complete, stats.downstream_rq_rx_reset):
             c.inc()
+        self._reply_and_close(e.status, local_reply.CODEC_BODIES.get(e.status, b"Bad Request"),
+                              e.details.split(":", 1)[0], "DPE")
+
+    def _reply_and_close(self, status: int, body: bytes, details: str,
+                         flag: str | None = None) -> None:
+        """A local reply before any stream exists, with Connection: close (as Envoy),
+        access-logged."""
         h = Headers([("content-length", str(len(body))), ("content-type", "text/plain"),
                      ("date", http_date()), ("server", self.hcm.server_name),
                      ("connection", "close")])
         conn = self.conn
         info = StreamInfo(conn.id, conn.remote_address, conn.local_address, "HTTP/1.1")
-        info.response = ResponseHead(e.status, h)
-        info.response_code = e.status
-        info.response_code_details = e.details.split(":", 1)[0]
-        info.response_flags.append("DPE")
-        data = encode_response_head(e.status, h) + body
+        info.response = ResponseHead(status, h)
+        info.response_code = status
+        info.response_code_details = details
+        if flag:
+            info.response_flags.append(flag)
+        data = encode_response_head(status, h) + body
         try:
             send_all(self.sock, data)
             info.bytes_sent = len(body)
-            stats.downstream_cx_tx_bytes_total.inc(len(data))
+            self.hcm.stats.downstream_cx_tx_bytes_total.inc(len(data))
         except OSError:
             pass
         info.end_mono = time.monotonic()

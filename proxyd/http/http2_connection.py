@@ -10,6 +10,11 @@ Flow control, both ways:
   consumes them, not when they arrive, so what we buffer is bounded by the window we
   advertise.
 
+Envoy's HCM `request_headers_timeout` bounds a header block from its first byte to its
+last; as a block in progress holds up the whole connection (no other frame may come
+between HEADERS and its last CONTINUATION), its expiry ends the connection with GOAWAY
+(Envoy, which starts the stream at the first frame header, answers that stream 408).
+
 Per stream, as Envoy's HCM: `stream_idle_timeout` (no frame in or out on the stream for
 that long: 408, or RST_STREAM once the response started; the other streams go on), and
 a stream-level protocol error resets that stream only (see the codec). Graceful drain
@@ -33,6 +38,10 @@ from proxyd.http.message import RequestHead
 from proxyd.http.stream import DownstreamGone, Stream, StreamIdleTimeout
 
 RECV_SIZE = 65536
+# Envoy's runtime keys and defaults for premature-reset accounting (CVE-2023-44487)
+PREMATURE_RESET_LIFETIME_KEY = "overload.premature_reset_min_stream_lifetime_seconds"
+PREMATURE_RESET_COUNT_KEY = "overload.premature_reset_total_stream_count"
+MAX_REQUESTS_PER_IO_CYCLE_KEY = "http.max_requests_per_io_cycle"
 FLUSH_AT = 65536  # send buffered output once this much is waiting
 MAX_STREAM_ID = 0x7FFFFFFF
 
@@ -54,6 +63,7 @@ class H2Transport:
         self.sock = sock
         self.codec = codec
         self.closed = False
+        self.writing = False  # the writer is in a socket write (the peer may not be reading)
         self._want = Event()
         self._drained = Event()
         self._drained.set()
@@ -72,7 +82,10 @@ class H2Transport:
                     data = codec.data_to_send()
                     if not data:
                         break
+                    self.writing = True
                     sendall(data)
+                    self.writing = False
+                    codec.written()
                     self.on_tx(len(data))
                 self._drained.set()
         except OSError:
@@ -158,11 +171,12 @@ class H2Transport:
 class Http2Connection(H2Transport):
     """Server side of one HTTP/2 connection (h2c prior knowledge or TLS with ALPN h2)."""
 
-    def __init__(self, hcm, conn):
+    def __init__(self, hcm, conn, first: bytes = b""):
         super().__init__(conn.sock, h2c.Http2Codec(False, hcm.http2_options,
                                                    hcm.max_request_headers))
         self.hcm = hcm
         self.conn = conn
+        self.first = first  # bytes codec AUTO read while choosing the codec
         self.streams: dict[int, Http2Stream] = {}
         self.last_stream_id = 0
         self.loop = gevent.get_hub().loop
@@ -170,6 +184,11 @@ class Http2Connection(H2Transport):
         self.draining = False      # no new streams (final GOAWAY sent, or the client's)
         self._drain_timer = None
         self.idle_since = time.monotonic()
+        # premature-reset accounting, as Envoy's HCM: streams closed (not by the
+        # connection's end), and those of them that ended early with no response
+        self.closed_streams = 0
+        self.premature_resets = 0
+        self.abort = None  # why the connection must end now (a flood, too many resets)
         conn.protocol = self
 
     @property
@@ -215,41 +234,81 @@ class Http2Connection(H2Transport):
         stats = hcm.stats
         codec = self.codec
         sock = self.sock
+        headers_timeout = hcm.request_headers_timeout
+        headers_deadline = None  # a header block has begun and must end by then
+        resets_seen = 0  # RST_STREAM frames counted into http2.rx_reset so far
         self.flush()  # our SETTINGS (+ connection WINDOW_UPDATE) go first
         closed_by = "remote"
+        data, self.first = self.first, b""
         try:
             while not self.closed:
-                sock.settimeout(None if self.streams else hcm.idle_timeout)
-                try:
-                    data = sock.recv(RECV_SIZE)
-                except socket.timeout:
-                    stats.downstream_cx_idle_timeout.inc()
-                    codec.goaway()
-                    self.flush()
-                    closed_by = "local"
-                    break
-                except OSError:
-                    break
                 if not data:
-                    break
+                    timeout = None if self.streams else hcm.idle_timeout
+                    if headers_deadline is not None:
+                        left = max(headers_deadline - time.monotonic(), 0.0)
+                        timeout = left if timeout is None else min(timeout, left)
+                    sock.settimeout(timeout)
+                    try:
+                        data = sock.recv(RECV_SIZE)
+                    except socket.timeout:
+                        if headers_deadline is not None and time.monotonic() >= headers_deadline:
+                            stats.downstream_rq_header_timeout.inc()
+                        else:
+                            stats.downstream_cx_idle_timeout.inc()
+                        codec.goaway()
+                        self.flush()
+                        closed_by = "local"
+                        break
+                    except OSError:
+                        break
+                    if not data:
+                        break
                 stats.downstream_cx_rx_bytes_total.inc(len(data))
                 try:
                     events = codec.receive(data)
-                except h2c.H2ProtocolError:
-                    stats.downstream_cx_protocol_error.inc()
+                except h2c.H2ProtocolError as e:
+                    if isinstance(e, h2c.FloodError):  # Envoy counts only the flood
+                        getattr(hcm.http2_stats, e.stat).inc()
+                    else:
+                        stats.downstream_cx_protocol_error.inc()
                     self.flush()
                     closed_by = "local"
                     break
-                for ev in events:
-                    self._on_event(ev)
+                data = b""
+                resets = codec.limits.resets_received
+                if resets != resets_seen:
+                    hcm.http2_stats.rx_reset.inc(resets - resets_seen)
+                    resets_seen = resets
+                self._dispatch(events)
+                if codec.pending():
+                    # a read that is always ready never yields: let the writer take
+                    # what this one queued (PING and SETTINGS ACKs) before reading on
+                    self.flush()
+                    gevent.sleep(0)
+                if self.writing:  # frames pile up only while the socket does not take them
+                    try:
+                        codec.check_outbound()
+                    except h2c.Flood as e:
+                        getattr(hcm.http2_stats, e.stat).inc()
+                        self._abort(e.stat)
                 self.flush()
+                if self.abort is not None:
+                    closed_by = "local"
+                    break
                 if self.draining and not self.streams:
                     closed_by = "local"
                     break
+                if headers_timeout:
+                    if not codec.header_block_pending():
+                        headers_deadline = None
+                    elif headers_deadline is None:
+                        headers_deadline = time.monotonic() + headers_timeout
         finally:
             if self._drain_timer is not None:
                 self._drain_timer.kill(block=False)
             self.stop_writer()
+            if self.abort is not None:  # a stream's end may have ended the read
+                closed_by = "local"
             if closed_by == "remote":
                 stats.downstream_cx_destroy_remote.inc()
             else:
@@ -258,6 +317,33 @@ class Http2Connection(H2Transport):
             for s in streams:
                 s.on_reset(h2c.CANCEL, connection=True)
             gevent.joinall([s.greenlet for s in streams if s.greenlet is not None], timeout=1.0)
+
+    def _dispatch(self, events: list) -> None:
+        """Handle one read's events. With Envoy's runtime `http.max_requests_per_io_cycle`
+        set, the loop runs the streams started so far after every that many new ones."""
+        per_cycle = self.hcm.ctx.runtime.get_int(MAX_REQUESTS_PER_IO_CYCLE_KEY, 0)
+        started = 0
+        for ev in events:
+            if self.abort is not None:
+                return
+            if per_cycle and ev[0] == h2c.HEADERS and ev[1] not in self.streams:
+                started += 1
+                if started > per_cycle:
+                    started = 1
+                    self.flush()
+                    gevent.sleep(0)
+                    if self.abort is not None:
+                        return
+            self._on_event(ev)
+
+    def _abort(self, reason: str) -> None:
+        """End the connection now: GOAWAY ENHANCE_YOUR_CALM, then the reader stops."""
+        if self.abort is not None:
+            return
+        self.abort = reason
+        self.codec.goaway(code=h2c.ENHANCE_YOUR_CALM)
+        self.flush()
+        self._shutdown()
 
     def _on_event(self, ev) -> None:
         kind = ev[0]
@@ -284,6 +370,12 @@ class Http2Connection(H2Transport):
             s = self.streams.get(ev[1])
             if s is not None:
                 s.on_reset(ev[2])
+                if not s.started:
+                    # reset before its greenlet ran (HEADERS and RST_STREAM in one
+                    # read): it never will; done now, so a reset flood holds nothing
+                    s.greenlet.kill(block=False)
+                    self.hcm.stats.downstream_rq_rx_reset.inc()
+                    self.stream_done(s)
         elif kind == h2c.SETTINGS:
             self.wake(0)
         elif kind == h2c.GOAWAY:
@@ -336,13 +428,33 @@ class Http2Connection(H2Transport):
         s.greenlet = gevent.spawn(s.serve)
 
     def stream_done(self, s: "Http2Stream") -> None:
-        self.streams.pop(s.sid, None)
+        if self.streams.pop(s.sid, None) is None:
+            return
         self.forget(s.sid)
         s.stop_idle_timer()
         if not self.streams:
             self.idle_since = time.monotonic()
+        if not self.closed:
+            self._count_closed(s)
         if self.draining and not self.streams:
             self._shutdown()
+
+    def _count_closed(self, s: "Http2Stream") -> None:
+        """Envoy's premature-reset rule: a stream closed within the minimum lifetime
+        with no response is premature; once half of the closed streams (counted from
+        the first `premature_reset_total_stream_count`, 500) are, the connection ends."""
+        runtime = self.hcm.ctx.runtime
+        self.closed_streams += 1
+        lifetime = time.monotonic() - s.info.start_mono
+        if not s.info.response_code and \
+                int(lifetime) <= runtime.get_int(PREMATURE_RESET_LIFETIME_KEY, 1):
+            self.premature_resets += 1
+        limit = runtime.get_int(PREMATURE_RESET_COUNT_KEY, 500)
+        # below `limit` closed streams, end as soon as the rest could not save it
+        if self.premature_resets * 2 < max(self.closed_streams, limit):
+            return
+        self.hcm.stats.downstream_rq_too_many_premature_resets.inc()
+        self._abort("too_many_premature_resets")
 
 
 class Http2Stream(Stream):

@@ -2,7 +2,9 @@
 
 Streams share a connection up to the peer's SETTINGS_MAX_CONCURRENT_STREAMS (until a new
 connection's SETTINGS arrive: the host's last advertised value, else 100, the RFC's
-recommended floor); a full pool opens another connection. A GOAWAY takes the connection out of the pool at once, so new streams go
+recommended floor) and while at least half of its receive window is free (a client
+that stops reading holds what its stream took, so one stalled client cannot hold up
+the others); a full pool opens another connection. A GOAWAY takes the connection out of the pool at once, so new streams go
 to a fresh connection, while streams at or below its last_stream_id finish on it.
 
 Each connection has a reader greenlet that feeds the codec and queues events on the
@@ -28,6 +30,21 @@ DOWNSTREAM_GONE = 9    # event kind queued by the request pump when the client l
 UNSETTLED_MAX_STREAMS = 100
 
 
+# What one upstream stream may receive ahead of its client (its window) unless the
+# cluster sets initial_stream_window_size: Envoy's per-stream buffer limit (the default
+# per_connection_buffer_limit_bytes). The response DATA of a stream whose client stopped
+# reading waits in the worker, so this bounds what each such stream costs; the
+# connection window (16 MiB) stays, so such streams hold a share of it, not all of it.
+UPSTREAM_STREAM_WINDOW = 1024 * 1024
+
+
+def _upstream_options(msg) -> h2c.Http2Options:
+    opts = h2c.Http2Options(msg)
+    if msg is None or not msg.HasField("initial_stream_window_size"):
+        opts.initial_stream_window_size = UPSTREAM_STREAM_WINDOW
+    return opts
+
+
 def cluster_http2_options(config):
     """(mode, Http2Options) from a Cluster's typed_extension_protocol_options
     (envoy.extensions.upstreams.http.v3.HttpProtocolOptions) or its deprecated
@@ -42,14 +59,14 @@ def cluster_http2_options(config):
         if which == "explicit_http_config":
             e = opts.explicit_http_config
             if e.WhichOneof("protocol_config") == "http2_protocol_options":
-                return "h2", h2c.Http2Options(e.http2_protocol_options)
+                return "h2", _upstream_options(e.http2_protocol_options)
         elif which == "use_downstream_protocol_config":
             d = opts.use_downstream_protocol_config
-            return "downstream", h2c.Http2Options(
+            return "downstream", _upstream_options(
                 d.http2_protocol_options if d.HasField("http2_protocol_options") else None)
         return None, None
     if config.HasField("http2_protocol_options"):
-        return "h2", h2c.Http2Options(config.http2_protocol_options)
+        return "h2", _upstream_options(config.http2_protocol_options)
     return None, None
 
 
@@ -133,7 +150,11 @@ class Http2ClientConnection(H2Transport):
 
     @property
     def available(self) -> bool:
-        return not self.goaway and not self.closed and len(self.streams) < self.max_streams
+        """Room for a new stream: not going away, under the peer's stream limit, and
+        at least half of the connection receive window free (streams whose clients
+        stopped reading hold the rest, and a new stream here would wait for them)."""
+        return (not self.goaway and not self.closed and len(self.streams) < self.max_streams
+                and self.codec.receive_window_held() <= 0.5)
 
     def open_stream(self, headers: list, end_stream: bool) -> UpstreamStream:
         codec = self.codec

@@ -59,15 +59,17 @@ def server(**opts) -> h2c.Http2Codec:
 
 
 def test_server_preface_carries_envoy_defaults():
+    """What Envoy 1.40 sends with no http2_protocol_options: 1024 streams, 16 MiB
+    stream and connection windows."""
     s = h2c.Http2Codec(False)
     out = frames(s.data_to_send())
     settings = out[0]
     assert isinstance(settings, SettingsFrame)
-    assert settings.settings[SettingsFrame.MAX_CONCURRENT_STREAMS] == 2147483647
-    assert settings.settings[SettingsFrame.INITIAL_WINDOW_SIZE] == 268435456
+    assert settings.settings[SettingsFrame.MAX_CONCURRENT_STREAMS] == 1024
+    assert settings.settings[SettingsFrame.INITIAL_WINDOW_SIZE] == 16777216
     wu = out[1]
     assert isinstance(wu, WindowUpdateFrame) and wu.stream_id == 0
-    assert wu.window_increment == 268435456 - 65535
+    assert wu.window_increment == 16777216 - 65535
 
 
 def test_configured_settings():

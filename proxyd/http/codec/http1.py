@@ -74,6 +74,11 @@ class RequestParser:
         self._expect = None
 
     @property
+    def in_head(self) -> bool:
+        """Part of a request head has arrived, not all of it."""
+        return self._in_head
+
+    @property
     def idle(self) -> bool:
         """True between messages: nothing of a next request has arrived."""
         return not self._in_head and not self.events

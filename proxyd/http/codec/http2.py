@@ -19,13 +19,17 @@ The wrapper exists to keep h2's event classes and quirks out of the connection c
   REFUSED_STREAM, a malformed message (bad header block fields, a body not matching
   content-length or sent in reply to HEAD) PROTOCOL_ERROR, a stream window overrun
   FLOW_CONTROL_ERROR; the other streams go on. Connection errors (bad preface, HPACK,
-  frame size, the connection window) still end it with GOAWAY.
+  frame size, the connection window) still end it with GOAWAY;
+- on the server side, Envoy's flood limits (http2_limits) count every frame in and
+  every frame queued out; an inbound flood is a connection error (FloodError, GOAWAY
+  ENHANCE_YOUR_CALM), the outbound ones the connection checks (`check_outbound`).
 """
 from __future__ import annotations
 
 import importlib
 import struct
 
+from proxyd.http.codec import http2_limits
 from proxyd.http.codec.hpack_guard import GuardedDecoder
 
 IMPL = "jh2"
@@ -43,17 +47,37 @@ H2ProtocolError = _exceptions.ProtocolError
 StreamClosedError = _exceptions.StreamClosedError
 
 
+_ErrorCodes = importlib.import_module(IMPL + ".errors").ErrorCodes
+
+
 class CompressionError(H2ProtocolError):
     """A malformed HPACK block: the connection ends with GOAWAY COMPRESSION_ERROR."""
-    error_code = importlib.import_module(IMPL + ".errors").ErrorCodes.COMPRESSION_ERROR
+    error_code = _ErrorCodes.COMPRESSION_ERROR
+
+
+class FloodError(H2ProtocolError):
+    """An inbound flood limit passed (http2_limits): GOAWAY ENHANCE_YOUR_CALM; `stat`
+    names the http2.* counter."""
+    error_code = _ErrorCodes.ENHANCE_YOUR_CALM
+
+    def __init__(self, flood: http2_limits.Flood):
+        super().__init__(str(flood))
+        self.stat = flood.stat
+
+
+Flood = http2_limits.Flood
 
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
-# Envoy's Http2ProtocolOptions defaults (config/core/v3/protocol.proto)
-DEFAULT_MAX_CONCURRENT_STREAMS = 2147483647
-DEFAULT_STREAM_WINDOW = 268435456
-DEFAULT_CONNECTION_WINDOW = 268435456
+# Envoy 1.40's Http2ProtocolOptions defaults as it sends them (its SETTINGS and first
+# WINDOW_UPDATE; protocol.proto's comments still say 2^31-1 and 256 MiB). The windows
+# bound what a client may send ahead of what the upstream takes: request DATA is
+# acknowledged only as the router hands it on, so an upstream that never reads holds
+# at most a window per stream and the connection window per connection.
+DEFAULT_MAX_CONCURRENT_STREAMS = 1024
+DEFAULT_STREAM_WINDOW = 16 * 1024 * 1024
+DEFAULT_CONNECTION_WINDOW = 16 * 1024 * 1024
 SPEC_INITIAL_WINDOW = 65535
 
 # error codes (RFC 9113 7)
@@ -64,6 +88,7 @@ FLOW_CONTROL_ERROR = 3
 STREAM_CLOSED = 5
 REFUSED_STREAM = 7
 CANCEL = 8
+ENHANCE_YOUR_CALM = 11
 
 # event kinds
 HEADERS = 0    # (HEADERS, sid, [(name, value)], end_stream)  request or final response head
@@ -87,7 +112,7 @@ class Http2Options:
     """The subset of envoy.config.core.v3.Http2ProtocolOptions proxyd implements."""
 
     __slots__ = ("max_concurrent_streams", "initial_stream_window_size",
-                 "initial_connection_window_size")
+                 "initial_connection_window_size") + tuple(http2_limits.DEFAULTS)
 
     def __init__(self, msg=None):
         def get(field, default):
@@ -96,6 +121,8 @@ class Http2Options:
         self.initial_stream_window_size = get("initial_stream_window_size", DEFAULT_STREAM_WINDOW)
         self.initial_connection_window_size = get("initial_connection_window_size",
                                                   DEFAULT_CONNECTION_WINDOW)
+        for field, default in http2_limits.DEFAULTS.items():
+            setattr(self, field, get(field, default))
 
 
 def _transitions_surviving_goaway() -> dict:
@@ -115,10 +142,23 @@ class _Connection(_connection.H2Connection):
     """h2's connection with stream errors kept to their stream (RFC 9113 5.4.2) and its
     HPACK decoder behind hpack_guard (jh2's Rust decoder panics on truncated blocks)."""
 
+    limits = None  # http2_limits.FrameLimits, on the server side
+
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
         self.decoder = GuardedDecoder(self.decoder, CompressionError, (_connection.HPACKError,),
                                       lambda: self.local_settings.header_table_size)
+
+    def _receive_frame(self, frame):
+        limits = self.limits
+        if limits is not None:
+            kind = frame.type
+            try:
+                limits.inbound(kind, frame.body_len == 0, "END_STREAM" in frame.flags,
+                               kind == 0x1 and frame.stream_id not in self.streams)
+            except http2_limits.Flood as e:
+                raise FloodError(e) from None
+        return super()._receive_frame(frame)
 
     def _stream_error(self, stream, code: int, announce: bool = True):
         """Close `stream` with RST_STREAM `code`; returns (frames, events). The event (a
@@ -202,7 +242,8 @@ def _str_headers(headers) -> list:
 class Http2Codec:
     """One HTTP/2 connection's protocol state, either side."""
 
-    __slots__ = ("_c", "client_side", "_dispatch", "goaway_sent", "goaway_received")
+    __slots__ = ("_c", "client_side", "_dispatch", "goaway_sent", "goaway_received", "limits",
+                 "_counted", "_taken")
 
     def __init__(self, client_side: bool, options: Http2Options | None = None,
                  max_header_list_size: int = 60 * 1024):
@@ -220,6 +261,12 @@ class Http2Codec:
             S.MAX_HEADER_LIST_SIZE: max_header_list_size,
         })
         self.client_side = client_side
+        # Envoy's flood limits guard the server side (a client may not make us queue
+        # or chew without bound); _counted: bytes of the send buffer already counted,
+        # _taken: (frames, control frames) handed out by the last data_to_send()
+        self.limits = c.limits = None if client_side else http2_limits.FrameLimits(o)
+        self._counted = 0
+        self._taken = (0, 0)
         self.goaway_sent = False
         self.goaway_received = False
         c.initiate_connection()
@@ -311,6 +358,13 @@ class Http2Codec:
         """Bytes we may send on `sid` now (stream and connection windows)."""
         return self._c.local_flow_control_window(sid)
 
+    def receive_window_held(self) -> float:
+        """The share of our connection receive window taken by DATA not yet
+        acknowledged (handed on): a stalled stream can hold all of it."""
+        m = self._c._inbound_flow_control_window_manager
+        held = m.max_window_size - m.current_window_size - m._bytes_processed
+        return held / m.max_window_size if m.max_window_size > 0 else 1.0
+
     @property
     def max_frame(self) -> int:
         return self._c.max_outbound_frame_size
@@ -323,11 +377,38 @@ class Http2Codec:
     def highest_inbound_stream_id(self) -> int:
         return self._c.highest_inbound_stream_id
 
+    def header_block_pending(self) -> bool:
+        """Part of a HEADERS frame, or a HEADERS frame waiting for its CONTINUATION, has
+        arrived (request_headers_timeout runs)."""
+        buf = self._c.incoming_buffer
+        if buf._headers_buffer:
+            return True
+        data, off = buf._data, buf._data_offset
+        return len(data) > off + 3 and data[off + 3] in (0x1, 0x9)
+
     def data_to_send(self) -> bytes:
         c = self._c
         if not c._data_to_send:
             return b""
+        limits = self.limits
+        if limits is not None:
+            limits.queue(c._data_to_send, self._counted)
+            self._counted = 0
+            self._taken = (limits.queued, limits.queued_control)
         return c.data_to_send()
+
+    def written(self) -> None:
+        """What the last data_to_send() returned is on the socket."""
+        if self.limits is not None:
+            self.limits.written(*self._taken)
+            self._taken = (0, 0)
+
+    def check_outbound(self) -> None:
+        """Raise Flood if more frames wait to be written than Envoy's limits allow."""
+        limits = self.limits
+        if limits is not None:
+            self._counted = limits.queue(self._c._data_to_send, self._counted)
+            limits.check_outbound()
 
     def pending(self) -> int:
         return len(self._c._data_to_send)
