@@ -174,10 +174,10 @@ def _relay_response(stream, us, cstats, host, t0: float) -> None:
                 ended = True
                 stream.send_trailers(trailers)
         elif kind == h2c.END:
-            if not ended:
+            us.done()  # the upstream stream is over: free its slot before the downstream
+            if not ended:  # write yields (its client may already send the next request)
                 stream.send_data(b"", True)
             stream.flush()
-            us.done()
             if resp is None:
                 raise UpstreamStreamReset(h2c.PROTOCOL_ERROR)
             _complete(cstats, host, resp, stream.info, t0)
