@@ -25,6 +25,8 @@ UPSTREAM_PROTOCOL_OPTIONS = "upstream protocol options"
 _MODULES: dict[str, tuple[str, str]] = {
     "envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy":
         (NETWORK_FILTER, "proxyd.network.filters.tcp_proxy"),
+    "envoy.extensions.filters.network.echo.v3.Echo":
+        (NETWORK_FILTER, "proxyd.network.filters.echo"),
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector":
         (LISTENER_FILTER, "proxyd.listener.filters.tls_inspector"),
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext":

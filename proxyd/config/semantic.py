@@ -109,6 +109,9 @@ def _listener(listener, path, clusters, out):
                 if j != len(chain.filters) - 1:
                     out.append((fpath, 'http_connection_manager is a terminal filter and must be '
                                        'the last network filter of its chain'))
+                elif j:
+                    out.append((fpath, 'proxyd runs http_connection_manager only as the one '
+                                       'network filter of its chain'))
                 _hcm(loader.unpack(f.typed_config), fpath + ('typed_config',), clusters, out)
             elif f.typed_config.type_url == TCP_PROXY_URL:
                 if j != len(chain.filters) - 1:

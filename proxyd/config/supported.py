@@ -137,6 +137,7 @@ for _name, _more in {  # TLS, listener filters, filter chain match, tcp_proxy
     _TCP + '.WeightedCluster.ClusterWeight': 'name weight',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+_FIELDS['envoy.extensions.filters.network.echo.v3.Echo'] = ''
 _UPH = 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions'
 for _name, _more in {  # HTTP/2 both ways, gRPC deadlines
     _HCM: 'http2_protocol_options drain_timeout',

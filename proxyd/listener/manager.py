@@ -14,6 +14,7 @@ from proxyd import registry
 from proxyd.config import unpack
 from proxyd.http.message import StreamInfo
 from proxyd.listener.filter_chain import Selector
+from proxyd.network.connection import FilterChainConnection
 from proxyd.observability.access_log import build_access_logs
 from proxyd.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, peer_has_certificate, server_tls
 
@@ -59,14 +60,24 @@ class DownstreamConnection:
 
 
 class FilterChain:
+    """A filter chain's network filters, built through the registry. The HTTP connection
+    manager or tcp_proxy alone serves the connection in its own loop (`on_connection`);
+    any other chain runs through a `FilterManager`, each extension's `create()` having
+    returned a factory that adds its filters to it."""
+
     def __init__(self, config, ctx):
         self.filters = [registry.factory(f.typed_config.type_url).create(unpack(f.typed_config), ctx)
                         for f in config.filters]
+        only = self.filters[0] if len(self.filters) == 1 else None
+        self.on_connection = getattr(only, "on_connection", None) or self._serve_managed
         self.tls = server_tls(config.transport_socket) if config.HasField("transport_socket") \
             else None
         t = config.transport_socket_connect_timeout
         self.handshake_timeout = (t.seconds + t.nanos / 1e9) \
             if config.HasField("transport_socket_connect_timeout") else DEFAULT_HANDSHAKE_TIMEOUT
+
+    def _serve_managed(self, conn) -> None:
+        FilterChainConnection(conn, self.filters).serve()
 
 
 class SslStats:
@@ -155,8 +166,7 @@ class ActiveListener:
         try:
             chain = self._select_chain(conn, selector)
             if chain is not None and (chain.tls is None or self._handshake(conn, chain)):
-                for f in chain.filters:
-                    f.on_connection(conn)
+                chain.on_connection(conn)
         finally:
             self.connections.discard(conn)
             self.cx_active.dec()

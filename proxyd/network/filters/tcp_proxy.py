@@ -13,9 +13,12 @@ import time
 
 import gevent
 
+from gevent.lock import Semaphore
+
 from proxyd.http.message import StreamInfo
+from proxyd.network.filter import FilterStatus
 from proxyd.network.splice import PumpError, copy_pump, splice_pump
-from proxyd.transport.tls import is_tls
+from proxyd.transport.tls import is_tls, shutdown_write
 from proxyd.upstream.cluster import UpstreamConnectError
 from proxyd.upstream.pool_http1 import UpstreamConnection
 
@@ -75,7 +78,13 @@ class TcpProxy:
             r -= w
         return self.weighted[-1][0]
 
+    def __call__(self, filter_manager) -> None:
+        """The filter factory, for chains where tcp_proxy is the terminal filter behind
+        others (a sniffing filter in front of it)."""
+        filter_manager.add_read_filter(TcpProxyFilter(self))
+
     def on_connection(self, conn) -> None:
+        """tcp_proxy alone in its chain: splice both directions (the fast path)."""
         self.stats.downstream_cx_total.inc()
         info = StreamInfo(conn.id, conn.remote_address, conn.local_address, None)
         try:
@@ -245,6 +254,125 @@ class _Session:
                 getattr(s, "_sock", s).shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass
+
+
+class TcpProxyFilter:
+    """tcp_proxy as the terminal read filter of a filter chain: downstream bytes reach it
+    through the filters before it and go upstream; upstream bytes go downstream through
+    the connection's write filters. Each side's end of stream half-closes the other."""
+
+    def __init__(self, proxy: TcpProxy):
+        self.proxy = proxy
+        self.callbacks = None
+        self.info = None
+        self.up = None
+        self.reader = None
+        self.timer = None
+        self.last = time.monotonic()
+        self.upstream_eof_first = False
+        self.timed_out = False
+        self._read_ended = False
+        self._wlock = Semaphore()
+
+    def initialize_read_filter_callbacks(self, callbacks) -> None:
+        self.callbacks = callbacks
+        callbacks.connection.enable_half_close(True)
+        callbacks.connection.add_connection_callbacks(self)
+
+    def on_new_connection(self) -> FilterStatus:
+        proxy, conn = self.proxy, self.callbacks.connection
+        proxy.stats.downstream_cx_total.inc()
+        self.info = StreamInfo(conn.id, conn.remote_address, conn.local_address, None)
+        self.up = proxy._connect(conn, self.info)
+        if self.up is None:
+            conn.close()
+            return FilterStatus.STOP_ITERATION
+        self.reader = gevent.spawn(self._read_upstream)
+        if proxy.idle_timeout:
+            self.timer = gevent.spawn(self._idle_watch)
+        return FilterStatus.CONTINUE
+
+    def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+        up = self.up
+        if up is None or up.sock is None:
+            return FilterStatus.STOP_ITERATION
+        n = len(data)
+        try:
+            with self._wlock:
+                if n:
+                    up.sock.sendall(data)
+                if end_stream:
+                    self._read_ended = True
+                    shutdown_write(up.sock)
+        except OSError:
+            self._failed("UC")
+            self.callbacks.connection.close()
+            return FilterStatus.STOP_ITERATION
+        if n:
+            self.proxy.stats.downstream_cx_rx_bytes_total.inc(n)
+            up.cluster.stats.upstream_cx_tx_bytes_total.inc(n)
+            self.info.bytes_received += n
+            self.last = time.monotonic()
+        return FilterStatus.STOP_ITERATION
+
+    def _read_upstream(self) -> None:
+        conn, up = self.callbacks.connection, self.up
+        pstats, cstats = self.proxy.stats, up.cluster.stats
+        while True:
+            try:
+                data = up.sock.recv(COPY_CHUNK)
+            except (OSError, AttributeError):  # reset, or closed under us
+                self._failed("UC")
+                conn.close()
+                return
+            if not data:
+                self.upstream_eof_first = not self._read_ended
+                conn.write(b"", end_stream=True)
+                return
+            n = len(data)
+            pstats.downstream_cx_tx_bytes_total.inc(n)
+            cstats.upstream_cx_rx_bytes_total.inc(n)
+            self.info.bytes_sent += n
+            self.last = time.monotonic()
+            conn.write(data)
+
+    def _idle_watch(self) -> None:
+        timeout = self.proxy.idle_timeout
+        while True:
+            left = self.last + timeout - time.monotonic()
+            if left <= 0:
+                self.timed_out = True
+                self.callbacks.connection.close()
+                return
+            gevent.sleep(left)
+
+    def _failed(self, flag: str) -> None:
+        if flag not in self.info.response_flags:
+            self.info.response_flags.append(flag)
+
+    def on_event(self, event) -> None:
+        """The downstream connection closed: close the upstream, count and log."""
+        if self.timer is not None:
+            self.timer.kill(block=False)
+        up = self.up
+        if up is not None:
+            if self.reader is not None and gevent.getcurrent() is not self.reader:
+                self.reader.kill(block=False)
+            cstats = up.cluster.stats
+            if self.upstream_eof_first:
+                cstats.upstream_cx_destroy_remote.inc()
+            else:
+                cstats.upstream_cx_destroy_local.inc()
+            up.close()
+        if self.timed_out:
+            self.proxy.stats.idle_timeout.inc()
+        if self.info is not None:
+            self.info.end_mono = time.monotonic()
+            for lg in self.proxy.access_logs:
+                lg.log(self.info)
+
+
+COPY_CHUNK = 64 * 1024
 
 
 def create(config, ctx) -> TcpProxy:
