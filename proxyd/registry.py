@@ -27,6 +27,8 @@ _MODULES: dict[str, tuple[str, str]] = {
         (NETWORK_FILTER, "proxyd.network.filters.tcp_proxy"),
     "envoy.extensions.filters.network.echo.v3.Echo":
         (NETWORK_FILTER, "proxyd.network.filters.echo"),
+    "envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy":
+        (NETWORK_FILTER, "proxyd.network.filters.mongo_proxy"),
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector":
         (LISTENER_FILTER, "proxyd.listener.filters.tls_inspector"),
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext":

@@ -138,6 +138,9 @@ for _name, _more in {  # TLS, listener filters, filter chain match, tcp_proxy
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 _FIELDS['envoy.extensions.filters.network.echo.v3.Echo'] = ''
+_FIELDS['envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy'] = \
+    'stat_prefix access_log delay commands'
+_FIELDS['envoy.extensions.filters.common.fault.v3.FaultDelay'] = 'fixed_delay percentage'
 _UPH = 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions'
 for _name, _more in {  # HTTP/2 both ways, gRPC deadlines
     _HCM: 'http2_protocol_options drain_timeout',
