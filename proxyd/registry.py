@@ -18,6 +18,7 @@ TRACER = "tracer"
 LISTENER_FILTER = "listener filter"
 TRANSPORT_SOCKET = "transport socket"
 UPSTREAM_PROTOCOL_OPTIONS = "upstream protocol options"
+THRIFT_FILTER = "thrift filter"
 
 # type URL (without prefix) -> (kind, module defining `create(config, ctx)`); modules are
 # imported on first use. `proxyd.config.supported.EXTENSIONS` is derived from this table,
@@ -29,6 +30,10 @@ _MODULES: dict[str, tuple[str, str]] = {
         (NETWORK_FILTER, "proxyd.network.filters.echo"),
     "envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy":
         (NETWORK_FILTER, "proxyd.network.filters.mongo_proxy"),
+    "envoy.extensions.filters.network.thrift_proxy.v3.ThriftProxy":
+        (NETWORK_FILTER, "proxyd.network.filters.thrift_proxy"),
+    "envoy.extensions.filters.network.thrift_proxy.router.v3.Router":
+        (THRIFT_FILTER, "proxyd.network.filters.thrift_proxy.router"),
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector":
         (LISTENER_FILTER, "proxyd.listener.filters.tls_inspector"),
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext":

@@ -141,6 +141,17 @@ _FIELDS['envoy.extensions.filters.network.echo.v3.Echo'] = ''
 _FIELDS['envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy'] = \
     'stat_prefix access_log delay commands'
 _FIELDS['envoy.extensions.filters.common.fault.v3.FaultDelay'] = 'fixed_delay percentage'
+_THRIFT = 'envoy.extensions.filters.network.thrift_proxy.'
+_FIELDS[_THRIFT + 'v3.ThriftProxy'] = ('transport protocol stat_prefix route_config thrift_filters '
+                                       'max_requests_per_connection')
+_FIELDS[_THRIFT + 'v3.ThriftFilter'] = 'name typed_config'
+_FIELDS[_THRIFT + 'v3.RouteConfiguration'] = 'name routes'
+_FIELDS[_THRIFT + 'v3.Route'] = 'match route'
+_FIELDS[_THRIFT + 'v3.RouteMatch'] = 'method_name service_name invert'
+_FIELDS[_THRIFT + 'v3.RouteAction'] = 'cluster weighted_clusters strip_service_name'
+_FIELDS[_THRIFT + 'v3.WeightedCluster'] = 'clusters'
+_FIELDS[_THRIFT + 'v3.WeightedCluster.ClusterWeight'] = 'name weight'
+_FIELDS[_THRIFT + 'router.v3.Router'] = 'close_downstream_on_upstream_error'
 _UPH = 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions'
 for _name, _more in {  # HTTP/2 both ways, gRPC deadlines
     _HCM: 'http2_protocol_options drain_timeout',
@@ -159,6 +170,8 @@ FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
 """Full message name -> names of the fields proxyd implements."""
 
 ENUMS = {
+    (_THRIFT + 'v3.ThriftProxy', 'protocol'): frozenset({'AUTO_PROTOCOL', 'BINARY', 'LAX_BINARY',
+                                                          'COMPACT'}),
     (_CORE + 'SocketAddress', 'protocol'): frozenset({'TCP'}),
     ('envoy.config.cluster.v3.Cluster', 'type'): frozenset({'STATIC', 'STRICT_DNS', 'EDS'}),
     ('envoy.config.cluster.v3.Cluster', 'lb_policy'): frozenset({'ROUND_ROBIN'}),
@@ -185,6 +198,7 @@ SLOTS = {
     ('envoy.config.trace.v3.Tracing.Http', 'typed_config'): registry.TRACER,
     ('envoy.config.listener.v3.ListenerFilter', 'typed_config'): registry.LISTENER_FILTER,
     (_CORE + 'TransportSocket', 'typed_config'): registry.TRANSPORT_SOCKET,
+    (_THRIFT + 'v3.ThriftFilter', 'typed_config'): registry.THRIFT_FILTER,
     ('envoy.config.cluster.v3.Cluster', 'typed_extension_protocol_options'):
         registry.UPSTREAM_PROTOCOL_OPTIONS,
 }

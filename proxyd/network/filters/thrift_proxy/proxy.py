@@ -1,0 +1,286 @@
+"""envoy.filters.network.thrift_proxy with its router (envoy.filters.thrift.router).
+
+The terminal filter of its chain: it decodes downstream Thrift messages, routes each
+call by method name to a cluster, forwards it on an upstream connection held by this
+downstream connection (one request at a time, as a Thrift client sends them, so the
+sequence ids need no rewriting), and writes the reply back unchanged. Oneway calls get
+no reply. Local errors are TApplicationExceptions, after which the downstream connection
+closes (Envoy's sendLocalReply with end_stream, and close_downstream_on_upstream_error).
+Stats are Envoy's: a void reply and a reply whose result struct starts with field 0 are
+`response_success`, a declared IDL exception is `response_reply` + `response_error`.
+"""
+from __future__ import annotations
+
+import time
+
+from proxyd import registry
+from proxyd.config import unpack
+from proxyd.network.filter import ConnectionEvent, FilterStatus
+from proxyd.upstream.cluster import UpstreamConnectError
+from proxyd.upstream.pool_http1 import UpstreamConnection
+
+from . import codec
+from .routes import RouteTable
+
+TRANSPORTS = {0: codec.AUTO, 1: codec.FRAMED, 2: codec.UNFRAMED, 3: codec.HEADER}
+PROTOCOLS = {0: codec.AUTO, 1: codec.BINARY, 2: codec.LAX_BINARY, 3: codec.COMPACT}
+READ_SIZE = 64 * 1024
+
+
+class ThriftStats:
+    COUNTERS = ("cx_destroy_local_with_active_rq", "cx_destroy_remote_with_active_rq",
+                "downstream_cx_max_requests", "downstream_response_drain_close", "request",
+                "request_call", "request_decoding_error", "request_invalid_type", "request_oneway",
+                "request_passthrough", "request_internal_error", "response",
+                "response_decoding_error", "response_error", "response_exception",
+                "response_invalid_type", "response_passthrough", "response_reply",
+                "response_success", "route_missing", "unknown_cluster",
+                "upstream_rq_maintenance_mode", "no_healthy_upstream",
+                "shadow_request_submit_failure")
+
+    def __init__(self, store, prefix: str):
+        p = "thrift.%s." % prefix
+        for n in self.COUNTERS:
+            setattr(self, n, store.counter(p + n))
+        self.request_active = store.gauge(p + "request_active")
+        self.request_time_ms = store.histogram(p + "request_time_ms")
+
+
+class UpstreamThriftStats:
+    """`cluster.<name>.thrift.*`, per cluster, made on first use."""
+    COUNTERS = ("upstream_rq_call", "upstream_rq_oneway", "upstream_rq_invalid_type",
+                "upstream_resp_reply", "upstream_resp_success", "upstream_resp_error",
+                "upstream_resp_exception", "upstream_resp_invalid_type",
+                "upstream_resp_decoding_error")
+
+    def __init__(self, store, cluster: str):
+        p = "cluster.%s.thrift." % cluster
+        for n in self.COUNTERS:
+            setattr(self, n, store.counter(p + n))
+        self.upstream_rq_time = store.histogram(p + "upstream_rq_time")
+        self.upstream_rq_size = store.histogram(p + "upstream_rq_size")
+        self.upstream_resp_size = store.histogram(p + "upstream_resp_size")
+
+
+class ThriftProxyConfig:
+    def __init__(self, config, ctx):
+        self.ctx = ctx
+        self.transport = TRANSPORTS[config.transport]
+        self.protocol = PROTOCOLS[config.protocol]
+        self.stats = ThriftStats(ctx.stats, config.stat_prefix)
+        self.routes = RouteTable(config.route_config)
+        self.max_requests = (config.max_requests_per_connection.value
+                             if config.HasField("max_requests_per_connection") else 0)
+        self._upstream_stats: dict[str, UpstreamThriftStats] = {}
+        self.close_on_error = True
+        for f in config.thrift_filters:         # only the router is registered
+            self.close_on_error = registry.factory(f.typed_config.type_url).create(
+                unpack(f.typed_config), ctx)
+
+    def __call__(self, filter_manager) -> None:
+        filter_manager.add_read_filter(ThriftProxyFilter(self))
+
+    def upstream_stats(self, cluster: str) -> UpstreamThriftStats:
+        s = self._upstream_stats.get(cluster)
+        if s is None:
+            s = self._upstream_stats[cluster] = UpstreamThriftStats(self.ctx.stats, cluster)
+        return s
+
+
+class _LocalError(Exception):
+    def __init__(self, exc_type: int, message: str):
+        super().__init__(message)
+        self.exc_type = exc_type
+
+
+class ThriftProxyFilter:
+    def __init__(self, config: ThriftProxyConfig):
+        self.config = config
+        self.stats = config.stats
+        self.decoder = codec.ThriftDecoder(config.transport, config.protocol)
+        self.callbacks = None
+        self.upstreams: dict[str, tuple] = {}       # cluster -> (UpstreamConnection, decoder)
+        self.active = False
+        self.requests = 0
+        self.closing = False
+
+    def initialize_read_filter_callbacks(self, callbacks) -> None:
+        self.callbacks = callbacks
+        callbacks.connection.add_connection_callbacks(self)
+
+    def on_new_connection(self) -> FilterStatus:
+        return FilterStatus.CONTINUE
+
+    def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
+        conn = self.callbacks.connection
+        if self.closing:
+            return FilterStatus.STOP_ITERATION
+        try:
+            events = self.decoder.receive_data(data) if data else []
+        except codec.DecodeError:
+            self.stats.request_decoding_error.inc()
+            self._close()
+            return FilterStatus.STOP_ITERATION
+        for ev in events:
+            if isinstance(ev, codec.MessageEnd):
+                self._request(ev)
+                if self.closing:
+                    return FilterStatus.STOP_ITERATION
+        if end_stream:
+            self._close()
+        return FilterStatus.STOP_ITERATION
+
+    def on_event(self, event) -> None:
+        if self.active:
+            if event is ConnectionEvent.REMOTE_CLOSE:
+                self.stats.cx_destroy_remote_with_active_rq.inc()
+            else:
+                self.stats.cx_destroy_local_with_active_rq.inc()
+        for up, _ in self.upstreams.values():
+            up.close()
+        self.upstreams.clear()
+
+    # --- one request ---------------------------------------------------------------
+    def _request(self, req: codec.MessageEnd) -> None:
+        s, begin = self.stats, req.begin
+        s.request.inc()
+        if begin.type == codec.CALL:
+            s.request_call.inc()
+        elif begin.type == codec.ONEWAY:
+            s.request_oneway.inc()
+        else:
+            s.request_invalid_type.inc()
+        s.request_active.inc()
+        self.active = True
+        t0 = time.monotonic()
+        try:
+            self._forward(req)
+        except _LocalError as e:
+            self._local_reply(begin, e)
+        finally:
+            self.active = False
+            s.request_active.dec()
+            s.request_time_ms.record(int((time.monotonic() - t0) * 1000))
+        self.requests += 1
+        if self.config.max_requests and self.requests >= self.config.max_requests and not self.closing:
+            s.downstream_cx_max_requests.inc()
+            self._close()
+
+    def _forward(self, req: codec.MessageEnd) -> None:
+        begin = req.begin
+        route = self.config.routes.route(begin.name)
+        if route is None:
+            self.stats.route_missing.inc()
+            raise _LocalError(codec.UNKNOWN_METHOD, "no route for method '%s'" % begin.name)
+        name = route.pick_cluster()
+        up, decoder = self._upstream(name, begin)
+        payload = req.frame
+        if route.strip_service and ":" in begin.name:
+            payload = codec.rewrite(req, name=begin.name.split(":", 1)[1])
+        ustats = self.config.upstream_stats(name)
+        if begin.type == codec.ONEWAY:
+            ustats.upstream_rq_oneway.inc()
+        elif begin.type == codec.CALL:
+            ustats.upstream_rq_call.inc()
+        else:
+            ustats.upstream_rq_invalid_type.inc()
+        ustats.upstream_rq_size.record(len(payload))
+        t0 = time.monotonic()
+        try:
+            up.sock.sendall(payload)
+        except OSError:
+            self._drop_upstream(name)
+            raise _LocalError(codec.INTERNAL_ERROR, "connection failure '%s'" % up.host.addr_str) \
+                from None
+        if begin.type == codec.ONEWAY:
+            ustats.upstream_rq_time.record(int((time.monotonic() - t0) * 1000))
+            return
+        reply = self._read_reply(name, up, decoder, ustats)
+        ustats.upstream_rq_time.record(int((time.monotonic() - t0) * 1000))
+        ustats.upstream_resp_size.record(len(reply.frame))
+        self._count_response(reply, ustats)
+        self.callbacks.connection.write(reply.frame)
+
+    def _upstream(self, name: str, begin: codec.MessageBegin):
+        held = self.upstreams.get(name)
+        if held is not None:
+            return held
+        cluster = self.config.ctx.cluster_manager.get(name)
+        if cluster is None:
+            self.stats.unknown_cluster.inc()
+            raise _LocalError(codec.INTERNAL_ERROR, "unknown cluster '%s'" % name)
+        host = cluster.choose_host()
+        if host is None:
+            self.stats.no_healthy_upstream.inc()
+            cluster.stats.upstream_cx_none_healthy.inc()
+            raise _LocalError(codec.INTERNAL_ERROR, "no healthy upstream for '%s'" % name)
+        try:
+            sock = cluster.connect(host)
+        except UpstreamConnectError as e:
+            raise _LocalError(codec.INTERNAL_ERROR, "connection failure '%s'" % host.addr_str) from e
+        up = UpstreamConnection(sock, host, cluster)
+        self.callbacks.upstream_host = host.addr_str
+        held = self.upstreams[name] = (up, codec.ThriftDecoder(begin.transport, begin.protocol))
+        return held
+
+    def _read_reply(self, name, up, decoder, ustats) -> codec.MessageEnd:
+        while True:
+            try:
+                data = up.sock.recv(READ_SIZE)
+            except OSError:
+                data = b""
+            if not data:
+                self._drop_upstream(name)
+                raise _LocalError(codec.INTERNAL_ERROR, "connection reset")
+            try:
+                events = decoder.receive_data(data)
+            except codec.DecodeError:
+                self.stats.response_decoding_error.inc()
+                ustats.upstream_resp_decoding_error.inc()
+                self._drop_upstream(name)
+                raise _LocalError(codec.PROTOCOL_ERROR, "upstream response decoding error") from None
+            for ev in events:
+                if isinstance(ev, codec.MessageEnd):
+                    return ev
+
+    def _drop_upstream(self, name: str) -> None:
+        held = self.upstreams.pop(name, None)
+        if held is not None:
+            held[0].close()
+
+    def _count_response(self, reply: codec.MessageEnd, ustats) -> None:
+        s, t = self.stats, reply.begin.type
+        s.response.inc()
+        if t == codec.REPLY:
+            s.response_reply.inc()
+            ustats.upstream_resp_reply.inc()
+            if reply.reply_field_id in (None, 0):
+                s.response_success.inc()
+                ustats.upstream_resp_success.inc()
+            else:
+                s.response_error.inc()
+                ustats.upstream_resp_error.inc()
+        elif t == codec.EXCEPTION:
+            s.response_exception.inc()
+            ustats.upstream_resp_exception.inc()
+        else:
+            s.response_invalid_type.inc()
+            ustats.upstream_resp_invalid_type.inc()
+
+    def _local_reply(self, begin: codec.MessageBegin, e: _LocalError) -> None:
+        """A TApplicationException to the client (none for a oneway, counted all the same,
+        as Envoy's sendLocalReply), then close unless the router says otherwise."""
+        self.stats.response_exception.inc()
+        if begin.type != codec.ONEWAY:
+            self.callbacks.connection.write(codec.app_exception(
+                begin.transport, begin.protocol, begin.name, begin.seq_id, str(e), e.exc_type))
+        if self.config.close_on_error:
+            self._close()
+
+    def _close(self) -> None:
+        self.closing = True
+        self.callbacks.connection.close()
+
+
+def create(config, ctx) -> ThriftProxyConfig:
+    return ThriftProxyConfig(config, ctx)

@@ -1,0 +1,62 @@
+"""The thrift_proxy route table: first match wins, by method name or service prefix.
+
+As Envoy's RouteMatcher: `method_name` is an exact match ("" matches any method);
+`service_name` gets a ':' appended when it lacks one and prefix-matches the method
+(TMultiplexedProtocol sends `Service:method`; "" matches any); `invert` negates either.
+"""
+from __future__ import annotations
+
+import random
+
+
+class Route:
+    __slots__ = ("method", "service", "invert", "cluster", "weighted", "total", "strip_service")
+
+    def __init__(self, cfg):
+        m = cfg.match
+        which = m.WhichOneof("match_specifier")
+        self.method = m.method_name if which == "method_name" else None
+        svc = m.service_name if which == "service_name" else None
+        if svc and not svc.endswith(":"):
+            svc += ":"
+        self.service = svc
+        self.invert = m.invert
+        a = cfg.route
+        self.strip_service = a.strip_service_name
+        if a.WhichOneof("cluster_specifier") == "weighted_clusters":
+            self.cluster = None
+            self.weighted = [(c.name, c.weight.value) for c in a.weighted_clusters.clusters
+                             if c.weight.value]
+            self.total = sum(w for _, w in self.weighted)
+        else:
+            self.cluster = a.cluster
+            self.weighted, self.total = [], 0
+
+    def matches(self, method: str) -> bool:
+        if self.method is not None:
+            hit = not self.method or method == self.method
+        else:
+            hit = not self.service or method.startswith(self.service)
+        return hit != self.invert
+
+    def pick_cluster(self) -> str:
+        if self.cluster is not None:
+            return self.cluster
+        r = random.randrange(self.total)
+        for name, w in self.weighted:
+            if r < w:
+                return name
+            r -= w
+        return self.weighted[-1][0]
+
+
+class RouteTable:
+    def __init__(self, route_config):
+        self.name = route_config.name
+        self.routes = [Route(r) for r in route_config.routes]
+
+    def route(self, method: str) -> Route | None:
+        for r in self.routes:
+            if r.matches(method):
+                return r
+        return None
