@@ -47,19 +47,17 @@ class ThriftStats:
 
 
 class UpstreamThriftStats:
-    """`cluster.<name>.thrift.*`, per cluster, made on first use."""
-    COUNTERS = ("upstream_rq_call", "upstream_rq_oneway", "upstream_rq_invalid_type",
-                "upstream_resp_reply", "upstream_resp_success", "upstream_resp_error",
-                "upstream_resp_exception", "upstream_resp_invalid_type",
-                "upstream_resp_decoding_error")
+    """`cluster.<name>.thrift.*`: as in Envoy, each appears when first counted."""
 
     def __init__(self, store, cluster: str):
-        p = "cluster.%s.thrift." % cluster
-        for n in self.COUNTERS:
-            setattr(self, n, store.counter(p + n))
-        self.upstream_rq_time = store.histogram(p + "upstream_rq_time")
-        self.upstream_rq_size = store.histogram(p + "upstream_rq_size")
-        self.upstream_resp_size = store.histogram(p + "upstream_resp_size")
+        self.store = store
+        self.prefix = "cluster.%s.thrift." % cluster
+
+    def inc(self, name: str) -> None:
+        self.store.counter(self.prefix + name).inc()
+
+    def record(self, name: str, value: float) -> None:
+        self.store.histogram(self.prefix + name).record(value)
 
 
 class ThriftProxyConfig:
@@ -143,13 +141,6 @@ class ThriftProxyFilter:
     # --- one request ---------------------------------------------------------------
     def _request(self, req: codec.MessageEnd) -> None:
         s, begin = self.stats, req.begin
-        s.request.inc()
-        if begin.type == codec.CALL:
-            s.request_call.inc()
-        elif begin.type == codec.ONEWAY:
-            s.request_oneway.inc()
-        else:
-            s.request_invalid_type.inc()
         s.request_active.inc()
         self.active = True
         t0 = time.monotonic()
@@ -161,8 +152,17 @@ class ThriftProxyFilter:
             self.active = False
             s.request_active.dec()
             s.request_time_ms.record(int((time.monotonic() - t0) * 1000))
+        if self.closing:
+            return          # Envoy counts a request at its end, which a closing local reply skips
+        s.request.inc()
+        if begin.type == codec.CALL:
+            s.request_call.inc()
+        elif begin.type == codec.ONEWAY:
+            s.request_oneway.inc()
+        else:
+            s.request_invalid_type.inc()
         self.requests += 1
-        if self.config.max_requests and self.requests >= self.config.max_requests and not self.closing:
+        if self.config.max_requests and self.requests >= self.config.max_requests:
             s.downstream_cx_max_requests.inc()
             self._close()
 
@@ -179,12 +179,12 @@ class ThriftProxyFilter:
             payload = codec.rewrite(req, name=begin.name.split(":", 1)[1])
         ustats = self.config.upstream_stats(name)
         if begin.type == codec.ONEWAY:
-            ustats.upstream_rq_oneway.inc()
+            ustats.inc("upstream_rq_oneway")
         elif begin.type == codec.CALL:
-            ustats.upstream_rq_call.inc()
+            ustats.inc("upstream_rq_call")
         else:
-            ustats.upstream_rq_invalid_type.inc()
-        ustats.upstream_rq_size.record(len(payload))
+            ustats.inc("upstream_rq_invalid_type")
+        ustats.record("upstream_rq_size", len(payload))
         t0 = time.monotonic()
         try:
             up.sock.sendall(payload)
@@ -193,11 +193,11 @@ class ThriftProxyFilter:
             raise _LocalError(codec.INTERNAL_ERROR, "connection failure '%s'" % up.host.addr_str) \
                 from None
         if begin.type == codec.ONEWAY:
-            ustats.upstream_rq_time.record(int((time.monotonic() - t0) * 1000))
+            ustats.record("upstream_rq_time", int((time.monotonic() - t0) * 1000))
             return
         reply = self._read_reply(name, up, decoder, ustats)
-        ustats.upstream_rq_time.record(int((time.monotonic() - t0) * 1000))
-        ustats.upstream_resp_size.record(len(reply.frame))
+        ustats.record("upstream_rq_time", int((time.monotonic() - t0) * 1000))
+        ustats.record("upstream_resp_size", len(reply.frame))
         self._count_response(reply, ustats)
         self.callbacks.connection.write(reply.frame)
 
@@ -236,7 +236,7 @@ class ThriftProxyFilter:
                 events = decoder.receive_data(data)
             except codec.DecodeError:
                 self.stats.response_decoding_error.inc()
-                ustats.upstream_resp_decoding_error.inc()
+                ustats.inc("upstream_resp_decoding_error")
                 self._drop_upstream(name)
                 raise _LocalError(codec.PROTOCOL_ERROR, "upstream response decoding error") from None
             for ev in events:
@@ -253,19 +253,19 @@ class ThriftProxyFilter:
         s.response.inc()
         if t == codec.REPLY:
             s.response_reply.inc()
-            ustats.upstream_resp_reply.inc()
+            ustats.inc("upstream_resp_reply")
             if reply.reply_field_id in (None, 0):
                 s.response_success.inc()
-                ustats.upstream_resp_success.inc()
+                ustats.inc("upstream_resp_success")
             else:
                 s.response_error.inc()
-                ustats.upstream_resp_error.inc()
+                ustats.inc("upstream_resp_error")
         elif t == codec.EXCEPTION:
             s.response_exception.inc()
-            ustats.upstream_resp_exception.inc()
+            ustats.inc("upstream_resp_exception")
         else:
             s.response_invalid_type.inc()
-            ustats.upstream_resp_invalid_type.inc()
+            ustats.inc("upstream_resp_invalid_type")
 
     def _local_reply(self, begin: codec.MessageBegin, e: _LocalError) -> None:
         """A TApplicationException to the client (none for a oneway, counted all the same,
@@ -275,6 +275,7 @@ class ThriftProxyFilter:
             self.callbacks.connection.write(codec.app_exception(
                 begin.transport, begin.protocol, begin.name, begin.seq_id, str(e), e.exc_type))
         if self.config.close_on_error:
+            self.stats.downstream_response_drain_close.inc()    # as Envoy 1.40 counts it
             self._close()
 
     def _close(self) -> None:

@@ -1,0 +1,72 @@
+"""Thrift through real Envoy 1.40 and through proxyd on the same bootstrap: the same
+thrift.<prefix>.* counters and gauges, and the same cluster.<c>.thrift.* counters."""
+from __future__ import annotations
+
+import time
+
+import pytest
+from thrift.Thrift import TApplicationException
+
+from envoy_peer import Envoy, admin_stats
+from harness import free_port, wait_port
+
+from .conftest import client, thrift_bootstrap
+from .test_thrift_proxy import session
+
+ROUTES = [{"match": {"service_name": "Calc"}, "route": {"cluster": "calc", "strip_service_name": True}},
+          {"match": {"method_name": "add", "invert": True}, "route": {"cluster": "calc"}}]
+
+
+def exercise(calc, port, handler, transport, protocol) -> None:
+    c, trans = client(calc, port, transport, protocol, service="Calc")
+    try:
+        session(c, calc, handler)                 # Calc:* -> the service route, stripped
+    finally:
+        trans.close()
+    c, trans = client(calc, port, transport, protocol)
+    try:
+        assert c.echo("plain").endswith(":plain")
+        with pytest.raises(TApplicationException) as e:
+            c.add(1, 1)                           # plain "add": no route
+        assert e.value.message == "no route for method 'add'"
+    finally:
+        trans.close()
+
+
+def stats(admin: int) -> dict:
+    deadline = time.monotonic() + 5
+    while True:
+        st = admin_stats(admin, "thrift.th.")
+        if st.get("thrift.th.request_active") == 0 or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    st.update({k: v for k, v in admin_stats(admin, "cluster.calc.thrift.").items()})
+    return st
+
+
+@pytest.mark.parametrize("transport,protocol", [("framed", "binary"), ("header", "compact"),
+                                                ("unframed", "compact")])
+def test_stats_match_envoy(proxyd_factory, calc, thrift_server, tmp_path, transport, protocol):
+    up, handler = thrift_server(transport, protocol)
+    results = {}
+    for side in ("envoy", "proxyd"):
+        handler.fired.clear()
+        handler.fired_event.clear()
+        port, admin = free_port(), free_port()
+        cfg = thrift_bootstrap(port, admin, ROUTES, {"calc": up})
+        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        if envoy is None:
+            proxyd_factory(cfg)
+        try:
+            wait_port(port)
+            exercise(calc, port, handler, transport, protocol)
+            results[side] = stats(admin)
+        finally:
+            if envoy is not None:
+                envoy.cleanup()
+    e, p = results["envoy"], results["proxyd"]
+    assert {k: v for k, v in e.items() if k.startswith("thrift.")} == \
+        {k: v for k, v in p.items() if k.startswith("thrift.")}
+    assert {k: e.get(k) for k in p if k.startswith("cluster.")} == \
+        {k: v for k, v in p.items() if k.startswith("cluster.")}
+    assert p["thrift.th.response_error"] == 1 and p["thrift.th.route_missing"] == 1
