@@ -13,6 +13,7 @@ from .locate import suggest
 HCM_URL = ('type.googleapis.com/'
            'envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager')
 TCP_PROXY_URL = 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy'
+THRIFT_URL = 'type.googleapis.com/envoy.extensions.filters.network.thrift_proxy.v3.ThriftProxy'
 ROUTER_URL = 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router'
 _REGEX_MATCHER = 'envoy.type.matcher.v3.RegexMatcher'
 
@@ -120,6 +121,11 @@ def _listener(listener, path, clusters, out):
                 from proxyd.observability.config_check import check_access_logs
                 out.extend(check_access_logs(loader.unpack(f.typed_config).access_log,
                                              fpath + ('typed_config', 'access_log')))
+            elif f.typed_config.type_url == THRIFT_URL:
+                rc = loader.unpack(f.typed_config).route_config
+                rpath = fpath + ('typed_config', 'route_config', 'routes')
+                for k, r in enumerate(rc.routes):  # Envoy: "unknown thrift cluster" at load
+                    _route_action(r.route, rpath + (k, 'route'), clusters, out)
 
 
 def _hcm(hcm, path, clusters, out):

@@ -70,3 +70,37 @@ def test_stats_match_envoy(proxyd_factory, calc, thrift_server, tmp_path, transp
     assert {k: e.get(k) for k in p if k.startswith("cluster.")} == \
         {k: v for k, v in p.items() if k.startswith("cluster.")}
     assert p["thrift.th.response_error"] == 1 and p["thrift.th.route_missing"] == 1
+
+
+def test_refused_upstream_and_garbage_match_envoy(proxyd_factory, calc, tmp_path):
+    """A refused upstream (INTERNAL_ERROR, connection closed) and an HTTP request sent to
+    the Thrift port (a decoding error): the same thrift.th.* stats."""
+    import socket
+    from harness import closed_port
+    results = {}
+    for side in ("envoy", "proxyd"):
+        port, admin = free_port(), free_port()
+        cfg = thrift_bootstrap(port, admin, [{"match": {"method_name": ""}, "route": {"cluster": "calc"}}],
+                               {"calc": closed_port()})
+        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        if envoy is None:
+            proxyd_factory(cfg)
+        try:
+            wait_port(port)
+            c, trans = client(calc, port, "framed", "binary")
+            try:
+                with pytest.raises(TApplicationException) as e:
+                    c.ping()
+                assert e.value.type == TApplicationException.INTERNAL_ERROR
+            finally:
+                trans.close()
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                assert s.recv(100) == b""
+            results[side] = stats(admin)
+        finally:
+            if envoy is not None:
+                envoy.cleanup()
+    e, p = results["envoy"], results["proxyd"]
+    assert {k: v for k, v in p.items() if k.startswith("thrift.")} == \
+        {k: v for k, v in e.items() if k.startswith("thrift.")}
