@@ -75,3 +75,66 @@ def test_legacy_stats_and_access_log_match_envoy(proxyd_factory, mongo_server, t
     assert p_stats == e_stats
     assert p_log == e_log
     assert re.search(r'"opcode": "OP_GET_MORE"', json.dumps(p_log))
+
+
+def silent_upstream(hang_up: bool):
+    """A server that reads and never answers; with hang_up it closes after the first read."""
+    import threading
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+
+    def serve(conn):
+        with conn:
+            while conn.recv(65536):
+                if hang_up:
+                    return
+
+    def accept():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()
+    return srv
+
+
+def test_connection_closed_with_a_query_pending_matches_envoy(proxyd_factory, tmp_path):
+    """A query left unanswered when the client leaves or the server hangs up. Through
+    tcp_proxy's half-close the last FIN decides, in Envoy 1.40 and so in proxyd: the client
+    leaving makes the server's FIN last (the proxy ends the connection: local close), the
+    server hanging up makes the client's FIN last (remote close)."""
+    from .frames import op_query
+    quiet, rude = silent_upstream(False), silent_upstream(True)
+    results = {}
+    for side in ("envoy", "proxyd"):
+        out = {}
+        for name, srv in (("client_leaves", quiet), ("server_hangs_up", rude)):
+            port, admin = free_port(), free_port()
+            cfg = mongo_bootstrap(port, srv.getsockname()[1], admin)
+            envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+            if envoy is None:
+                proxyd_factory(cfg)
+            try:
+                wait_port(port)
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                    s.sendall(op_query("shop.users", {"_id": 1}))
+                    if name == "server_hangs_up":
+                        assert s.recv(100) == b""      # the upstream hung up: so do we
+                    else:
+                        time.sleep(0.3)
+                st = wait_for(lambda: (lambda d: d if d["mongo.mg.op_query_active"] == 0 else None)(
+                    admin_stats(admin, "mongo.mg.")))
+                out[name] = st
+            finally:
+                if envoy is not None:
+                    envoy.cleanup()
+        results[side] = out
+    assert results["proxyd"] == results["envoy"]
+    p = results["proxyd"]
+    assert p["client_leaves"]["mongo.mg.cx_destroy_local_with_active_rq"] == 1
+    assert p["server_hangs_up"]["mongo.mg.cx_destroy_remote_with_active_rq"] == 1
+    quiet.close()
+    rude.close()
