@@ -138,3 +138,34 @@ def test_connection_closed_with_a_query_pending_matches_envoy(proxyd_factory, tm
     assert p["server_hangs_up"]["mongo.mg.cx_destroy_remote_with_active_rq"] == 1
     quiet.close()
     rude.close()
+
+
+def test_pymongo4_envoy_sees_only_decoding_errors_proxyd_parses(proxyd_factory, mongo_server,
+                                                                 tmp_path):
+    """pymongo 4 sends only OP_MSG: Envoy 1.40 counts decoding_error and nothing else (issue
+    5036); proxyd counts the find and the insert. The application works through both."""
+    import pymongo
+    from .conftest import USERS
+    results = {}
+    for side in ("envoy", "proxyd"):
+        port, admin = free_port(), free_port()
+        cfg = mongo_bootstrap(port, mongo_server.port, admin)
+        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        if envoy is None:
+            proxyd_factory(cfg)
+        try:
+            wait_port(port)
+            with pymongo.MongoClient("127.0.0.1", port, directConnection=True,
+                                     serverSelectionTimeoutMS=5000) as c:
+                assert list(c.shop.users.find({"_id": 1})) == USERS[:1]
+                c.shop.users.insert_one({"_id": 7})
+            time.sleep(0.3)
+            results[side] = admin_stats(admin, "mongo.mg.")
+        finally:
+            if envoy is not None:
+                envoy.cleanup()
+    e, p = results["envoy"], results["proxyd"]
+    assert e["mongo.mg.decoding_error"] >= 1
+    assert {k: v for k, v in e.items() if v and k != "mongo.mg.decoding_error"} == {}
+    assert p["mongo.mg.decoding_error"] == 0
+    assert p["mongo.mg.collection.users.query.total"] == 1 and p["mongo.mg.cmd.insert.total"] == 1

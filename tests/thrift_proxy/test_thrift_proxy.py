@@ -140,3 +140,36 @@ def test_not_thrift_is_a_decoding_error(proxyd_factory):
         s.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
         assert s.recv(100) == b""                # closed, nothing written
     assert admin_stats(admin, "thrift.th.")["thrift.th.request_decoding_error"] == 1
+
+
+@pytest.mark.parametrize("server_kind", ["nonblocking", "simple"])
+def test_nonblocking_and_simple_servers(proxyd_factory, calc, server_kind):
+    """TNonblockingServer (framed binary) and TSimpleServer (one connection at a time)."""
+    import threading
+    from thrift.protocol.TBinaryProtocol import TBinaryProtocolFactory
+    from thrift.server.TNonblockingServer import TNonblockingServer
+    from thrift.server.TServer import TSimpleServer
+    from thrift.transport import TSocket
+    from thrift.transport.TTransport import TFramedTransportFactory
+    from .conftest import Handler
+    Calc, ttypes = calc
+    handler, up = Handler("nb", ttypes), free_port()
+    sock = TSocket.TServerSocket("127.0.0.1", up)
+    if server_kind == "nonblocking":
+        server = TNonblockingServer(Calc.Processor(handler), sock, TBinaryProtocolFactory())
+    else:
+        server = TSimpleServer(Calc.Processor(handler), sock, TFramedTransportFactory(),
+                               TBinaryProtocolFactory())
+    threading.Thread(target=server.serve, daemon=True).start()
+    wait_port(up)
+    port, admin = start(proxyd_factory, [route("calc")], {"calc": up})
+    for _ in range(2):                           # one downstream connection after the other
+        c, trans = client(calc, port, "framed", "binary")
+        try:
+            handler.fired.clear()
+            handler.fired_event.clear()
+            session(c, calc, handler)
+        finally:
+            trans.close()
+    st = admin_stats(admin, "thrift.th.")
+    assert st["thrift.th.request"] == 10 and st["thrift.th.response_success"] == 6
