@@ -19,6 +19,7 @@ LISTENER_FILTER = "listener filter"
 TRANSPORT_SOCKET = "transport socket"
 UPSTREAM_PROTOCOL_OPTIONS = "upstream protocol options"
 THRIFT_FILTER = "thrift filter"
+CLUSTER = "cluster type"
 
 # type URL (without prefix) -> (kind, module defining `create(config, ctx)`); modules are
 # imported on first use. `proxyd.config.supported.EXTENSIONS` is derived from this table,
@@ -34,6 +35,12 @@ _MODULES: dict[str, tuple[str, str]] = {
         (NETWORK_FILTER, "proxyd.network.filters.thrift_proxy"),
     "envoy.extensions.filters.network.thrift_proxy.router.v3.Router":
         (THRIFT_FILTER, "proxyd.network.filters.thrift_proxy.router"),
+    "envoy.extensions.filters.network.redis_proxy.v3.RedisProxy":
+        (NETWORK_FILTER, "proxyd.network.filters.redis_proxy"),
+    "envoy.extensions.filters.network.redis_proxy.v3.RedisProtocolOptions":
+        (UPSTREAM_PROTOCOL_OPTIONS, "proxyd.network.filters.redis_proxy.config"),
+    "envoy.extensions.clusters.redis.v3.RedisClusterConfig":
+        (CLUSTER, "proxyd.network.filters.redis_proxy.redis_cluster"),
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector":
         (LISTENER_FILTER, "proxyd.listener.filters.tls_inspector"),
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext":

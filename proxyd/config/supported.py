@@ -152,6 +152,28 @@ _FIELDS[_THRIFT + 'v3.RouteAction'] = 'cluster weighted_clusters strip_service_n
 _FIELDS[_THRIFT + 'v3.WeightedCluster'] = 'clusters'
 _FIELDS[_THRIFT + 'v3.WeightedCluster.ClusterWeight'] = 'name weight'
 _FIELDS[_THRIFT + 'router.v3.Router'] = 'close_downstream_on_upstream_error'
+_REDIS = 'envoy.extensions.filters.network.redis_proxy.v3.'
+for _name, _more in {  # redis_proxy, and the consistent-hash balancers it hashes keys with
+    _REDIS + 'RedisProxy': 'stat_prefix settings latency_in_micros prefix_routes '
+                           'downstream_auth_password downstream_auth_passwords '
+                           'downstream_auth_username faults',
+    _REDIS + 'RedisProxy.ConnPoolSettings': 'op_timeout enable_hashtagging enable_redirection',
+    _REDIS + 'RedisProxy.PrefixRoutes': 'routes case_insensitive catch_all_route',
+    _REDIS + 'RedisProxy.PrefixRoutes.Route': 'prefix remove_prefix cluster request_mirror_policy',
+    _REDIS + 'RedisProxy.PrefixRoutes.Route.RequestMirrorPolicy':
+        'cluster runtime_fraction exclude_read_commands',
+    _REDIS + 'RedisProxy.RedisFault': 'fault_type fault_enabled delay commands',
+    _REDIS + 'RedisProtocolOptions': 'auth_password auth_username',
+    _CORE + 'RuntimeFractionalPercent': 'default_value runtime_key',
+    'envoy.config.cluster.v3.Cluster': 'ring_hash_lb_config maglev_lb_config',
+    'envoy.config.cluster.v3.Cluster.RingHashLbConfig': 'minimum_ring_size maximum_ring_size '
+                                                        'hash_function',
+    'envoy.config.cluster.v3.Cluster.MaglevLbConfig': 'table_size',
+    'envoy.config.cluster.v3.Cluster': 'cluster_type',
+    'envoy.config.cluster.v3.Cluster.CustomClusterType': 'name typed_config',
+    'envoy.extensions.clusters.redis.v3.RedisClusterConfig': 'cluster_refresh_rate',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 _UPH = 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions'
 for _name, _more in {  # HTTP/2 both ways, gRPC deadlines
     _HCM: 'http2_protocol_options drain_timeout',
@@ -174,7 +196,10 @@ ENUMS = {
                                                           'COMPACT'}),
     (_CORE + 'SocketAddress', 'protocol'): frozenset({'TCP'}),
     ('envoy.config.cluster.v3.Cluster', 'type'): frozenset({'STATIC', 'STRICT_DNS', 'EDS'}),
-    ('envoy.config.cluster.v3.Cluster', 'lb_policy'): frozenset({'ROUND_ROBIN'}),
+    # RING_HASH and MAGLEV place keys for redis_proxy; HTTP and TCP traffic, which has no
+    # hash key (no route hash_policy), goes round robin, where Envoy picks at random.
+    ('envoy.config.cluster.v3.Cluster', 'lb_policy'): frozenset({'ROUND_ROBIN', 'RING_HASH',
+                                                                 'MAGLEV', 'CLUSTER_PROVIDED'}),
     ('envoy.config.cluster.v3.Cluster', 'dns_lookup_family'):
         frozenset({'AUTO', 'V4_ONLY', 'V6_ONLY', 'V4_PREFERRED'}),
     (_HCM, 'codec_type'): frozenset({'AUTO', 'HTTP1', 'HTTP2'}),
@@ -201,6 +226,7 @@ SLOTS = {
     (_THRIFT + 'v3.ThriftFilter', 'typed_config'): registry.THRIFT_FILTER,
     ('envoy.config.cluster.v3.Cluster', 'typed_extension_protocol_options'):
         registry.UPSTREAM_PROTOCOL_OPTIONS,
+    ('envoy.config.cluster.v3.Cluster.CustomClusterType', 'typed_config'): registry.CLUSTER,
 }
 """(message, Any field) -> the kind of extension that field takes."""
 

@@ -14,6 +14,7 @@ from gevent.lock import Semaphore
 
 from proxyd.network.filter import ConnectionEvent
 from proxyd.network.filter_manager import FilterManager
+from proxyd.network.io import send_all
 from proxyd.observability.logging import get_logger
 from proxyd.transport.tls import shutdown_write
 
@@ -77,7 +78,7 @@ class FilterChainConnection:
         try:
             with self._wlock:
                 if data:
-                    self.sock.sendall(data)
+                    send_all(self.sock, data)
                 if end_stream:
                     self.write_ended = True
                     shutdown_write(self.sock)
