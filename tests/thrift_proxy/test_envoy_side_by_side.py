@@ -44,16 +44,18 @@ def stats(admin: int) -> dict:
     return st
 
 
-@pytest.mark.parametrize("transport,protocol", [("framed", "binary"), ("header", "compact"),
-                                                ("unframed", "compact")])
-def test_stats_match_envoy(proxyd_factory, calc, thrift_server, tmp_path, transport, protocol):
+@pytest.mark.parametrize("transport,protocol,passthrough", [
+    ("framed", "binary", False), ("header", "compact", False), ("unframed", "compact", False),
+    ("framed", "compact", True), ("header", "binary", True)])
+def test_stats_match_envoy(proxyd_factory, calc, thrift_server, tmp_path, transport, protocol,
+                           passthrough):
     up, handler = thrift_server(transport, protocol)
     results = {}
     for side in ("envoy", "proxyd"):
         handler.fired.clear()
         handler.fired_event.clear()
         port, admin = free_port(), free_port()
-        cfg = thrift_bootstrap(port, admin, ROUTES, {"calc": up})
+        cfg = thrift_bootstrap(port, admin, ROUTES, {"calc": up}, payload_passthrough=passthrough)
         envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
         if envoy is None:
             proxyd_factory(cfg)
@@ -70,6 +72,8 @@ def test_stats_match_envoy(proxyd_factory, calc, thrift_server, tmp_path, transp
     assert {k: e.get(k) for k in p if k.startswith("cluster.")} == \
         {k: v for k, v in p.items() if k.startswith("cluster.")}
     assert p["thrift.th.response_error"] == 1 and p["thrift.th.route_missing"] == 1
+    assert (p["thrift.th.request_passthrough"], p["thrift.th.response_passthrough"]) == \
+        ((6, 5) if passthrough else (0, 0))
 
 
 def test_refused_upstream_and_garbage_match_envoy(proxyd_factory, calc, tmp_path):

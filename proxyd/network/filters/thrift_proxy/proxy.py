@@ -67,6 +67,7 @@ class ThriftProxyConfig:
         self.protocol = PROTOCOLS[config.protocol]
         self.stats = ThriftStats(ctx.stats, config.stat_prefix)
         self.routes = RouteTable(config.route_config)
+        self.passthrough = config.payload_passthrough
         self.max_requests = (config.max_requests_per_connection.value
                              if config.HasField("max_requests_per_connection") else 0)
         self._upstream_stats: dict[str, UpstreamThriftStats] = {}
@@ -155,6 +156,8 @@ class ThriftProxyFilter:
         if self.closing:
             return          # Envoy counts a request at its end, which a closing local reply skips
         s.request.inc()
+        if self.config.passthrough and begin.transport != codec.UNFRAMED:
+            s.request_passthrough.inc()
         if begin.type == codec.CALL:
             s.request_call.inc()
         elif begin.type == codec.ONEWAY:
@@ -251,6 +254,8 @@ class ThriftProxyFilter:
     def _count_response(self, reply: codec.MessageEnd, ustats) -> None:
         s, t = self.stats, reply.begin.type
         s.response.inc()
+        if self.config.passthrough and reply.begin.transport != codec.UNFRAMED:
+            s.response_passthrough.inc()
         if t == codec.REPLY:
             s.response_reply.inc()
             ustats.inc("upstream_resp_reply")
