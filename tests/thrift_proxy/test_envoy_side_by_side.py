@@ -108,3 +108,40 @@ def test_refused_upstream_and_garbage_match_envoy(proxyd_factory, calc, tmp_path
     e, p = results["envoy"], results["proxyd"]
     assert {k: v for k, v in p.items() if k.startswith("thrift.")} == \
         {k: v for k, v in e.items() if k.startswith("thrift.")}
+
+
+def test_header_routes_match_envoy(proxyd_factory, calc, thrift_server, tmp_path):
+    """Routes on header-transport info headers (Envoy lower-cases their keys): the same
+    server answers each call through Envoy and through proxyd."""
+    a, _ = thrift_server("header", "binary", "A")
+    b, _ = thrift_server("header", "binary", "B")
+    routes = [{"match": {"method_name": "echo", "headers": [{"name": "x-tenant", "exact_match": "gold"}]},
+               "route": {"cluster": "b"}},
+              {"match": {"method_name": "", "headers": [{"name": "x-region", "prefix_match": "eu-"}]},
+               "route": {"cluster": "b"}},
+              {"match": {"method_name": ""}, "route": {"cluster": "a"}}]
+    calls = [({}, "echo"), ({b"X-Tenant": b"gold"}, "echo"), ({b"x-tenant": b"silver"}, "echo"),
+             ({b"x-region": b"eu-west"}, "echo"), ({b"x-region": b"us-east"}, "echo")]
+    results = {}
+    for side in ("envoy", "proxyd"):
+        port, admin = free_port(), free_port()
+        cfg = thrift_bootstrap(port, admin, routes, {"a": a, "b": b})
+        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        if envoy is None:
+            proxyd_factory(cfg)
+        try:
+            wait_port(port)
+            c, trans = client(calc, port, "header", "binary")
+            got = []
+            try:
+                for headers, _ in calls:
+                    for k, v in headers.items():
+                        c._iprot.set_header(k, v)
+                    got.append(c.echo("x").split(":")[0])
+            finally:
+                trans.close()
+            results[side] = got
+        finally:
+            if envoy is not None:
+                envoy.cleanup()
+    assert results["proxyd"] == results["envoy"] == ["A", "B", "A", "B", "A"]

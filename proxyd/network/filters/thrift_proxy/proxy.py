@@ -171,7 +171,7 @@ class ThriftProxyFilter:
 
     def _forward(self, req: codec.MessageEnd) -> None:
         begin = req.begin
-        route = self.config.routes.route(begin.name)
+        route = self.config.routes.route(begin.name, begin.headers)
         if route is None:
             self.stats.route_missing.inc()
             raise _LocalError(codec.UNKNOWN_METHOD, "no route for method '%s'" % begin.name)

@@ -2,18 +2,33 @@
 
 As Envoy's RouteMatcher: `method_name` is an exact match ("" matches any method);
 `service_name` gets a ':' appended when it lacks one and prefix-matches the method
-(TMultiplexedProtocol sends `Service:method`; "" matches any); `invert` negates either.
+(TMultiplexedProtocol sends `Service:method`; "" matches any); `invert` negates either;
+`headers` (header transport info headers, keys lower-cased) must all match as well.
 """
 from __future__ import annotations
 
 import random
 
+from proxyd.http.headers import Headers
+from proxyd.router.matchers import header_matcher
+
+
+class _Request:
+    """What the HTTP header matchers read: `.headers`."""
+    __slots__ = ("headers",)
+
+    def __init__(self, headers: dict):
+        self.headers = Headers([(k.lower(), v) for k, v in headers.items()])
+
 
 class Route:
-    __slots__ = ("method", "service", "invert", "cluster", "weighted", "total", "strip_service")
+    __slots__ = ("method", "service", "invert", "headers", "cluster", "weighted", "total",
+                 "strip_service")
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, path: str):
         m = cfg.match
+        self.headers = [header_matcher(h, "%s.match.headers[%d]" % (path, i))[0]
+                        for i, h in enumerate(m.headers)]
         which = m.WhichOneof("match_specifier")
         self.method = m.method_name if which == "method_name" else None
         svc = m.service_name if which == "service_name" else None
@@ -32,12 +47,12 @@ class Route:
             self.cluster = a.cluster
             self.weighted, self.total = [], 0
 
-    def matches(self, method: str) -> bool:
+    def matches(self, method: str, request: _Request) -> bool:
         if self.method is not None:
             hit = not self.method or method == self.method
         else:
             hit = not self.service or method.startswith(self.service)
-        return hit != self.invert
+        return hit != self.invert and all(h(request) for h in self.headers)
 
     def pick_cluster(self) -> str:
         if self.cluster is not None:
@@ -53,10 +68,13 @@ class Route:
 class RouteTable:
     def __init__(self, route_config):
         self.name = route_config.name
-        self.routes = [Route(r) for r in route_config.routes]
+        self.routes = [Route(r, "route_config.routes[%d]" % i)
+                       for i, r in enumerate(route_config.routes)]
+        self.matches_headers = any(r.headers for r in self.routes)
 
-    def route(self, method: str) -> Route | None:
+    def route(self, method: str, headers: dict) -> Route | None:
+        request = _Request(headers) if self.matches_headers else None
         for r in self.routes:
-            if r.matches(method):
+            if r.matches(method, request):
                 return r
         return None
