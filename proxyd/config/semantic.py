@@ -126,6 +126,10 @@ def _listener(listener, path, clusters, out):
                 rpath = fpath + ('typed_config', 'route_config', 'routes')
                 for k, r in enumerate(rc.routes):  # Envoy: "unknown thrift cluster" at load
                     _route_action(r.route, rpath + (k, 'route'), clusters, out)
+                    for m, mp in enumerate(r.route.request_mirror_policies):
+                        if clusters is not None and mp.cluster not in clusters:
+                            out.append((rpath + (k, 'route', 'request_mirror_policies', m, 'cluster'),
+                                        f"unknown thrift shadow cluster '{mp.cluster}'"))
 
 
 def _hcm(hcm, path, clusters, out):

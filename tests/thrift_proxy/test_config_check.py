@@ -38,3 +38,10 @@ def test_twitter_protocol_is_not_supported(tmp_path):
                            {"calc": 11}, protocol="TWITTER")
     r = check(tmp_path, cfg)
     assert r.returncode != 0 and "TWITTER" in r.stdout + r.stderr
+
+
+def test_unknown_shadow_cluster_is_rejected_like_envoy(tmp_path):
+    cfg = thrift_bootstrap(9, 10, [{"match": {"method_name": ""}, "route": {
+        "cluster": "calc", "request_mirror_policies": [{"cluster": "nomirror"}]}}], {"calc": 11})
+    r = check(tmp_path, cfg)
+    assert r.returncode != 0 and "unknown thrift shadow cluster 'nomirror'" in r.stdout + r.stderr

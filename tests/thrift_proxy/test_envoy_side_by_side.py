@@ -145,3 +145,55 @@ def test_header_routes_match_envoy(proxyd_factory, calc, thrift_server, tmp_path
             if envoy is not None:
                 envoy.cleanup()
     assert results["proxyd"] == results["envoy"] == ["A", "B", "A", "B", "A"]
+
+
+def test_request_mirror_policies_match_envoy(proxyd_factory, calc, thrift_server, tmp_path):
+    """Every routed call is also sent to the shadow cluster, whose replies are dropped: the
+    client sees only the main server, the shadow server sees the calls, and the stats
+    (thrift.th.*, cluster.*.thrift.*) are Envoy's."""
+    a, _ = thrift_server("framed", "binary", "A")
+    shadow_port, shadow = thrift_server("framed", "binary", "S")
+    routes = [{"match": {"method_name": ""}, "route": {
+        "cluster": "a", "request_mirror_policies": [
+            {"cluster": "shadow"},
+            {"cluster": "shadow", "runtime_fraction": {"default_value": {"numerator": 0},
+                                                       "runtime_key": "mirror.off"}},
+            {"cluster": "shadow", "runtime_fraction": {"default_value": {"numerator": 0}}}]}}]
+    results = {}
+    for side in ("envoy", "proxyd"):
+        shadow.fired.clear()
+        shadow.fired_event.clear()
+        port, admin = free_port(), free_port()
+        cfg = thrift_bootstrap(port, admin, routes, {"a": a, "shadow": shadow_port})
+        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        if envoy is None:
+            proxyd_factory(cfg)
+        try:
+            wait_port(port)
+            c, trans = client(calc, port, "framed", "binary")
+            try:
+                assert [c.echo(str(i)) for i in range(3)] == ["A:0", "A:1", "A:2"]
+                assert c.add(1, 2) == 3
+                c.fire("mirror me")
+                assert shadow.fired_event.wait(5)
+                time.sleep(0.2)
+                assert shadow.fired == ["mirror me"] * 2     # no key: always; 0% under a key: never
+            finally:
+                trans.close()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline:        # the shadow's replies come in late
+                st = stats(admin)
+                st.update(admin_stats(admin, "cluster.shadow.thrift."))
+                if st.get("cluster.shadow.thrift.upstream_resp_reply") == 8:
+                    break
+                time.sleep(0.05)
+            results[side] = st
+        finally:
+            if envoy is not None:
+                envoy.cleanup()
+    e, p = results["envoy"], results["proxyd"]
+    assert {k: v for k, v in p.items() if k.startswith("thrift.")} == \
+        {k: v for k, v in e.items() if k.startswith("thrift.")}
+    shadow_keys = {k for k in set(e) | set(p) if k.startswith("cluster.shadow.")}
+    assert {k: p.get(k) for k in shadow_keys} == {k: e.get(k) for k in shadow_keys}
+    assert p["cluster.shadow.thrift.upstream_rq_call"] == 8

@@ -21,6 +21,7 @@ from proxyd.upstream.pool_http1 import UpstreamConnection
 
 from . import codec
 from .routes import RouteTable
+from .shadow import ShadowWriter, count_upstream_response
 
 TRANSPORTS = {0: codec.AUTO, 1: codec.FRAMED, 2: codec.UNFRAMED, 3: codec.HEADER}
 PROTOCOLS = {0: codec.AUTO, 1: codec.BINARY, 2: codec.LAX_BINARY, 3: codec.COMPACT}
@@ -99,6 +100,7 @@ class ThriftProxyFilter:
         self.decoder = codec.ThriftDecoder(config.transport, config.protocol)
         self.callbacks = None
         self.upstreams: dict[str, tuple] = {}       # cluster -> (UpstreamConnection, decoder)
+        self.shadows = ShadowWriter(config)
         self.active = False
         self.requests = 0
         self.closing = False
@@ -138,6 +140,7 @@ class ThriftProxyFilter:
         for up, _ in self.upstreams.values():
             up.close()
         self.upstreams.clear()
+        self.shadows.close()
 
     # --- one request ---------------------------------------------------------------
     def _request(self, req: codec.MessageEnd) -> None:
@@ -188,6 +191,9 @@ class ThriftProxyFilter:
         else:
             ustats.inc("upstream_rq_invalid_type")
         ustats.record("upstream_rq_size", len(payload))
+        for mirror, num, den, key in route.mirrors:
+            if self.config.ctx.runtime.fractional_percent_enabled(key, num, den):
+                self.shadows.submit(mirror, req, payload)
         t0 = time.monotonic()
         try:
             up.sock.sendall(payload)
@@ -258,19 +264,15 @@ class ThriftProxyFilter:
             s.response_passthrough.inc()
         if t == codec.REPLY:
             s.response_reply.inc()
-            ustats.inc("upstream_resp_reply")
             if reply.reply_field_id in (None, 0):
                 s.response_success.inc()
-                ustats.inc("upstream_resp_success")
             else:
                 s.response_error.inc()
-                ustats.inc("upstream_resp_error")
         elif t == codec.EXCEPTION:
             s.response_exception.inc()
-            ustats.inc("upstream_resp_exception")
         else:
             s.response_invalid_type.inc()
-            ustats.inc("upstream_resp_invalid_type")
+        count_upstream_response(reply, ustats)
 
     def _local_reply(self, begin: codec.MessageBegin, e: _LocalError) -> None:
         """A TApplicationException to the client (none for a oneway, counted all the same,

@@ -23,7 +23,7 @@ class _Request:
 
 class Route:
     __slots__ = ("method", "service", "invert", "headers", "cluster", "weighted", "total",
-                 "strip_service")
+                 "strip_service", "mirrors")
 
     def __init__(self, cfg, path: str):
         m = cfg.match
@@ -38,6 +38,7 @@ class Route:
         self.invert = m.invert
         a = cfg.route
         self.strip_service = a.strip_service_name
+        self.mirrors = [(p.cluster,) + _fraction(p) for p in a.request_mirror_policies]
         if a.WhichOneof("cluster_specifier") == "weighted_clusters":
             self.cluster = None
             self.weighted = [(c.name, c.weight.value) for c in a.weighted_clusters.clusters
@@ -63,6 +64,19 @@ class Route:
                 return name
             r -= w
         return self.weighted[-1][0]
+
+
+_DENOMINATORS = {0: 100, 1: 10000, 2: 1000000}
+
+
+def _fraction(policy) -> tuple[int, int, str]:
+    """(numerator, denominator, runtime key) of a mirror policy. As in Envoy, a policy
+    without a runtime key always mirrors, whatever its default_value."""
+    rf = policy.runtime_fraction
+    if not rf.runtime_key:
+        return 100, 100, ""
+    d = rf.default_value
+    return d.numerator, _DENOMINATORS.get(d.denominator, 100), rf.runtime_key
 
 
 class RouteTable:
