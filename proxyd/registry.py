@@ -35,6 +35,8 @@ _MODULES: dict[str, tuple[str, str]] = {
         (NETWORK_FILTER, "proxyd.network.filters.thrift_proxy"),
     "envoy.extensions.filters.network.thrift_proxy.router.v3.Router":
         (THRIFT_FILTER, "proxyd.network.filters.thrift_proxy.router"),
+    "envoy.extensions.filters.network.thrift_proxy.v3.ThriftProtocolOptions":
+        (UPSTREAM_PROTOCOL_OPTIONS, "proxyd.network.filters.thrift_proxy.options"),
     "envoy.extensions.filters.network.redis_proxy.v3.RedisProxy":
         (NETWORK_FILTER, "proxyd.network.filters.redis_proxy"),
     "envoy.extensions.filters.network.redis_proxy.v3.RedisProtocolOptions":

@@ -145,6 +145,7 @@ _THRIFT = 'envoy.extensions.filters.network.thrift_proxy.'
 _FIELDS[_THRIFT + 'v3.ThriftProxy'] = ('transport protocol stat_prefix route_config thrift_filters '
                                        'max_requests_per_connection payload_passthrough')
 _FIELDS[_THRIFT + 'v3.ThriftFilter'] = 'name typed_config'
+_FIELDS[_THRIFT + 'v3.ThriftProtocolOptions'] = 'transport protocol'
 _FIELDS[_THRIFT + 'v3.RouteConfiguration'] = 'name routes'
 _FIELDS[_THRIFT + 'v3.Route'] = 'match route'
 _FIELDS[_THRIFT + 'v3.RouteMatch'] = 'method_name service_name invert headers'
@@ -196,6 +197,8 @@ FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
 ENUMS = {
     (_THRIFT + 'v3.ThriftProxy', 'protocol'): frozenset({'AUTO_PROTOCOL', 'BINARY', 'LAX_BINARY',
                                                           'COMPACT'}),
+    (_THRIFT + 'v3.ThriftProtocolOptions', 'protocol'): frozenset({'AUTO_PROTOCOL', 'BINARY',
+                                                                   'LAX_BINARY', 'COMPACT'}),
     (_CORE + 'SocketAddress', 'protocol'): frozenset({'TCP'}),
     ('envoy.config.cluster.v3.Cluster', 'type'): frozenset({'STATIC', 'STRICT_DNS', 'EDS'}),
     # RING_HASH and MAGLEV place keys for redis_proxy; HTTP and TCP traffic, which has no

@@ -197,3 +197,39 @@ def test_request_mirror_policies_match_envoy(proxyd_factory, calc, thrift_server
     shadow_keys = {k for k in set(e) | set(p) if k.startswith("cluster.shadow.")}
     assert {k: p.get(k) for k in shadow_keys} == {k: e.get(k) for k in shadow_keys}
     assert p["cluster.shadow.thrift.upstream_rq_call"] == 8
+
+
+@pytest.mark.parametrize("down,up", [(("framed", "compact"), ("unframed", "binary")),
+                                     (("header", "binary"), ("framed", "compact"))])
+def test_translation_to_the_upstream_protocol_matches_envoy(proxyd_factory, calc, thrift_server,
+                                                            tmp_path, down, up):
+    """A cluster's ThriftProtocolOptions: the client speaks one transport/protocol, the
+    server another; calls (with an IDL exception and a oneway) work through both proxies
+    with the same stats."""
+    port_up, handler = thrift_server(*up)
+    results = {}
+    for side in ("envoy", "proxyd"):
+        handler.fired.clear()
+        handler.fired_event.clear()
+        port, admin = free_port(), free_port()
+        cfg = thrift_bootstrap(port, admin, ROUTES, {"calc": port_up})
+        cfg["static_resources"]["clusters"][0]["typed_extension_protocol_options"] = {
+            "envoy.filters.network.thrift_proxy": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network.thrift_proxy.v3."
+                         "ThriftProtocolOptions",
+                "transport": up[0].upper(), "protocol": up[1].upper()}}
+        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        if envoy is None:
+            proxyd_factory(cfg)
+        try:
+            wait_port(port)
+            exercise(calc, port, handler, *down)
+            results[side] = stats(admin)
+        finally:
+            if envoy is not None:
+                envoy.cleanup()
+    e, p = results["envoy"], results["proxyd"]
+    assert {k: v for k, v in p.items() if k.startswith("thrift.")} == \
+        {k: v for k, v in e.items() if k.startswith("thrift.")}
+    assert {k: e.get(k) for k in p if k.startswith("cluster.")} == \
+        {k: v for k, v in p.items() if k.startswith("cluster.")}

@@ -437,3 +437,164 @@ def app_exception(transport: str, protocol: str, name: str, seq_id: int, message
                 + bytes((T_I32,)) + _I16.pack(2) + _I32.pack(exc_type) + b"\x00")
     payload = encode_begin(protocol, name, EXCEPTION, seq_id) + body
     return wrap(transport, protocol, payload, seq_id)
+
+
+# -- translation between protocols (an upstream speaking another transport/protocol) ----
+_C2B = {C_TRUE: T_BOOL, C_FALSE: T_BOOL, C_BYTE: T_BYTE, C_I16: T_I16, C_I32: T_I32,
+        C_I64: T_I64, C_DOUBLE: T_DOUBLE, C_BINARY: T_STRING, C_LIST: T_LIST, C_SET: T_SET,
+        C_MAP: T_MAP, C_STRUCT: T_STRUCT, C_UUID: T_UUID}
+_B2C = {T_BOOL: C_TRUE, T_BYTE: C_BYTE, T_I16: C_I16, T_I32: C_I32, T_I64: C_I64,
+        T_DOUBLE: C_DOUBLE, T_STRING: C_BINARY, T_LIST: C_LIST, T_SET: C_SET, T_MAP: C_MAP,
+        T_STRUCT: C_STRUCT, T_UUID: C_UUID}
+_D_BE = struct.Struct(">d")
+_D_LE = struct.Struct("<d")
+_I64 = struct.Struct(">q")
+
+
+def _read_val(r: _Reader, protocol: str, t: int, depth: int):
+    """A value of (binary) type t as a Python tree: struct = [(id, type, value)],
+    list/set = (etype, [v]), map = (ktype, vtype, [(k, v)])."""
+    if depth > MAX_DEPTH:
+        raise DecodeError("structs nested deeper than %d" % MAX_DEPTH)
+    compact = protocol == COMPACT
+    if t == T_STRUCT:
+        return _read_fields(r, protocol, depth + 1)
+    if t == T_BOOL:
+        return r.byte() in (1, C_TRUE) if compact else r.byte() != 0
+    if t == T_BYTE:
+        return r.byte()
+    if t == T_DOUBLE:
+        p = r.take(8)
+        return (_D_LE if compact else _D_BE).unpack_from(r.buf, p)[0]
+    if t in (T_I16, T_I32, T_I64):
+        if compact:
+            return r.zigzag()
+        n = {T_I16: 2, T_I32: 4, T_I64: 8}[t]
+        return int.from_bytes(r.raw(n), "big", signed=True)
+    if t == T_STRING:
+        return r.raw(_count(r.varint() if compact else r.i32()))
+    if t == T_UUID:
+        return r.raw(16)
+    if t in (T_LIST, T_SET):
+        if compact:
+            b = r.byte()
+            size = b >> 4
+            if size == 15:
+                size = r.varint()
+            et = _C2B.get(b & 0x0F)
+        else:
+            et, size = r.byte(), r.i32()
+        if et is None:
+            raise DecodeError("unknown element type")
+        return et, [_read_val(r, protocol, et, depth + 1) for _ in range(_count(size))]
+    if t == T_MAP:
+        if compact:
+            size = _count(r.varint())
+            kv = r.byte() if size else 0
+            kt, vt = _C2B.get(kv >> 4, T_STOP), _C2B.get(kv & 0x0F, T_STOP)
+        else:
+            kt, vt, size = r.byte(), r.byte(), _count(r.i32())
+        return kt, vt, [(_read_val(r, protocol, kt, depth + 1), _read_val(r, protocol, vt, depth + 1))
+                        for _ in range(size)]
+    raise DecodeError("unknown field type %d" % t)
+
+
+def _read_fields(r: _Reader, protocol: str, depth: int) -> list:
+    fields = []
+    last = 0
+    while True:
+        if protocol == COMPACT:
+            b = r.byte()
+            ct = b & 0x0F
+            if ct == T_STOP:
+                return fields
+            fid = last + (b >> 4) if b >> 4 else r.zigzag()
+            last = fid
+            t = _C2B.get(ct)
+            if t is None:
+                raise DecodeError("unknown compact field type %d" % ct)
+            v = (ct == C_TRUE) if t == T_BOOL else _read_val(r, protocol, t, depth)
+        else:
+            t = r.byte()
+            if t == T_STOP:
+                return fields
+            fid = r.i16()
+            v = _read_val(r, protocol, t, depth)
+        fields.append((fid, t, v))
+
+
+def _zz(n: int) -> bytes:
+    return _varint((n << 1) ^ (n >> 63))
+
+
+def _write_val(out: bytearray, protocol: str, t: int, v) -> None:
+    compact = protocol == COMPACT
+    if t == T_STRUCT:
+        _write_fields(out, protocol, v)
+    elif t == T_BOOL:
+        out.append((C_TRUE if v else C_FALSE) if compact else int(bool(v)))
+    elif t == T_BYTE:
+        out.append(v & 0xFF)
+    elif t == T_DOUBLE:
+        out += (_D_LE if compact else _D_BE).pack(v)
+    elif t in (T_I16, T_I32, T_I64):
+        out += _zz(v) if compact else v.to_bytes({T_I16: 2, T_I32: 4, T_I64: 8}[t], "big", signed=True)
+    elif t == T_STRING:
+        out += (_varint(len(v)) if compact else _I32.pack(len(v))) + v
+    elif t == T_UUID:
+        out += v
+    elif t in (T_LIST, T_SET):
+        et, items = v
+        if compact:
+            ct = _B2C[et]
+            out += bytes(((len(items) << 4) | ct,)) if len(items) < 15 else bytes((0xF0 | ct,)) + _varint(len(items))
+        else:
+            out.append(et)
+            out += _I32.pack(len(items))
+        for item in items:
+            _write_val(out, protocol, et, item)
+    elif t == T_MAP:
+        kt, vt, items = v
+        if compact:
+            out += _varint(len(items))
+            if items:
+                out.append((_B2C[kt] << 4) | _B2C[vt])
+        else:
+            out += bytes((kt, vt)) + _I32.pack(len(items))
+        for k, val in items:
+            _write_val(out, protocol, kt, k)
+            _write_val(out, protocol, vt, val)
+
+
+def _write_fields(out: bytearray, protocol: str, fields: list) -> None:
+    last = 0
+    for fid, t, v in fields:
+        if protocol == COMPACT:
+            ct = (C_TRUE if v else C_FALSE) if t == T_BOOL else _B2C[t]
+            delta = fid - last
+            out += bytes(((delta << 4) | ct,)) if 0 < delta <= 15 else bytes((ct,)) + _zz(fid)
+            last = fid
+            if t != T_BOOL:
+                _write_val(out, protocol, t, v)
+        else:
+            out.append(t)
+            out += _I16.pack(fid)
+            _write_val(out, protocol, t, v)
+    out.append(T_STOP)
+
+
+def translate(end: MessageEnd, transport: str, protocol: str, name: str | None = None) -> bytes:
+    """The message in another transport and/or protocol (and optionally method name)."""
+    b = end.begin
+    name = b.name if name is None else name
+    if protocol == b.protocol:
+        body = end.frame[end.body_offset:]
+    else:
+        r = _Reader(end.frame, end.body_offset, len(end.frame), hard_end=len(end.frame))
+        out = bytearray()
+        _write_fields(out, protocol, _read_fields(r, b.protocol, 0))
+        body = bytes(out)
+    payload = encode_begin(protocol, name, b.type, b.seq_id) + body
+    prefix = end.frame[4:end.begin_offset] if transport == HEADER == b.transport and \
+        protocol == b.protocol else b""
+    return wrap(transport, protocol, payload, b.seq_id, prefix)

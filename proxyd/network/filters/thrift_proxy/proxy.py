@@ -20,11 +20,10 @@ from proxyd.upstream.cluster import UpstreamConnectError
 from proxyd.upstream.pool_http1 import UpstreamConnection
 
 from . import codec
+from .options import PROTOCOLS, TRANSPORTS, upstream_payload, upstream_protocol
 from .routes import RouteTable
 from .shadow import ShadowWriter, count_upstream_response
 
-TRANSPORTS = {0: codec.AUTO, 1: codec.FRAMED, 2: codec.UNFRAMED, 3: codec.HEADER}
-PROTOCOLS = {0: codec.AUTO, 1: codec.BINARY, 2: codec.LAX_BINARY, 3: codec.COMPACT}
 READ_SIZE = 64 * 1024
 
 
@@ -99,7 +98,7 @@ class ThriftProxyFilter:
         self.stats = config.stats
         self.decoder = codec.ThriftDecoder(config.transport, config.protocol)
         self.callbacks = None
-        self.upstreams: dict[str, tuple] = {}       # cluster -> (UpstreamConnection, decoder)
+        self.upstreams: dict[str, tuple] = {}   # cluster -> (connection, decoder, transport, protocol)
         self.shadows = ShadowWriter(config)
         self.active = False
         self.requests = 0
@@ -137,7 +136,7 @@ class ThriftProxyFilter:
                 self.stats.cx_destroy_remote_with_active_rq.inc()
             else:
                 self.stats.cx_destroy_local_with_active_rq.inc()
-        for up, _ in self.upstreams.values():
+        for up, *_ in self.upstreams.values():
             up.close()
         self.upstreams.clear()
         self.shadows.close()
@@ -179,10 +178,9 @@ class ThriftProxyFilter:
             self.stats.route_missing.inc()
             raise _LocalError(codec.UNKNOWN_METHOD, "no route for method '%s'" % begin.name)
         name = route.pick_cluster()
-        up, decoder = self._upstream(name, begin)
-        payload = req.frame
-        if route.strip_service and ":" in begin.name:
-            payload = codec.rewrite(req, name=begin.name.split(":", 1)[1])
+        up, decoder, u_transport, u_protocol = self._upstream(name, begin)
+        new_name = begin.name.split(":", 1)[1] if route.strip_service and ":" in begin.name else None
+        payload = upstream_payload(req, u_transport, u_protocol, new_name)
         ustats = self.config.upstream_stats(name)
         if begin.type == codec.ONEWAY:
             ustats.inc("upstream_rq_oneway")
@@ -193,7 +191,7 @@ class ThriftProxyFilter:
         ustats.record("upstream_rq_size", len(payload))
         for mirror, num, den, key in route.mirrors:
             if self.config.ctx.runtime.fractional_percent_enabled(key, num, den):
-                self.shadows.submit(mirror, req, payload)
+                self.shadows.submit(mirror, req, new_name)
         t0 = time.monotonic()
         try:
             up.sock.sendall(payload)
@@ -208,7 +206,10 @@ class ThriftProxyFilter:
         ustats.record("upstream_rq_time", int((time.monotonic() - t0) * 1000))
         ustats.record("upstream_resp_size", len(reply.frame))
         self._count_response(reply, ustats)
-        self.callbacks.connection.write(reply.frame)
+        if (u_transport, u_protocol) != (begin.transport, begin.protocol):
+            self.callbacks.connection.write(codec.translate(reply, begin.transport, begin.protocol))
+        else:
+            self.callbacks.connection.write(reply.frame)
 
     def _upstream(self, name: str, begin: codec.MessageBegin):
         held = self.upstreams.get(name)
@@ -229,7 +230,8 @@ class ThriftProxyFilter:
             raise _LocalError(codec.INTERNAL_ERROR, "connection failure '%s'" % host.addr_str) from e
         up = UpstreamConnection(sock, host, cluster)
         self.callbacks.upstream_host = host.addr_str
-        held = self.upstreams[name] = (up, codec.ThriftDecoder(begin.transport, begin.protocol))
+        transport, protocol = upstream_protocol(cluster, begin)
+        held = self.upstreams[name] = (up, codec.ThriftDecoder(transport, protocol), transport, protocol)
         return held
 
     def _read_reply(self, name, up, decoder, ustats) -> codec.MessageEnd:

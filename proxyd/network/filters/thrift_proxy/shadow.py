@@ -10,6 +10,7 @@ from proxyd.upstream.cluster import UpstreamConnectError
 from proxyd.upstream.pool_http1 import UpstreamConnection
 
 from . import codec
+from .options import upstream_payload, upstream_protocol
 
 READ_SIZE = 64 * 1024
 
@@ -20,7 +21,8 @@ class ShadowWriter:
         self.queues: dict[str, Queue] = {}
         self.workers: list = []
 
-    def submit(self, cluster_name: str, req: codec.MessageEnd, payload: bytes) -> None:
+    def submit(self, cluster_name: str, req: codec.MessageEnd, name: str | None) -> None:
+        """Queue a copy of `req` (renamed to `name` if given) for the shadow cluster."""
         cluster = self.config.ctx.cluster_manager.get(cluster_name)
         if cluster is None or cluster.choose_host() is None:
             self.config.stats.shadow_request_submit_failure.inc()
@@ -29,7 +31,8 @@ class ShadowWriter:
         if q is None:
             q = self.queues[cluster_name] = Queue()
             self.workers.append(gevent.spawn(self._run, cluster_name, cluster, q))
-        q.put((req, payload))
+        transport, protocol = upstream_protocol(cluster, req.begin)
+        q.put((req, upstream_payload(req, transport, protocol, name), transport, protocol))
 
     def close(self) -> None:
         for g in self.workers:
@@ -42,7 +45,7 @@ class ShadowWriter:
         ustats = self.config.upstream_stats(name)
         try:
             while True:
-                req, payload = q.get()
+                req, payload, transport, protocol = q.get()
                 begin = req.begin
                 if up is None:
                     host = cluster.choose_host()
@@ -52,7 +55,7 @@ class ShadowWriter:
                         up = UpstreamConnection(cluster.connect(host), host, cluster)
                     except UpstreamConnectError:
                         continue
-                    decoder = codec.ThriftDecoder(begin.transport, begin.protocol)
+                    decoder = codec.ThriftDecoder(transport, protocol)
                 try:
                     up.sock.sendall(payload)
                     ustats.inc("upstream_rq_oneway" if begin.type == codec.ONEWAY else "upstream_rq_call")
