@@ -18,7 +18,7 @@ from .frames import op_compressed
 from .test_mongo_proxy import legacy_session, wait_for
 
 
-def run(port: int, log) -> None:
+def run(port: int) -> None:
     legacy_session(port)
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         s.sendall(op_compressed(2004, b"\x00" * 12))
@@ -66,7 +66,7 @@ def test_legacy_stats_and_access_log_match_envoy(proxyd_factory, mongo_server, t
             proxyd_factory(cfg)
         try:
             wait_port(port)
-            run(port, log)
+            run(port)
             results[side] = (settled(admin), log_lines(log))
         finally:
             if side == "envoy":

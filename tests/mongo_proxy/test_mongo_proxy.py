@@ -50,7 +50,7 @@ def recv_message(s: socket.socket) -> bytes:
     return head + body
 
 
-def test_pymongo4_moves_the_stats_envoy_only_counts_as_decoding_errors(proxyd_factory, mongo_server,
+def test_pymongo4_moves_envoys_stats(proxyd_factory, mongo_server,
                                                                         tmp_path):
     log = tmp_path / "mongo.log"
     port, admin, _ = start(proxyd_factory, mongo_server, access_log=str(log))

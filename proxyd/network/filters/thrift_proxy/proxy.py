@@ -3,8 +3,9 @@
 The terminal filter of its chain: it decodes downstream Thrift messages, routes each
 call by method name to a cluster, forwards it on an upstream connection held by this
 downstream connection (one request at a time, as a Thrift client sends them, so the
-sequence ids need no rewriting), and writes the reply back unchanged. Oneway calls get
-no reply. Local errors are TApplicationExceptions, after which the downstream connection
+sequence ids need no rewriting), and writes the reply back unchanged, or translated
+when the cluster speaks another transport or protocol (options.py). Oneway calls get no
+reply; request_mirror_policies send copies to shadow clusters (shadow.py). Local errors are TApplicationExceptions, after which the downstream connection
 closes (Envoy's sendLocalReply with end_stream, and close_downstream_on_upstream_error).
 Stats are Envoy's: a void reply and a reply whose result struct starts with field 0 are
 `response_success`, a declared IDL exception is `response_reply` + `response_error`.
@@ -112,7 +113,6 @@ class ThriftProxyFilter:
         return FilterStatus.CONTINUE
 
     def on_data(self, data: bytes, end_stream: bool) -> FilterStatus:
-        conn = self.callbacks.connection
         if self.closing:
             return FilterStatus.STOP_ITERATION
         try:
