@@ -73,5 +73,11 @@ def op_msg(body: dict, sequences: dict | None = None, flags: int = 0, request_id
     return frame(2013, out, request_id, response_to)
 
 
-def op_compressed(original_opcode: int, payload: bytes, request_id: int = 1) -> bytes:
-    return frame(2012, struct.pack("<iiB", original_opcode, len(payload), 0) + payload, request_id)
+def op_compressed(original_opcode: int, payload: bytes, request_id: int = 1,
+                  compressor: int = 1, response_to: int = 0) -> bytes:
+    """OP_COMPRESSED around `payload` (a message body without its header). compressor 1
+    (snappy) is sent as is, 0 (noop) as is, 2 (zlib) deflated here."""
+    import zlib
+    data = zlib.compress(payload) if compressor == 2 else payload
+    return frame(2012, struct.pack("<iiB", original_opcode, len(payload), compressor) + data,
+                 request_id, response_to)

@@ -91,11 +91,30 @@ def test_op_msg_cursor_reply():
     assert not e.ok and e.error_code == 43 and e.cursor_id == 0 and e.batch == []
 
 
-def test_op_compressed_is_unknown_and_skipped():
+def test_op_compressed_snappy_is_unknown_and_skipped():
     stream = op_compressed(2013, b"\x00" * 20) + op_query("a.b", {"x": 1})
     unknown, query = decode_all(stream, chunk=5)
     assert isinstance(unknown, codec.Unknown) and unknown.opcode == 2012
     assert query.full_collection_name == "a.b"
+
+
+@pytest.mark.parametrize("compressor", [0, 2])
+def test_op_compressed_noop_and_zlib_are_unwrapped(compressor):
+    inner = op_msg({"find": "users", "filter": {"_id": 1}, "$db": "shop"})[16:]
+    reply = op_msg({"cursor": {"id": Int64(0), "ns": "shop.users", "firstBatch": [{"_id": 1}]},
+                    "ok": 1.0})[16:]
+    stream = (op_compressed(2013, inner, request_id=7, compressor=compressor)
+              + op_compressed(2013, reply, request_id=8, compressor=compressor, response_to=7))
+    req, rep = decode_all(stream, chunk=4)
+    assert isinstance(req, codec.Msg) and (req.request_id, req.command, req.collection) == (7, "find", "users")
+    assert isinstance(rep, codec.Msg) and rep.response_to == 7 and len(rep.batch) == 1
+
+
+def test_op_compressed_with_a_wrong_size_is_an_error():
+    inner = op_query("a.b", {"x": 1})[16:]
+    bad = frame(2012, struct.pack("<iiB", 2004, len(inner) + 5, 0) + inner)
+    with pytest.raises(DecodeError):
+        MongoDecoder().receive_data(bad)
 
 
 @pytest.mark.parametrize("bad", [

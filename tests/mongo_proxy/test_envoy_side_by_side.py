@@ -169,3 +169,74 @@ def test_pymongo4_envoy_sees_only_decoding_errors_proxyd_parses(proxyd_factory, 
     assert {k: v for k, v in e.items() if v and k != "mongo.mg.decoding_error"} == {}
     assert p["mongo.mg.decoding_error"] == 0
     assert p["mongo.mg.collection.users.query.total"] == 1 and p["mongo.mg.cmd.insert.total"] == 1
+
+
+def zlib_upstream():
+    """A MongoDB-like server that answers each zlib OP_COMPRESSED request with a zlib
+    OP_COMPRESSED OP_REPLY (what a server does once a driver negotiated zlib)."""
+    import struct
+    import threading
+    from .frames import op_reply
+    from .test_mongo_proxy import recv_message
+    srv = socket.socket()
+    srv.bind(("127.0.0.1", 0))
+    srv.listen(16)
+
+    def serve(conn):
+        with conn:
+            while True:
+                try:
+                    msg = recv_message(conn)
+                except (AssertionError, OSError):
+                    return
+                rid = struct.unpack_from("<i", msg, 4)[0]
+                body = op_reply([{"_id": 1, "name": "ann"}], response_to=rid)[16:]
+                conn.sendall(op_compressed(1, body, request_id=500, compressor=2, response_to=rid))
+
+    def accept():
+        while True:
+            try:
+                conn, _ = srv.accept()
+            except OSError:
+                return
+            threading.Thread(target=serve, args=(conn,), daemon=True).start()
+    threading.Thread(target=accept, daemon=True).start()
+    return srv
+
+
+def test_zlib_compressed_traffic_envoy_cannot_read_proxyd_can(proxyd_factory, tmp_path):
+    """OP_COMPRESSED (zlib) both ways: Envoy counts decoding_error and stops; proxyd
+    unwraps it and counts the query and its reply."""
+    from .frames import op_query
+    from .test_mongo_proxy import recv_message
+    srv = zlib_upstream()
+    results = {}
+    for side in ("envoy", "proxyd"):
+        port, admin = free_port(), free_port()
+        cfg = mongo_bootstrap(port, srv.getsockname()[1], admin)
+        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        if envoy is None:
+            proxyd_factory(cfg)
+        try:
+            wait_port(port)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                for rid in (1, 2):
+                    body = op_query("shop.users", {"_id": rid})[16:]
+                    s.sendall(op_compressed(2004, body, request_id=rid, compressor=2))
+                    assert struct_opcode(recv_message(s)) == 2012
+            time.sleep(0.2)
+            results[side] = admin_stats(admin, "mongo.mg.")
+        finally:
+            if envoy is not None:
+                envoy.cleanup()
+    srv.close()
+    e, p = results["envoy"], results["proxyd"]
+    assert e["mongo.mg.decoding_error"] == 1 and e["mongo.mg.op_query"] == 0
+    assert p["mongo.mg.decoding_error"] == 0
+    assert (p["mongo.mg.op_query"], p["mongo.mg.op_reply"]) == (2, 2)
+    assert p["mongo.mg.collection.users.query.total"] == 2
+
+
+def struct_opcode(msg: bytes) -> int:
+    import struct
+    return struct.unpack_from("<i", msg, 12)[0]

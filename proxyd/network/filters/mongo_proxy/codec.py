@@ -3,13 +3,16 @@
 Feed bytes of one direction with receive_data(); get back the complete messages they
 finish. The legacy opcodes are decoded as Envoy's codec_impl.cc does, plus OP_UPDATE and
 OP_DELETE (which Envoy rejects) and OP_MSG (sections, `$db`, the command, its collection,
-`cursor` replies, `ok`), which is all that drivers since MongoDB 3.6 send. Any other
-opcode (OP_COMPRESSED, ...) is returned as an Unknown message with its body skipped.
+`cursor` replies, `ok`), which is all that drivers since MongoDB 3.6 send. OP_COMPRESSED
+with the noop or zlib compressor is unwrapped into the message it carries; with snappy or
+zstd (not in the standard library), and any other opcode, an Unknown message is returned
+with its body skipped.
 A malformed message raises DecodeError; the stream is unusable after that.
 """
 from __future__ import annotations
 
 import struct
+import zlib
 from dataclasses import dataclass, field
 
 from .bson import ARRAY, DOCUMENT, INT32, INT64, DOUBLE, STRING, BsonError, Document, \
@@ -28,6 +31,7 @@ OP_COMPRESSED = 2012
 OP_MSG = 2013
 
 HEADER = struct.Struct("<iiii")
+COMPRESSOR_NOOP, COMPRESSOR_SNAPPY, COMPRESSOR_ZLIB, COMPRESSOR_ZSTD = 0, 1, 2, 3
 MAX_MESSAGE_SIZE = 48 * 1024 * 1024     # the server's maxMessageSizeBytes
 
 # OP_QUERY flags
@@ -330,6 +334,25 @@ def _decode(m) -> Message:
         return CommandReply(rid, rto, length, metadata, reply, _docs(m, p, end))
     if op == OP_MSG:
         return _decode_msg(m, rid, rto, length)
+    if op == OP_COMPRESSED:
+        _need(m, p, 9)
+        original, size = struct.unpack_from("<ii", m, p)
+        compressor = m[p + 8]
+        if compressor in (COMPRESSOR_NOOP, COMPRESSOR_ZLIB) and original != OP_COMPRESSED:
+            if size < 0 or size > MAX_MESSAGE_SIZE:
+                raise DecodeError("invalid uncompressed size %d" % size)
+            body = bytes(m[p + 9:])
+            if compressor == COMPRESSOR_ZLIB:
+                try:
+                    d = zlib.decompressobj()
+                    body = d.decompress(body, size)
+                except zlib.error as e:
+                    raise DecodeError("zlib: %s" % e) from None
+                if not d.eof or d.unconsumed_tail:
+                    raise DecodeError("OP_COMPRESSED holds more than %d bytes" % size)
+            if len(body) != size:
+                raise DecodeError("OP_COMPRESSED holds %d bytes, not %d" % (len(body), size))
+            return _decode(HEADER.pack(16 + size, rid, rto, original) + body)
     return Unknown(rid, rto, length, op)
 
 
