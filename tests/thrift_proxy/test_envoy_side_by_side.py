@@ -233,3 +233,35 @@ def test_translation_to_the_upstream_protocol_matches_envoy(proxyd_factory, calc
         {k: v for k, v in e.items() if k.startswith("thrift.")}
     assert {k: e.get(k) for k in p if k.startswith("cluster.")} == \
         {k: v for k, v in p.items() if k.startswith("cluster.")}
+
+
+def test_max_requests_per_connection_matches_envoy(proxyd_factory, calc, thrift_server, tmp_path):
+    """After max_requests_per_connection calls the connection closes (the last reply still
+    arrives) and downstream_cx_max_requests counts it, through Envoy and proxyd alike."""
+    from thrift.transport.TTransport import TTransportException
+    up, _ = thrift_server("framed", "binary")
+    results = {}
+    for side in ("envoy", "proxyd"):
+        port, admin = free_port(), free_port()
+        cfg = thrift_bootstrap(port, admin, [{"match": {"method_name": ""}, "route": {"cluster": "calc"}}],
+                               {"calc": up}, max_requests_per_connection=2)
+        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        if envoy is None:
+            proxyd_factory(cfg)
+        try:
+            wait_port(port)
+            c, trans = client(calc, port, "framed", "binary")
+            try:
+                assert c.add(1, 1) == 2 and c.add(2, 2) == 4
+                with pytest.raises((TTransportException, OSError, EOFError)):
+                    c.add(3, 3)
+            finally:
+                trans.close()
+            results[side] = stats(admin)
+        finally:
+            if envoy is not None:
+                envoy.cleanup()
+    e, p = results["envoy"], results["proxyd"]
+    assert {k: v for k, v in p.items() if k.startswith("thrift.")} == \
+        {k: v for k, v in e.items() if k.startswith("thrift.")}
+    assert p["thrift.th.downstream_cx_max_requests"] == 1
