@@ -240,3 +240,29 @@ def test_zlib_compressed_traffic_envoy_cannot_read_proxyd_can(proxyd_factory, tm
 def struct_opcode(msg: bytes) -> int:
     import struct
     return struct.unpack_from("<i", msg, 12)[0]
+
+
+def test_delay_fault_counts_match_envoy(proxyd_factory, mongo_server, tmp_path):
+    """A 100 % fixed delay over the legacy session: the same delays_injected (a message
+    arriving while a delay runs is not delayed again) and the same other counters."""
+    results = {}
+    for side in ("envoy", "proxyd"):
+        port, admin = free_port(), free_port()
+        cfg = mongo_bootstrap(port, mongo_server.port, admin, commands=["insert", "ping"],
+                              delay={"fixed_delay": "0.2s", "percentage": {"numerator": 100}})
+        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        if envoy is None:
+            proxyd_factory(cfg)
+        try:
+            wait_port(port)
+            t0 = time.monotonic()
+            legacy_session(port)
+            elapsed = time.monotonic() - t0
+            results[side] = (wait_for(lambda: (lambda d: d if d.get("mongo.mg.op_kill_cursors") == 1
+                                               else None)(admin_stats(admin, "mongo.mg."))), elapsed)
+        finally:
+            if envoy is not None:
+                envoy.cleanup()
+    (e, e_time), (p, p_time) = results["envoy"], results["proxyd"]
+    assert p == e
+    assert p["mongo.mg.delays_injected"] >= 6 and p_time >= 6 * 0.19
