@@ -143,7 +143,7 @@ _FIELDS['envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy'] = \
 _FIELDS['envoy.extensions.filters.common.fault.v3.FaultDelay'] = 'fixed_delay percentage'
 _THRIFT = 'envoy.extensions.filters.network.thrift_proxy.'
 _FIELDS[_THRIFT + 'v3.ThriftProxy'] = ('transport protocol stat_prefix route_config thrift_filters '
-                                       'max_requests_per_connection payload_passthrough')
+                                       'max_requests_per_connection payload_passthrough access_log')
 _FIELDS[_THRIFT + 'v3.ThriftFilter'] = 'name typed_config'
 _FIELDS[_THRIFT + 'v3.ThriftProtocolOptions'] = 'transport protocol'
 _FIELDS[_THRIFT + 'v3.RouteConfiguration'] = 'name routes'

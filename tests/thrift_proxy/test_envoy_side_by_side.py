@@ -265,3 +265,47 @@ def test_max_requests_per_connection_matches_envoy(proxyd_factory, calc, thrift_
     assert {k: v for k, v in p.items() if k.startswith("thrift.")} == \
         {k: v for k, v in e.items() if k.startswith("thrift.")}
     assert p["thrift.th.downstream_cx_max_requests"] == 1
+
+
+def test_access_log_matches_envoy(proxyd_factory, calc, thrift_server, tmp_path):
+    """ThriftProxy.access_log: one line per call (oneway included, a missing route too),
+    with the upstream host, bytes and header-transport headers as Envoy writes them."""
+    up, _ = thrift_server("header", "binary")
+    fmt = ("%UPSTREAM_HOST% %UPSTREAM_CLUSTER% %RESPONSE_FLAGS% %RESPONSE_CODE% %BYTES_RECEIVED% "
+           "%BYTES_SENT% %REQ(x-tenant)% %PROTOCOL% %DOWNSTREAM_LOCAL_ADDRESS%\n")
+    results = {}
+    for side in ("envoy", "proxyd"):
+        port, admin = free_port(), free_port()
+        log = tmp_path / ("%s-access.log" % side)
+        cfg = thrift_bootstrap(port, admin, [{"match": {"method_name": "add", "invert": True},
+                                              "route": {"cluster": "calc"}}], {"calc": up},
+                               access_log=[{"name": "f", "typed_config": {
+                                   "@type": "type.googleapis.com/envoy.extensions.access_loggers.file."
+                                            "v3.FileAccessLog",
+                                   "path": str(log), "log_format": {"text_format_source": {
+                                       "inline_string": fmt}}}}])
+        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        if envoy is None:
+            proxyd_factory(cfg)
+        try:
+            wait_port(port)
+            c, trans = client(calc, port, "header", "binary")
+            try:
+                c._iprot.set_header(b"X-Tenant", b"gold")
+                assert c.echo("x").endswith(":x")
+                assert c.ping() is None
+                c.fire("f")
+                with pytest.raises(TApplicationException):
+                    c.add(1, 2)
+            finally:
+                trans.close()
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and not (log.exists() and
+                                                        len(log.read_text().splitlines()) >= 4):
+                time.sleep(0.05)
+            results[side] = log.read_text().replace(str(port), "<port>").splitlines()
+        finally:
+            if envoy is not None:
+                envoy.cleanup()
+    assert results["proxyd"] == results["envoy"]
+    assert len(results["proxyd"]) == 4 and results["proxyd"][0].split()[6] == "gold"

@@ -16,6 +16,8 @@ import time
 
 from proxyd import registry
 from proxyd.config import unpack
+from proxyd.http.headers import Headers
+from proxyd.http.message import RequestHead, StreamInfo
 from proxyd.network.filter import ConnectionEvent, FilterStatus
 from proxyd.upstream.cluster import UpstreamConnectError
 from proxyd.upstream.pool_http1 import UpstreamConnection
@@ -73,6 +75,10 @@ class ThriftProxyConfig:
                              if config.HasField("max_requests_per_connection") else 0)
         self._upstream_stats: dict[str, UpstreamThriftStats] = {}
         self.close_on_error = True
+        self.access_logs = []
+        if config.access_log:
+            from proxyd.observability.access_log import build_access_logs
+            self.access_logs = build_access_logs(config.access_log, ctx)
         for f in config.thrift_filters:         # only the router is registered
             self.close_on_error = registry.factory(f.typed_config.type_url).create(
                 unpack(f.typed_config), ctx)
@@ -147,14 +153,23 @@ class ThriftProxyFilter:
         s.request_active.inc()
         self.active = True
         t0 = time.monotonic()
+        info = self._stream_info(begin) if self.config.access_logs else None
         try:
-            self._forward(req)
+            sent = self._forward(req, info)
+            if info is not None:
+                info.bytes_received, info.bytes_sent = len(req.frame), sent
         except _LocalError as e:
             self._local_reply(begin, e)
+            if info is not None and not self.closing:
+                info.bytes_received = len(req.frame)
         finally:
             self.active = False
             s.request_active.dec()
             s.request_time_ms.record(int((time.monotonic() - t0) * 1000))
+            if info is not None:
+                info.end_mono = time.monotonic()
+                for lg in self.config.access_logs:
+                    lg.log(info)
         if self.closing:
             return          # Envoy counts a request at its end, which a closing local reply skips
         s.request.inc()
@@ -171,7 +186,17 @@ class ThriftProxyFilter:
             s.downstream_cx_max_requests.inc()
             self._close()
 
-    def _forward(self, req: codec.MessageEnd) -> None:
+    def _stream_info(self, begin: codec.MessageBegin) -> StreamInfo:
+        """What the access log of one call reads: times, bytes, upstream host and, for
+        %REQ(...)%, the header-transport headers (keys lower-cased)."""
+        conn = self.callbacks.connection
+        info = StreamInfo(conn.id, conn.remote_address, conn.local_address, None)
+        info.request = RequestHead("", "", "", "", "",
+                                   Headers([(k.lower(), v) for k, v in begin.headers.items()]))
+        return info
+
+    def _forward(self, req: codec.MessageEnd, info: StreamInfo | None) -> int:
+        """Route, forward and answer one request; the bytes written downstream."""
         begin = req.begin
         route = self.config.routes.route(begin.name, begin.headers)
         if route is None:
@@ -179,6 +204,8 @@ class ThriftProxyFilter:
             raise _LocalError(codec.UNKNOWN_METHOD, "no route for method '%s'" % begin.name)
         name = route.pick_cluster()
         up, decoder, u_transport, u_protocol = self._upstream(name, begin)
+        if info is not None:
+            info.upstream_host = up.host.addr_str
         new_name = begin.name.split(":", 1)[1] if route.strip_service and ":" in begin.name else None
         payload = upstream_payload(req, u_transport, u_protocol, new_name)
         ustats = self.config.upstream_stats(name)
@@ -201,15 +228,16 @@ class ThriftProxyFilter:
                 from None
         if begin.type == codec.ONEWAY:
             ustats.record("upstream_rq_time", int((time.monotonic() - t0) * 1000))
-            return
+            return 0
         reply = self._read_reply(name, up, decoder, ustats)
         ustats.record("upstream_rq_time", int((time.monotonic() - t0) * 1000))
         ustats.record("upstream_resp_size", len(reply.frame))
         self._count_response(reply, ustats)
+        out = reply.frame
         if (u_transport, u_protocol) != (begin.transport, begin.protocol):
-            self.callbacks.connection.write(codec.translate(reply, begin.transport, begin.protocol))
-        else:
-            self.callbacks.connection.write(reply.frame)
+            out = codec.translate(reply, begin.transport, begin.protocol)
+        self.callbacks.connection.write(out)
+        return len(out)
 
     def _upstream(self, name: str, begin: codec.MessageBegin):
         held = self.upstreams.get(name)
