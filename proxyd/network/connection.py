@@ -14,7 +14,7 @@ from gevent.lock import Semaphore
 
 from proxyd.network.filter import ConnectionEvent
 from proxyd.network.filter_manager import FilterManager
-from proxyd.network.io import send_all
+from proxyd.network.io import WaitingReader, send_all
 from proxyd.observability.logging import get_logger
 from proxyd.transport.tls import shutdown_write
 
@@ -55,6 +55,10 @@ class FilterChainConnection:
             factory(self.manager)
 
     # --- what filters see (proxyd.network.filter.Connection) ---------------------
+    @property
+    def draining(self) -> bool:
+        return self.downstream.draining
+
     def write(self, data: bytes, end_stream: bool = False) -> None:
         if self.closed or self.write_ended:
             return
@@ -91,13 +95,14 @@ class FilterChainConnection:
     def serve(self) -> None:
         """Run until the connection closes."""
         self.downstream.protocol = self
+        reader = WaitingReader(self.sock, READ_SIZE)
         try:
             if not self.manager.initialize_read_filters():
                 return
-            recv, on_read = self.sock.recv, self.manager.on_read
+            recv, on_read = reader.recv, self.manager.on_read
             while not self.closed:
                 try:
-                    data = recv(READ_SIZE)
+                    data = recv()
                 except OSError:
                     self._close(ConnectionEvent.REMOTE_CLOSE)
                     return
@@ -118,6 +123,7 @@ class FilterChainConnection:
         except Exception as e:  # noqa: BLE001 - a filter bug ends its connection, not the worker
             _logger().exception("network_filter_failed", connection=self.id, error=str(e))
         finally:
+            reader.close()
             self._close(ConnectionEvent.LOCAL_CLOSE)
 
     def _close(self, event: ConnectionEvent) -> None:

@@ -40,6 +40,8 @@ class Connection(Protocol):
     id: int
     remote_address: str
     local_address: str
+    draining: bool
+    """The listener drains (or its config changed): a filter may close at a good point."""
 
     def write(self, data: bytes, end_stream: bool = False) -> None:
         """Send `data` downstream through the write filters; `end_stream` half-closes."""

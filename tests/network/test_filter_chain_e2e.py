@@ -12,6 +12,7 @@ import socket
 import uuid
 
 import gevent
+import gevent.event
 import pytest
 from gevent.server import StreamServer
 
@@ -178,3 +179,39 @@ def test_listener_builds_a_managed_chain_through_the_registry(proxyd_factory):
         assert buf == b"x" * 200000
         s.shutdown(socket.SHUT_WR)
         assert s.recv(100) == b""            # no half-close without a filter asking: closed
+
+
+def test_idle_timeout_closes_both_sides_while_the_upstream_reader_waits(ctx):
+    upstream_closed = gevent.event.Event()
+
+    def silent(sock, _addr):
+        while sock.recv(65536):
+            pass
+        upstream_closed.set()
+    up = StreamServer(("127.0.0.1", 0), silent)
+    up.start()
+    cfg = loader.parse_dict(cluster("up", [("127.0.0.1", up.server_port)]), Cluster())
+    ctx.cluster_manager.apply([cfg], {"up": [("127.0.0.1", up.server_port, 1, "")]})
+    tcp = TcpProxy(loader.parse_dict({"stat_prefix": "t", "cluster": "up", "idle_timeout": "0.3s"},
+                                     TcpProxyConfig()), ctx)
+
+    def serve(sock, addr):
+        FilterChainConnection(Downstream(sock, addr), [tcp]).serve()
+    front = StreamServer(("127.0.0.1", 0), serve)
+    front.start()
+
+    def idle_client(port):
+        with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+            s.sendall(b"hi")
+            return s.recv(10)          # nothing comes; the proxy closes after 0.3 s
+    try:
+        got = gevent.get_hub().threadpool.spawn(idle_client, front.server_port).get(timeout=10)
+        assert upstream_closed.wait(timeout=5)
+    finally:
+        front.stop()
+        up.stop()
+    assert got == b""
+    totals = {n: v for n, _k, v in ctx.stats.items()}
+    assert totals["tcp.t.idle_timeout"] == 1
+    assert totals["cluster.up.upstream_cx_destroy_local"] == 1
+    assert totals["cluster.up.upstream_cx_active"] == 0

@@ -68,11 +68,21 @@ def test_inline_commands_take_redis_quoting():
         d.next_request()
 
 
-def test_a_request_that_is_not_an_array_comes_out_as_it_is_for_the_splitter_to_refuse():
+def test_a_request_that_is_not_an_array_of_bulk_strings_is_delimited_and_refused():
     d = Decoder()
-    d.feed(b"+OK\r\n*1\r\n:1\r\n")
-    assert d.next_request() == (Simple(b"OK"), b"+OK\r\n")
-    assert d.next_request()[0] == [1]
+    d.feed(b"+OK\r\n*1\r\n:1\r\n*2\r\n$3\r\nGET\r\n$-1\r\n*0\r\n\r\n*1\r\n$4\r\nPING\r\n")
+    assert d.next_request() == (None, b"+OK\r\n")
+    assert d.next_request() == (None, b"*1\r\n:1\r\n")
+    assert d.next_request() == (None, b"*2\r\n$3\r\nGET\r\n$-1\r\n")
+    assert d.next_request() == (None, b"*0\r\n")
+    assert d.next_request() == ([b"PING"], b"*1\r\n$4\r\nPING\r\n")  # empty line skipped
+
+
+def test_a_read_that_is_one_request_is_forwarded_without_a_copy():
+    d = Decoder()
+    wire = codec.encode_command([b"GET", b"k"])
+    d.feed(wire)
+    assert d.next_request()[1] is wire
 
 
 @pytest.mark.parametrize("raw", [b"*x\r\n", b"$3\r\nabcde\r\n", b"?\r\n", b"*1\r\n!\r\n"])

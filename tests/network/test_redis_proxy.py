@@ -93,6 +93,7 @@ def test_split_commands_fan_out_over_the_ring_and_reassemble(proxyd_factory, two
     assert s["redis.egress_redis.command.mset.success"] == 1
     assert s["redis.egress_redis.command.mget.success"] == 1
     assert s["cluster.redis.upstream_rq_total"] >= 60 + 61 + 11 + 5 + 30 + 31
+    assert s["cluster.redis.redis_cluster.upstream_commands.upstream_rq_time"].count >= 198
 
 
 def test_envoy_errors_and_stats(proxyd_factory, two):
@@ -250,3 +251,34 @@ def test_check_refuses_the_settings_proxyd_does_not_implement(tmp_path):
     r = run_cli("check", "-c", path)
     assert r.returncode != 0
     assert "read_policy" in r.stdout + r.stderr
+
+
+def test_request_mirror_policy_copies_writes_only_when_asked(proxyd_factory, two):
+    a, b = two
+    routes = {"catch_all_route": {"cluster": "ra", "request_mirror_policy": [
+        {"cluster": "rb", "exclude_read_commands": True}]}}
+    px, port = start(proxyd_factory, redis_listener(free_port(), routes=routes),
+                     [redis_cluster_config("ra", [a]), redis_cluster_config("rb", [b])])
+    r = redis.Redis(port=port, protocol=2)
+    r.set("m", "1")
+    r.mset({"x": "1", "y": "2"})
+    assert r.get("m") == b"1"
+    assert b.client.get("m") == b"1" and b.keys() == {b"m", b"x", b"y"}
+    assert wait_stat(px, "cluster.rb.upstream_rq_total", 3) == 3   # the GET was not mirrored
+
+
+def test_a_draining_listener_closes_a_connection_after_its_reply(proxyd_factory, two):
+    from harness import http as http_request
+    admin = free_port()
+    cfg = bootstrap([redis_listener(free_port())], [redis_cluster_config("redis", two)],
+                    admin_port=admin)
+    px = proxyd_factory(cfg, drain_time_s=10)
+    with socket.create_connection(("127.0.0.1", px.ports[0]), timeout=5) as s:
+        s.sendall(b"SET k v\r\n")
+        assert s.recv(100) == b"+OK\r\n"
+        assert http_request(admin, "POST", "/drain_listeners?graceful").status == 200
+        time.sleep(0.5)
+        s.sendall(b"GET k\r\n")
+        assert s.recv(100) == b"$1\r\nv\r\n"
+        assert s.recv(100) == b""                       # closed after the reply
+    assert wait_stat(px, "redis.egress_redis.downstream_cx_drain_close", 1) == 1

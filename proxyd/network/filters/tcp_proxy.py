@@ -271,6 +271,7 @@ class TcpProxyFilter:
         self.last = time.monotonic()
         self.upstream_eof_first = False
         self.timed_out = False
+        self.closed = False
         self._read_ended = False
         self._wlock = Semaphore()
 
@@ -317,6 +318,13 @@ class TcpProxyFilter:
         return FilterStatus.STOP_ITERATION
 
     def _read_upstream(self) -> None:
+        try:
+            self._relay_upstream()
+        finally:
+            if self.closed:  # the downstream closed while we read: the fd is ours to close
+                self.up.close()
+
+    def _relay_upstream(self) -> None:
         conn, up = self.callbacks.connection, self.up
         pstats, cstats = self.proxy.stats, up.cluster.stats
         while True:
@@ -355,16 +363,21 @@ class TcpProxyFilter:
         """The downstream connection closed: close the upstream, count and log."""
         if self.timer is not None:
             self.timer.kill(block=False)
+        self.closed = True
         up = self.up
         if up is not None:
-            if self.reader is not None and gevent.getcurrent() is not self.reader:
-                self.reader.kill(block=False)
             cstats = up.cluster.stats
             if self.upstream_eof_first:
                 cstats.upstream_cx_destroy_remote.inc()
             else:
                 cstats.upstream_cx_destroy_local.inc()
-            up.close()
+            if self.reader is None or self.reader.dead:
+                up.close()
+            else:  # wake the reader, which closes the fd (closing it under a waiter is unsafe)
+                try:
+                    getattr(up.sock, "_sock", up.sock).shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
         if self.timed_out:
             self.proxy.stats.idle_timeout.inc()
         if self.info is not None:

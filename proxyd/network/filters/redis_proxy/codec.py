@@ -135,52 +135,93 @@ def parse(buf, pos: int = 0):
 
 
 class Decoder:
-    """Accumulates bytes; `next_raw()` / `next()` return one whole value at a time."""
+    """Accumulates bytes; `next_raw()` / `next_request()` return one whole value at a time.
+
+    The buffer is immutable bytes: a read that holds whole requests is parsed in place,
+    and a request that is the whole read is forwarded without a copy."""
 
     __slots__ = ("buf", "pos")
 
     def __init__(self):
-        self.buf = bytearray()
+        self.buf = b""
         self.pos = 0
 
     def feed(self, data: bytes) -> None:
-        if self.pos:
-            del self.buf[:self.pos]
-            self.pos = 0
-        self.buf += data
+        if self.pos >= len(self.buf):
+            self.buf = data
+        else:
+            self.buf = self.buf[self.pos:] + data
+        self.pos = 0
 
     def next_raw(self):
         """The next value's bytes, or None when it is not complete yet."""
-        end = skip(self.buf, self.pos)
+        pos = self.pos
+        end = skip(self.buf, pos)
         if end < 0:
             return None
-        raw = bytes(self.buf[self.pos:end])
         self.pos = end
-        return raw
+        return self.buf[pos:end] if pos or end != len(self.buf) else self.buf
 
     def next_request(self):
-        """(args, raw) for the next request: an array as sent (`args` is whatever value
-        came, checked by the caller) or an inline command (args a list of bytes, raw
-        None); None when incomplete."""
+        """(args, raw) for the next request, None when it is not complete yet. `args` is
+        the list of arguments of an array of bulk strings or of an inline command (then
+        `raw` is None: it must be re-encoded); it is None for any other value (Envoy's
+        invalid request)."""
         buf, pos = self.buf, self.pos
-        if pos >= len(buf):
+        n = len(buf)
+        if pos >= n:
             return None
-        if buf[pos] in b"*$+-:":
-            end = skip(buf, pos)
-            if end < 0:
+        first = buf[pos]
+        if first == 42:  # '*': the usual array of bulk strings, in one pass
+            eol = buf.find(CRLF, pos)
+            if eol < 0:
+                if n - pos > MAX_INLINE:
+                    raise ProtocolError("line too long")
                 return None
-            value, _ = parse(buf, pos)
-            raw = bytes(buf[pos:end])
-            self.pos = end
-            return value, raw
+            count = _int(buf, pos + 1, eol)
+            p = eol + 2
+            args = []
+            for _ in range(count if count > 0 else 0):
+                if p >= n:
+                    return None
+                if buf[p] != 36:
+                    return self._other()
+                eol = buf.find(CRLF, p)
+                if eol < 0:
+                    if n - p > MAX_INLINE:
+                        raise ProtocolError("line too long")
+                    return None
+                size = _int(buf, p + 1, eol)
+                if size < 0:
+                    return self._other()
+                if size > MAX_BULK:
+                    raise ProtocolError("invalid bulk length")
+                start = eol + 2
+                p = start + size + 2
+                if p > n:
+                    return None
+                if buf[p - 2:p] != CRLF:
+                    raise ProtocolError("bulk string not followed by CRLF")
+                args.append(buf[start:p - 2])
+            self.pos = p
+            raw = buf[pos:p] if pos or p != n else buf
+            return (args if args else None), raw
+        if first in b"$+-:":
+            return self._other()
         eol = buf.find(b"\n", pos)
         if eol < 0:
-            if len(buf) - pos > MAX_INLINE:
+            if n - pos > MAX_INLINE:
                 raise ProtocolError("too big inline request")
             return None
-        line = bytes(buf[pos:eol]).rstrip(b"\r")
+        line = buf[pos:eol].rstrip(b"\r")
         self.pos = eol + 1
-        return split_inline(line), None
+        args = split_inline(line)
+        return (args, None) if args else self.next_request()  # Redis skips empty lines
+
+    def _other(self):
+        """A request that is not an array of bulk strings: delimited, then refused."""
+        raw = self.next_raw()
+        return None if raw is None else (None, raw)
 
 
 _ESCAPES = {ord("n"): b"\n", ord("r"): b"\r", ord("t"): b"\t", ord("b"): b"\b",

@@ -229,7 +229,7 @@ class ProxyConfig:
         self.passwords = [_data_source(p) for p in proto.downstream_auth_passwords]
         if proto.HasField("downstream_auth_password"):
             self.passwords.append(_data_source(proto.downstream_auth_password))
-        self.username = proto.downstream_auth_username.inline_string.encode() \
+        self.username = _data_source(proto.downstream_auth_username) \
             if proto.HasField("downstream_auth_username") else None
         self.auth_required = bool(self.passwords)
         self.faults = [Fault(f) for f in proto.faults]

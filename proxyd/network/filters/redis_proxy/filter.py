@@ -17,6 +17,7 @@ import gevent
 from proxyd.network.filter import ConnectionEvent, FilterStatus
 from proxyd.network.filters.redis_proxy import codec, commands
 from proxyd.network.filters.redis_proxy.codec import Error, Simple
+from proxyd.network.filters.redis_proxy.config import upstream_auth
 from proxyd.network.filters.redis_proxy.upstream import UpstreamClient
 
 STOP = FilterStatus.STOP_ITERATION
@@ -111,7 +112,7 @@ class Fragment:
 class Split(Request):
     """A request split into fragments; `merge()` builds the reply once all are in."""
 
-    __slots__ = ("kind", "values", "left", "args")
+    __slots__ = ("kind", "values", "left")
 
     def child(self, index: int, value):
         self.values[index] = value
@@ -171,13 +172,13 @@ class Scan(Split):
 
 
 class Transaction:
-    """MULTI ... EXEC on a connection of its own, pinned to the first key's host."""
+    """MULTI ... EXEC (or WATCH ... UNWATCH) on an upstream connection of its own, pinned
+    to the first key's host: other clients' commands must not land inside it."""
 
-    __slots__ = ("client", "watching")
+    __slots__ = ("client",)
 
     def __init__(self):
         self.client = None
-        self.watching = False
 
 
 class ProxyFilter:
@@ -253,9 +254,18 @@ class ProxyFilter:
         data = b"".join(out) if n > 1 else out[0]
         self.stats.downstream_rq_active.dec(n)
         self.stats.downstream_cx_tx_bytes_total.inc(len(data))
-        self.connection.write(data)
+        connection = self.connection
+        connection.write(data)
         if close:
-            self.connection.close()
+            connection.close()
+        elif not pending and connection.draining and self._drain_close_enabled():
+            # Envoy's redis drain: close once nothing is outstanding
+            self.stats.downstream_cx_drain_close.inc()
+            connection.close()
+
+    def _drain_close_enabled(self) -> bool:
+        runtime = getattr(self.config.ctx, "runtime", None)
+        return runtime is None or runtime.feature_enabled("redis.drain_close_enabled", 100)
 
     def local(self, reply: bytes, stats=None, success: bool = True) -> None:
         r = Request(self)
@@ -271,7 +281,7 @@ class ProxyFilter:
     # --- the command splitter --------------------------------------------------------------
     def dispatch(self, args, raw) -> None:
         stats = self.stats
-        if type(args) is not list or not args or any(type(a) is not bytes for a in args):
+        if args is None:
             stats.invalid_request.inc()
             return self.error(INVALID_REQUEST)
         cmd = args[0].lower().decode("latin-1")
@@ -322,16 +332,16 @@ class ProxyFilter:
                 return self.error(_wrong_args(args), cs)
             return self.forward(args, 2, raw, cs)
         if cmd == "mget":
-            return self.split("mget", args, [(args[i], [b"get", args[i]])
-                                             for i in range(1, len(args))], cs)
+            return self.split("mget", [(args[i], [b"get", args[i]])
+                                       for i in range(1, len(args))], cs)
         if cmd == "mset":
             if len(args) % 2 == 0:
                 return self.error(_wrong_args(args), cs)
-            return self.split("mset", args, [(args[i], [b"set", args[i], args[i + 1]])
-                                             for i in range(1, len(args), 2)], cs)
+            return self.split("mset", [(args[i], [b"set", args[i], args[i + 1]])
+                                       for i in range(1, len(args), 2)], cs)
         if cmd in commands.SUM:
-            return self.split("sum", args, [(args[i], [args[0], args[i]])
-                                            for i in range(1, len(args))], cs)
+            return self.split("sum", [(args[i], [args[0], args[i]])
+                                      for i in range(1, len(args))], cs)
         if cmd in commands.ALL_SHARDS:
             return self.every_shard(cmd, args, cs)
         if cmd in commands.RANDOM_SHARD:
@@ -404,10 +414,10 @@ class ProxyFilter:
         return True
 
     # --- several hosts ----------------------------------------------------------------------
-    def split(self, kind: str, args, pieces, cs) -> None:
+    def split(self, kind: str, pieces, cs) -> None:
         """One upstream request per key; `pieces` are (key, command args)."""
         parent = Split(self)
-        parent.stats, parent.start, parent.kind, parent.args = cs, _now(), kind, args
+        parent.stats, parent.start, parent.kind = cs, _now(), kind
         parent.values = [None] * len(pieces)
         parent.left = len(pieces)
         self.pending.append(parent)
@@ -434,7 +444,7 @@ class ProxyFilter:
         if not clients:
             return self.error(NO_UPSTREAM_HOST, cs)
         parent = Split(self)
-        parent.stats, parent.start, parent.args = cs, _now(), args
+        parent.stats, parent.start = cs, _now()
         parent.kind = "keys" if cmd == "keys" else "shards"
         parent.values = [None] * len(clients)
         parent.left = len(clients)
@@ -474,7 +484,7 @@ class ProxyFilter:
         n = len(clients)
         shard, host_cursor = cursor % n, cursor // n
         parent = Scan(self)
-        parent.stats, parent.start, parent.args = cs, _now(), args
+        parent.stats, parent.start = cs, _now()
         parent.kind, parent.values, parent.left = "scan", [None], 1
         parent.shard, parent.hosts = shard, n
         self.pending.append(parent)
@@ -536,9 +546,8 @@ class ProxyFilter:
         cluster, host = route.upstream.host_for(key)
         if host is None:
             return None
-        config = self.config
-        from proxyd.network.filters.redis_proxy.config import upstream_auth
-        return UpstreamClient(cluster, host, self.resp3, upstream_auth(cluster), config.op_timeout)
+        return UpstreamClient(cluster, host, self.resp3, upstream_auth(cluster),
+                              self.config.op_timeout)
 
     def _send_pinned(self, client, args, cs, done: bool = False) -> None:
         r = Forwarded(self)

@@ -18,7 +18,7 @@ from gevent import get_hub
 from gevent.lock import Semaphore
 
 from proxyd.network.filters.redis_proxy import codec
-from proxyd.network.io import send_all
+from proxyd.network.io import WaitingReader, send_all
 from proxyd.upstream.cluster import UpstreamConnectError
 from proxyd.upstream.host import Host
 
@@ -30,8 +30,9 @@ def _discard(_reply) -> None:
 
 
 class UpstreamClient:
-    __slots__ = ("cluster", "host", "resp3", "auth", "op_timeout", "queue", "out", "sock",
-                 "state", "_lock", "deadline", "_watching", "_flush_scheduled", "_loop")
+    __slots__ = ("cluster", "host", "resp3", "auth", "op_timeout", "queue", "sent", "out", "sock",
+                 "state", "_lock", "deadline", "_watching", "_flush_scheduled", "_loop",
+                 "rq_time")
 
     def __init__(self, cluster, host, resp3: bool, auth, op_timeout: float):
         self.cluster = cluster
@@ -40,6 +41,7 @@ class UpstreamClient:
         self.auth = auth               # (username or None, password) or None
         self.op_timeout = op_timeout
         self.queue: deque = deque()    # callbacks of requests written or waiting to be
+        self.sent: deque = deque()     # when each of them was queued
         self.out: list[bytes] = []     # bytes not written yet
         self.sock = None
         self.state = "idle"            # idle -> connecting -> open -> idle (after a failure)
@@ -48,6 +50,9 @@ class UpstreamClient:
         self._watching = False
         self._flush_scheduled = False
         self._loop = get_hub().loop
+        # Envoy's cluster.<name>.redis_cluster.upstream_commands.upstream_rq_time (us)
+        self.rq_time = cluster._store.histogram(
+            "cluster.%s.redis_cluster.upstream_commands.upstream_rq_time" % cluster.name)
 
     def request(self, raw: bytes, callback) -> None:
         """Queue `raw` (one encoded request); `callback(reply_bytes | None)` gets the reply.
@@ -55,6 +60,7 @@ class UpstreamClient:
         requests from all the downstream connections read in one loop iteration go in
         one write."""
         self.queue.append(callback)
+        self.sent.append(time.monotonic())
         self.out.append(raw)
         stats = self.cluster.stats
         stats.upstream_rq_total.inc()
@@ -109,23 +115,26 @@ class UpstreamClient:
                                               else [b"AUTH", password]))
         for _ in hello:
             self.queue.appendleft(_discard)
+            self.sent.appendleft(0.0)
         self.out[:0] = hello
         self.state = "open"
         self.flush()
+        reader = WaitingReader(sock, READ_SIZE)
         try:
-            self._read(sock)
+            self._read(sock, reader.recv)
         finally:
+            reader.close()
             sock.close()  # only here: closing an fd another greenlet waits on is unsafe
 
-    def _read(self, sock) -> None:
+    def _read(self, sock, recv) -> None:
         decoder = codec.Decoder()
-        queue = self.queue
+        queue, sent, rq_time = self.queue, self.sent, self.rq_time
         stats = self.cluster.stats
         op_timeout = self.op_timeout
         touched = set()
         while True:
             try:
-                data = sock.recv(READ_SIZE)
+                data = recv()
             except OSError:
                 data = b""
             if self.sock is not sock:
@@ -141,8 +150,10 @@ class UpstreamClient:
                     if raw is None:
                         break
                     cb = queue.popleft()
+                    t0 = sent.popleft()
                     if cb is not _discard:
                         stats.upstream_rq_active.dec()
+                        rq_time.record((time.monotonic() - t0) * 1e6)
                     done = cb(raw)
                     if done is not None:
                         touched.add(done)
@@ -190,6 +201,7 @@ class UpstreamClient:
             except OSError:
                 pass
         queue, self.queue = self.queue, deque()
+        self.sent = deque()
         self.out = []
         stats = self.cluster.stats
         touched = set()
