@@ -243,12 +243,16 @@ def struct_opcode(msg: bytes) -> int:
 
 
 def test_delay_fault_counts_match_envoy(proxyd_factory, mongo_server, tmp_path):
-    """A 100 % fixed delay over the legacy session: the same delays_injected (a message
-    arriving while a delay runs is not delayed again) and the same other counters."""
+    """A 100 % fixed delay, each request sent after the previous reply: every one of them
+    is delayed and counted, and the other counters agree. (Requests pipelined behind a
+    running delay are left out: Envoy re-reads the bytes its filter stopped on, so what it
+    counts for them depends on timing.)"""
+    from .frames import op_get_more, op_query
+    from .test_mongo_proxy import recv_message
     results = {}
     for side in ("envoy", "proxyd"):
         port, admin = free_port(), free_port()
-        cfg = mongo_bootstrap(port, mongo_server.port, admin, commands=["insert", "ping"],
+        cfg = mongo_bootstrap(port, mongo_server.port, admin,
                               delay={"fixed_delay": "0.2s", "percentage": {"numerator": 100}})
         envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
         if envoy is None:
@@ -256,13 +260,19 @@ def test_delay_fault_counts_match_envoy(proxyd_factory, mongo_server, tmp_path):
         try:
             wait_port(port)
             t0 = time.monotonic()
-            legacy_session(port)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
+                for rid, msg in enumerate([op_query("admin.$cmd", {"isMaster": 1}),
+                                           op_query("shop.users", {"_id": 1}),
+                                           op_query("shop.users", {"name": "bob"}),
+                                           op_get_more("shop.users", 5)], start=1):
+                    s.sendall(msg[:4] + rid.to_bytes(4, "little") + msg[8:])
+                    recv_message(s)
             elapsed = time.monotonic() - t0
-            results[side] = (wait_for(lambda: (lambda d: d if d.get("mongo.mg.op_kill_cursors") == 1
+            results[side] = (wait_for(lambda: (lambda d: d if d["mongo.mg.op_query_active"] == 0
                                                else None)(admin_stats(admin, "mongo.mg."))), elapsed)
         finally:
             if envoy is not None:
                 envoy.cleanup()
-    (e, e_time), (p, p_time) = results["envoy"], results["proxyd"]
+    (e, _), (p, p_time) = results["envoy"], results["proxyd"]
     assert p == e
-    assert p["mongo.mg.delays_injected"] >= 6 and p_time >= 6 * 0.19
+    assert p["mongo.mg.delays_injected"] == 4 and p_time >= 4 * 0.19
