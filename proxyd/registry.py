@@ -19,6 +19,7 @@ TRACER = "tracer"
 LISTENER_FILTER = "listener filter"
 TRANSPORT_SOCKET = "transport socket"
 UPSTREAM_PROTOCOL_OPTIONS = "upstream protocol options"
+THRIFT_FILTER = "thrift filter"
 CLUSTER = "cluster type"
 RESOURCE_MONITOR = "resource monitor"
 
@@ -30,6 +31,14 @@ _MODULES: dict[str, tuple[str, str]] = {
         (NETWORK_FILTER, "proxyd.network.filters.tcp_proxy"),
     "envoy.extensions.filters.network.echo.v3.Echo":
         (NETWORK_FILTER, "proxyd.network.filters.echo"),
+    "envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy":
+        (NETWORK_FILTER, "proxyd.network.filters.mongo_proxy"),
+    "envoy.extensions.filters.network.thrift_proxy.v3.ThriftProxy":
+        (NETWORK_FILTER, "proxyd.network.filters.thrift_proxy"),
+    "envoy.extensions.filters.network.thrift_proxy.router.v3.Router":
+        (THRIFT_FILTER, "proxyd.network.filters.thrift_proxy.router"),
+    "envoy.extensions.filters.network.thrift_proxy.v3.ThriftProtocolOptions":
+        (UPSTREAM_PROTOCOL_OPTIONS, "proxyd.network.filters.thrift_proxy.options"),
     "envoy.extensions.filters.network.redis_proxy.v3.RedisProxy":
         (NETWORK_FILTER, "proxyd.network.filters.redis_proxy"),
     "envoy.extensions.filters.network.redis_proxy.v3.RedisProtocolOptions":

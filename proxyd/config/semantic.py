@@ -15,6 +15,7 @@ from .locate import suggest
 HCM_URL = ('type.googleapis.com/'
            'envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager')
 TCP_PROXY_URL = 'type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy'
+THRIFT_URL = 'type.googleapis.com/envoy.extensions.filters.network.thrift_proxy.v3.ThriftProxy'
 ROUTER_URL = 'type.googleapis.com/envoy.extensions.filters.http.router.v3.Router'
 _REGEX_MATCHER = 'envoy.type.matcher.v3.RegexMatcher'
 PYTHON_FILTER = 'proxyd.filters.http.python.v1.Python'
@@ -135,6 +136,15 @@ def _listener(listener, path, clusters, out):
                 from proxyd.observability.config_check import check_access_logs
                 out.extend(check_access_logs(loader.unpack(f.typed_config).access_log,
                                              fpath + ('typed_config', 'access_log')))
+            elif f.typed_config.type_url == THRIFT_URL:
+                rc = loader.unpack(f.typed_config).route_config
+                rpath = fpath + ('typed_config', 'route_config', 'routes')
+                for k, r in enumerate(rc.routes):  # Envoy: "unknown thrift cluster" at load
+                    _route_action(r.route, rpath + (k, 'route'), clusters, out)
+                    for m, mp in enumerate(r.route.request_mirror_policies):
+                        if clusters is not None and mp.cluster not in clusters:
+                            out.append((rpath + (k, 'route', 'request_mirror_policies', m, 'cluster'),
+                                        f"unknown thrift shadow cluster '{mp.cluster}'"))
 
 
 def _hcm(hcm, path, clusters, out):

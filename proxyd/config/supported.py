@@ -147,6 +147,23 @@ for _name, _more in {  # TLS, listener filters, filter chain match, tcp_proxy
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 _FIELDS['envoy.extensions.filters.network.echo.v3.Echo'] = ''
+_FIELDS['envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy'] = \
+    'stat_prefix access_log delay commands'
+_FIELDS['envoy.extensions.filters.common.fault.v3.FaultDelay'] = 'fixed_delay percentage'
+_THRIFT = 'envoy.extensions.filters.network.thrift_proxy.'
+_FIELDS[_THRIFT + 'v3.ThriftProxy'] = ('transport protocol stat_prefix route_config thrift_filters '
+                                       'max_requests_per_connection payload_passthrough access_log')
+_FIELDS[_THRIFT + 'v3.ThriftFilter'] = 'name typed_config'
+_FIELDS[_THRIFT + 'v3.ThriftProtocolOptions'] = 'transport protocol'
+_FIELDS[_THRIFT + 'v3.RouteConfiguration'] = 'name routes'
+_FIELDS[_THRIFT + 'v3.Route'] = 'match route'
+_FIELDS[_THRIFT + 'v3.RouteMatch'] = 'method_name service_name invert headers'
+_FIELDS[_THRIFT + 'v3.RouteAction'] = ('cluster weighted_clusters strip_service_name '
+                                       'request_mirror_policies')
+_FIELDS[_THRIFT + 'v3.RouteAction.RequestMirrorPolicy'] = 'cluster runtime_fraction'
+_FIELDS[_THRIFT + 'v3.WeightedCluster'] = 'clusters'
+_FIELDS[_THRIFT + 'v3.WeightedCluster.ClusterWeight'] = 'name weight'
+_FIELDS[_THRIFT + 'router.v3.Router'] = 'close_downstream_on_upstream_error'
 _REDIS = 'envoy.extensions.filters.network.redis_proxy.v3.'
 for _name, _more in {  # redis_proxy, and the consistent-hash balancers it hashes keys with
     _REDIS + 'RedisProxy': 'stat_prefix settings latency_in_micros prefix_routes '
@@ -232,6 +249,10 @@ shown in /config_dump, never acted on. A field that changes behaviour is not lis
 it stays an error until FIELDS lists it."""
 
 ENUMS = {
+    (_THRIFT + 'v3.ThriftProxy', 'protocol'): frozenset({'AUTO_PROTOCOL', 'BINARY', 'LAX_BINARY',
+                                                          'COMPACT'}),
+    (_THRIFT + 'v3.ThriftProtocolOptions', 'protocol'): frozenset({'AUTO_PROTOCOL', 'BINARY',
+                                                                   'LAX_BINARY', 'COMPACT'}),
     (_CORE + 'SocketAddress', 'protocol'): frozenset({'TCP'}),
     ('envoy.config.cluster.v3.Cluster', 'type'): frozenset({'STATIC', 'STRICT_DNS', 'EDS'}),
     # RING_HASH and MAGLEV place keys for redis_proxy; HTTP and TCP traffic, which has no
@@ -265,6 +286,7 @@ SLOTS = {
     ('envoy.config.trace.v3.Tracing.Http', 'typed_config'): registry.TRACER,
     ('envoy.config.listener.v3.ListenerFilter', 'typed_config'): registry.LISTENER_FILTER,
     (_CORE + 'TransportSocket', 'typed_config'): registry.TRANSPORT_SOCKET,
+    (_THRIFT + 'v3.ThriftFilter', 'typed_config'): registry.THRIFT_FILTER,
     ('envoy.config.cluster.v3.Cluster', 'typed_extension_protocol_options'):
         registry.UPSTREAM_PROTOCOL_OPTIONS,
     ('envoy.config.cluster.v3.Cluster.CustomClusterType', 'typed_config'): registry.CLUSTER,

@@ -115,8 +115,8 @@ class FilterChainConnection:
                 on_read(b"", True)
                 if not self.half_close:
                     self._close(ConnectionEvent.REMOTE_CLOSE)
-                elif self.write_ended:
-                    self._close(ConnectionEvent.LOCAL_CLOSE)
+                elif self.write_ended:      # the peer's FIN came last: Envoy's RemoteClose
+                    self._close(ConnectionEvent.REMOTE_CLOSE)
                 else:
                     self._done.wait()
                 return

@@ -59,6 +59,9 @@ class Connection(Protocol):
 
 class ReadFilterCallbacks(Protocol):
     connection: Connection
+    upstream_host: str | None
+    """The upstream address the terminal filter connected to, set by it (Envoy's
+    read callbacks upstreamHost()); None before that."""
 
     def continue_reading(self) -> None:
         """Resume the read chain after this filter returned STOP_ITERATION: held bytes

@@ -16,6 +16,15 @@ class _ActiveReadFilter:
 
     __slots__ = ("manager", "index", "filter", "initialized", "held", "held_end", "connection")
 
+    @property
+    def upstream_host(self) -> str | None:
+        """The upstream address the terminal filter connected to (Envoy's upstreamHost())."""
+        return self.manager.upstream_host
+
+    @upstream_host.setter
+    def upstream_host(self, address: str | None) -> None:
+        self.manager.upstream_host = address
+
     def __init__(self, manager, index: int, read_filter):
         self.manager = manager
         self.index = index
@@ -48,10 +57,11 @@ class _ActiveWriteFilter:
 
 
 class FilterManager:
-    __slots__ = ("connection", "_read", "_write")
+    __slots__ = ("connection", "upstream_host", "_read", "_write")
 
     def __init__(self, connection):
         self.connection = connection
+        self.upstream_host: str | None = None
         self._read: list[_ActiveReadFilter] = []
         self._write: list[_ActiveWriteFilter] = []  # in run order: last added first
 

@@ -287,6 +287,7 @@ class TcpProxyFilter:
         if self.up is None:
             conn.close()
             return FilterStatus.STOP_ITERATION
+        self.callbacks.upstream_host = self.up.host.addr_str
         self.reader = gevent.spawn(self._read_upstream)
         if proxy.idle_timeout:
             self.timer = gevent.spawn(self._idle_watch)
