@@ -1,11 +1,18 @@
-"""Print the Markdown table of what proxyd implements, generated from proxyd/config/supported.py.
+"""The Markdown table of what proxyd implements, generated from proxyd/config/supported.py.
 
-Usage: python scripts/supported_table.py >> README.md (or paste the output where needed).
+Usage: python scripts/supported_table.py          print it
+       python scripts/supported_table.py --write  replace README.md's table (everything
+                                                  after its `<!-- supported-table -->` line)
+A test fails when README.md's table is not what this prints.
 """
+import contextlib
+import io
 import os
 import sys
 
-sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), '..'))
+ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), '..')
+MARKER = '<!-- supported-table -->\n'
+sys.path.insert(0, ROOT)
 
 from proxyd.config import supported  # noqa: E402
 
@@ -26,5 +33,21 @@ def main():
         print(f'| `{url}` | {kind} |')
 
 
+def render() -> str:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        main()
+    return out.getvalue()
+
+
+def write_readme() -> None:
+    path = os.path.join(ROOT, 'README.md')
+    with open(path) as f:
+        text = f.read()
+    head = text[:text.index(MARKER) + len(MARKER)]
+    with open(path, 'w') as f:
+        f.write(head + render())
+
+
 if __name__ == '__main__':
-    main()
+    write_readme() if sys.argv[1:] == ['--write'] else main()

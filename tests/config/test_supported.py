@@ -86,3 +86,13 @@ def test_supported_table_script():
     assert '| `envoy.config.cluster.v3.Cluster` |' in out
     assert '`type` (EDS, STATIC, STRICT_DNS)' in out
     assert 'router.v3.Router` | HTTP filter |' in out
+
+
+def test_readme_table_is_current():
+    """README.md's table is what the script prints: regenerate it with
+    `python scripts/supported_table.py --write` when supported.py changes."""
+    out = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'supported_table.py')],
+                         capture_output=True, text=True, check=True).stdout
+    with open(os.path.join(ROOT, 'README.md')) as f:
+        readme = f.read()
+    assert readme.split('<!-- supported-table -->\n', 1)[1] == out
