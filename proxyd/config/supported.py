@@ -256,7 +256,7 @@ ENUMS = {
     (_CORE + 'SocketAddress', 'protocol'): frozenset({'TCP'}),
     ('envoy.config.cluster.v3.Cluster', 'type'): frozenset({'STATIC', 'STRICT_DNS', 'EDS'}),
     # RING_HASH and MAGLEV place keys for redis_proxy; HTTP and TCP traffic, which has no
-    # hash key (no route hash_policy), goes round robin, where Envoy picks at random.
+    # hash key (no route hash_policy), picks a random host by weight, as Envoy does.
     ('envoy.config.cluster.v3.Cluster', 'lb_policy'): frozenset({'ROUND_ROBIN', 'RING_HASH',
                                                                  'MAGLEV', 'CLUSTER_PROVIDED'}),
     ('envoy.config.cluster.v3.Cluster', 'dns_lookup_family'):

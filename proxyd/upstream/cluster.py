@@ -10,7 +10,7 @@ from gevent import socket as gsocket
 
 from proxyd.transport.tls import client_tls
 from proxyd.upstream.host import Host
-from proxyd.upstream.lb import RoundRobin
+from proxyd.upstream import lb
 from proxyd.upstream.pool_http1 import Http1Pool
 from proxyd.upstream.pool_http2 import Http2Pool, cluster_http2_options
 from proxyd.upstream.resource_manager import resource_managers
@@ -90,7 +90,8 @@ class Cluster:
             self.ssl_handshake = store.counter("cluster.%s.ssl.handshake" % self.name)
             self.ssl_connection_error = store.counter("cluster.%s.ssl.connection_error" % self.name)
         self.hosts: list[Host] = []
-        self.lb = RoundRobin([])
+        self._balancer = lb.for_policy(config.lb_policy)
+        self.lb = self._balancer([])
         self.update_hosts(endpoints)
 
     def update_hosts(self, endpoints: list) -> None:
@@ -117,7 +118,7 @@ class Cluster:
             self.stats.membership_total.set(len(hosts))
             self.stats.membership_healthy.set(sum(1 for h in hosts if h.healthy))
         self.hosts = hosts
-        self.lb = RoundRobin(hosts)
+        self.lb = self._balancer(hosts)
 
     def choose_host(self):
         return self.lb.choose()

@@ -1,8 +1,12 @@
 """Load balancers: pick a host from a cluster's healthy hosts."""
 from __future__ import annotations
 
+import bisect
+import itertools
 import math
 import random
+
+from envoy.config.cluster.v3 import cluster_pb2
 
 
 class RoundRobin:
@@ -45,3 +49,35 @@ class RoundRobin:
                 return h
         # Panic mode (Envoy's healthy_panic_threshold): no healthy host, use any.
         return schedule[self._i % n]
+
+
+class RandomWeighted:
+    """What Envoy's hash balancers (RING_HASH, MAGLEV) do for a request without a hash
+    key, which is every HTTP and TCP request here (no route hash_policy yet): a random
+    host, in proportion to its weight (its share of the ring or table)."""
+
+    __slots__ = ("_hosts", "_cum", "_total")
+
+    def __init__(self, hosts: list):
+        self._hosts = list(hosts)
+        self._cum = list(itertools.accumulate(h.weight for h in hosts))
+        self._total = self._cum[-1] if hosts else 0
+
+    def choose(self):
+        hosts = self._hosts
+        if not hosts:
+            return None
+        healthy = [h for h in hosts if h.healthy]
+        if len(healthy) == len(hosts):
+            return hosts[bisect.bisect_right(self._cum, random.randrange(self._total))]
+        # Panic mode as in RoundRobin: no healthy host, use any.
+        pool = healthy or hosts
+        return random.choices(pool, weights=[h.weight for h in pool])[0]
+
+
+def for_policy(lb_policy: int):
+    """The balancer class for a cluster's lb_policy (the ones supported.py allows)."""
+    return RandomWeighted if lb_policy in _HASH_POLICIES else RoundRobin
+
+
+_HASH_POLICIES = {cluster_pb2.Cluster.RING_HASH, cluster_pb2.Cluster.MAGLEV}
