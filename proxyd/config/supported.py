@@ -231,6 +231,28 @@ for _name, _more in {  # hostile clients: slow heads, HTTP/2 floods
                                     'max_inbound_window_update_frames_per_data_frame_sent',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+_HTTP = 'envoy.extensions.filters.http.'
+_FAULT = 'envoy.extensions.filters.common.fault.v3.'
+_COMPRESSOR = _HTTP + 'compressor.v3.Compressor'
+for _name, _more in {  # edge HTTP filters: CORS, fault injection, compression
+    _HTTP + 'cors.v3.Cors': '',
+    _HTTP + 'cors.v3.CorsPolicy': 'allow_origin_string_match allow_methods allow_headers '
+                                  'expose_headers max_age allow_credentials filter_enabled '
+                                  'shadow_enabled',
+    _HTTP + 'fault.v3.HTTPFault': 'delay abort max_active_faults',
+    _HTTP + 'fault.v3.FaultAbort': 'http_status grpc_status header_abort percentage',
+    _HTTP + 'fault.v3.FaultAbort.HeaderAbort': '',
+    _FAULT + 'FaultDelay': 'header_delay',
+    _FAULT + 'FaultDelay.HeaderDelay': '',
+    _COMPRESSOR: 'compressor_library response_direction_config',
+    _COMPRESSOR + '.ResponseDirectionConfig': 'common_config disable_on_etag_header '
+                                              'remove_accept_encoding_header',
+    _COMPRESSOR + '.CommonDirectionConfig': 'enabled min_content_length content_type',
+    _CORE + 'TypedExtensionConfig': 'name typed_config',
+    'envoy.extensions.compression.gzip.compressor.v3.Gzip': 'memory_level compression_level '
+                                                            'window_bits chunk_size',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
 """Full message name -> names of the fields proxyd implements."""
 

@@ -1,0 +1,127 @@
+"""envoy.filters.http.cors: answers browser preflights and adds CORS response headers.
+
+The filter config (`Cors`) is empty; the policy (`CorsPolicy`) comes from
+typed_per_filter_config at route, virtual host or route configuration level and is
+resolved field by field, most specific level first, as Envoy's cors_filter.cc does. A
+request without a matched route or without `Origin` is left alone. An allowed preflight
+(OPTIONS with Origin and Access-Control-Request-Method) is answered here with 200
+(details `cors_response`); a preflight from an origin no policy allows goes upstream
+(Envoy's default, `forward_not_matching_preflights: true`). Stats `http.<prefix>.cors.origin_valid`
+and `origin_invalid` count requests with an Origin.
+"""
+from __future__ import annotations
+
+from proxyd.http.filter import FilterHeadersStatus, StreamFilter
+from proxyd.router.matchers import string_matcher
+
+_DENOMINATORS = (100, 10_000, 1_000_000)
+_UNSET = object()
+
+
+class Policy:
+    """One level's CorsPolicy; a field left unset is `_UNSET` (the next level decides)."""
+
+    def __init__(self, msg, path: str = "CorsPolicy"):
+        self.origins = [string_matcher(m, "%s.allow_origin_string_match[%d]" % (path, i))
+                        for i, m in enumerate(msg.allow_origin_string_match)] or _UNSET
+        self.allow_methods = msg.allow_methods or _UNSET
+        self.allow_headers = msg.allow_headers or _UNSET
+        self.expose_headers = msg.expose_headers or _UNSET
+        self.max_age = msg.max_age or _UNSET
+        self.allow_credentials = (msg.allow_credentials.value
+                                  if msg.HasField("allow_credentials") else _UNSET)
+        self.filter_enabled = _fraction(msg.filter_enabled) if msg.HasField("filter_enabled") \
+            else None
+        self.shadow_enabled = _fraction(msg.shadow_enabled) if msg.HasField("shadow_enabled") \
+            else None
+
+    def enabled(self, runtime) -> bool:
+        if self.filter_enabled is None:
+            return self.shadow_enabled is None   # neither set: enforced at 100 %
+        return runtime.fractional_percent_enabled(*self.filter_enabled)
+
+    def shadow(self, runtime) -> bool:
+        return self.shadow_enabled is not None and \
+            runtime.fractional_percent_enabled(*self.shadow_enabled)
+
+
+def _fraction(rfp) -> tuple[str, int, int]:
+    d = rfp.default_value
+    return rfp.runtime_key, d.numerator, _DENOMINATORS[d.denominator]
+
+
+class CorsFilter(StreamFilter):
+    def __init__(self, stats):
+        self.stats = stats
+        self.origin = None      # set when this is a CORS request to answer on the response
+        self.policies = ()
+
+    def _field(self, name, default=None):
+        for p in self.policies:
+            v = getattr(p, name)
+            if v is not _UNSET:
+                return v
+        return default
+
+    def decode_headers(self, headers, end_stream: bool):
+        cb = self.decoder_callbacks
+        if cb.route() is None:
+            return FilterHeadersStatus.CONTINUE
+        self.policies = [p for p in reversed(cb.per_route_configs()) if isinstance(p, Policy)]
+        if not self.policies:
+            return FilterHeadersStatus.CONTINUE
+        first = self.policies[0]
+        enabled, shadow = first.enabled(cb.runtime), first.shadow(cb.runtime)
+        if not enabled and not shadow:
+            return FilterHeadersStatus.CONTINUE
+        origin = headers.get("origin")
+        if not origin:
+            return FilterHeadersStatus.CONTINUE
+        if not any(m(origin) for m in self._field("origins", ())):
+            self.stats.origin_invalid.inc()
+            return FilterHeadersStatus.CONTINUE
+        self.stats.origin_valid.inc()
+        if not enabled:
+            return FilterHeadersStatus.CONTINUE
+        self.origin = origin
+        request_method = headers.get("access-control-request-method")
+        if headers.get(":method") != "OPTIONS" or not request_method:
+            return FilterHeadersStatus.CONTINUE
+        reply = [("access-control-allow-origin", origin)]
+        if self._field("allow_credentials", False):
+            reply.append(("access-control-allow-credentials", "true"))
+        methods = self._field("allow_methods")
+        if methods:
+            reply.append(("access-control-allow-methods",
+                          request_method if methods == "*" else methods))
+        allow_headers = self._field("allow_headers")
+        if allow_headers:
+            if allow_headers == "*":
+                allow_headers = headers.get("access-control-request-headers")
+            if allow_headers:
+                reply.append(("access-control-allow-headers", allow_headers))
+        max_age = self._field("max_age")
+        if max_age:
+            reply.append(("access-control-max-age", max_age))
+        cb.send_local_reply(200, b"", "cors_response", reply)
+        return FilterHeadersStatus.STOP_ITERATION
+
+    def encode_headers(self, headers, end_stream: bool):
+        if self.origin is None:
+            return FilterHeadersStatus.CONTINUE
+        headers.set("access-control-allow-origin", self.origin)
+        if self._field("allow_credentials", False):
+            headers.set("access-control-allow-credentials", "true")
+        expose = self._field("expose_headers")
+        if expose:
+            headers.set("access-control-expose-headers", expose)
+        return FilterHeadersStatus.CONTINUE
+
+
+def create(config, ctx):
+    stats = ctx.scope("cors.", counters=("origin_valid", "origin_invalid"))
+    return lambda chain: chain.add_stream_filter(CorsFilter(stats))
+
+
+def create_route_config(msg, factory) -> Policy:
+    return Policy(msg)
