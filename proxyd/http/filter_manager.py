@@ -116,7 +116,8 @@ class _Entry:
                          grpc_status: int | None = None) -> None:
         if isinstance(body, str):
             body = body.encode()
-        self.fm.send_local_reply(status, body, details or "filter_local_reply", None, headers)
+        self.fm.send_local_reply(status, body, details or "filter_local_reply", None, headers,
+                                 grpc_status)
 
     def reset_stream(self) -> None:
         self.fm.reset()
@@ -647,9 +648,11 @@ class FilterManager:
                 self._ended()
 
     def send_local_reply(self, status: int, body: bytes | None, details: str,
-                         flag: str | None = None, headers: list | None = None) -> None:
+                         flag: str | None = None, headers: list | None = None,
+                         grpc_status: int | None = None) -> None:
         """Envoy's sendLocalReply: through the encoder filters if no response started,
-        straight to the codec if one started but its head is not out, else a reset."""
+        straight to the codec if one started but its head is not out, else a reset.
+        `grpc_status` overrides the one a gRPC request's reply maps from `status`."""
         stream = self.stream
         info = stream.info
         info.response_code_details = details
@@ -661,7 +664,7 @@ class FilterManager:
         if stream.headers_sent:
             self.reset()
             return
-        resp, body = _local_response(stream.request, status, body, headers)
+        resp, body = _local_response(stream.request, status, body, headers, grpc_status)
         if not self.response_started:
             self.encode_headers(resp, not body)
             if body and not self.enc.aborted:
@@ -747,10 +750,10 @@ def _raise(e: BaseException):
     raise e
 
 
-def _local_response(request, status: int, body: bytes | None, headers):
+def _local_response(request, status: int, body: bytes | None, headers, grpc_status=None):
     """The head (and body) of a local reply; gRPC requests get a trailers-only reply."""
     if grpc.is_grpc(request):
-        return grpc.local_reply_head(request, status, body), b""
+        return grpc.local_reply_head(request, status, body, grpc_status), b""
     h = Headers(list(headers) if headers else [])
     if body:
         h.add("content-type", "text/plain")

@@ -65,11 +65,14 @@ def effective_timeout(route, req) -> float:
     return t
 
 
-def local_reply_head(request, status: int, body: bytes | None) -> ResponseHead:
-    """A local reply as the head of a trailers-only gRPC response."""
+def local_reply_head(request, status: int, body: bytes | None,
+                     grpc_status: int | None = None) -> ResponseHead:
+    """A local reply as the head of a trailers-only gRPC response (its grpc-status mapped
+    from the HTTP `status` unless given)."""
     msg = (body or b"").decode("utf-8", "replace")
-    h = Headers([("content-type", "application/grpc"),
-                 ("grpc-status", str(status_from_http(status)))])
+    if grpc_status is None:
+        grpc_status = status_from_http(status)
+    h = Headers([("content-type", "application/grpc"), ("grpc-status", str(grpc_status))])
     if msg:
         h.add("grpc-message", quote(msg, safe=" !\"#$&'()*+,-./:;<=>?@[\\]^_`{|}~"))
     if request.version != "HTTP/2":
