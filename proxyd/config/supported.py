@@ -249,8 +249,10 @@ for _name, _more in {  # edge HTTP filters: CORS, fault injection, compression
                                               'remove_accept_encoding_header',
     _COMPRESSOR + '.CommonDirectionConfig': 'enabled min_content_length content_type',
     _CORE + 'TypedExtensionConfig': 'name typed_config',
+    _CORE + 'RuntimeFeatureFlag': 'default_value runtime_key',
     'envoy.extensions.compression.gzip.compressor.v3.Gzip': 'memory_level compression_level '
-                                                            'window_bits chunk_size',
+                                                            'compression_strategy window_bits '
+                                                            'chunk_size',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}

@@ -12,6 +12,8 @@ and `origin_invalid` count requests with an Origin.
 from __future__ import annotations
 
 from proxyd.http.filter import FilterHeadersStatus, StreamFilter
+from proxyd.http.headers import Headers
+from proxyd.http.message import ResponseHead
 from proxyd.router.matchers import string_matcher
 
 _DENOMINATORS = (100, 10_000, 1_000_000)
@@ -103,7 +105,10 @@ class CorsFilter(StreamFilter):
         max_age = self._field("max_age")
         if max_age:
             reply.append(("access-control-max-age", max_age))
-        cb.send_local_reply(200, b"", "cors_response", reply)
+        # answered like Envoy's encodeHeaders(..., end_stream): no content-length yet (the
+        # codec frames it), so the compressor sees a headers-only response
+        cb.stream_info.response_code_details = "cors_response"
+        cb.encode_headers(ResponseHead(200, Headers(reply)), True)
         return FilterHeadersStatus.STOP_ITERATION
 
     def encode_headers(self, headers, end_stream: bool):

@@ -1,0 +1,1 @@
+"""Compressor libraries for the compressor filter (`envoy.compression.*.compressor`)."""

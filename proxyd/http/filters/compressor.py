@@ -1,0 +1,186 @@
+"""envoy.filters.http.compressor: compresses response bodies with the configured library
+(`compressor_library`: gzip), following Envoy 1.40's decisions and stats.
+
+In order: a response whose content-length is under `min_content_length` (30) is left
+alone (`content_length_too_small`). A headers-only response is not compressed. Otherwise
+the request's Accept-Encoding is weighed by q-value (`no_accept_header`, `header_identity`,
+`header_wildcard`, `header_not_valid`, `header_compressor_used`); this filter only offers
+its encoding for an allowed content type (the default list is Envoy's). A response is
+compressible when its type is allowed and it has no `cache-control: no-transform`, no
+content-encoding and (with `disable_on_etag_header`) no ETag; a compressible response
+gets `vary: Accept-Encoding` whether compressed or not. Compressing drops content-length
+(HTTP/1.1 goes chunked), sets content-encoding and drops a strong ETag (a weak one stays).
+Stats live under `http.<prefix>.compressor.<library name>.<gzip>.`, with `response.`
+inserted when `response_direction_config` is set, as Envoy names them.
+"""
+from __future__ import annotations
+
+from proxyd import registry
+from proxyd.config.loader import extension_config
+from proxyd.http.filter import FilterDataStatus, FilterHeadersStatus, StreamFilter
+
+DEFAULT_TYPES = ("application/javascript", "application/json", "application/xhtml+xml",
+                 "image/svg+xml", "text/css", "text/html", "text/plain", "text/xml")
+_RESPONSE = ("compressed", "not_compressed", "no_accept_header", "header_identity",
+             "header_compressor_used", "header_compressor_overshadowed", "header_wildcard",
+             "header_not_valid", "total_uncompressed_bytes", "total_compressed_bytes",
+             "content_length_too_small", "not_compressed_etag")
+_REQUEST = ("compressed", "not_compressed", "total_uncompressed_bytes",
+            "total_compressed_bytes", "content_length_too_small")
+
+
+def _accept_encoding(value: str) -> list[tuple[str, float]]:
+    """Accept-Encoding as [(coding, q)]; an unparsable q counts as 0."""
+    out = []
+    for item in value.split(","):
+        coding, _, params = item.partition(";")
+        coding = coding.strip().lower()
+        if not coding:
+            continue
+        q = 1.0
+        for p in params.split(";"):
+            k, _, v = p.partition("=")
+            if k.strip().lower() == "q":
+                try:
+                    q = float(v.strip())
+                except ValueError:
+                    q = 0.0
+        out.append((coding, q))
+    return out
+
+
+def choose(accept: str | None, encoding: str | None) -> tuple[str, str]:
+    """(the header stat, the chosen coding or "identity") for this request's
+    Accept-Encoding when this filter offers `encoding` (None: it offers nothing)."""
+    if accept is None:
+        return "no_accept_header", "identity"
+    pairs = _accept_encoding(accept)
+    offered = {c: q for c, q in pairs if q > 0 and (c == encoding or c == "*")}
+    explicit_zero = any(c == encoding and q <= 0 for c, q in pairs)
+    if encoding is None or not offered or (explicit_zero and encoding not in offered):
+        if pairs and all(c == "identity" for c, _ in pairs):
+            return "header_identity", "identity"
+        return "header_not_valid", "identity"
+    best_coding, best_q = None, 0.0
+    for c, q in pairs:
+        if q > best_q and (c in offered or c == "identity"):
+            best_coding, best_q = c, q
+    if best_coding == "identity":
+        return "header_identity", "identity"
+    if best_coding == "*":
+        return "header_wildcard", encoding
+    return "header_compressor_used", encoding
+
+
+class Config:
+    def __init__(self, msg, ctx):
+        lib = msg.compressor_library
+        type_name, lib_msg = extension_config(lib.typed_config)
+        self.library = registry.factory(lib.typed_config.type_url).create(lib_msg)
+        resp = msg.response_direction_config
+        common = resp.common_config
+        self.min_length = common.min_content_length.value \
+            if common.HasField("min_content_length") else 30
+        self.types = frozenset(t.lower() for t in common.content_type) or frozenset(DEFAULT_TYPES)
+        self.enabled = (common.enabled.runtime_key, common.enabled.default_value.value) \
+            if common.HasField("enabled") else None
+        self.disable_on_etag = resp.disable_on_etag_header
+        self.remove_accept_encoding = resp.remove_accept_encoding_header
+        base = "compressor.%s.%s" % (lib.name, self.library.stat_prefix)
+        response = base + ("response." if msg.HasField("response_direction_config") else "")
+        self.stats = ctx.scope(response, counters=_RESPONSE)
+        self.request_stats = ctx.scope(base + "request.", counters=_REQUEST)
+
+    def is_enabled(self, runtime) -> bool:
+        return self.enabled is None or runtime.get_bool(*self.enabled)
+
+
+def _type_allowed(headers, types) -> bool:
+    ct = headers.get("content-type")
+    return ct is None or ct.split(";", 1)[0].strip().lower() in types
+
+
+def _has_no_transform(headers) -> bool:
+    return any(d.strip().lower() == "no-transform"
+               for v in headers.get_all("cache-control") for d in v.split(","))
+
+
+def _add_vary(headers) -> None:
+    vary = headers.get("vary")
+    if vary is None:
+        headers.set("vary", "Accept-Encoding")
+    elif "accept-encoding" not in [v.strip().lower() for v in vary.split(",")]:
+        headers.set("vary", vary + ", Accept-Encoding")
+
+
+class CompressorFilter(StreamFilter):
+    def __init__(self, config: Config):
+        self.config = config
+        self.accept = None
+        self.compressor = None
+
+    def decode_headers(self, headers, end_stream: bool):
+        self.config.request_stats.not_compressed.inc()
+        self.accept = headers.get("accept-encoding")
+        if self.accept is not None and self.config.remove_accept_encoding:
+            headers.remove("accept-encoding")
+        return FilterHeadersStatus.CONTINUE
+
+    def encode_headers(self, headers, end_stream: bool):
+        c, stats = self.config, self.config.stats
+        if not c.is_enabled(self.encoder_callbacks.runtime):
+            stats.not_compressed.inc()
+            return FilterHeadersStatus.CONTINUE
+        length = headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) < c.min_length):
+            stats.content_length_too_small.inc()
+            stats.not_compressed.inc()
+            return FilterHeadersStatus.CONTINUE
+        type_ok = _type_allowed(headers, c.types)
+        compressible = type_ok and not _has_no_transform(headers) \
+            and "content-encoding" not in headers and headers.get(":status") != "101"
+        if compressible and c.disable_on_etag and "etag" in headers:
+            stats.not_compressed_etag.inc()
+            compressible = False
+        if end_stream:
+            if compressible:
+                _add_vary(headers)
+            stats.not_compressed.inc()
+            return FilterHeadersStatus.CONTINUE
+        stat, coding = choose(self.accept, c.library.encoding if type_ok else None)
+        getattr(stats, stat).inc()
+        if not compressible or coding == "identity":
+            if compressible:
+                _add_vary(headers)
+            stats.not_compressed.inc()
+            return FilterHeadersStatus.CONTINUE
+        stats.compressed.inc()
+        headers.remove("content-length")
+        headers.set("content-encoding", coding)
+        _add_vary(headers)
+        etag = headers.get("etag")
+        if etag is not None and not etag.startswith("W/"):
+            headers.remove("etag")
+        self.compressor = c.library()
+        return FilterHeadersStatus.CONTINUE
+
+    def encode_data(self, data: bytes, end_stream: bool):
+        if self.compressor is None:
+            return FilterDataStatus.CONTINUE
+        out = self.compressor.compress(bytes(data), end_stream)
+        self.config.stats.total_uncompressed_bytes.inc(len(data))
+        self.config.stats.total_compressed_bytes.inc(len(out))
+        data[:] = out   # encoder filters get a bytearray they may change in place
+        return FilterDataStatus.CONTINUE
+
+    def encode_trailers(self, trailers):
+        if self.compressor is not None:
+            tail = self.compressor.compress(b"", True)
+            self.config.stats.total_compressed_bytes.inc(len(tail))
+            self.encoder_callbacks.add_encoded_data(tail)
+        return super().encode_trailers(trailers)
+
+
+def create(msg, ctx):
+    config = Config(msg, ctx)
+    return lambda chain: chain.add_stream_filter(CompressorFilter(config))
