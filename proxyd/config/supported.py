@@ -236,6 +236,10 @@ _FAULT = 'envoy.extensions.filters.common.fault.v3.'
 _COMPRESSOR = _HTTP + 'compressor.v3.Compressor'
 for _name, _more in {  # edge HTTP filters: CORS, fault injection, compression
     _HTTP + 'cors.v3.Cors': '',
+    _ROUTE + 'VirtualHost': 'cors',
+    _ROUTE + 'RouteAction': 'cors',
+    _ROUTE + 'CorsPolicy': 'allow_origin_string_match allow_methods allow_headers expose_headers '
+                           'max_age allow_credentials filter_enabled shadow_enabled',
     _HTTP + 'cors.v3.CorsPolicy': 'allow_origin_string_match allow_methods allow_headers '
                                   'expose_headers max_age allow_credentials filter_enabled '
                                   'shadow_enabled',

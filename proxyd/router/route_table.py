@@ -57,7 +57,7 @@ SUPPORTED_FIELDS: dict[str, frozenset[str]] = {
         "max_direct_response_body_size_bytes", "ignore_port_in_host_matching",
         "ignore_path_parameters_in_path_matching") + _HEADER_LISTS),
     "envoy.config.route.v3.VirtualHost": frozenset(
-        ("name", "domains", "routes", "typed_per_filter_config") + _HEADER_LISTS),
+        ("name", "domains", "routes", "typed_per_filter_config", "cors") + _HEADER_LISTS),
     "envoy.config.route.v3.Route": frozenset(
         ("name", "match", "route", "redirect", "direct_response", "typed_per_filter_config")
         + _HEADER_LISTS),
@@ -66,7 +66,8 @@ SUPPORTED_FIELDS: dict[str, frozenset[str]] = {
     "envoy.config.route.v3.RouteAction": frozenset((
         "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code",
         "prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite",
-        "append_x_forwarded_host", "timeout", "max_grpc_timeout", "grpc_timeout_offset")),
+        "append_x_forwarded_host", "timeout", "max_grpc_timeout", "grpc_timeout_offset",
+        "cors")),
     "envoy.type.matcher.v3.RegexMatchAndSubstitute": frozenset(("pattern", "substitution")),
     "envoy.config.route.v3.WeightedCluster": frozenset(("clusters", "total_weight")),
     "envoy.config.route.v3.WeightedCluster.ClusterWeight": frozenset(("name", "weight")),
@@ -94,6 +95,18 @@ def _check_fields(msg, path: str) -> None:
     for fd, _ in msg.ListFields():
         if fd.name not in allowed:
             raise ValueError(f"{_join(path, fd.name)}: not supported by proxyd")
+
+
+def _legacy_cors(route, rpath: str, vhost, vpath: str) -> tuple:
+    """The deprecated `cors` fields, route's first: the CORS filter falls back to them
+    when no typed_per_filter_config policy applies (as Envoy 1.40 still does)."""
+    from proxyd.http.filters.cors import Policy   # the filter owns the policy's meaning
+    out = []
+    if route.HasField("route") and route.route.HasField("cors"):
+        out.append(Policy(route.route.cors, rpath + ".route.cors"))
+    if vhost.HasField("cors"):
+        out.append(Policy(vhost.cors, vpath + ".cors"))
+    return tuple(out)
 
 
 def _join(path: str, name: str) -> str:
@@ -141,6 +154,7 @@ class RouteEntry:
         "_cluster_header", "_weights", "_cum_weights", "_total_weight", "_matched_len",
         "_request_mutations", "_response_mutations", "_redirect",
         "per_filter_config", "per_filter_levels", "disabled_filters",
+        "cors_policies",   # the deprecated RouteAction.cors, VirtualHost.cors (compiled)
     )
 
     def cluster_for(self, req: RequestHead) -> str:
@@ -447,6 +461,7 @@ class RouteTable:
                           if lv is not None]
                 e.per_filter_config, e.per_filter_levels, e.disabled_filters = (
                     merge_filter_levels(levels) if levels else _NO_FILTER_CONFIG)
+                e.cors_policies = _legacy_cors(r_cfg, rpath, vh_cfg, vpath)
                 routes.append(route)
             vh = _VirtualHost(vh_cfg.name, tuple(routes))
             self._vhosts.append(vh)
@@ -497,6 +512,7 @@ class RouteTable:
             header_desc.append(desc)
 
         e = RouteEntry()
+        e.cors_policies = ()
         e.name = r.name or None
         e.virtual_host_name = vh_name
         e.timeout = DEFAULT_TIMEOUT

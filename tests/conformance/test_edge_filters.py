@@ -123,3 +123,67 @@ def test_cors_fault_and_gzip_match_envoy(pair_factory):
     diffs += ["stat %s: envoy %s, proxyd %s" % (k, stats[0].get(k), stats[1].get(k))
               for k in sorted(set(stats[0]) | set(stats[1])) if stats[0].get(k) != stats[1].get(k)]
     assert diffs == []
+
+
+LEGACY_CORS = """
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: $admin}}
+static_resources:
+  listeners:
+  - name: main
+    address: {socket_address: {address: 127.0.0.1, port_value: $listener}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_http
+          route_config:
+            virtual_hosts:
+            - name: www
+              domains: ["*"]
+              cors:
+                allow_origin_string_match: [{safe_regex: {regex: "\\\\*"}}]
+                allow_methods: "GET"
+                filter_enabled: {default_value: {numerator: 100}, runtime_key: cors.www.enabled}
+                shadow_enabled: {default_value: {numerator: 0}, runtime_key: cors.www.shadow_enabled}
+              routes:
+              - match: {prefix: "/cors/open"}
+                route: {cluster: upstream}
+              - match: {prefix: "/cors/disabled"}
+                route: {cluster: upstream, cors: {filter_enabled: {default_value: {numerator: 0}}}}
+              - match: {prefix: "/cors/restricted"}
+                route:
+                  cluster: upstream
+                  cors:
+                    allow_origin_string_match: [{safe_regex: {regex: ".*\\\\.envoyproxy\\\\.io"}}]
+                    allow_methods: "GET"
+          http_filters:
+          - name: envoy.filters.http.cors
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $upstream}}}}]}]
+"""
+
+
+def test_legacy_cors_fields_match_envoy(pair_factory):
+    pair = pair_factory(LEGACY_CORS)
+    local = [("origin", "http://localhost:8002")]
+    cases = [("GET", "/cors/open?size=5", local), ("GET", "/cors/disabled?size=5", local),
+             ("GET", "/cors/restricted?size=5", local),
+             ("GET", "/cors/restricted?size=5", [("origin", "https://www.envoyproxy.io")]),
+             ("OPTIONS", "/cors/open", local + [("access-control-request-method", "GET")])]
+    diffs, allowed = [], []
+    for method, path, headers in cases:
+        e, p = pair.both(lambda s: s.http(path, method=method, headers=headers))
+        diffs += ["%s %s: %s" % (method, path, d) for d in response_diff(e, p)]
+        allowed.append(e.header("access-control-allow-origin") is not None)
+    assert allowed == [True, False, False, True, True]
+    assert diffs == []

@@ -102,3 +102,48 @@ def test_origin_stats(px):
     s1 = stats(px)
     assert int(s1["http.ingress.cors.origin_valid"]) - int(s0.get("http.ingress.cors.origin_valid", 0)) == 1
     assert int(s1["http.ingress.cors.origin_invalid"]) - int(s0.get("http.ingress.cors.origin_invalid", 0)) == 1
+
+
+def legacy_config(port, admin_port, upstream_port):
+    """Envoy's cors sandbox (backend front-envoy): the deprecated `cors` fields."""
+    vhost_cors = {"allow_origin_string_match": [{"safe_regex": {"regex": "\\*"}}],
+                  "allow_methods": "GET",
+                  "filter_enabled": {"default_value": {"numerator": 100}},
+                  "shadow_enabled": {"default_value": {"numerator": 0}}}
+    routes = [
+        route("/cors/open"),
+        route("/cors/disabled", cors={"filter_enabled": {"default_value": {"numerator": 0}}}),
+        route("/cors/restricted", cors={"allow_origin_string_match": [
+            {"safe_regex": {"regex": ".*\\.envoyproxy\\.io"}}], "allow_methods": "GET"}),
+        route("/"),
+    ]
+    h = hcm(virtual_hosts=[{"name": "www", "domains": ["*"], "routes": routes,
+                            "cors": vhost_cors}], stat_prefix="ingress_http")
+    h["http_filters"].insert(0, {"name": "envoy.filters.http.cors", "typed_config": {"@type": CORS}})
+    return bootstrap([{"name": "l", "address": {"socket_address": {"address": "127.0.0.1",
+                                                                   "port_value": port}},
+                       "filter_chains": [{"filters": [{
+                           "name": "envoy.filters.network.http_connection_manager",
+                           "typed_config": h}]}]}],
+                     [cluster("upstream", [("127.0.0.1", upstream_port)])], admin_port)
+
+
+@pytest.fixture(scope="module")
+def legacy(upstream, tmp_path_factory):
+    d = tmp_path_factory.mktemp("cors_legacy")
+    p = Proxyd(write_config(d, legacy_config(free_port(), free_port(), upstream.port)))
+    p.start()
+    yield p
+    p.cleanup()
+
+
+def test_legacy_cors_fields_of_envoys_sandbox(legacy):
+    origin = [("origin", "http://localhost:8002")]
+    r = http(legacy.port, "GET", "/cors/open", origin)
+    assert r.header("access-control-allow-origin") == "http://localhost:8002"  # "\*" allows all
+    r = http(legacy.port, "GET", "/cors/disabled", origin)
+    assert r.status == 200 and r.header("access-control-allow-origin") is None
+    r = http(legacy.port, "GET", "/cors/restricted", origin)
+    assert r.header("access-control-allow-origin") is None
+    r = http(legacy.port, "GET", "/cors/restricted", [("origin", "https://www.envoyproxy.io")])
+    assert r.header("access-control-allow-origin") == "https://www.envoyproxy.io"

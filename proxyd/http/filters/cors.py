@@ -2,7 +2,8 @@
 
 The filter config (`Cors`) is empty; the policy (`CorsPolicy`) comes from
 typed_per_filter_config at route, virtual host or route configuration level and is
-resolved field by field, most specific level first, as Envoy's cors_filter.cc does. A
+resolved field by field, most specific level first, as Envoy's cors_filter.cc does; with
+no typed policy, the deprecated `cors` of the route action and virtual host serve. A
 request without a matched route or without `Origin` is left alone. An allowed preflight
 (OPTIONS with Origin and Access-Control-Request-Method) is answered here with 200
 (details `cors_response`); a preflight from an origin no policy allows goes upstream
@@ -69,7 +70,8 @@ class CorsFilter(StreamFilter):
         cb = self.decoder_callbacks
         if cb.route() is None:
             return FilterHeadersStatus.CONTINUE
-        self.policies = [p for p in reversed(cb.per_route_configs()) if isinstance(p, Policy)]
+        self.policies = [p for p in reversed(cb.per_route_configs()) if isinstance(p, Policy)] \
+            or cb.route().cors_policies
         if not self.policies:
             return FilterHeadersStatus.CONTINUE
         first = self.policies[0]
@@ -79,7 +81,8 @@ class CorsFilter(StreamFilter):
         origin = headers.get("origin")
         if not origin:
             return FilterHeadersStatus.CONTINUE
-        if not any(m(origin) for m in self._field("origins", ())):
+        # a matcher that matches "*" allows every origin (Envoy's isOriginAllowed)
+        if not any(m("*") or m(origin) for m in self._field("origins", ())):
             self.stats.origin_invalid.inc()
             return FilterHeadersStatus.CONTINUE
         self.stats.origin_valid.inc()
