@@ -62,6 +62,8 @@ _MODULES: dict[str, tuple[str, str]] = {
     "envoy.extensions.filters.http.fault.v3.HTTPFault": (HTTP_FILTER, "proxyd.http.filters.fault"),
     "envoy.extensions.filters.http.compressor.v3.Compressor":
         (HTTP_FILTER, "proxyd.http.filters.compressor"),
+    "envoy.extensions.filters.http.compressor.v3.CompressorPerRoute":
+        (HTTP_ROUTE_CONFIG, "proxyd.http.filters.compressor"),
     "envoy.extensions.compression.gzip.compressor.v3.Gzip":
         (COMPRESSOR_LIBRARY, "proxyd.http.compression.gzip"),
     # proxyd's own: an HTTP filter written in Python (configured by an xds TypedStruct)

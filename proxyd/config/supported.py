@@ -243,7 +243,8 @@ for _name, _more in {  # edge HTTP filters: CORS, fault injection, compression
     _HTTP + 'cors.v3.CorsPolicy': 'allow_origin_string_match allow_methods allow_headers '
                                   'expose_headers max_age allow_credentials filter_enabled '
                                   'shadow_enabled',
-    _HTTP + 'fault.v3.HTTPFault': 'delay abort max_active_faults',
+    _HTTP + 'fault.v3.HTTPFault': 'delay abort max_active_faults headers upstream_cluster '
+                                  'downstream_nodes',
     _HTTP + 'fault.v3.FaultAbort': 'http_status grpc_status header_abort percentage',
     _HTTP + 'fault.v3.FaultAbort.HeaderAbort': '',
     _FAULT + 'FaultDelay': 'header_delay',
@@ -252,6 +253,7 @@ for _name, _more in {  # edge HTTP filters: CORS, fault injection, compression
     _COMPRESSOR + '.ResponseDirectionConfig': 'common_config disable_on_etag_header '
                                               'remove_accept_encoding_header',
     _COMPRESSOR + '.CommonDirectionConfig': 'enabled min_content_length content_type',
+    _COMPRESSOR + 'PerRoute': 'disabled',
     _CORE + 'TypedExtensionConfig': 'name typed_config',
     _CORE + 'RuntimeFeatureFlag': 'default_value runtime_key',
     'envoy.extensions.compression.gzip.compressor.v3.Gzip': 'memory_level compression_level '

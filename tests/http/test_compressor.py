@@ -19,8 +19,15 @@ PATTERN = b"0123456789abcdef"
 TEXT = "&hdr=content-type:text/plain"
 
 
+PER_ROUTE = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.CompressorPerRoute"
+
+
 def _listener(port, prefix, compressor):
-    h = hcm(stat_prefix=prefix)
+    off = {"envoy.filters.http.compressor": {"@type": PER_ROUTE, "disabled": True}}
+    h = hcm(stat_prefix=prefix, routes=[
+        {"match": {"prefix": "/off"}, "route": {"cluster": "upstream"},
+         "typed_per_filter_config": off},
+        {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}])
     h["http_filters"].insert(0, {"name": "envoy.filters.http.compressor",
                                  "typed_config": dict({"@type": COMPRESSOR}, **compressor)})
     return {"name": prefix, "address": {"socket_address": {"address": "127.0.0.1",
@@ -121,3 +128,8 @@ def test_stats_as_envoy_names_them(px):
     assert 0 < delta("total_compressed_bytes") < 200
     assert "http.tuned.compressor.text_optimized.gzip.response.compressed" in s1
     assert p + "request.not_compressed" in s1
+
+
+def test_route_can_disable_compression(px):
+    r = http(px.ports[0], "GET", "/off?size=2000" + TEXT, [("accept-encoding", "gzip")])
+    assert r.header("content-encoding") is None and r.body == body(2000)

@@ -41,9 +41,13 @@ def px(upstream, tmp_path_factory):
                  "abort": {"header_abort": {}, "percentage": {"numerator": 100}},
                  "max_active_faults": 1}
     never = {"abort": {"http_status": 503}}   # no percentage: 0 %, never fires
+    matching = {"abort": {"http_status": 500, "percentage": full}, "upstream_cluster": "upstream",
+                "headers": [{"name": "x-fault-me", "present_match": True}],
+                "downstream_nodes": ["canary"]}
     cfg = bootstrap([_listener(free_port(), "fixed", fixed, log),
                      _listener(free_port(), "hdr", by_header, log),
-                     _listener(free_port(), "never", never, log)],
+                     _listener(free_port(), "never", never, log),
+                     _listener(free_port(), "matching", matching, log)],
                     [cluster("upstream", [("127.0.0.1", upstream.port)])], free_port())
     p = Proxyd(write_config(d, cfg))
     p.start()
@@ -126,3 +130,10 @@ def test_grpc_abort_header_gives_a_trailers_only_grpc_status(px):
              body=b"\x00\x00\x00\x00\x00")
     assert r.status == 200 and r.header("grpc-status") == "14"
     assert r.header("grpc-message") == "fault filter abort"
+
+
+def test_fault_applies_only_to_matching_headers_cluster_and_node(px):
+    node = ("x-envoy-downstream-service-node", "canary")
+    assert http(px.ports[3], "GET", "/m", [("x-fault-me", "1"), node]).status == 500
+    assert http(px.ports[3], "GET", "/m", [node]).status == 200
+    assert http(px.ports[3], "GET", "/m", [("x-fault-me", "1")]).status == 200

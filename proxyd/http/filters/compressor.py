@@ -10,7 +10,7 @@ compressible when its type is allowed and it has no `cache-control: no-transform
 content-encoding and (with `disable_on_etag_header`) no ETag; a compressible response
 gets `vary: Accept-Encoding` whether compressed or not. Compressing drops content-length
 (HTTP/1.1 goes chunked), sets content-encoding and drops a strong ETag (a weak one stays).
-Stats live under `http.<prefix>.compressor.<library name>.<gzip>.`, with `response.`
+A route's `CompressorPerRoute{disabled: true}` turns it off there. Stats live under `http.<prefix>.compressor.<library name>.<gzip>.`, with `response.`
 inserted when `response_direction_config` is set, as Envoy names them.
 """
 from __future__ import annotations
@@ -128,7 +128,8 @@ class CompressorFilter(StreamFilter):
 
     def encode_headers(self, headers, end_stream: bool):
         c, stats = self.config, self.config.stats
-        if not c.is_enabled(self.encoder_callbacks.runtime):
+        cb = self.encoder_callbacks
+        if not c.is_enabled(cb.runtime) or isinstance(cb.per_route_config(), RouteDisabled):
             stats.not_compressed.inc()
             return FilterHeadersStatus.CONTINUE
         length = headers.get("content-length")
@@ -179,6 +180,16 @@ class CompressorFilter(StreamFilter):
             self.config.stats.total_compressed_bytes.inc(len(tail))
             self.encoder_callbacks.add_encoded_data(tail)
         return super().encode_trailers(trailers)
+
+
+class RouteDisabled:
+    """CompressorPerRoute{disabled: true}: no compression on this route."""
+
+
+def create_route_config(msg, factory):
+    if msg.WhichOneof("override") != "disabled" or not msg.disabled:
+        raise ValueError("CompressorPerRoute: only 'disabled: true' is supported")
+    return RouteDisabled()
 
 
 def create(msg, ctx):

@@ -1,7 +1,9 @@
 """envoy.filters.http.fault: injects delays and aborts into requests, as Envoy's
 fault_filter.cc does.
 
-A fault fires for `percentage` of requests (unset means 0 %, FractionalPercent's default)
+A fault applies to requests that match `headers` (all of them), `upstream_cluster` (the
+route's cluster) and `downstream_nodes` (x-envoy-downstream-service-node), each when set.
+It fires for `percentage` of requests (unset means 0 %, FractionalPercent's default)
 under the runtime keys `fault.http.delay.fixed_delay_percent` / `fault.http.abort.abort_percent`
 (durations and statuses under `fault.http.delay.fixed_duration_ms`,
 `fault.http.abort.http_status`, `fault.http.abort.grpc_status`). With `header_delay` /
@@ -18,6 +20,7 @@ import gevent
 
 from proxyd.http import grpc
 from proxyd.http.filter import FilterHeadersStatus, StreamDecoderFilter
+from proxyd.router.matchers import header_matcher
 
 _DENOMINATORS = (100, 10_000, 1_000_000)
 DELAY_HEADER = "x-envoy-fault-delay-request"
@@ -56,6 +59,10 @@ class FaultConfig:
         self.max_active = msg.max_active_faults.value if msg.HasField("max_active_faults") \
             else None
         self.active = 0
+        self.headers = [header_matcher(h, "HTTPFault.headers[%d]" % i)[0]
+                        for i, h in enumerate(msg.headers)]
+        self.upstream_cluster = msg.upstream_cluster
+        self.downstream_nodes = frozenset(msg.downstream_nodes)
         self.delay = self.abort = None
         if msg.HasField("delay"):
             d = msg.delay
@@ -77,6 +84,17 @@ class FaultConfig:
                                  "[200, 600)")
             self.abort = _Percentage(a.percentage, ABORT_HEADER + "-percentage"
                                      if self.abort_from_header else None)
+
+    def applies(self, cb, headers) -> bool:
+        """upstream_cluster, downstream_nodes and headers (all must match), as Envoy."""
+        if self.upstream_cluster:
+            route = cb.route()
+            if route is None or route.cluster_for(headers) != self.upstream_cluster:
+                return False
+        if self.downstream_nodes and \
+                headers.get("x-envoy-downstream-service-node") not in self.downstream_nodes:
+            return False
+        return all(m(headers) for m in self.headers)
 
     def delay_ms(self, runtime, headers) -> int | None:
         if self.delay is None:
@@ -128,6 +146,8 @@ class FaultFilter(StreamDecoderFilter):
     def decode_headers(self, headers, end_stream: bool):
         cb = self.decoder_callbacks
         c = self.config
+        if not c.applies(cb, headers):
+            return FilterHeadersStatus.CONTINUE
         ms = c.delay_ms(cb.runtime, headers)
         if ms is not None and self._take_active():
             c.stats.delays_injected.inc()
