@@ -41,6 +41,7 @@ static_resources:
             typed_config:
               "@type": type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault
               abort: {header_abort: {}, percentage: {numerator: 100}}
+              delay: {header_delay: {}, percentage: {numerator: 100}}
           - name: envoy.filters.http.cors
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors}
           - name: envoy.filters.http.compressor
@@ -67,6 +68,10 @@ SCENARIOS = {
     "cors_get": ("GET", "/api?size=10", [("origin", "https://a.example")]),
     "cors_bad": ("GET", "/api?size=10", [("origin", "https://b.example")]),
     "abort": ("GET", "/x", [("x-envoy-fault-abort-request", "503")]),
+    "delay_then_abort": ("GET", "/x", [("x-envoy-fault-delay-request", "100"),
+                                       ("x-envoy-fault-abort-request", "429")]),
+    "delay": ("GET", "/x?size=5", [("x-envoy-fault-delay-request", "100")]),
+    "abort_grpc_plain": ("GET", "/x", [("x-envoy-fault-abort-grpc-request", "14")]),
     "gzip": ("GET", "/t?size=2000&hdr=content-type:text/plain",
              [("accept-encoding", "gzip;q=0.5, br;q=0.9")]),
     "gzip_etag": ("GET", "/t?size=2000&hdr=content-type:text/plain&hdr=etag:\"v1\"",
@@ -120,6 +125,7 @@ def test_cors_fault_and_gzip_match_envoy(pair_factory):
     stats = pair.both(_filter_stats)
     assert int(stats[0]["http.ingress.compressor.text_optimized.gzip.compressed"]) == 4
     assert stats[0]["http.ingress.cors.origin_valid"] == "2"
+    assert stats[0]["http.ingress.fault.delays_injected"] == "2"
     diffs += ["stat %s: envoy %s, proxyd %s" % (k, stats[0].get(k), stats[1].get(k))
               for k in sorted(set(stats[0]) | set(stats[1])) if stats[0].get(k) != stats[1].get(k)]
     assert diffs == []

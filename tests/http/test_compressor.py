@@ -6,12 +6,17 @@ from __future__ import annotations
 
 import gzip
 import subprocess
+import sys
 import time
 import urllib.request
+from pathlib import Path
 
 import pytest
 
 from harness import Conn, Proxyd, bootstrap, cluster, free_port, hcm, http, write_config
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "http2"))
+from h2client import H2Client  # noqa: E402
 
 COMPRESSOR = "type.googleapis.com/envoy.extensions.filters.http.compressor.v3.Compressor"
 GZIP = "type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip"
@@ -133,3 +138,11 @@ def test_stats_as_envoy_names_them(px):
 def test_route_can_disable_compression(px):
     r = http(px.ports[0], "GET", "/off?size=2000" + TEXT, [("accept-encoding", "gzip")])
     assert r.header("content-encoding") is None and r.body == body(2000)
+
+
+def test_http2_downstream_gets_gzip(px):
+    with H2Client(px.ports[0]) as c:
+        r = c.get("/t?size=4000" + TEXT, [("accept-encoding", "gzip")])
+    assert r.status == 200 and r.header("content-encoding") == "gzip"
+    assert r.header("content-length") is None
+    assert gzip.decompress(bytes(r.body)) == body(4000)
