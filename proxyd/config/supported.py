@@ -239,10 +239,12 @@ for _name, _more in {  # edge HTTP filters: CORS, fault injection, compression
     _ROUTE + 'VirtualHost': 'cors',
     _ROUTE + 'RouteAction': 'cors',
     _ROUTE + 'CorsPolicy': 'allow_origin_string_match allow_methods allow_headers expose_headers '
-                           'max_age allow_credentials filter_enabled shadow_enabled',
+                           'max_age allow_credentials filter_enabled shadow_enabled '
+                           'forward_not_matching_preflights allow_private_network_access',
     _HTTP + 'cors.v3.CorsPolicy': 'allow_origin_string_match allow_methods allow_headers '
                                   'expose_headers max_age allow_credentials filter_enabled '
-                                  'shadow_enabled',
+                                  'shadow_enabled forward_not_matching_preflights '
+                                  'allow_private_network_access',
     _HTTP + 'fault.v3.HTTPFault': 'delay abort max_active_faults headers upstream_cluster '
                                   'downstream_nodes',
     _HTTP + 'fault.v3.FaultAbort': 'http_status grpc_status header_abort percentage',

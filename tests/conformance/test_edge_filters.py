@@ -193,3 +193,33 @@ def test_legacy_cors_fields_match_envoy(pair_factory):
         allowed.append(e.header("access-control-allow-origin") is not None)
     assert allowed == [True, False, False, True, True]
     assert diffs == []
+
+
+PREFLIGHT_OPTIONS = LEGACY_CORS.replace("""              cors:
+                allow_origin_string_match: [{safe_regex""", """              typed_per_filter_config:
+                envoy.filters.http.cors:
+                  "@type": type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy
+                  allow_origin_string_match: [{exact: "https://a.example"}]
+                  allow_methods: "GET"
+                  forward_not_matching_preflights: false
+                  allow_private_network_access: true
+                  max_age: "5"
+              cors:
+                allow_origin_string_match: [{safe_regex""", 1)
+
+
+def test_unforwarded_preflight_and_private_network_access_match_envoy(pair_factory):
+    assert "forward_not_matching_preflights" in PREFLIGHT_OPTIONS
+    pair = pair_factory(PREFLIGHT_OPTIONS)
+    pre = [("access-control-request-method", "GET"),
+           ("access-control-request-private-network", "true")]
+    cases = [("OPTIONS", "/cors/open", [("origin", "https://b.example")] + pre),
+             ("OPTIONS", "/cors/open", [("origin", "https://a.example")] + pre),
+             ("GET", "/cors/open?size=5", [("origin", "https://a.example")])]
+    diffs = []
+    for method, path, headers in cases:
+        e, p = pair.both(lambda s: s.http(path, method=method, headers=headers))
+        diffs += ["%s %s: %s" % (method, headers[0][1], d) for d in response_diff(e, p)]
+        if method == "OPTIONS":
+            assert e.body == b"" and e.header("access-control-allow-methods") == "GET"
+    assert diffs == []

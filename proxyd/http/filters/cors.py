@@ -4,10 +4,12 @@ The filter config (`Cors`) is empty; the policy (`CorsPolicy`) comes from
 typed_per_filter_config at route, virtual host or route configuration level and is
 resolved field by field, most specific level first, as Envoy's cors_filter.cc does; with
 no typed policy, the deprecated `cors` of the route action and virtual host serve. A
-request without a matched route or without `Origin` is left alone. An allowed preflight
+request without a matched route, on a direct-response or redirect route (as Envoy, whose
+filter needs a route entry) or without `Origin` is left alone. An allowed preflight
 (OPTIONS with Origin and Access-Control-Request-Method) is answered here with 200
 (details `cors_response`); a preflight from an origin no policy allows goes upstream
-(Envoy's default, `forward_not_matching_preflights: true`). Stats `http.<prefix>.cors.origin_valid`
+unless `forward_not_matching_preflights` is false (then 200 without allow-origin).
+`allow_private_network_access` answers Access-Control-Request-Private-Network. Stats `http.<prefix>.cors.origin_valid`
 and `origin_invalid` count requests with an Origin.
 """
 from __future__ import annotations
@@ -31,6 +33,12 @@ class Policy:
         self.allow_headers = msg.allow_headers or _UNSET
         self.expose_headers = msg.expose_headers or _UNSET
         self.max_age = msg.max_age or _UNSET
+        self.forward_not_matching_preflights = (
+            msg.forward_not_matching_preflights.value
+            if msg.HasField("forward_not_matching_preflights") else _UNSET)
+        self.allow_private_network_access = (
+            msg.allow_private_network_access.value
+            if msg.HasField("allow_private_network_access") else _UNSET)
         self.allow_credentials = (msg.allow_credentials.value
                                   if msg.HasField("allow_credentials") else _UNSET)
         self.filter_enabled = _fraction(msg.filter_enabled) if msg.HasField("filter_enabled") \
@@ -68,10 +76,11 @@ class CorsFilter(StreamFilter):
 
     def decode_headers(self, headers, end_stream: bool):
         cb = self.decoder_callbacks
-        if cb.route() is None:
+        route = cb.route()
+        if route is None or route.kind != "cluster":   # Envoy skips direct/redirect routes
             return FilterHeadersStatus.CONTINUE
         self.policies = [p for p in reversed(cb.per_route_configs()) if isinstance(p, Policy)] \
-            or cb.route().cors_policies
+            or route.cors_policies
         if not self.policies:
             return FilterHeadersStatus.CONTINUE
         first = self.policies[0]
@@ -81,19 +90,29 @@ class CorsFilter(StreamFilter):
         origin = headers.get("origin")
         if not origin:
             return FilterHeadersStatus.CONTINUE
+        request_method = headers.get("access-control-request-method")
+        preflight = headers.get(":method") == "OPTIONS" and bool(request_method)
         # a matcher that matches "*" allows every origin (Envoy's isOriginAllowed)
         if not any(m("*") or m(origin) for m in self._field("origins", ())):
             self.stats.origin_invalid.inc()
+            if enabled and preflight and not self._field("forward_not_matching_preflights", True):
+                self._answer_preflight(headers, None, request_method)
+                return FilterHeadersStatus.STOP_ITERATION
             return FilterHeadersStatus.CONTINUE
         self.stats.origin_valid.inc()
         if not enabled:
             return FilterHeadersStatus.CONTINUE
         self.origin = origin
-        request_method = headers.get("access-control-request-method")
-        if headers.get(":method") != "OPTIONS" or not request_method:
+        if not preflight:
             return FilterHeadersStatus.CONTINUE
-        reply = [("access-control-allow-origin", origin)]
-        if self._field("allow_credentials", False):
+        self._answer_preflight(headers, origin, request_method)
+        return FilterHeadersStatus.STOP_ITERATION
+
+    def _answer_preflight(self, headers, origin, request_method) -> None:
+        """200 from the proxy; without allow-origin for an origin no policy allows."""
+        cb = self.decoder_callbacks
+        reply = [("access-control-allow-origin", origin)] if origin else []
+        if origin and self._field("allow_credentials", False):
             reply.append(("access-control-allow-credentials", "true"))
         methods = self._field("allow_methods")
         if methods:
@@ -108,11 +127,13 @@ class CorsFilter(StreamFilter):
         max_age = self._field("max_age")
         if max_age:
             reply.append(("access-control-max-age", max_age))
+        if self._field("allow_private_network_access", False) and \
+                headers.get("access-control-request-private-network") == "true":
+            reply.append(("access-control-allow-private-network", "true"))
         # answered like Envoy's encodeHeaders(..., end_stream): no content-length yet (the
         # codec frames it), so the compressor sees a headers-only response
         cb.stream_info.response_code_details = "cors_response"
         cb.encode_headers(ResponseHead(200, Headers(reply)), True)
-        return FilterHeadersStatus.STOP_ITERATION
 
     def encode_headers(self, headers, end_stream: bool):
         if self.origin is None:
