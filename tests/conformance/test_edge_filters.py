@@ -128,7 +128,7 @@ def test_cors_fault_and_gzip_match_envoy(pair_factory):
     assert stats[0]["http.ingress.fault.delays_injected"] == "2"
     diffs += ["stat %s: envoy %s, proxyd %s" % (k, stats[0].get(k), stats[1].get(k))
               for k in sorted(set(stats[0]) | set(stats[1])) if stats[0].get(k) != stats[1].get(k)]
-    assert diffs == []
+    assert diffs == [], "\n".join(diffs)
 
 
 LEGACY_CORS = """
@@ -192,7 +192,7 @@ def test_legacy_cors_fields_match_envoy(pair_factory):
         diffs += ["%s %s: %s" % (method, path, d) for d in response_diff(e, p)]
         allowed.append(e.header("access-control-allow-origin") is not None)
     assert allowed == [True, False, False, True, True]
-    assert diffs == []
+    assert diffs == [], "\n".join(diffs)
 
 
 PREFLIGHT_OPTIONS = LEGACY_CORS.replace("""              cors:
@@ -222,4 +222,36 @@ def test_unforwarded_preflight_and_private_network_access_match_envoy(pair_facto
         diffs += ["%s %s: %s" % (method, headers[0][1], d) for d in response_diff(e, p)]
         if method == "OPTIONS":
             assert e.body == b"" and e.header("access-control-allow-methods") == "GET"
-    assert diffs == []
+    assert diffs == [], "\n".join(diffs)
+
+
+GZIP_EXAMPLE = TEMPLATE.replace("""              compressor_library:
+                name: text_optimized""", """              response_direction_config:
+                common_config:
+                  min_content_length: 100
+                  content_type: [application/json]
+                disable_on_etag_header: true
+              compressor_library:
+                name: text_optimized""").replace(
+    '"@type": type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip',
+    '"@type": type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip\n'
+    '                  memory_level: 3\n                  window_bits: 10')
+
+
+def test_gzip_sandbox_settings_match_envoy(pair_factory):
+    """Envoy's gzip sandbox: JSON only, 100 bytes at least, nothing with an ETag."""
+    assert "disable_on_etag_header" in GZIP_EXAMPLE and "window_bits: 10" in GZIP_EXAMPLE
+    pair = pair_factory(GZIP_EXAMPLE)
+    json_type = "&hdr=content-type:application/json"
+    cases = ["/j?size=150" + json_type, "/j?size=99" + json_type,
+             '/j?size=500%s&hdr=etag:W/"x"' % json_type, "/j?size=500&hdr=content-type:text/html"]
+    diffs, encodings = [], []
+    for path in cases:
+        e, p = pair.both(lambda s: _decoded(s.http(path, headers=[("accept-encoding", "gzip")])))
+        diffs += ["%s: %s" % (path, d) for d in response_diff(e, p)]
+        encodings.append(e.header("content-encoding"))
+    assert encodings == ["gzip", None, None, None]
+    stats = pair.both(_filter_stats)
+    diffs += ["stat %s: envoy %s, proxyd %s" % (k, stats[0].get(k), stats[1].get(k))
+              for k in sorted(set(stats[0]) | set(stats[1])) if stats[0].get(k) != stats[1].get(k)]
+    assert diffs == [], "\n".join(diffs)

@@ -10,8 +10,9 @@ compressible when its type is allowed and it has no `cache-control: no-transform
 content-encoding and (with `disable_on_etag_header`) no ETag; a compressible response
 gets `vary: Accept-Encoding` whether compressed or not. Compressing drops content-length
 (HTTP/1.1 goes chunked), sets content-encoding and drops a strong ETag (a weak one stays).
-A route's `CompressorPerRoute{disabled: true}` turns it off there. Stats live under `http.<prefix>.compressor.<library name>.<gzip>.`, with `response.`
-inserted when `response_direction_config` is set, as Envoy names them.
+A route's `CompressorPerRoute{disabled: true}` turns it off there. Stats live under `http.<prefix>.compressor.<library name>.<gzip>.`; once
+`response_direction_config` is set, the per-direction ones (compressed, not_compressed,
+total_*_bytes, content_length_too_small) move under `response.`, as Envoy 1.40 has them.
 """
 from __future__ import annotations
 
@@ -21,12 +22,13 @@ from proxyd.http.filter import FilterDataStatus, FilterHeadersStatus, StreamFilt
 
 DEFAULT_TYPES = ("application/javascript", "application/json", "application/xhtml+xml",
                  "image/svg+xml", "text/css", "text/html", "text/plain", "text/xml")
-_RESPONSE = ("compressed", "not_compressed", "no_accept_header", "header_identity",
-             "header_compressor_used", "header_compressor_overshadowed", "header_wildcard",
-             "header_not_valid", "total_uncompressed_bytes", "total_compressed_bytes",
-             "content_length_too_small", "not_compressed_etag")
-_REQUEST = ("compressed", "not_compressed", "total_uncompressed_bytes",
-            "total_compressed_bytes", "content_length_too_small")
+# per direction (under `response.` once response_direction_config is set, `request.`)
+_DIRECTION = ("compressed", "not_compressed", "total_uncompressed_bytes",
+              "total_compressed_bytes", "content_length_too_small")
+# the filter's own, always at the library prefix
+_FILTER = ("no_accept_header", "header_identity", "header_compressor_used",
+           "header_compressor_overshadowed", "header_wildcard", "header_not_valid",
+           "not_compressed_etag")
 
 
 def _accept_encoding(value: str) -> list[tuple[str, float]]:
@@ -88,8 +90,9 @@ class Config:
         self.remove_accept_encoding = resp.remove_accept_encoding_header
         base = "compressor.%s.%s" % (lib.name, self.library.stat_prefix)
         response = base + ("response." if msg.HasField("response_direction_config") else "")
-        self.stats = ctx.scope(response, counters=_RESPONSE)
-        self.request_stats = ctx.scope(base + "request.", counters=_REQUEST)
+        self.stats = ctx.scope(response, counters=_DIRECTION)
+        self.filter_stats = ctx.scope(base, counters=_FILTER)
+        self.request_stats = ctx.scope(base + "request.", counters=_DIRECTION)
 
     def is_enabled(self, runtime) -> bool:
         return self.enabled is None or runtime.get_bool(*self.enabled)
@@ -141,7 +144,7 @@ class CompressorFilter(StreamFilter):
         compressible = type_ok and not _has_no_transform(headers) \
             and "content-encoding" not in headers and headers.get(":status") != "101"
         if compressible and c.disable_on_etag and "etag" in headers:
-            stats.not_compressed_etag.inc()
+            c.filter_stats.not_compressed_etag.inc()
             compressible = False
         if end_stream:
             if compressible:
@@ -149,7 +152,7 @@ class CompressorFilter(StreamFilter):
             stats.not_compressed.inc()
             return FilterHeadersStatus.CONTINUE
         stat, coding = choose(self.accept, c.library.encoding if type_ok else None)
-        getattr(stats, stat).inc()
+        getattr(c.filter_stats, stat).inc()
         if not compressible or coding == "identity":
             if compressible:
                 _add_vary(headers)
