@@ -10,7 +10,8 @@ compressible when its type is allowed and it has no `cache-control: no-transform
 content-encoding and (with `disable_on_etag_header`) no ETag; a compressible response
 gets `vary: Accept-Encoding` whether compressed or not. Compressing drops content-length
 (HTTP/1.1 goes chunked), sets content-encoding and drops a strong ETag (a weak one stays).
-A route's `CompressorPerRoute{disabled: true}` turns it off there. Stats live under `http.<prefix>.compressor.<library name>.<gzip>.`; once
+A route's `CompressorPerRoute{disabled: true}` turns it off there. Stats live under
+`http.<prefix>.compressor.<library name>.<gzip>.`; once
 `response_direction_config` is set, the per-direction ones (compressed, not_compressed,
 total_*_bytes, content_length_too_small) move under `response.`, as Envoy 1.40 has them.
 """
@@ -77,7 +78,7 @@ def choose(accept: str | None, encoding: str | None) -> tuple[str, str]:
 class Config:
     def __init__(self, msg, ctx):
         lib = msg.compressor_library
-        type_name, lib_msg = extension_config(lib.typed_config)
+        _type_name, lib_msg = extension_config(lib.typed_config)
         self.library = registry.factory(lib.typed_config.type_url).create(lib_msg)
         resp = msg.response_direction_config
         common = resp.common_config

@@ -9,8 +9,8 @@ filter needs a route entry) or without `Origin` is left alone. An allowed prefli
 (OPTIONS with Origin and Access-Control-Request-Method) is answered here with 200
 (details `cors_response`); a preflight from an origin no policy allows goes upstream
 unless `forward_not_matching_preflights` is false (then 200 without allow-origin).
-`allow_private_network_access` answers Access-Control-Request-Private-Network. Stats `http.<prefix>.cors.origin_valid`
-and `origin_invalid` count requests with an Origin.
+`allow_private_network_access` answers Access-Control-Request-Private-Network. Stats
+`http.<prefix>.cors.origin_valid` and `origin_invalid` count requests with an Origin.
 """
 from __future__ import annotations
 
