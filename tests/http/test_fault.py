@@ -49,7 +49,7 @@ def px(upstream, tmp_path_factory):
                      _listener(free_port(), "never", never, log),
                      _listener(free_port(), "matching", matching, log)],
                     [cluster("upstream", [("127.0.0.1", upstream.port)])], free_port())
-    p = Proxyd(write_config(d, cfg))
+    p = Proxyd(write_config(d, cfg), concurrency=2)   # max_active_faults spans workers
     p.start()
     p.access_log = log
     yield p

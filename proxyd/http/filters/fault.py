@@ -10,9 +10,10 @@ under the runtime keys `fault.http.delay.fixed_delay_percent` / `fault.http.abor
 `header_abort` the request's `x-envoy-fault-*` headers give the value, and their
 `-percentage` headers lower (never raise) the configured percentage. A delay is a timer in
 a helper greenlet (the worker keeps serving); when it ends the abort is considered, then the
-chain continues. `max_active_faults` caps the faults in flight on this worker
-(`faults_overflow` counts the ones refused). Aborts answer `fault filter abort` with flag
-FI and details `fault_filter_abort`; delays set flag DI.
+chain continues. `max_active_faults` caps the faults in flight across the workers, read
+from the `active_faults` gauge as Envoy does (`faults_overflow` counts the ones refused).
+Aborts answer `fault filter abort` with flag FI and details `fault_filter_abort`; delays
+set flag DI.
 """
 from __future__ import annotations
 
@@ -58,7 +59,6 @@ class FaultConfig:
         self.stats = stats
         self.max_active = msg.max_active_faults.value if msg.HasField("max_active_faults") \
             else None
-        self.active = 0
         self.headers = [header_matcher(h, "HTTPFault.headers[%d]" % i)[0]
                         for i, h in enumerate(msg.headers)]
         self.upstream_cluster = msg.upstream_cluster
@@ -135,10 +135,10 @@ class FaultFilter(StreamDecoderFilter):
         c = self.config
         if self.counted:
             return True
-        if c.max_active is not None and c.active >= c.max_active:
+        # the gauge sums every worker's share: the cap is process-wide, as Envoy's
+        if c.max_active is not None and c.stats.active_faults.value() >= c.max_active:
             c.stats.faults_overflow.inc()
             return False
-        c.active += 1
         c.stats.active_faults.inc()
         self.counted = True
         return True
@@ -181,7 +181,6 @@ class FaultFilter(StreamDecoderFilter):
     def on_destroy(self) -> None:
         if self.counted:
             self.counted = False
-            self.config.active -= 1
             self.config.stats.active_faults.dec()
 
 
