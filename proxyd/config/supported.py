@@ -253,7 +253,8 @@ for _name, _more in {  # edge HTTP filters: CORS, fault injection, compression
     _FAULT + 'FaultDelay.HeaderDelay': '',
     _COMPRESSOR: 'compressor_library response_direction_config',
     _COMPRESSOR + '.ResponseDirectionConfig': 'common_config disable_on_etag_header '
-                                              'remove_accept_encoding_header',
+                                              'remove_accept_encoding_header '
+                                              'uncompressible_response_codes',
     _COMPRESSOR + '.CommonDirectionConfig': 'enabled min_content_length content_type',
     _COMPRESSOR + 'PerRoute': 'disabled',
     _CORE + 'TypedExtensionConfig': 'name typed_config',

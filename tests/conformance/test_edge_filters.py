@@ -231,6 +231,7 @@ GZIP_EXAMPLE = TEMPLATE.replace("""              compressor_library:
                   min_content_length: 100
                   content_type: [application/json]
                 disable_on_etag_header: true
+                uncompressible_response_codes: [206]
               compressor_library:
                 name: text_optimized""").replace(
     '"@type": type.googleapis.com/envoy.extensions.compression.gzip.compressor.v3.Gzip',
@@ -239,18 +240,20 @@ GZIP_EXAMPLE = TEMPLATE.replace("""              compressor_library:
 
 
 def test_gzip_sandbox_settings_match_envoy(pair_factory):
-    """Envoy's gzip sandbox: JSON only, 100 bytes at least, nothing with an ETag."""
-    assert "disable_on_etag_header" in GZIP_EXAMPLE and "window_bits: 10" in GZIP_EXAMPLE
+    """Envoy's gzip sandbox: JSON only, 100 bytes at least, nothing with an ETag (and
+    uncompressible_response_codes)."""
+    assert "uncompressible_response_codes" in GZIP_EXAMPLE and "window_bits: 10" in GZIP_EXAMPLE
     pair = pair_factory(GZIP_EXAMPLE)
     json_type = "&hdr=content-type:application/json"
     cases = ["/j?size=150" + json_type, "/j?size=99" + json_type,
-             '/j?size=500%s&hdr=etag:W/"x"' % json_type, "/j?size=500&hdr=content-type:text/html"]
+             '/j?size=500%s&hdr=etag:W/"x"' % json_type, "/j?size=500&hdr=content-type:text/html",
+             "/j?size=500&status=206" + json_type, "/j?size=500&status=404" + json_type]
     diffs, encodings = [], []
     for path in cases:
         e, p = pair.both(lambda s: _decoded(s.http(path, headers=[("accept-encoding", "gzip")])))
         diffs += ["%s: %s" % (path, d) for d in response_diff(e, p)]
         encodings.append(e.header("content-encoding"))
-    assert encodings == ["gzip", None, None, None]
+    assert encodings == ["gzip", None, None, None, None, "gzip"]
     stats = pair.both(_filter_stats)
     diffs += ["stat %s: envoy %s, proxyd %s" % (k, stats[0].get(k), stats[1].get(k))
               for k in sorted(set(stats[0]) | set(stats[1])) if stats[0].get(k) != stats[1].get(k)]

@@ -7,7 +7,8 @@ the request's Accept-Encoding is weighed by q-value (`no_accept_header`, `header
 `header_wildcard`, `header_not_valid`, `header_compressor_used`); this filter only offers
 its encoding for an allowed content type (the default list is Envoy's). A response is
 compressible when its type is allowed and it has no `cache-control: no-transform`, no
-content-encoding and (with `disable_on_etag_header`) no ETag; a compressible response
+content-encoding, a status outside `uncompressible_response_codes` and (with
+`disable_on_etag_header`) no ETag; a compressible response
 gets `vary: Accept-Encoding` whether compressed or not. Compressing drops content-length
 (HTTP/1.1 goes chunked), sets content-encoding and drops a strong ETag (a weak one stays).
 A route's `CompressorPerRoute{disabled: true}` turns it off there. Stats live under
@@ -88,6 +89,7 @@ class Config:
         self.enabled = (common.enabled.runtime_key, common.enabled.default_value.value) \
             if common.HasField("enabled") else None
         self.disable_on_etag = resp.disable_on_etag_header
+        self.uncompressible_codes = frozenset(str(c) for c in resp.uncompressible_response_codes)
         self.remove_accept_encoding = resp.remove_accept_encoding_header
         base = "compressor.%s.%s" % (lib.name, self.library.stat_prefix)
         response = base + ("response." if msg.HasField("response_direction_config") else "")
@@ -143,7 +145,8 @@ class CompressorFilter(StreamFilter):
             return FilterHeadersStatus.CONTINUE
         type_ok = _type_allowed(headers, c.types)
         compressible = type_ok and not _has_no_transform(headers) \
-            and "content-encoding" not in headers and headers.get(":status") != "101"
+            and "content-encoding" not in headers and headers.get(":status") != "101" \
+            and headers.get(":status") not in c.uncompressible_codes
         if compressible and c.disable_on_etag and "etag" in headers:
             c.filter_stats.not_compressed_etag.inc()
             compressible = False
