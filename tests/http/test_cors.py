@@ -26,6 +26,9 @@ def config(port, admin_port, upstream_port):
         dict(route("/wild"), typed_per_filter_config=policy(allow_methods="*",
                                                             allow_headers="*")),
         dict(route("/nocred"), typed_per_filter_config=policy(allow_credentials=False)),
+        dict(route("/shadow"), typed_per_filter_config=policy(
+            filter_enabled={"default_value": {"numerator": 0}},
+            shadow_enabled={"default_value": {"numerator": 100}})),
         route("/"),
     ]
     h = hcm(virtual_hosts=[{"name": "vh", "domains": ["*"], "routes": routes,
@@ -150,3 +153,12 @@ def test_legacy_cors_fields_of_envoys_sandbox(legacy):
     assert r.header("access-control-allow-origin") is None
     r = http(legacy.port, "GET", "/cors/restricted", [("origin", "https://www.envoyproxy.io")])
     assert r.header("access-control-allow-origin") == "https://www.envoyproxy.io"
+
+
+def test_shadow_mode_counts_but_does_not_enforce(px, upstream):
+    s0 = stats(px)
+    r = preflight(px, "/shadow", "https://app.example")
+    assert r.json()["method"] == "OPTIONS"           # went upstream: not answered
+    assert r.header("access-control-allow-origin") is None
+    key = "http.ingress.cors.origin_valid"
+    assert int(stats(px)[key]) - int(s0.get(key, 0)) == 1
