@@ -121,6 +121,9 @@ class Http1Connection:
                 if headers_timer is not None:  # never thrown into a running stream
                     headers_timer.close()
                     headers_timer = None
+                # busy, whoever read the bytes: the first request may come from the
+                # codec sniff's read, with no recv here (a drain closes idle connections)
+                self.idle = False
                 stats.downstream_rq_http1_total.inc()
                 stream = self.stream = Http1Stream(hcm, conn, head, self)
                 stream.run()

@@ -76,10 +76,12 @@ class CountingUpstream:
 def test_one_http2_connection_cannot_fan_out_past_1024_upstream_connections(proxyd_factory):
     """1,500 concurrent streams on one downstream connection, no circuit_breakers
     configured: Envoy's default max_connections (1024) holds; the other requests wait
-    as pending (within max_pending_requests 1024) and are all served."""
+    as pending (within max_pending_requests 1024) and are all served. (The listener
+    allows 2,000 concurrent streams: Envoy's default of 1,024 would itself cap them.)"""
     up = CountingUpstream(delay=1.0)
     admin = free_port()
-    px = proxyd_factory(_config(up.port, admin))
+    px = proxyd_factory(_config(up.port, admin,
+                                http2_protocol_options={"max_concurrent_streams": 2000}))
     try:
         out = subprocess.run(["h2load", "-n", "1500", "-c", "1", "-m", "1500", "-t", "1",
                               px.url + "/fan-out"], capture_output=True, text=True, timeout=120)
