@@ -54,6 +54,8 @@ _MODULES: dict[str, tuple[str, str]] = {
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager":
         (NETWORK_FILTER, "proxyd.http.conn_manager"),
     "envoy.extensions.filters.http.router.v3.Router": (HTTP_FILTER, "proxyd.http.filters.router"),
+    "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
+        (HTTP_FILTER, "proxyd.http.filters.local_ratelimit"),
     "envoy.config.route.v3.FilterConfig": (HTTP_ROUTE_CONFIG, "proxyd.http.per_filter_config"),
     # proxyd's own: an HTTP filter written in Python (configured by an xds TypedStruct)
     "proxyd.filters.http.python.v1.Python": (HTTP_FILTER, "proxyd.http.filters.python"),
@@ -87,6 +89,17 @@ def kinds() -> dict[str, str]:
 
 def known(type_url: str) -> bool:
     return type_url.removeprefix(TYPE_PREFIX) in _MODULES
+
+
+def fills(type_url: str, slot_kind: str) -> bool:
+    """Whether the extension may fill a slot of `slot_kind`: one of its own kind, or a
+    per-route slot for an HTTP filter whose own message is also its per-route config
+    (Envoy's local_ratelimit): its module has `create_route_config`."""
+    kind = _MODULES[type_url.removeprefix(TYPE_PREFIX)][0]
+    if kind == slot_kind:
+        return True
+    return (slot_kind == HTTP_ROUTE_CONFIG and kind == HTTP_FILTER
+            and hasattr(factory(type_url), "create_route_config"))
 
 
 def factory(type_url: str):

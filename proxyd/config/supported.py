@@ -231,6 +231,14 @@ for _name, _more in {  # hostile clients: slow heads, HTTP/2 floods
                                     'max_inbound_window_update_frames_per_data_frame_sent',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+_LRL = 'envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit'
+for _name, _more in {  # local rate limit (http/filters/local_ratelimit.py): no descriptors
+    _LRL: 'stat_prefix status token_bucket filter_enabled filter_enforced '
+          'request_headers_to_add_when_not_enforced response_headers_to_add',
+    'envoy.type.v3.TokenBucket': 'max_tokens tokens_per_fill fill_interval',
+    'envoy.type.v3.HttpStatus': 'code',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
 """Full message name -> names of the fields proxyd implements."""
 
@@ -345,13 +353,13 @@ def _sub(msg, slot, path, out):
         return
     typed_struct = msg.type_url.rsplit('/', 1)[-1] in loader.TYPED_STRUCTS
     inner = loader.unpack(msg) if typed_struct else None
-    kind = EXTENSIONS.get(inner.type_url if typed_struct else msg.type_url)
+    url = inner.type_url if typed_struct else msg.type_url
+    kind = EXTENSIONS.get(url)
     if not msg.type_url:
         out.append((path, "'@type' is missing"))
     elif kind is None:
-        url = inner.type_url if typed_struct else msg.type_url
         out.append((path, f'extension {url} is not supported by proxyd'))
-    elif SLOTS.get(slot, kind) != kind:
+    elif slot in SLOTS and not registry.fills(url, SLOTS[slot]):
         out.append((path, f'extension {msg.type_url} is a {kind}, not a {SLOTS[slot]}'))
     elif not typed_struct:  # a TypedStruct's Struct is checked by its extension
         _check(loader.unpack(msg), path, out)
