@@ -31,6 +31,8 @@ _MODULES: dict[str, tuple[str, str]] = {
         (NETWORK_FILTER, "proxyd.network.filters.tcp_proxy"),
     "envoy.extensions.filters.network.echo.v3.Echo":
         (NETWORK_FILTER, "proxyd.network.filters.echo"),
+    "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit":
+        (NETWORK_FILTER, "proxyd.network.filters.local_ratelimit"),
     "envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy":
         (NETWORK_FILTER, "proxyd.network.filters.mongo_proxy"),
     "envoy.extensions.filters.network.thrift_proxy.v3.ThriftProxy":

@@ -232,11 +232,14 @@ for _name, _more in {  # hostile clients: slow heads, HTTP/2 floods
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 _LRL = 'envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit'
-for _name, _more in {  # local rate limit (http/filters/local_ratelimit.py): no descriptors
+for _name, _more in {  # local rate limits (http/ and network/filters/local_ratelimit.py): no descriptors
     _LRL: 'stat_prefix status token_bucket filter_enabled filter_enforced '
           'request_headers_to_add_when_not_enforced response_headers_to_add',
     'envoy.type.v3.TokenBucket': 'max_tokens tokens_per_fill fill_interval',
     'envoy.type.v3.HttpStatus': 'code',
+    'envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit':
+        'stat_prefix token_bucket runtime_enabled share_key',
+    _CORE + 'RuntimeFeatureFlag': 'default_value runtime_key',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
