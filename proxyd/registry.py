@@ -58,6 +58,9 @@ _MODULES: dict[str, tuple[str, str]] = {
     "envoy.extensions.filters.http.router.v3.Router": (HTTP_FILTER, "proxyd.http.filters.router"),
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
         (HTTP_FILTER, "proxyd.http.filters.local_ratelimit"),
+    "envoy.extensions.filters.http.rbac.v3.RBAC": (HTTP_FILTER, "proxyd.http.filters.rbac"),
+    "envoy.extensions.filters.http.rbac.v3.RBACPerRoute":
+        (HTTP_ROUTE_CONFIG, "proxyd.http.filters.rbac"),
     "envoy.config.route.v3.FilterConfig": (HTTP_ROUTE_CONFIG, "proxyd.http.per_filter_config"),
     # proxyd's own: an HTTP filter written in Python (configured by an xds TypedStruct)
     "proxyd.filters.http.python.v1.Python": (HTTP_FILTER, "proxyd.http.filters.python"),

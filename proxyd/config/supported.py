@@ -242,6 +242,24 @@ for _name, _more in {  # local rate limits (http/ and network/filters/local_rate
     _CORE + 'RuntimeFeatureFlag': 'default_value runtime_key',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+_RBAC = 'envoy.config.rbac.v3.'
+for _name, _more in {  # RBAC (http/filters/rbac.py): no matcher, LOG, metadata or TLS principals
+    'envoy.extensions.filters.http.rbac.v3.RBAC': 'rules shadow_rules',
+    'envoy.extensions.filters.http.rbac.v3.RBACPerRoute': 'rbac',
+    _RBAC + 'RBAC': 'action policies',
+    _RBAC + 'RBAC.PoliciesEntry': 'key value',
+    _RBAC + 'Policy': 'permissions principals',
+    _RBAC + 'Permission': 'any and_rules or_rules not_rule header url_path destination_ip '
+                          'destination_port destination_port_range',
+    _RBAC + 'Permission.Set': 'rules',
+    _RBAC + 'Principal': 'any and_ids or_ids not_id source_ip direct_remote_ip remote_ip '
+                         'header url_path',
+    _RBAC + 'Principal.Set': 'ids',
+    _CORE + 'CidrRange': 'address_prefix prefix_len',
+    'envoy.type.matcher.v3.PathMatcher': 'path',
+    'envoy.type.v3.Int32Range': 'start end',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
 """Full message name -> names of the fields proxyd implements."""
 
@@ -276,6 +294,7 @@ ENUMS = {
     (_CORE + 'ApiConfigSource', 'api_type'):
         frozenset({'GRPC', 'DELTA_GRPC', 'AGGREGATED_GRPC', 'AGGREGATED_DELTA_GRPC', 'REST'}),
     (_CORE + 'ConfigSource', 'resource_api_version'): frozenset({'V3'}),
+    ('envoy.config.rbac.v3.RBAC', 'action'): frozenset({'ALLOW', 'DENY'}),
     (_CORE + 'ApiConfigSource', 'transport_api_version'): frozenset({'V3'}),
 }
 """(message, enum field) -> the values proxyd implements; other enum fields allow every value."""
