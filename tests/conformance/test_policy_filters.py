@@ -134,3 +134,51 @@ def test_rate_limit_and_rbac_match_envoy(pair):
     assert proxyd_log == envoy_log
     envoy_stats, proxyd_stats = pair.both(_stats)
     assert {k: v for k, v in proxyd_stats.items() if k in envoy_stats} == envoy_stats
+
+
+TCP_TEMPLATE = """
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: $admin}}}
+static_resources:
+  clusters:
+  - name: upstream
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address:
+        {address: 127.0.0.1, port_value: $upstream}}}}]}]
+  listeners:
+  - name: tcp
+    address: {socket_address: {address: 127.0.0.1, port_value: $listener}}
+    filter_chains:
+    - filters:
+      - name: rl
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit
+          stat_prefix: tcp_rl
+          token_bucket: {max_tokens: 2, fill_interval: 3600s}
+      - name: tcp
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp
+          cluster: upstream
+"""
+
+
+def test_network_rate_limit_matches_envoy(pair_factory):
+    pair = pair_factory(TCP_TEMPLATE)
+    request = b"GET /n HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+
+    def run(side):
+        out = []
+        for _ in range(5):
+            data, closed = side.raw(request)
+            out.append((data.split(b"\r\n", 1)[0], closed))
+        text = side.admin("/stats").body.decode()
+        stats = dict(ln.split(": ", 1) for ln in text.splitlines() if ": " in ln)
+        return out, stats["local_rate_limit.tcp_rl.rate_limited"], \
+            stats["tcp.tcp.downstream_cx_total"]
+
+    envoy, proxyd = pair.both(run)
+    assert [first[:12] for first, _ in envoy[0]] == [b"HTTP/1.1 200"] * 2 + [b""] * 3
+    assert envoy[1:] == ("3", "5")     # tcp_proxy counts the closed ones too
+    assert proxyd == envoy
