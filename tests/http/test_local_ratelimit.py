@@ -11,10 +11,16 @@ from pathlib import Path
 
 import pytest
 
+import sys
+
 from harness import Proxyd, bootstrap, cluster, free_port, hcm, http, write_config
 from proxyd.master.arbiter import stats_path
+from proxyd.stats.catalog import Catalog
 from proxyd.stats.region import Region
 from proxyd.stats.store import StatsStore
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "http2"))
+from h2client import H2Client  # noqa: E402
 
 LRL = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 HOUR = "3600s"
@@ -49,6 +55,7 @@ def config(port, admin_port, upstream_port, log_path):
         up("/off", rl("off_rl", 1, enabled=None, enforced=None)),
         up("/refill", rl("refill_rl", 1, fill="0.2s")),
         up("/rate", rl("rate_rl", 5, fill="0.1s")),
+        up("/h2", rl("h2_rl", 2)),
         up("/shared"),
     ]
     h = hcm(routes=routes, stat_prefix="ing", access_log=[{
@@ -97,7 +104,6 @@ def per_worker(px, name) -> list[int]:
     path = stats_path(Options)
     store, region = StatsStore.attach(path), Region.attach(path)
     try:
-        from proxyd.stats.catalog import Catalog
         _, row = Catalog(region).lookup(name)
         return [region.values(s["slot"])[row] for s in store.slots() if s["role"] == "worker"]
     finally:
@@ -182,3 +188,11 @@ def test_rate_holds_under_load_across_workers(px):
     ok = codes.count(200)
     assert set(codes) == {200, 429}
     assert 5 < ok <= 5 + 10 * elapsed, (ok, elapsed, len(codes))
+
+
+def test_http2_streams_share_the_bucket_and_get_the_local_reply(px):
+    with H2Client(px.port) as c:
+        replies = [c.wait(c.request("GET", "/h2/%d" % i, [])) for i in range(4)]
+    assert [r.status for r in replies] == [200, 200, 429, 429]
+    assert bytes(replies[2].body) == b"local_rate_limited"
+    assert rl_stats(px, "h2_rl") == {"enabled": 4, "enforced": 2, "rate_limited": 2, "ok": 2}
