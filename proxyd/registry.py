@@ -33,6 +33,8 @@ _MODULES: dict[str, tuple[str, str]] = {
         (NETWORK_FILTER, "proxyd.network.filters.echo"),
     "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit":
         (NETWORK_FILTER, "proxyd.network.filters.local_ratelimit"),
+    "envoy.extensions.filters.network.rbac.v3.RBAC":
+        (NETWORK_FILTER, "proxyd.network.filters.rbac"),
     "envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy":
         (NETWORK_FILTER, "proxyd.network.filters.mongo_proxy"),
     "envoy.extensions.filters.network.thrift_proxy.v3.ThriftProxy":

@@ -246,6 +246,7 @@ _RBAC = 'envoy.config.rbac.v3.'
 for _name, _more in {  # RBAC (http/filters/rbac.py): no matcher, LOG, metadata or TLS principals
     'envoy.extensions.filters.http.rbac.v3.RBAC': 'rules shadow_rules',
     'envoy.extensions.filters.http.rbac.v3.RBACPerRoute': 'rbac',
+    'envoy.extensions.filters.network.rbac.v3.RBAC': 'rules shadow_rules stat_prefix',
     _RBAC + 'RBAC': 'action policies',
     _RBAC + 'RBAC.PoliciesEntry': 'key value',
     _RBAC + 'Policy': 'permissions principals',

@@ -182,3 +182,77 @@ def test_network_rate_limit_matches_envoy(pair_factory):
     assert [first[:12] for first, _ in envoy[0]] == [b"HTTP/1.1 200"] * 2 + [b""] * 3
     assert envoy[1:] == ("3", "5")     # tcp_proxy counts the closed ones too
     assert proxyd == envoy
+
+
+RBAC_TCP_TEMPLATE = """
+admin: {address: {socket_address: {address: 127.0.0.1, port_value: $admin}}}
+static_resources:
+  clusters:
+  - name: upstream
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address:
+        {address: 127.0.0.1, port_value: $upstream}}}}]}]
+  listeners:
+  - name: allowed
+    address: {socket_address: {address: 127.0.0.1, port_value: $listener}}
+    filter_chains:
+    - filters:
+      - name: rbac
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: nrbac_ok
+          rules:
+            action: ALLOW
+            policies:
+              local:
+                permissions: [{destination_port: $listener}]
+                principals: [{direct_remote_ip: {address_prefix: 127.0.0.1, prefix_len: 32}}]
+          shadow_rules:
+            action: DENY
+            policies:
+              nobody: {permissions: [{any: true}], principals: [{not_id: {any: true}}]}
+      - name: tcp
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp_ok
+          cluster: upstream
+  - name: denied
+    address: {socket_address: {address: 127.0.0.1, port_value: $other}}
+    filter_chains:
+    - filters:
+      - name: rbac
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: nrbac_no
+          rules:
+            action: DENY
+            policies:
+              loopback:
+                permissions: [{not_rule: {destination_ip: {address_prefix: 10.0.0.0, prefix_len: 8}}}]
+                principals: [{remote_ip: {address_prefix: 127.0.0.0, prefix_len: 8}}]
+      - name: tcp
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy
+          stat_prefix: tcp_no
+          cluster: upstream
+"""
+
+
+def test_network_rbac_matches_envoy(pair_factory):
+    pair = pair_factory(RBAC_TCP_TEMPLATE)
+    request = b"GET /n HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n"
+
+    def run(side):
+        out = [side.raw(request, port)[0].split(b" ", 2)[:2] for port in ("listener", "other")]
+        text = side.admin("/stats").body.decode()
+        stats = {k: v for k, v in (ln.split(": ", 1) for ln in text.splitlines() if ": " in ln)
+                 if ".rbac." in k}
+        return out, stats
+
+    envoy, proxyd = pair.both(run)
+    assert envoy[0] == [[b"HTTP/1.1", b"200"], [b""]]
+    assert envoy[1]["nrbac_ok.rbac.allowed"] == "1" and envoy[1]["nrbac_no.rbac.denied"] == "1"
+    assert proxyd[0] == envoy[0]
+    assert {k: v for k, v in proxyd[1].items() if k in envoy[1]} == envoy[1]
