@@ -32,6 +32,10 @@ _MODULES: dict[str, tuple[str, str]] = {
         (NETWORK_FILTER, "proxyd.network.filters.tcp_proxy"),
     "envoy.extensions.filters.network.echo.v3.Echo":
         (NETWORK_FILTER, "proxyd.network.filters.echo"),
+    "envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit":
+        (NETWORK_FILTER, "proxyd.network.filters.local_ratelimit"),
+    "envoy.extensions.filters.network.rbac.v3.RBAC":
+        (NETWORK_FILTER, "proxyd.network.filters.rbac"),
     "envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy":
         (NETWORK_FILTER, "proxyd.network.filters.mongo_proxy"),
     "envoy.extensions.filters.network.thrift_proxy.v3.ThriftProxy":
@@ -55,6 +59,11 @@ _MODULES: dict[str, tuple[str, str]] = {
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager":
         (NETWORK_FILTER, "proxyd.http.conn_manager"),
     "envoy.extensions.filters.http.router.v3.Router": (HTTP_FILTER, "proxyd.http.filters.router"),
+    "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
+        (HTTP_FILTER, "proxyd.http.filters.local_ratelimit"),
+    "envoy.extensions.filters.http.rbac.v3.RBAC": (HTTP_FILTER, "proxyd.http.filters.rbac"),
+    "envoy.extensions.filters.http.rbac.v3.RBACPerRoute":
+        (HTTP_ROUTE_CONFIG, "proxyd.http.filters.rbac"),
     "envoy.config.route.v3.FilterConfig": (HTTP_ROUTE_CONFIG, "proxyd.http.per_filter_config"),
     "envoy.extensions.filters.http.cors.v3.Cors": (HTTP_FILTER, "proxyd.http.filters.cors"),
     "envoy.extensions.filters.http.cors.v3.CorsPolicy":
@@ -98,6 +107,17 @@ def kinds() -> dict[str, str]:
 
 def known(type_url: str) -> bool:
     return type_url.removeprefix(TYPE_PREFIX) in _MODULES
+
+
+def fills(type_url: str, slot_kind: str) -> bool:
+    """Whether the extension may fill a slot of `slot_kind`: one of its own kind, or a
+    per-route slot for an HTTP filter whose own message is also its per-route config
+    (Envoy's local_ratelimit): its module has `create_route_config`."""
+    kind = _MODULES[type_url.removeprefix(TYPE_PREFIX)][0]
+    if kind == slot_kind:
+        return True
+    return (slot_kind == HTTP_ROUTE_CONFIG and kind == HTTP_FILTER
+            and hasattr(factory(type_url), "create_route_config"))
 
 
 def factory(type_url: str):

@@ -264,6 +264,36 @@ for _name, _more in {  # edge HTTP filters: CORS, fault injection, compression
                                                             'chunk_size',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+_LRL = 'envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit'
+for _name, _more in {  # local rate limits (http/ and network/filters/local_ratelimit.py): no descriptors
+    _LRL: 'stat_prefix status token_bucket filter_enabled filter_enforced '
+          'request_headers_to_add_when_not_enforced response_headers_to_add',
+    'envoy.type.v3.TokenBucket': 'max_tokens tokens_per_fill fill_interval',
+    'envoy.type.v3.HttpStatus': 'code',
+    'envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit':
+        'stat_prefix token_bucket runtime_enabled share_key',
+    _CORE + 'RuntimeFeatureFlag': 'default_value runtime_key',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+_RBAC = 'envoy.config.rbac.v3.'
+for _name, _more in {  # RBAC (http/filters/rbac.py): no matcher, LOG, metadata or TLS principals
+    'envoy.extensions.filters.http.rbac.v3.RBAC': 'rules shadow_rules',
+    'envoy.extensions.filters.http.rbac.v3.RBACPerRoute': 'rbac',
+    'envoy.extensions.filters.network.rbac.v3.RBAC': 'rules shadow_rules stat_prefix',
+    _RBAC + 'RBAC': 'action policies',
+    _RBAC + 'RBAC.PoliciesEntry': 'key value',
+    _RBAC + 'Policy': 'permissions principals',
+    _RBAC + 'Permission': 'any and_rules or_rules not_rule header url_path destination_ip '
+                          'destination_port destination_port_range',
+    _RBAC + 'Permission.Set': 'rules',
+    _RBAC + 'Principal': 'any and_ids or_ids not_id source_ip direct_remote_ip remote_ip '
+                         'header url_path',
+    _RBAC + 'Principal.Set': 'ids',
+    _CORE + 'CidrRange': 'address_prefix prefix_len',
+    'envoy.type.matcher.v3.PathMatcher': 'path',
+    'envoy.type.v3.Int32Range': 'start end',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
 """Full message name -> names of the fields proxyd implements."""
 
@@ -298,6 +328,7 @@ ENUMS = {
     (_CORE + 'ApiConfigSource', 'api_type'):
         frozenset({'GRPC', 'DELTA_GRPC', 'AGGREGATED_GRPC', 'AGGREGATED_DELTA_GRPC', 'REST'}),
     (_CORE + 'ConfigSource', 'resource_api_version'): frozenset({'V3'}),
+    ('envoy.config.rbac.v3.RBAC', 'action'): frozenset({'ALLOW', 'DENY'}),
     (_CORE + 'ApiConfigSource', 'transport_api_version'): frozenset({'V3'}),
 }
 """(message, enum field) -> the values proxyd implements; other enum fields allow every value."""
@@ -378,13 +409,13 @@ def _sub(msg, slot, path, out):
         return
     typed_struct = msg.type_url.rsplit('/', 1)[-1] in loader.TYPED_STRUCTS
     inner = loader.unpack(msg) if typed_struct else None
-    kind = EXTENSIONS.get(inner.type_url if typed_struct else msg.type_url)
+    url = inner.type_url if typed_struct else msg.type_url
+    kind = EXTENSIONS.get(url)
     if not msg.type_url:
         out.append((path, "'@type' is missing"))
     elif kind is None:
-        url = inner.type_url if typed_struct else msg.type_url
         out.append((path, f'extension {url} is not supported by proxyd'))
-    elif SLOTS.get(slot, kind) != kind:
+    elif slot in SLOTS and not registry.fills(url, SLOTS[slot]):
         out.append((path, f'extension {msg.type_url} is a {kind}, not a {SLOTS[slot]}'))
     elif not typed_struct:  # a TypedStruct's Struct is checked by its extension
         _check(loader.unpack(msg), path, out)

@@ -162,7 +162,11 @@ class StatsStore:
             moved = src[:rows].tolist()
             for row in self.catalog.rows_of_kind((L.GAUGE,)):
                 moved[row] = 0
-            dst[:rows] = array("q", map(int.__add__, dst[:rows].tolist(), moved))
+            # row by row, never a block rewrite: the retired slot also holds shared words
+            # (token buckets) that other processes update meanwhile under their own locks
+            for row, value in enumerate(moved):
+                if value:
+                    dst[row] += value
             src[:rows] = array("q", bytes(rows * 8))
             region.set_slot_word(slot, L.S_STATE, L.SLOT_FREE)
             region.set_slot_word(slot, L.S_PID, 0)
@@ -232,6 +236,21 @@ class StatsStore:
             handle = cls(self, name, self._write_view(), found[1], recorded=True)
         self._handles[name] = handle
         return handle
+
+    def shared_word(self, name: str):
+        """(view, row, fd, file offset) of one word every process reads and writes (not a
+        per-slot share): hidden gauge ``name``'s row in the retired slot, which folds and
+        resets never rewrite. Writers serialise with a record lock on those 8 bytes
+        (``proxyd.stats.token_bucket``). When the table is full: a private word, fd None."""
+        found = self.catalog.add(name, L.GAUGE)
+        if found is None:
+            self._count_overflow()
+            return memoryview(bytearray(8)).cast("q"), 0, None, 0
+        if found[0] != L.GAUGE:
+            raise ValueError(f"stat {name!r} is a {L.KIND_NAMES[found[0]]}, not a gauge")
+        lay, row = self.layout, found[1]
+        offset = lay.values_off + lay.retired_slot * lay.slot_stride + row * 8
+        return self._region.values(lay.retired_slot), row, self._region.fileno(), offset
 
     def total_view(self, handle):
         """A view of ``handle``'s row in every slot block (active, free and retired), so

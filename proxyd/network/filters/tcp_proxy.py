@@ -278,10 +278,12 @@ class TcpProxyFilter:
         self.callbacks = callbacks
         callbacks.connection.enable_half_close(True)
         callbacks.connection.add_connection_callbacks(self)
+        # counted when the chain is built, as Envoy: also a connection an earlier filter
+        # (local_ratelimit) then closes
+        self.proxy.stats.downstream_cx_total.inc()
 
     def on_new_connection(self) -> FilterStatus:
         proxy, conn = self.proxy, self.callbacks.connection
-        proxy.stats.downstream_cx_total.inc()
         self.info = StreamInfo(conn.id, conn.remote_address, conn.local_address, None)
         self.up = proxy._connect(conn, self.info)
         if self.up is None:
