@@ -200,6 +200,15 @@ for _name, _more in {  # HTTP/2 both ways, gRPC deadlines
     _ROUTE + 'RouteAction': 'max_grpc_timeout grpc_timeout_offset',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+for _name, _more in {  # route retries (router/retry_policy.py)
+    _ROUTE + 'RouteAction': 'retry_policy',
+    _ROUTE + 'VirtualHost': 'retry_policy include_attempt_count_in_response '
+                            'include_request_attempt_count',
+    _ROUTE + 'RetryPolicy': 'retry_on num_retries per_try_timeout retry_back_off '
+                            'retriable_status_codes retriable_headers',
+    _ROUTE + 'RetryPolicy.RetryBackOff': 'base_interval max_interval',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 for _name, _more in {  # the watchdog (master/watchdog.py)
     'envoy.config.bootstrap.v3.Bootstrap': 'watchdogs watchdog',
     'envoy.config.bootstrap.v3.Watchdogs': 'main_thread_watchdog worker_watchdog',
