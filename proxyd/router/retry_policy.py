@@ -93,7 +93,7 @@ class RetryState:
     cluster's max_retries circuit breaker refused: UO)."""
     YES, NO, LIMIT, OVERFLOW = range(4)
     __slots__ = ("policy", "remaining", "attempts", "abandoned", "_cluster", "_held",
-                 "_interval", "chunks", "buffered", "body_done", "flag")
+                 "_interval", "chunks", "buffered", "body_done")
 
     def __init__(self, policy: RetryPolicy, cluster):
         self.policy = policy
@@ -106,7 +106,6 @@ class RetryState:
         self.chunks: list = []  # the request body so far, for replay
         self.buffered = 0
         self.body_done = False
-        self.flag = None  # the response flag a final verdict leaves: URX or UO
 
     def decide(self, would_retry: bool, headers_sent: bool, response: bool = False) -> int:
         """`response`: the attempt got a response head (a good one after a retry counts

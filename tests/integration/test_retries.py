@@ -124,7 +124,7 @@ def test_per_try_timeout_retries_then_answers_504_ut(upstream, proxyd_factory, t
     s = _stats(admin)
     assert s["cluster.upstream.upstream_rq_per_try_timeout"] == "2"
     assert s["cluster.upstream.upstream_rq_retry"] == "1"
-    assert _flags(log) == "UT,URX\n"
+    assert _flags(log) == "URX,UT\n"  # Envoy 1.40's order
 
 
 def test_an_upstream_reset_is_retried_under_reset(upstream, proxyd_factory, tmp_path):
@@ -134,7 +134,7 @@ def test_an_upstream_reset_is_retried_under_reset(upstream, proxyd_factory, tmp_
     r = http(px.port, path=target)
     assert r.status == 503
     assert sum(1 for e in upstream.requests_log() if e["path"] == target) == 3
-    assert _flags(log) == "UC,URX\n"
+    assert _flags(log) == "URX,UC\n"
 
 
 def test_http2_client_gets_the_retried_answer(upstream, proxyd_factory, tmp_path):
@@ -157,6 +157,6 @@ def test_http2_upstream_stream_resets_are_retried(proxyd_factory, tmp_path):
         assert r.status == 503 and r.header("x-envoy-attempt-count") == "3"
         assert sum(1 for p in h2.paths if p.endswith("/rst")) == 3
         assert _stats(admin)["cluster.upstream.upstream_rq_retry"] == "2"
-        assert _flags(log).endswith("URX\n")
+        assert _flags(log).startswith("URX")
     finally:
         h2.stop()

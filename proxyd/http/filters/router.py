@@ -196,8 +196,6 @@ def forward(stream, route, cluster, host) -> None:
                 return
     finally:
         retry.release()
-        if retry.flag:  # after the local reply's own flag, in Envoy's order (UT,URX)
-            stream.info.response_flags.append(retry.flag)
 
 
 class _Retry(Exception):
@@ -206,14 +204,15 @@ class _Retry(Exception):
 
 def should_retry(retry, would_retry: bool, stream, response: bool = False) -> bool:
     """Ask the retry state; a final answer marks the stream URX (retries used up) or
-    UO (the retry circuit breaker refused), as Envoy's router does."""
+    UO (the retry circuit breaker refused) before any local reply adds its own flag, so
+    they read "URX,UT" as in Envoy 1.40."""
     if retry is None:
         return False
     verdict = retry.decide(would_retry, stream.headers_sent, response)
     if verdict == RetryState.LIMIT:
-        retry.flag = "URX"
+        stream.info.response_flags.append("URX")
     elif verdict == RetryState.OVERFLOW:
-        retry.flag = "UO"
+        stream.info.response_flags.append("UO")
     return verdict == RetryState.YES
 
 

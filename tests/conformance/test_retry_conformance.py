@@ -1,0 +1,81 @@
+"""Retries beside Envoy 1.40 on one template: statuses, x-envoy-attempt-count, response
+flags (and their order) and the cluster retry stats."""
+from __future__ import annotations
+
+import time
+import uuid
+
+TEMPLATE = """
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: $admin}}
+static_resources:
+  listeners:
+  - name: main
+    address: {socket_address: {address: 127.0.0.1, port_value: $listener}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ingress_http
+          access_log:
+          - name: envoy.access_loggers.file
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog
+              path: $dir/access.log
+              log_format: {text_format: "%RESPONSE_CODE% %RESPONSE_FLAGS%\\n"}
+          route_config:
+            name: local_route
+            virtual_hosts:
+            - name: vh
+              domains: ["*"]
+              include_attempt_count_in_response: true
+              retry_policy: {retry_on: "5xx", num_retries: 2, per_try_timeout: 0.3s}
+              routes:
+              - match: {prefix: "/closed"}
+                route: {cluster: closed}
+              - match: {prefix: "/"}
+                route: {cluster: upstream}
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  clusters:
+  - name: upstream
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: upstream
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $upstream}}}}]}]
+  - name: closed
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: closed
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $closed}}}}]}]
+"""
+CASES = ("fail=1", "fail=9", "delay=2", "closed")
+STATS = ("upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_retry_limit_exceeded",
+         "upstream_rq_retry_backoff_exponential", "upstream_rq_per_try_timeout",
+         "retry.upstream_rq_503", "upstream_rq_503", "upstream_rq_200")
+
+
+def _observe(side):
+    out = []
+    for q in CASES:
+        path = "/closed" if q == "closed" else "/%s?%s" % (uuid.uuid4().hex, q)
+        r = side.http(path)
+        out.append((r.status, r.header("x-envoy-attempt-count")))
+    deadline = time.monotonic() + 10
+    while side.read("access.log").count("\n") < len(CASES) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    stats = dict(line.split(": ", 1) for line in side.admin("/stats").body.decode().splitlines()
+                 if ": " in line)
+    return (out, side.read("access.log").splitlines(),
+            {n: stats.get("cluster.upstream." + n) for n in STATS},
+            stats.get("cluster.closed.upstream_rq_retry"))
+
+
+def test_retries_match_envoy(pair_factory):
+    envoy, proxyd = pair_factory(TEMPLATE).both(_observe)
+    assert envoy[0] == [(200, "2"), (503, "3"), (504, "3"), (503, "3")]
+    assert proxyd == envoy
