@@ -207,6 +207,9 @@ for _name, _more in {  # route retries (router/retry_policy.py)
     _ROUTE + 'RetryPolicy': 'retry_on num_retries per_try_timeout retry_back_off '
                             'retriable_status_codes retriable_headers',
     _ROUTE + 'RetryPolicy.RetryBackOff': 'base_interval max_interval',
+    _HCM: 'internal_address_config',
+    _HCM + '.InternalAddressConfig': 'cidr_ranges',
+    _CORE + 'CidrRange': 'address_prefix prefix_len',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 for _name, _more in {  # the watchdog (master/watchdog.py)

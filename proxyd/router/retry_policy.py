@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import random
 
+from envoy.config.route.v3 import route_components_pb2
+
 from proxyd.router.matchers import header_matcher
 
 # Envoy's retry_on tokens proxyd implements (the gRPC ones and the rate-limit ones are
@@ -56,6 +58,18 @@ class RetryPolicy:
         self.headers = tuple(header_matcher(h, f"{path}.retriable_headers[{i}]")[0]
                              for i, h in enumerate(msg.retriable_headers))
 
+    def overridden(self, on, num_retries, per_try_timeout) -> "RetryPolicy":
+        """A copy with a request's own retry_on (added), num_retries and per-try timeout."""
+        p = object.__new__(RetryPolicy)
+        for name in RetryPolicy.__slots__:
+            setattr(p, name, getattr(self, name))
+        p.on = self.on | on
+        if num_retries is not None:
+            p.num_retries = num_retries
+        if per_try_timeout is not None:
+            p.per_try_timeout = per_try_timeout
+        return p
+
     def retry_response(self, resp) -> bool:
         """Whether this response head asks for a retry (Envoy's wouldRetryFromHeaders)."""
         on = self.on
@@ -85,6 +99,35 @@ class RetryPolicy:
         if why == REFUSED_STREAM:
             return "refused-stream" in on
         return False
+
+
+def _int_header(headers, name: str):
+    v = headers.get(name)
+    return int(v) if v is not None and v.isdigit() else None
+
+
+_CONSUMED = ("x-envoy-retry-on", "x-envoy-max-retries", "x-envoy-upstream-rq-per-try-timeout-ms")
+
+
+def request_policy(policy, headers, internal: bool, route_timeout: float):
+    """The policy for one request: the route's, changed by the x-envoy-retry-on,
+    x-envoy-max-retries and x-envoy-upstream-rq-per-try-timeout-ms headers of an
+    internal request (Envoy ignores them from external ones). The headers go no further
+    upstream. None: no retries."""
+    if not internal:
+        return policy
+    on_header = headers.get("x-envoy-retry-on")
+    retries = _int_header(headers, "x-envoy-max-retries")
+    per_try_ms = _int_header(headers, "x-envoy-upstream-rq-per-try-timeout-ms")
+    for name in _CONSUMED:
+        headers.remove(name)
+    if on_header is None and policy is None:
+        return None  # x-envoy-max-retries alone enables nothing (Envoy 1.40)
+    on = frozenset(t.strip() for t in (on_header or "").split(",")) & RETRY_ON
+    per_try = None
+    if per_try_ms is not None and (not route_timeout or per_try_ms / 1000.0 < route_timeout):
+        per_try = per_try_ms / 1000.0  # ignored unless below the route timeout
+    return (policy or _NO_POLICY).overridden(on, retries, per_try)
 
 
 class RetryState:
@@ -173,3 +216,8 @@ class RetryState:
                     i += 1
             return data
         return read
+
+
+
+# what a bare x-envoy-retry-on starts from: Envoy's defaults
+_NO_POLICY = RetryPolicy(route_components_pb2.RetryPolicy(), "")

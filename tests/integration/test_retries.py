@@ -160,3 +160,34 @@ def test_http2_upstream_stream_resets_are_retried(proxyd_factory, tmp_path):
         assert _flags(log).startswith("URX")
     finally:
         h2.stop()
+
+
+def _header_config(upstream, internal: bool):
+    vhost = {"name": "vh", "domains": ["*"], "include_attempt_count_in_response": True,
+             "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]}
+    extra = {"use_remote_address": True}
+    if internal:
+        extra["internal_address_config"] = {"cidr_ranges": [
+            {"address_prefix": "127.0.0.1", "prefix_len": 32}]}
+    return simple_config(free_port(), upstream.port, virtual_hosts=[vhost], **extra)
+
+
+def test_an_internal_request_asks_for_retries_by_header(upstream, proxyd_factory):
+    px = proxyd_factory(_header_config(upstream, internal=True))
+    target = _target("fail=1")
+    r = http(px.port, path=target, headers=[("x-envoy-retry-on", "5xx")])
+    assert r.status == 200 and r.header("x-envoy-attempt-count") == "2"
+    assert "x-envoy-retry-on" not in dict(r.json()["headers"])
+    r = http(px.port, path=_target("fail=9"), headers=[
+        ("x-envoy-retry-on", "gateway-error"), ("x-envoy-max-retries", "3")])
+    assert r.status == 503 and r.header("x-envoy-attempt-count") == "4"
+    r = http(px.port, path=_target("delay=2"), headers=[
+        ("x-envoy-retry-on", "5xx"), ("x-envoy-upstream-rq-per-try-timeout-ms", "200")])
+    assert r.status == 504 and r.header("x-envoy-attempt-count") == "2"
+
+
+def test_retry_headers_of_external_requests_are_ignored(upstream, proxyd_factory):
+    """Envoy 1.40: with no internal_address_config no request is internal."""
+    px = proxyd_factory(_header_config(upstream, internal=False))
+    r = http(px.port, path=_target("fail=1"), headers=[("x-envoy-retry-on", "5xx")])
+    assert r.status == 503 and r.header("x-envoy-attempt-count") == "1"

@@ -19,7 +19,7 @@ from proxyd.http.headers import HOP_BY_HOP
 from proxyd.http.message import ResponseHead
 from proxyd.network.io import send_all
 from proxyd.router.retry_policy import (CONNECT_FAILURE, PER_TRY_TIMEOUT, RESET,
-                                        RetryState)
+                                        RetryState, request_policy)
 from proxyd.upstream.cluster import UpstreamConnectError
 from proxyd.upstream.resource_manager import Overflow
 
@@ -165,8 +165,11 @@ def forward(stream, route, cluster, host) -> None:
     and back-off, as in Envoy."""
     req = stream.request
     timeout = grpc.effective_timeout(route, req)
-    headers = _upstream_headers(stream, route, host)
     policy = route.retry_policy
+    if stream.hcm.internal_networks:
+        internal = stream.hcm.is_internal(req, stream.fm.stream.conn.remote_ip)
+        policy = request_policy(policy, req.headers, internal, timeout)
+    headers = _upstream_headers(stream, route, host)
     if policy is None:
         _attempt(stream, route, cluster, host, timeout, headers, None)
         return
