@@ -1,5 +1,5 @@
 """Retries beside Envoy 1.40 on one template: statuses, x-envoy-attempt-count, response
-flags (and their order) and the cluster retry stats."""
+flags (and their order) and the cluster retry stats, the retry circuit breaker included."""
 from __future__ import annotations
 
 import time
@@ -34,6 +34,8 @@ static_resources:
               routes:
               - match: {prefix: "/closed"}
                 route: {cluster: closed}
+              - match: {prefix: "/tight"}
+                route: {cluster: tight}
               - match: {prefix: "/"}
                 route: {cluster: upstream}
           http_filters:
@@ -46,6 +48,13 @@ static_resources:
     load_assignment:
       cluster_name: upstream
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $upstream}}}}]}]
+  - name: tight
+    type: STATIC
+    connect_timeout: 1s
+    circuit_breakers: {thresholds: [{max_retries: 0}]}
+    load_assignment:
+      cluster_name: tight
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $upstream}}}}]}]
   - name: closed
     type: STATIC
     connect_timeout: 1s
@@ -53,7 +62,7 @@ static_resources:
       cluster_name: closed
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $closed}}}}]}]
 """
-CASES = ("fail=1", "fail=9", "delay=2", "closed")
+CASES = ("fail=1", "fail=9", "delay=2", "closed", "tight")
 STATS = ("upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_retry_limit_exceeded",
          "upstream_rq_retry_backoff_exponential", "upstream_rq_per_try_timeout",
          "retry.upstream_rq_503", "upstream_rq_503", "upstream_rq_200")
@@ -62,7 +71,8 @@ STATS = ("upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_retry_li
 def _observe(side):
     out = []
     for q in CASES:
-        path = "/closed" if q == "closed" else "/%s?%s" % (uuid.uuid4().hex, q)
+        path = ("/closed" if q == "closed" else "/tight/%s?fail=1" % uuid.uuid4().hex
+                if q == "tight" else "/%s?%s" % (uuid.uuid4().hex, q))
         r = side.http(path)
         out.append((r.status, r.header("x-envoy-attempt-count")))
     deadline = time.monotonic() + 10
@@ -72,10 +82,11 @@ def _observe(side):
                  if ": " in line)
     return (out, side.read("access.log").splitlines(),
             {n: stats.get("cluster.upstream." + n) for n in STATS},
-            stats.get("cluster.closed.upstream_rq_retry"))
+            stats.get("cluster.closed.upstream_rq_retry"),
+            stats.get("cluster.tight.upstream_rq_retry_overflow"))
 
 
 def test_retries_match_envoy(pair_factory):
     envoy, proxyd = pair_factory(TEMPLATE).both(_observe)
-    assert envoy[0] == [(200, "2"), (503, "3"), (504, "3"), (503, "3")]
+    assert envoy[0] == [(200, "2"), (503, "3"), (504, "3"), (503, "3"), (503, "1")]
     assert proxyd == envoy

@@ -191,3 +191,12 @@ def test_retry_headers_of_external_requests_are_ignored(upstream, proxyd_factory
     px = proxyd_factory(_header_config(upstream, internal=False))
     r = http(px.port, path=_target("fail=1"), headers=[("x-envoy-retry-on", "5xx")])
     assert r.status == 503 and r.header("x-envoy-attempt-count") == "1"
+
+
+def test_the_retry_circuit_breaker_refuses_with_uo(upstream, proxyd_factory, tmp_path):
+    px, admin, log = _start(proxyd_factory, tmp_path, {"retry_on": "5xx"}, [upstream.address],
+                            circuit_breakers={"thresholds": [{"max_retries": 0}]})
+    r = http(px.port, path=_target("fail=1"))
+    assert r.status == 503 and r.header("x-envoy-attempt-count") == "1"
+    assert _stats(admin)["cluster.upstream.upstream_rq_retry_overflow"] == "1"
+    assert _flags(log) == "UO\n"
