@@ -22,6 +22,7 @@ UPSTREAM_PROTOCOL_OPTIONS = "upstream protocol options"
 THRIFT_FILTER = "thrift filter"
 CLUSTER = "cluster type"
 RESOURCE_MONITOR = "resource monitor"
+RETRY_HOST_PREDICATE = "retry host predicate"
 
 # type URL (without prefix) -> (kind, module defining `create(config, ctx)`); modules are
 # imported on first use. `proxyd.config.supported.EXTENSIONS` is derived from this table,
@@ -55,6 +56,8 @@ _MODULES: dict[str, tuple[str, str]] = {
         (NETWORK_FILTER, "proxyd.http.conn_manager"),
     "envoy.extensions.filters.http.router.v3.Router": (HTTP_FILTER, "proxyd.http.filters.router"),
     "envoy.config.route.v3.FilterConfig": (HTTP_ROUTE_CONFIG, "proxyd.http.per_filter_config"),
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate":
+        (RETRY_HOST_PREDICATE, "proxyd.router.retry_policy"),
     # proxyd's own: an HTTP filter written in Python (configured by an xds TypedStruct)
     "proxyd.filters.http.python.v1.Python": (HTTP_FILTER, "proxyd.http.filters.python"),
     "proxyd.filters.http.python.v1.PythonPerRoute":

@@ -13,6 +13,7 @@ from proxyd.router.matchers import header_matcher
 # refused by the config check rather than ignored).
 RETRY_ON = frozenset(("5xx", "gateway-error", "reset", "connect-failure", "retriable-4xx",
                       "refused-stream", "retriable-status-codes", "retriable-headers"))
+PREVIOUS_HOSTS = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 DEFAULT_BASE_INTERVAL = 0.025  # runtime upstream.base_retry_backoff_ms
 # The request body kept for replay: the listener's per_connection_buffer_limit_bytes
 # default, which Envoy uses when the route sets no request buffer limit.
@@ -29,7 +30,7 @@ def _seconds(d) -> float:
 class RetryPolicy:
     """envoy.config.route.v3.RetryPolicy, immutable and shared by a route's requests."""
     __slots__ = ("on", "num_retries", "per_try_timeout", "base_interval", "max_interval",
-                 "status_codes", "headers")
+                 "status_codes", "headers", "previous_hosts", "host_selection_attempts")
 
     def __init__(self, msg, path: str):
         on = frozenset(t.strip() for t in msg.retry_on.split(",") if t.strip())
@@ -57,6 +58,13 @@ class RetryPolicy:
         self.status_codes = frozenset(msg.retriable_status_codes)
         self.headers = tuple(header_matcher(h, f"{path}.retriable_headers[{i}]")[0]
                              for i, h in enumerate(msg.retriable_headers))
+        for i, pred in enumerate(msg.retry_host_predicate):
+            if pred.typed_config.type_url.rpartition("/")[2] != PREVIOUS_HOSTS:
+                raise ValueError(f"{path}.retry_host_predicate[{i}]: only {PREVIOUS_HOSTS} "
+                                 f"is supported by proxyd")
+        self.previous_hosts = bool(msg.retry_host_predicate)
+        # reselections when the predicate rejects a host; then the last pick is used
+        self.host_selection_attempts = msg.host_selection_retry_max_attempts or 1
 
     def overridden(self, on, num_retries, per_try_timeout) -> "RetryPolicy":
         """A copy with a request's own retry_on (added), num_retries and per-try timeout."""
@@ -136,7 +144,7 @@ class RetryState:
     cluster's max_retries circuit breaker refused: UO)."""
     YES, NO, LIMIT, OVERFLOW = range(4)
     __slots__ = ("policy", "remaining", "attempts", "abandoned", "_cluster", "_held",
-                 "_interval", "chunks", "buffered", "body_done")
+                 "_interval", "chunks", "buffered", "body_done", "tried")
 
     def __init__(self, policy: RetryPolicy, cluster):
         self.policy = policy
@@ -149,6 +157,7 @@ class RetryState:
         self.chunks: list = []  # the request body so far, for replay
         self.buffered = 0
         self.body_done = False
+        self.tried: set = set()  # hosts attempted (the previous_hosts predicate)
 
     def decide(self, would_retry: bool, headers_sent: bool, response: bool = False) -> int:
         """`response`: the attempt got a response head (a good one after a retry counts
@@ -182,6 +191,18 @@ class RetryState:
         self._interval = p.max_interval if interval > p.max_interval / 2 else interval * 2
         ms = int(interval * 1000)
         return min(random.randrange(ms) if ms > 0 else 0, int(p.max_interval * 1000)) / 1000.0
+
+    def choose_host(self, cluster):
+        """The host for a retry: the load balancer's pick, picked again while the
+        previous_hosts predicate rejects it (host_selection_retry_max_attempts times)."""
+        host = cluster.choose_host()
+        p = self.policy
+        if p.previous_hosts:
+            for _ in range(p.host_selection_attempts):
+                if host is None or host not in self.tried:
+                    break
+                host = cluster.choose_host()
+        return host
 
     def release(self) -> None:
         """Give back the retry circuit breaker slot the last retry held."""
@@ -221,3 +242,8 @@ class RetryState:
 
 # what a bare x-envoy-retry-on starts from: Envoy's defaults
 _NO_POLICY = RetryPolicy(route_components_pb2.RetryPolicy(), "")
+
+
+def create(config, ctx):
+    """The registry's factory for PreviousHostsPredicate: RetryPolicy reads it itself."""
+    return None

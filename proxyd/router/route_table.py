@@ -73,7 +73,8 @@ SUPPORTED_FIELDS: dict[str, frozenset[str]] = {
         "retry_policy")),
     "envoy.config.route.v3.RetryPolicy": frozenset((
         "retry_on", "num_retries", "per_try_timeout", "retry_back_off",
-        "retriable_status_codes", "retriable_headers")),
+        "retriable_status_codes", "retriable_headers", "retry_host_predicate",
+        "host_selection_retry_max_attempts")),
     "envoy.config.route.v3.RetryPolicy.RetryBackOff": frozenset(("base_interval", "max_interval")),
     "envoy.type.matcher.v3.RegexMatchAndSubstitute": frozenset(("pattern", "substitution")),
     "envoy.config.route.v3.WeightedCluster": frozenset(("clusters", "total_weight")),

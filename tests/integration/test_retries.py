@@ -200,3 +200,16 @@ def test_the_retry_circuit_breaker_refuses_with_uo(upstream, proxyd_factory, tmp
     assert r.status == 503 and r.header("x-envoy-attempt-count") == "1"
     assert _stats(admin)["cluster.upstream.upstream_rq_retry_overflow"] == "1"
     assert _flags(log) == "UO\n"
+
+
+def test_previous_hosts_steers_retries_off_the_failed_host(upstream, proxyd_factory, tmp_path):
+    """A random-by-weight cluster (RING_HASH without a hash key) with a refusing host:
+    without the predicate about a quarter of the retries would pick it again."""
+    px, _, _ = _start(proxyd_factory, tmp_path, {
+        "retry_on": "connect-failure", "host_selection_retry_max_attempts": 30,
+        "retry_host_predicate": [{"name": "envoy.retry_host_predicates.previous_hosts",
+                                  "typed_config": {"@type": "type.googleapis.com/envoy."
+                                                   "extensions.retry.host.previous_hosts.v3."
+                                                   "PreviousHostsPredicate"}}]},
+        [("127.0.0.1", closed_port()), upstream.address], lb_policy="RING_HASH")
+    assert [http(px.port, path="/").status for _ in range(20)] == [200] * 20

@@ -192,7 +192,7 @@ def forward(stream, route, cluster, host) -> None:
                     cluster_local_reply(stream, cluster.stats, local_reply.ROUTE_TIMEOUT)
                     return
             gevent.sleep(delay)
-            host = cluster.choose_host()
+            host = retry.choose_host(cluster)
             if host is None:
                 cluster.stats.upstream_cx_none_healthy.inc()
                 cluster_local_reply(stream, cluster.stats, local_reply.NO_HEALTHY_UPSTREAM)
@@ -237,6 +237,8 @@ def attempt_count(stream, route, retry) -> int:
 
 def _attempt(stream, route, cluster, host, timeout, headers, retry) -> None:
     req = stream.request
+    if retry is not None:
+        retry.tried.add(host)
     if host.h2pool is not None and (cluster.http2_mode == "h2" or req.version == "HTTP/2"):
         from proxyd.http.filters.router_http2 import forward_http2
         return forward_http2(stream, route, cluster, host, timeout, headers, retry)
