@@ -173,6 +173,9 @@ def forward(stream, route, cluster, host) -> None:
     if policy is None:
         _attempt(stream, route, cluster, host, timeout, headers, None)
         return
+    per_try = policy.per_try_timeout
+    if per_try and (not timeout or per_try < timeout):  # the upstream expects one try
+        headers.set("x-envoy-expected-rq-timeout-ms", str(int(per_try * 1000)))
     retry = RetryState(policy, cluster)
     start = time.monotonic()
     remaining = timeout
@@ -247,7 +250,7 @@ def _attempt(stream, route, cluster, host, timeout, headers, retry) -> None:
     conn = None
     requests = None  # the circuit breaker's request count, once attached to a connection
     t0, expired, timer = begin_upstream_request(info, cstats, host, timeout)
-    per_try = PerTryTimeout()
+    per_try = PerTryTimeout() if retry is not None else None
     try_timer = start_per_try_timer(retry, per_try)
     read_body = retry.body_reader(stream) if retry is not None else stream.read_body
     attempts = attempt_count(stream, route, retry)

@@ -63,7 +63,7 @@ def forward_http2(stream, route, cluster, host, timeout, h, retry) -> None:
         return
     requests.inc()
     t0, expired, timer = begin_upstream_request(info, cstats, host, timeout)
-    per_try = PerTryTimeout()
+    per_try = PerTryTimeout() if retry is not None else None
     try_timer = start_per_try_timer(retry, per_try)
     read_body = retry.body_reader(stream) if retry is not None else stream.read_body
     attempts = attempt_count(stream, route, retry)
