@@ -65,7 +65,9 @@ static_resources:
 CASES = ("fail=1", "fail=9", "delay=2", "closed", "tight")
 STATS = ("upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_retry_limit_exceeded",
          "upstream_rq_retry_backoff_exponential", "upstream_rq_per_try_timeout",
-         "retry.upstream_rq_503", "upstream_rq_503", "upstream_rq_200")
+         "retry.upstream_rq_503", "upstream_rq_503", "upstream_rq_200", "upstream_rq_total",
+         "upstream_rq_completed", "retry.upstream_rq_5xx", "upstream_rq_5xx", "upstream_rq_504",
+         "upstream_rq_timeout", "upstream_rq_rx_reset", "upstream_rq_tx_reset")
 
 
 def _observe(side):
