@@ -62,7 +62,8 @@ static_resources:
       cluster_name: closed
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: $closed}}}}]}]
 """
-CASES = ("fail=1", "fail=9", "delay=2", "closed", "tight")
+CASES = ("fail=1", "fail=9", "delay=2", "closed", "tight", "post", "post-big")
+BODY = {"post": b"b" * 200_000, "post-big": b"B" * (1024 * 1024 + 1)}  # replay buffer: 1 MiB
 STATS = ("upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_retry_limit_exceeded",
          "upstream_rq_retry_backoff_exponential", "upstream_rq_per_try_timeout",
          "retry.upstream_rq_503", "upstream_rq_503", "upstream_rq_200", "upstream_rq_total",
@@ -74,8 +75,12 @@ def _observe(side):
     out = []
     for q in CASES:
         path = ("/closed" if q == "closed" else "/tight/%s?fail=1" % uuid.uuid4().hex
-                if q == "tight" else "/%s?%s" % (uuid.uuid4().hex, q))
-        r = side.http(path)
+                if q == "tight" else "/%s?fail=1" % uuid.uuid4().hex
+                if q in BODY else "/%s?%s" % (uuid.uuid4().hex, q))
+        if q in BODY:
+            r = side.http(path, method="POST", body=BODY[q])
+        else:
+            r = side.http(path)
         out.append((r.status, r.header("x-envoy-attempt-count")))
         if r.status == 200:  # what the upstream was told
             out.append(sorted((k, v) for k, v in r.json()["headers"]
@@ -88,11 +93,12 @@ def _observe(side):
     return (out, side.read("access.log").splitlines(),
             {n: stats.get("cluster.upstream." + n) for n in STATS},
             stats.get("cluster.closed.upstream_rq_retry"),
-            stats.get("cluster.tight.upstream_rq_retry_overflow"))
+            stats.get("cluster.tight.upstream_rq_retry_overflow"),
+            stats.get("cluster.upstream.retry_or_shadow_abandoned"))
 
 
 def test_retries_match_envoy(pair_factory):
     envoy, proxyd = pair_factory(TEMPLATE).both(_observe)
     assert [o for o in envoy[0] if isinstance(o, tuple)] == [
-        (200, "2"), (503, "3"), (504, "3"), (503, "3"), (503, "1")]
+        (200, "2"), (503, "3"), (504, "3"), (503, "3"), (503, "1"), (200, "2"), (503, "1")]
     assert proxyd == envoy
