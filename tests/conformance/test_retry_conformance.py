@@ -68,7 +68,8 @@ STATS = ("upstream_rq_retry", "upstream_rq_retry_success", "upstream_rq_retry_li
          "upstream_rq_retry_backoff_exponential", "upstream_rq_per_try_timeout",
          "retry.upstream_rq_503", "upstream_rq_503", "upstream_rq_200", "upstream_rq_total",
          "upstream_rq_completed", "retry.upstream_rq_5xx", "upstream_rq_5xx", "upstream_rq_504",
-         "upstream_rq_timeout", "upstream_rq_rx_reset", "upstream_rq_tx_reset")
+         "upstream_rq_timeout", "upstream_rq_rx_reset", "upstream_rq_tx_reset", "upstream_cx_total",
+         "upstream_cx_destroy_local", "upstream_cx_destroy_remote")
 
 
 def _observe(side):

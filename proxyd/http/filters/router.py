@@ -298,8 +298,8 @@ def _attempt(stream, route, cluster, host, timeout, headers, retry) -> None:
     except RouteTimeout as t:
         if t is per_try:
             cstats.upstream_rq_per_try_timeout.inc()
+            _close(conn, cstats)
             if should_retry(retry, retry.policy.retry_failure(PER_TRY_TIMEOUT), stream):
-                _close(conn, cstats)
                 raise _Retry() from None
             _abort(stream, conn, cstats, local_reply.PER_TRY_TIMEOUT)
             return
