@@ -23,6 +23,7 @@ THRIFT_FILTER = "thrift filter"
 CLUSTER = "cluster type"
 RESOURCE_MONITOR = "resource monitor"
 COMPRESSOR_LIBRARY = "compressor library"
+RETRY_HOST_PREDICATE = "retry host predicate"
 
 # type URL (without prefix) -> (kind, module defining `create(config, ctx)`); modules are
 # imported on first use. `proxyd.config.supported.EXTENSIONS` is derived from this table,
@@ -75,6 +76,8 @@ _MODULES: dict[str, tuple[str, str]] = {
         (HTTP_ROUTE_CONFIG, "proxyd.http.filters.compressor"),
     "envoy.extensions.compression.gzip.compressor.v3.Gzip":
         (COMPRESSOR_LIBRARY, "proxyd.http.compression.gzip"),
+    "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate":
+        (RETRY_HOST_PREDICATE, "proxyd.router.retry_policy"),
     # proxyd's own: an HTTP filter written in Python (configured by an xds TypedStruct)
     "proxyd.filters.http.python.v1.Python": (HTTP_FILTER, "proxyd.http.filters.python"),
     "proxyd.filters.http.python.v1.PythonPerRoute":

@@ -18,6 +18,8 @@ working on any path):
 - eof=1               no Content-Length nor chunked: the body ends when we close
 - hdr=name:value      add a response header (repeatable)
 - continue=1          send an interim "100 Continue" before the final response
+- fail=N              answer 503 to the first N requests for this exact target (path
+                      and query) this server sees, then as the other parameters say
 
 Control endpoints (call them directly, not through the proxy):
     /__upstream/stats  {"connections": n, "requests": n}
@@ -36,7 +38,7 @@ import time
 from urllib.parse import parse_qs, urlsplit
 
 PATTERN = b"0123456789abcdef"
-STATE = {"connections": 0, "requests": 0, "log": []}
+STATE = {"connections": 0, "requests": 0, "log": [], "targets": {}}
 LOCK = threading.Lock()
 
 
@@ -141,6 +143,7 @@ class Handler(socketserver.BaseRequestHandler):
                 STATE["connections"] += 1
                 conn_id.append(STATE["connections"])
             STATE["requests"] += 1
+            seen = STATE["targets"][target] = STATE["targets"].get(target, 0) + 1
             STATE["log"].append({"method": method, "path": target, "version": version,
                                  "headers": headers, "conn_id": conn_id[0]})
             del STATE["log"][:-200]
@@ -159,7 +162,7 @@ class Handler(socketserver.BaseRequestHandler):
         delay = float(qv("delay", 0))
         if delay:
             time.sleep(delay)
-        status = int(qv("status", 200))
+        status = 503 if seen <= int(qv("fail", 0)) else int(qv("status", 200))
         if "size" in q:
             size = int(qv("size"))
             body_iter = None
@@ -214,7 +217,7 @@ class Handler(socketserver.BaseRequestHandler):
     def control(self, sock, what) -> bool:
         with LOCK:
             if what == "reset":
-                STATE.update(connections=0, requests=0, log=[])
+                STATE.update(connections=0, requests=0, log=[], targets={})
             if what == "log":
                 body = json.dumps(STATE["log"]).encode()
             else:

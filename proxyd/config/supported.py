@@ -200,6 +200,21 @@ for _name, _more in {  # HTTP/2 both ways, gRPC deadlines
     _ROUTE + 'RouteAction': 'max_grpc_timeout grpc_timeout_offset',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+for _name, _more in {  # route retries (router/retry_policy.py)
+    _ROUTE + 'RouteAction': 'retry_policy',
+    _ROUTE + 'VirtualHost': 'retry_policy include_attempt_count_in_response '
+                            'include_request_attempt_count',
+    _ROUTE + 'RetryPolicy': 'retry_on num_retries per_try_timeout retry_back_off '
+                            'retriable_status_codes retriable_headers retry_host_predicate '
+                            'host_selection_retry_max_attempts',
+    _ROUTE + 'RetryPolicy.RetryHostPredicate': 'name typed_config',
+    'envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate': '',
+    _ROUTE + 'RetryPolicy.RetryBackOff': 'base_interval max_interval',
+    _HCM: 'internal_address_config',
+    _HCM + '.InternalAddressConfig': 'cidr_ranges',
+    _CORE + 'CidrRange': 'address_prefix prefix_len',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 for _name, _more in {  # the watchdog (master/watchdog.py)
     'envoy.config.bootstrap.v3.Bootstrap': 'watchdogs watchdog',
     'envoy.config.bootstrap.v3.Watchdogs': 'main_thread_watchdog worker_watchdog',
@@ -359,6 +374,7 @@ SLOTS = {
     (_ROUTE + 'VirtualHost', 'typed_per_filter_config'): registry.HTTP_ROUTE_CONFIG,
     (_ROUTE + 'Route', 'typed_per_filter_config'): registry.HTTP_ROUTE_CONFIG,
     (_ROUTE + 'FilterConfig', 'config'): registry.HTTP_ROUTE_CONFIG,
+    (_ROUTE + 'RetryPolicy.RetryHostPredicate', 'typed_config'): registry.RETRY_HOST_PREDICATE,
 }
 """(message, Any field) -> the kind of extension that field takes."""
 

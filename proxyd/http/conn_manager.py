@@ -7,6 +7,7 @@ codec for the connection and serves it until it closes.
 """
 from __future__ import annotations
 
+import ipaddress
 import socket
 import time
 from random import getrandbits
@@ -154,9 +155,32 @@ class HttpConnectionManager:
         self.preserve_external_request_id = config.preserve_external_request_id
         self.always_set_request_id_in_response = config.always_set_request_id_in_response
         self.use_remote_address = _opt_bool(config, "use_remote_address", False)
+        # Since Envoy 1.36 no address is internal unless these ranges say so
+        self.internal_networks = tuple(
+            ipaddress.ip_network("%s/%d" % (c.address_prefix, c.prefix_len.value), strict=False)
+            for c in config.internal_address_config.cidr_ranges)
         self.server_name = config.server_name or "envoy"
         self.access_logs = build_access_logs(config.access_log, ctx) if config.access_log else []
         self.tracer = build_tracer(config.tracing, ctx) if config.HasField("tracing") else None
+
+    def is_internal(self, request, remote_ip: str) -> bool:
+        """Envoy's internal request: the peer (use_remote_address) or else the only
+        X-Forwarded-For address is in internal_address_config's ranges."""
+        nets = self.internal_networks
+        if not nets:
+            return False
+        if self.use_remote_address:
+            addr = remote_ip
+        else:
+            xff = request.headers.get("x-forwarded-for")
+            if xff is None or "," in xff:
+                return False
+            addr = xff.strip()
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            return False
+        return any(ip in n for n in nets)
 
     @staticmethod
     def new_request_id() -> str:

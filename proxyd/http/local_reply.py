@@ -9,6 +9,7 @@ NO_ROUTE = (404, b"", "route_not_found", "NR")
 NO_CLUSTER = (503, b"", "cluster_not_found", "NC")
 NO_HEALTHY_UPSTREAM = (503, b"no healthy upstream", "no_healthy_upstream", "UH")
 ROUTE_TIMEOUT = (504, b"upstream request timeout", "response_timeout", "UT")
+PER_TRY_TIMEOUT = (504, b"upstream request timeout", "upstream_per_try_timeout", "UT")
 
 # proxyd's connect-failure reason -> (Envoy's reset reason, its transport failure reason),
 # as Envoy 1.40 words them for a refused connect.

@@ -104,6 +104,7 @@ class StreamInfo:
         "bytes_received", "bytes_sent", "upstream_host", "upstream_cluster",
         "upstream_local_address", "downstream_remote_address", "downstream_local_address",
         "route_name", "connection_id", "request_id", "is_health_check", "trace",
+        "attempt_count",
         "_dynamic_metadata", "_filter_state",
     )
 
@@ -133,6 +134,7 @@ class StreamInfo:
         self.connection_id = connection_id
         self.request_id: str | None = None
         self.is_health_check = False
+        self.attempt_count = 0                         # upstream attempts (retries + 1)
         self.trace = None                              # tracing span context, when traced
         self._dynamic_metadata = None
         self._filter_state = None

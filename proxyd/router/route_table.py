@@ -31,6 +31,7 @@ from proxyd.http.headers import Headers
 from proxyd.http.message import RequestHead
 from proxyd.http.per_filter_config import merge as merge_filter_levels
 from proxyd.router.header_mutation import HeaderMutation, apply_all
+from proxyd.router.retry_policy import RetryPolicy
 from proxyd.router.matchers import (
     ascii_lower, header_getter, header_matcher, port_start, regex_matcher, wire,
 )
@@ -57,7 +58,9 @@ SUPPORTED_FIELDS: dict[str, frozenset[str]] = {
         "max_direct_response_body_size_bytes", "ignore_port_in_host_matching",
         "ignore_path_parameters_in_path_matching") + _HEADER_LISTS),
     "envoy.config.route.v3.VirtualHost": frozenset(
-        ("name", "domains", "routes", "typed_per_filter_config", "cors") + _HEADER_LISTS),
+        ("name", "domains", "routes", "typed_per_filter_config", "cors", "retry_policy",
+         "include_attempt_count_in_response", "include_request_attempt_count")
+        + _HEADER_LISTS),
     "envoy.config.route.v3.Route": frozenset(
         ("name", "match", "route", "redirect", "direct_response", "typed_per_filter_config")
         + _HEADER_LISTS),
@@ -67,7 +70,12 @@ SUPPORTED_FIELDS: dict[str, frozenset[str]] = {
         "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code",
         "prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite",
         "append_x_forwarded_host", "timeout", "max_grpc_timeout", "grpc_timeout_offset",
-        "cors")),
+        "cors", "retry_policy")),
+    "envoy.config.route.v3.RetryPolicy": frozenset((
+        "retry_on", "num_retries", "per_try_timeout", "retry_back_off",
+        "retriable_status_codes", "retriable_headers", "retry_host_predicate",
+        "host_selection_retry_max_attempts")),
+    "envoy.config.route.v3.RetryPolicy.RetryBackOff": frozenset(("base_interval", "max_interval")),
     "envoy.type.matcher.v3.RegexMatchAndSubstitute": frozenset(("pattern", "substitution")),
     "envoy.config.route.v3.WeightedCluster": frozenset(("clusters", "total_weight")),
     "envoy.config.route.v3.WeightedCluster.ClusterWeight": frozenset(("name", "weight")),
@@ -148,7 +156,8 @@ class RouteEntry:
     """
     __slots__ = (
         "name", "virtual_host_name", "kind", "timeout", "max_grpc_timeout",
-        "grpc_timeout_offset", "auto_host_rewrite",
+        "grpc_timeout_offset", "auto_host_rewrite", "retry_policy", "attempt_count_in_response",
+        "attempt_count_in_request",
         "append_x_forwarded_host", "host_rewrite", "prefix_rewrite", "regex_rewrite",
         "cluster_not_found_status", "direct_status", "direct_body", "_cluster",
         "_cluster_header", "_weights", "_cum_weights", "_total_weight", "_matched_len",
@@ -439,6 +448,8 @@ class RouteTable:
                                      vh_cfg.response_headers_to_remove, vpath,
                                      "response_headers_to_add", "response_headers_to_remove")
             vh_level = self._filter_level(vh_cfg, vpath)
+            vh_retry = (RetryPolicy(vh_cfg.retry_policy, f"{vpath}.retry_policy")
+                        if vh_cfg.HasField("retry_policy") else None)
             routes = []
             for ri, r_cfg in enumerate(vh_cfg.routes):
                 rpath = f"{vpath}.routes[{ri}]"
@@ -457,6 +468,10 @@ class RouteTable:
                     ri, r_cfg, rpath, vh_cfg.name, ignore_params, body_limit,
                     tuple(m for m in levels_req if m), tuple(m for m in levels_resp if m))
                 e = route.entry
+                if e.retry_policy is None:  # the route's own policy replaces the vhost's
+                    e.retry_policy = vh_retry
+                e.attempt_count_in_response = vh_cfg.include_attempt_count_in_response
+                e.attempt_count_in_request = vh_cfg.include_request_attempt_count
                 levels = [lv for lv in (rc_level, vh_level, self._filter_level(r_cfg, rpath))
                           if lv is not None]
                 e.per_filter_config, e.per_filter_levels, e.disabled_filters = (
@@ -518,6 +533,8 @@ class RouteTable:
         e.timeout = DEFAULT_TIMEOUT
         e.max_grpc_timeout = None  # set: gRPC requests' grpc-timeout is the deadline
         e.grpc_timeout_offset = 0.0
+        e.retry_policy = None
+        e.attempt_count_in_response = e.attempt_count_in_request = False
         e.auto_host_rewrite = False
         e.append_x_forwarded_host = False
         e.host_rewrite = ""
@@ -617,6 +634,8 @@ class RouteTable:
             if t < 0:
                 raise ValueError(f"{path}.timeout: value must be greater than or equal to 0s")
             e.timeout = t
+        if a.HasField("retry_policy"):
+            e.retry_policy = RetryPolicy(a.retry_policy, f"{path}.retry_policy")
         if a.HasField("max_grpc_timeout"):
             e.max_grpc_timeout = _seconds(a.max_grpc_timeout)
         if a.HasField("grpc_timeout_offset"):

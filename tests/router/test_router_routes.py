@@ -261,8 +261,8 @@ def test_unsupported_top_level_field():
 
 
 def test_unsupported_route_action_field():
-    with pytest.raises(ValueError, match=r"routes\[0\]\.route\.retry_policy: not supported"):
-        one_vhost([{"match": {"prefix": "/"}, "route": {"cluster": "c", "retry_policy": {}}}])
+    with pytest.raises(ValueError, match=r"routes\[0\]\.route\.hedge_policy: not supported"):
+        one_vhost([{"match": {"prefix": "/"}, "route": {"cluster": "c", "hedge_policy": {}}}])
 
 
 # -- robustness -------------------------------------------------------------------------

@@ -18,6 +18,8 @@ from proxyd.http.blocking_terminal import BlockingTerminalFilter
 from proxyd.http.headers import HOP_BY_HOP
 from proxyd.http.message import ResponseHead
 from proxyd.network.io import send_all
+from proxyd.router.retry_policy import (CONNECT_FAILURE, PER_TRY_TIMEOUT, RESET,
+                                        RetryState, request_policy)
 from proxyd.upstream.cluster import UpstreamConnectError
 from proxyd.upstream.resource_manager import Overflow
 
@@ -31,6 +33,10 @@ _timeout_ms: dict = {}  # route timeout (s) -> its x-envoy-expected-rq-timeout-m
 
 class RouteTimeout(Exception):
     pass
+
+
+class PerTryTimeout(RouteTimeout):
+    """The policy's per_try_timeout ended one attempt."""
 
 
 class UpstreamReset(Exception):
@@ -92,6 +98,9 @@ def cluster_local_reply(stream, cstats, reply) -> None:
         code.inc()
         cls.inc()
         cstats.upstream_rq_completed.inc()
+        attempts = stream.info.attempt_count
+        if attempts and stream.route.attempt_count_in_response:
+            reply = reply[:4] + ([("x-envoy-attempt-count", str(attempts))],)
     stream.local_reply(*reply)
 
 
@@ -151,24 +160,112 @@ _NO_TIMER = _NoTimer()
 
 def forward(stream, route, cluster, host) -> None:
     """Proxy one request to `host` over a pooled HTTP/1.1 connection (or HTTP/2 when
-    the cluster's protocol options say so)."""
+    the cluster's protocol options say so), retrying as the route's retry policy says
+    on another host chosen by the load balancer. The route timeout spans every attempt
+    and back-off, as in Envoy."""
     req = stream.request
     timeout = grpc.effective_timeout(route, req)
+    policy = route.retry_policy
+    if stream.hcm.internal_networks:
+        internal = stream.hcm.is_internal(req, stream.fm.stream.conn.remote_ip)
+        policy = request_policy(policy, req.headers, internal, timeout)
+    headers = _upstream_headers(stream, route, host)
+    if policy is None:
+        _attempt(stream, route, cluster, host, timeout, headers, None)
+        return
+    per_try = policy.per_try_timeout
+    if per_try and (not timeout or per_try < timeout):  # the upstream expects one try
+        headers.set("x-envoy-expected-rq-timeout-ms", str(int(per_try * 1000)))
+    retry = RetryState(policy, cluster)
+    start = time.monotonic()
+    remaining = timeout
+    try:
+        while True:
+            try:
+                _attempt(stream, route, cluster, host, remaining, headers, retry)
+                return
+            except _Retry:
+                pass
+            delay = retry.backoff()
+            if timeout:
+                remaining = timeout - (time.monotonic() - start) - delay
+                if remaining <= 0:  # the back-off outlasts the route timeout
+                    gevent.sleep(max(0.0, remaining + delay))
+                    cluster.stats.upstream_rq_timeout.inc()
+                    cluster_local_reply(stream, cluster.stats, local_reply.ROUTE_TIMEOUT)
+                    return
+            gevent.sleep(delay)
+            host = retry.choose_host(cluster)
+            if host is None:
+                cluster.stats.upstream_cx_none_healthy.inc()
+                cluster_local_reply(stream, cluster.stats, local_reply.NO_HEALTHY_UPSTREAM)
+                return
+    finally:
+        retry.release()
+
+
+class _Retry(Exception):
+    """This attempt failed and is retried; nothing of it went downstream."""
+
+
+def should_retry(retry, would_retry: bool, stream, response: bool = False) -> bool:
+    """Ask the retry state; a final answer marks the stream URX (retries used up) or
+    UO (the retry circuit breaker refused) before any local reply adds its own flag, so
+    they read "URX,UT" as in Envoy 1.40."""
+    if retry is None:
+        return False
+    verdict = retry.decide(would_retry, stream.headers_sent, response)
+    if verdict == RetryState.LIMIT:
+        stream.info.response_flags.append("URX")
+    elif verdict == RetryState.OVERFLOW:
+        stream.info.response_flags.append("UO")
+    return verdict == RetryState.YES
+
+
+def start_per_try_timer(retry, expired):
+    """Arm the policy's per-try timeout for one attempt (or nothing)."""
+    if retry is None or not retry.policy.per_try_timeout:
+        return _NO_TIMER
+    timer = gevent.get_hub().loop.timer(retry.policy.per_try_timeout)
+    timer.start(gevent.getcurrent().throw, expired, update=True)
+    return timer
+
+
+def attempt_count(stream, route, retry) -> int:
+    """Note this attempt's number; returns the x-envoy-attempt-count value, or 0 when
+    the route does not send it."""
+    n = stream.info.attempt_count = retry.attempts if retry is not None else 1
+    return n if route.attempt_count_in_response else 0
+
+
+def _attempt(stream, route, cluster, host, timeout, headers, retry) -> None:
+    req = stream.request
+    if retry is not None:
+        retry.tried.add(host)
     if host.h2pool is not None and (cluster.http2_mode == "h2" or req.version == "HTTP/2"):
         from proxyd.http.filters.router_http2 import forward_http2
-        return forward_http2(stream, route, cluster, host, timeout)
+        return forward_http2(stream, route, cluster, host, timeout, headers, retry)
     info = stream.info
     cstats = cluster.stats
     conn = None
     requests = None  # the circuit breaker's request count, once attached to a connection
     t0, expired, timer = begin_upstream_request(info, cstats, host, timeout)
+    per_try = PerTryTimeout() if retry is not None else None
+    try_timer = start_per_try_timer(retry, per_try)
+    read_body = retry.body_reader(stream) if retry is not None else stream.read_body
+    attempts = attempt_count(stream, route, retry)
     try:
-        head_bytes = encode_request_head(req, _upstream_headers(stream, route, host))
+        if route.attempt_count_in_request:
+            headers.set("x-envoy-attempt-count", str(info.attempt_count))
+        head_bytes = encode_request_head(req, headers)
         for attempt in (0, 1):
             try:
                 conn = host.pool.acquire()
             except UpstreamConnectError as e:
                 host.rq_error.inc()
+                if should_retry(retry, retry.policy.retry_failure(CONNECT_FAILURE)
+                                if retry else False, stream):
+                    raise _Retry() from None
                 cluster_local_reply(stream, cstats, local_reply.connect_failure(e.reason))
                 return
             except Overflow:
@@ -186,7 +283,8 @@ def forward(stream, route, cluster, host) -> None:
             info.upstream_local_address = conn.local_address
             info.upstream_start_mono = time.monotonic()
             try:
-                _exchange(stream, conn, head_bytes, cstats, host, t0)
+                _exchange(stream, conn, head_bytes, cstats, host, t0, read_body, retry,
+                          attempts)
                 return
             except UpstreamReset:
                 # A reused keep-alive connection the upstream closed just now: retry a
@@ -195,7 +293,16 @@ def forward(stream, route, cluster, host) -> None:
                 if attempt or not conn.reused or req.has_body or stream.headers_sent:
                     raise
                 conn = None
+    except _Retry:
+        raise
     except RouteTimeout as t:
+        if t is per_try:
+            cstats.upstream_rq_per_try_timeout.inc()
+            _close(conn, cstats)
+            if should_retry(retry, retry.policy.retry_failure(PER_TRY_TIMEOUT), stream):
+                raise _Retry() from None
+            _abort(stream, conn, cstats, local_reply.PER_TRY_TIMEOUT)
+            return
         if t is not expired:
             raise
         cstats.upstream_rq_timeout.inc()
@@ -203,6 +310,10 @@ def forward(stream, route, cluster, host) -> None:
         _abort(stream, conn, cstats, local_reply.ROUTE_TIMEOUT)
     except UpstreamReset:
         cstats.upstream_rq_rx_reset.inc()
+        if should_retry(retry, retry.policy.retry_failure(RESET) if retry else False, stream):
+            _close(conn, cstats)
+            host.rq_error.inc()
+            raise _Retry() from None
         _abort(stream, conn, cstats, local_reply.upstream_reset())
     except ProtocolError:
         _abort(stream, conn, cstats, local_reply.upstream_protocol_error())
@@ -216,10 +327,18 @@ def forward(stream, route, cluster, host) -> None:
         raise
     finally:
         timer.close()
+        try_timer.close()
         if requests is not None:
             requests.dec()
         cstats.upstream_rq_active.dec()
         host.rq_active.dec()
+
+
+def _close(conn, cstats) -> None:
+    """Drop the connection of an abandoned attempt (HTTP/1 cannot cancel otherwise)."""
+    if conn is not None and conn.sock is not None:
+        conn.close()
+        cstats.upstream_cx_destroy_local.inc()
 
 
 def _abort(stream, conn, cstats, reply) -> None:
@@ -231,7 +350,8 @@ def _abort(stream, conn, cstats, reply) -> None:
     cluster_local_reply(stream, cstats, reply)
 
 
-def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float) -> None:
+def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float, read_body, retry,
+              attempts: int) -> None:
     req = stream.request
     info = stream.info
     sock = conn.sock
@@ -243,7 +363,7 @@ def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float) -> None:
             sent = len(head_bytes)
             chunked = req.chunked
             while True:
-                data = stream.read_body()
+                data = read_body()
                 if data is None:
                     if chunked:
                         send_all(sock, LAST_CHUNK)
@@ -288,8 +408,13 @@ def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float) -> None:
                     if payload.status < 200:
                         continue  # interim 1xx: proxyd sent its own 100 Continue
                     resp = payload
+                    if retry is not None and retry_response(retry, stream, cstats, host, resp):
+                        cstats.upstream_cx_rx_bytes_total.inc(rx)
+                        _close(conn, cstats)
+                        raise _Retry()
                     keep_alive = resp.keep_alive
-                    _send_response_head(stream, resp, t0, parser.done and len(events) == 1)
+                    _send_response_head(stream, resp, t0, parser.done and len(events) == 1,
+                                        attempts)
                 else:  # END
                     stream.send_data(b"", True)
                     stream.flush()
@@ -313,11 +438,27 @@ def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float) -> None:
         raise
 
 
-def _send_response_head(stream, resp: ResponseHead, t0: float, end_stream: bool) -> None:
+def retry_response(retry, stream, cstats, host, resp) -> bool:
+    """Whether this response head is retried rather than sent downstream; a retried one
+    is counted in the cluster's retry.upstream_rq_<code> tree only."""
+    if not should_retry(retry, retry.policy.retry_response(resp), stream, True):
+        return False
+    code, cls = cstats.retried_response(resp.status)
+    code.inc()
+    cls.inc()
+    if resp.status >= 500:
+        host.rq_error.inc()
+    return True
+
+
+def _send_response_head(stream, resp: ResponseHead, t0: float, end_stream: bool,
+                        attempts: int = 0) -> None:
     stream.info.response_start_mono = time.monotonic()  # %RESPONSE_DURATION%: first upstream byte
     h = resp.headers = resp.headers.without_hop_by_hop(
         HOP_BY_HOP if resp.content_length is not None else _NOT_RELAYED_UNFRAMED)
     h.set("x-envoy-upstream-service-time", str(int((time.monotonic() - t0) * 1000)))
+    if attempts:
+        h.set("x-envoy-attempt-count", str(attempts))
     # The upstream's head goes on downstream; its framing fields described the upstream hop.
     resp.version = "HTTP/1.1"
     resp.keep_alive = True

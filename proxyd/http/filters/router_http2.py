@@ -14,13 +14,16 @@ import gevent
 
 from proxyd.http import local_reply
 from proxyd.http.codec import http2 as h2c
-from proxyd.http.filters.router import (RouteTimeout, _complete, _send_response_head,
-                                        _upstream_headers, begin_upstream_request,
-                                        cluster_local_reply)
+from proxyd.http.filters.router import (PerTryTimeout, RouteTimeout, _complete, _Retry,
+                                        _send_response_head, attempt_count,
+                                        begin_upstream_request, cluster_local_reply,
+                                        retry_response, should_retry, start_per_try_timer)
 from proxyd.http.headers import Headers
 from proxyd.http.http2_connection import ConnectionClosed
 from proxyd.http.message import ResponseHead
 from proxyd.http.stream import DownstreamGone
+from proxyd.router.retry_policy import (CONNECT_FAILURE, PER_TRY_TIMEOUT, REFUSED_STREAM,
+                                        RESET)
 from proxyd.upstream.cluster import UpstreamConnectError
 from proxyd.upstream.pool_http2 import CONNECTION_GONE, DOWNSTREAM_GONE
 
@@ -31,12 +34,11 @@ class UpstreamStreamReset(Exception):
         self.code = code
 
 
-def request_headers(stream, route, host, cluster) -> list:
-    """HTTP/2 request head for the upstream: pseudo-headers from the request, Host
-    folded into :authority, hop-by-hop fields dropped except `te: trailers` (gRPC
-    servers require it)."""
+def request_headers(stream, h, cluster) -> list:
+    """HTTP/2 request head for the upstream from the upstream headers `h`:
+    pseudo-headers from the request, Host folded into :authority, hop-by-hop fields
+    dropped except `te: trailers` (gRPC servers require it)."""
     req = stream.request
-    h = _upstream_headers(stream, route, host)
     out = [(":method", req.method),
            (":scheme", "https" if getattr(cluster, "tls", None) is not None else "http"),
            (":authority", req.authority or h.get("host") or ""), (":path", req.path)]
@@ -48,7 +50,8 @@ def request_headers(stream, route, host, cluster) -> list:
     return out
 
 
-def forward_http2(stream, route, cluster, host, timeout) -> None:
+def forward_http2(stream, route, cluster, host, timeout, h, retry) -> None:
+    """One attempt over HTTP/2; raises _Retry when the retry policy retries it."""
     info = stream.info
     cstats = cluster.stats
     us = None
@@ -60,22 +63,32 @@ def forward_http2(stream, route, cluster, host, timeout) -> None:
         return
     requests.inc()
     t0, expired, timer = begin_upstream_request(info, cstats, host, timeout)
+    per_try = PerTryTimeout() if retry is not None else None
+    try_timer = start_per_try_timer(retry, per_try)
+    read_body = retry.body_reader(stream) if retry is not None else stream.read_body
+    attempts = attempt_count(stream, route, retry)
     try:
-        headers = request_headers(stream, route, host, cluster)
-        end = stream.request_complete
+        if route.attempt_count_in_request:
+            h.set("x-envoy-attempt-count", str(info.attempt_count))
+        headers = request_headers(stream, h, cluster)
+        # a retry replays a buffered body as DATA even when the downstream is done
+        end = stream.request_complete and (retry is None or not retry.chunks)
         for attempt in (0, 1):
             try:
                 us = host.h2pool.open_stream(headers, end)
             except UpstreamConnectError as e:
                 host.rq_error.inc()
+                if should_retry(retry, retry.policy.retry_failure(CONNECT_FAILURE)
+                                if retry else False, stream):
+                    raise _Retry() from None
                 cluster_local_reply(stream, cstats, local_reply.connect_failure(e.reason))
                 return
             info.upstream_local_address = us.conn.local_address
             info.upstream_start_mono = time.monotonic()
             if not end:
-                pump = gevent.spawn(_pump_request, stream, us)
+                pump = gevent.spawn(_pump_request, stream, us, read_body)
             try:
-                _relay_response(stream, us, cstats, host, t0)
+                _relay_response(stream, us, cstats, host, t0, retry, attempts)
                 return
             except UpstreamStreamReset as e:
                 # Refused (GOAWAY raced us, or the peer's stream limit): nothing was
@@ -84,7 +97,18 @@ def forward_http2(stream, route, cluster, host, timeout) -> None:
                         or stream.headers_sent):
                     raise
                 us = None
+    except _Retry:
+        _reset_upstream(us, cstats)
+        raise
     except RouteTimeout as t:
+        if t is per_try:
+            cstats.upstream_rq_per_try_timeout.inc()
+            _reset_upstream(us, cstats)
+            host.rq_error.inc()
+            if should_retry(retry, retry.policy.retry_failure(PER_TRY_TIMEOUT), stream):
+                raise _Retry() from None
+            cluster_local_reply(stream, cstats, local_reply.PER_TRY_TIMEOUT)
+            return
         if t is not expired:
             raise
         cstats.upstream_rq_timeout.inc()
@@ -93,6 +117,11 @@ def forward_http2(stream, route, cluster, host, timeout) -> None:
         _fail(stream, host, cstats, local_reply.ROUTE_TIMEOUT)
     except UpstreamStreamReset as e:
         cstats.upstream_rq_rx_reset.inc()
+        if retry is not None and not stream.headers_sent:
+            why = REFUSED_STREAM if e.code == h2c.REFUSED_STREAM else RESET
+            if should_retry(retry, retry.policy.retry_failure(why), stream):
+                host.rq_error.inc()
+                raise _Retry() from None
         if not stream.headers_sent:
             _fail(stream, host, cstats, local_reply.upstream_reset())
         else:
@@ -107,6 +136,7 @@ def forward_http2(stream, route, cluster, host, timeout) -> None:
         raise
     finally:
         timer.close()
+        try_timer.close()
         if pump is not None and not pump.dead:
             pump.kill(block=False)
         if us is not None:
@@ -131,11 +161,11 @@ def _fail(stream, host, cstats, reply) -> None:
     cluster_local_reply(stream, cstats, reply)
 
 
-def _pump_request(stream, us) -> None:
+def _pump_request(stream, us, read_body) -> None:
     """Downstream request body (and trailers) to the upstream stream."""
     try:
         while True:
-            data = stream.read_body()
+            data = read_body()
             if data is None:
                 trailers = getattr(stream, "trailers", None)
                 if trailers is not None and trailers.items:
@@ -151,7 +181,7 @@ def _pump_request(stream, us) -> None:
         pass  # the upstream stream or connection ended; the relay sees why
 
 
-def _relay_response(stream, us, cstats, host, t0: float) -> None:
+def _relay_response(stream, us, cstats, host, t0: float, retry, attempts: int) -> None:
     ended = False
     resp = None
     events = us.events
@@ -165,9 +195,11 @@ def _relay_response(stream, us, cstats, host, t0: float) -> None:
             us.ack(ev[3])
         elif kind == h2c.HEADERS:
             resp = _response_head(ev[2])
+            if retry is not None and retry_response(retry, stream, cstats, host, resp):
+                raise _Retry()
             ended = ev[3]
             no_body = no_body or resp.status in (204, 304)
-            _send_response_head(stream, resp, t0, ended)
+            _send_response_head(stream, resp, t0, ended, attempts)
         elif kind == h2c.TRAILERS:
             trailers = Headers(ev[2])
             if not ended:
