@@ -490,7 +490,8 @@ class Master:
                 w.proc.kill()
                 w.proc.wait()
         with gevent.Timeout(5.0, False):
-            while self.reloading:  # an aborted reload removes its socket file first
+            while self.reloading:  # an aborted reload removes its socket file first; a
+                # finished one writes its answer
                 gevent.sleep(0.01)
         self.stopped.set()
 
@@ -562,8 +563,14 @@ class Master:
             return {"ok": False, "error": "proxyd is stopping; the reload was abandoned"}
         self.log.info("handed_over", successor_pid=pid, epoch=epoch)
         self.handed_over = True
+        # Still "reloading" until the answer is written: _stop waits for that flag before
+        # it lets the master shut down (and close this control connection).
+        self.reloading = True
         self.stop(graceful=True)
-        self._await_not_accepting(RELOAD_ACCEPT_STOP_S)
+        try:
+            self._await_not_accepting(RELOAD_ACCEPT_STOP_S)
+        finally:
+            self.reloading = False
         return {"ok": True, "pid": pid, "epoch": epoch}
 
     def _await_not_accepting(self, timeout: float) -> None:
