@@ -2,7 +2,7 @@
 
 import json
 
-from google.protobuf import any_pb2, descriptor_pool, json_format, message_factory, timestamp_pb2
+from google.protobuf import any_pb2, json_format, timestamp_pb2
 
 from envoy.admin.v3 import (clusters_pb2, config_dump_pb2, config_dump_shared_pb2, listeners_pb2, metrics_pb2,
                             server_info_pb2)
