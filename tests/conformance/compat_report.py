@@ -11,7 +11,7 @@ import re
 from pathlib import Path
 
 import areas
-from compare import operators, stats_view
+from compare import operators, prometheus_key, series_name, stats_view
 from differences import KNOWN, known, matches
 from scenario import CASES, CUSTOM_FORMAT, VOLATILE_FORMAT
 
@@ -93,6 +93,13 @@ def _explainer(line: str, area: str) -> str | None:
     return None
 
 
+def _recorded_value_difference(name: str, area: str) -> bool:
+    """A stat whose value a recorded difference says may differ (its pattern takes any
+    value): counted as differing even in a run where the two values happen to agree, so
+    that the report does not change with the scheduling of the run that wrote it."""
+    return _explainer("%s: envoy 0, proxyd 1" % name, area) is not None
+
+
 _GENERIC = ((re.compile(r"^cluster\.(upstream|refused|empty)\."), "cluster.<name>."),
             (re.compile(r"^http\.ingress_http\."), "http.<stat_prefix>."),
             (re.compile(r"^tcp\.tcp_in\."), "tcp.<stat_prefix>."),
@@ -134,6 +141,8 @@ def _stats_section(observed) -> list[str]:
     for name in envoy:
         g = generic(name)
         line = diff_lines.get(name)
+        if line is None and name in proxyd and _recorded_value_difference(name, "stats"):
+            line = "%s: envoy %s, proxyd %s" % (name, envoy[name], proxyd[name])
         s = "matches" if line is None else "lacks" if line.endswith("proxyd lacks it") else "differs"
         if rank[s] >= rank.get(status.get(g), -1):
             status[g] = s
@@ -166,7 +175,12 @@ def _stats_section(observed) -> list[str]:
             out.append("- %s (%s, %d): %s" % (kind, reason, len(by[reason]), _names(by[reason])))
     out += ["", "Names only proxyd has (%d): %s" % (len(extra), _names(extra)), ""]
     prom = areas.prometheus(observed)
-    checked = len(set(envoy) & set(proxyd))
+    both = set(envoy) & set(proxyd)
+    checked = len(both)
+    shown = {line.split(":", 1)[0] for line in prom}
+    prom += sorted("%s: envoy %s, proxyd %s" % (series_name(prometheus_key(n)), envoy[n], proxyd[n])
+                   for n in both if series_name(prometheus_key(n)) not in shown
+                   and _recorded_value_difference(series_name(prometheus_key(n)), "prometheus"))
     out += ["### Prometheus", "",
             "For each of the %d stats both have, the series Envoy's tag extraction makes of it "
             "(name, labels, TYPE) is in proxyd's `/stats/prometheus` with Envoy's value: "

@@ -86,10 +86,12 @@ def test_rest_lds_cds_eds_rds_update_and_nack(tmp_path):
             assert r.body["node"]["id"] == "proxyd-rest"
             assert r.body["type_url"] == r.type_url
         for t in (R.CLUSTER, R.ENDPOINT, R.LISTENER, R.ROUTE):
-            reqs = server.of_type(t)
-            assert reqs[0].body.get("version_info", "") == ""
-            acks = [r for r in reqs if r.body.get("version_info") == "1"]
-            assert acks and not acks[0].is_nack and acks[0].body["response_nonce"]
+            assert server.of_type(t)[0].body.get("version_info", "") == ""
+            # The ACK is the next poll, which may come after the proxy went live.
+            acks = server.wait_for(lambda: [r for r in server.of_type(t)
+                                            if r.body.get("version_info") == "1"],
+                                   what="the first %s poll with version 1" % t)
+            assert not acks[0].is_nack and acks[0].body["response_nonce"]
         assert server.of_type(R.ROUTE)[0].body["resource_names"] == ["r1"]
         assert server.of_type(R.ENDPOINT)[0].body["resource_names"] == ["svc"]
 
