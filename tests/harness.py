@@ -6,8 +6,10 @@ own process group and is killed (group and all) on cleanup, also when a test fai
 """
 from __future__ import annotations
 
+import itertools
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -28,11 +30,25 @@ ROUTER_TYPE = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Route
 
 
 # --- ports and files --------------------------------------------------------------
+# Ports handed out come from below the kernel's ephemeral range (32768-60999 on Linux), so
+# the source port of some outgoing connection cannot take one between free_port() and the
+# bind that uses it; a test process goes through all of them before it reuses one.
+_PORTS = list(range(20000, 32768))
+random.shuffle(_PORTS)
+_NEXT_PORT = itertools.cycle(_PORTS)
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A TCP port on 127.0.0.1 that nothing is bound to right now."""
+    for _ in range(len(_PORTS)):
+        port = next(_NEXT_PORT)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("free_port: no free port from 20000 to 32767")
 
 
 def closed_port() -> int:
