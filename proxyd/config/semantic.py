@@ -262,6 +262,17 @@ def _route_action(ra, path, clusters, out):
 def _cluster(c, path, out):
     if c.HasField('transport_socket'):
         out.extend(tls.problems(c.transport_socket, path + ('transport_socket',), True))
+    if c.HasField('outlier_detection'):
+        from proxyd.upstream.outlier import Config
+        try:
+            Config(c.outlier_detection)
+        except ValueError as e:  # Envoy's own words
+            out.append((path + ('outlier_detection', 'max_ejection_time'), str(e)))
+    for i, hc in enumerate(c.health_checks):
+        if hc.WhichOneof('health_checker') is None:
+            out.append((path + ('health_checks', i),
+                       'a health check needs one of http_health_check, tcp_health_check, '
+                       'grpc_health_check'))
     if c.type != c.DESCRIPTOR.fields_by_name['type'].enum_type.values_by_name['STATIC'].number:
         return
     for i, lle in enumerate(c.load_assignment.endpoints):

@@ -636,10 +636,12 @@ class Master:
 
     def clusters_status(self) -> list:
         out = []
+        # a static EDS cluster's hosts come from EDS, which the dynamic config holds
+        endpoints = self.dynamic.snapshot()[1] if self.dynamic is not None else self.endpoints
         for c in self.bootstrap.static_resources.clusters:
             hosts = [{"address": ("[%s]:%d" if ":" in ip else "%s:%d") % (ip, port),
                       "hostname": hostname, "health_flags": "healthy", "weight": weight}
-                     for ip, port, weight, hostname in self.endpoints.get(c.name, [])]
+                     for ip, port, weight, hostname in endpoints.get(c.name, [])]
             out.append({"name": c.name, "added_via_api": False, "hosts": hosts})
         if self.dynamic is not None:
             out.extend(self.dynamic.clusters_status())
