@@ -268,11 +268,10 @@ def _cluster(c, path, out):
             Config(c.outlier_detection)
         except ValueError as e:  # Envoy's own words
             out.append((path + ('outlier_detection', 'max_ejection_time'), str(e)))
-    for i, hc in enumerate(c.health_checks):
-        if hc.WhichOneof('health_checker') is None:
-            out.append((path + ('health_checks', i),
-                       'a health check needs one of http_health_check, tcp_health_check, '
-                       'grpc_health_check'))
+    if len(c.health_checks) > 1:  # Envoy 1.40's HealthCheck.name is newer than our protos
+        out.append((path + ('health_checks', 0),
+                    'health check at index 0 is missing a name; all health checks must have a '
+                    'name when multiple health checks are configured'))
     if c.type != c.DESCRIPTOR.fields_by_name['type'].enum_type.values_by_name['STATIC'].number:
         return
     for i, lle in enumerate(c.load_assignment.endpoints):
