@@ -25,7 +25,8 @@ POLL_S = 0.05
 INITIALIZED = 0x100   # set by the master on a word it has set up (not a health flag)
 
 # envoy.config.core.v3.HealthStatus
-_UNHEALTHY_EDS = {2, 3, 4}   # UNHEALTHY, DRAINING, TIMEOUT
+_UNHEALTHY_EDS = {2, 4}      # UNHEALTHY, TIMEOUT: /failed_eds_health
+_DRAINING_EDS = 3            # DRAINING: /eds_status_draining (Envoy 1.40)
 _DEGRADED_EDS = 5
 
 
@@ -124,7 +125,7 @@ class HealthManager:
             st = status.get(addr, 0)
             w = self.eds_words.get((name, addr))
             if w is None:
-                if st not in _UNHEALTHY_EDS and st != _DEGRADED_EDS:
+                if st not in _UNHEALTHY_EDS and st not in (_DEGRADED_EDS, _DRAINING_EDS):
                     continue
                 w = self.eds_words[(name, addr)] = H.find(self.store, name, addr, create=True)
             w.set(_with_eds(w.get(), st) | INITIALIZED)
@@ -136,13 +137,16 @@ class HealthManager:
 
     def _membership(self) -> None:
         for m in self.clusters.values():
-            m.membership_healthy.set(sum(1 for w in m.words.values() if not w.get() & H.UNHEALTHY))
+            m.membership_healthy.set(sum(1 for w in m.words.values()
+                                         if not w.get() & H.NOT_COUNTED_HEALTHY))
 
     # --- the loop ------------------------------------------------------------------------
     def _poll_loop(self) -> None:
         while not self.stopped:
             gevent.sleep(POLL_S)
             for m in list(self.clusters.values()):
+                if m.checker is not None:
+                    m.checker.poll_passive()
                 if m.detector is not None:
                     try:
                         m.detector.poll()
@@ -181,9 +185,11 @@ class HealthManager:
 
 
 def _with_eds(flags: int, status: int) -> int:
-    flags &= ~(H.FAILED_EDS_HEALTH | H.DEGRADED_EDS_HEALTH)
+    flags &= ~(H.FAILED_EDS_HEALTH | H.DEGRADED_EDS_HEALTH | H.EDS_STATUS_DRAINING)
     if status in _UNHEALTHY_EDS:
         flags |= H.FAILED_EDS_HEALTH
+    elif status == _DRAINING_EDS:
+        flags |= H.EDS_STATUS_DRAINING
     elif status == _DEGRADED_EDS:
         flags |= H.DEGRADED_EDS_HEALTH
     return flags

@@ -128,6 +128,8 @@ class Cluster:
                 h.pool = Http1Pool(h, self, self.idle_timeout)
                 if self.http2_mode is not None:
                     h.h2pool = Http2Pool(h, self, self.http2_options)
+                if self.config.health_checks:
+                    h.hc_fail = self._store.counter(health.passive_fail_name(self.name, h.addr_str))
                 if self.outlier is not None:
                     h.outlier = outlier.HostReporter(self._store, self.name, h.addr_str,
                                                      self.outlier)
@@ -143,7 +145,8 @@ class Cluster:
                 self.stats.membership_change.inc()
             self.stats.membership_total.set(len(hosts))
             if not self.tracked:
-                self.stats.membership_healthy.set(sum(1 for h in hosts if h.healthy))
+                self.stats.membership_healthy.set(
+                    sum(1 for h in hosts if not h.health_flags() & health.NOT_COUNTED_HEALTHY))
         self.hosts = hosts
         self.lb = self._balancer(hosts)
 

@@ -23,19 +23,34 @@ DEGRADED_EDS_HEALTH = 0x8
 PENDING_ACTIVE_HC = 0x10      # no active check has answered yet
 ACTIVE_HC_TIMEOUT = 0x20      # the last failed check timed out
 EXCLUDED_VIA_IMMEDIATE_HC_FAIL = 0x40
+EDS_STATUS_DRAINING = 0x80
 
 UNHEALTHY = FAILED_ACTIVE_HC | FAILED_OUTLIER_CHECK | FAILED_EDS_HEALTH | \
-    EXCLUDED_VIA_IMMEDIATE_HC_FAIL
+    EXCLUDED_VIA_IMMEDIATE_HC_FAIL | EDS_STATUS_DRAINING
+# A degraded host still takes traffic here (Envoy sends it a share only when too few
+# hosts are healthy, which needs priority load; the balancer work owns that) but does not
+# count in membership_healthy, as in Envoy.
+NOT_COUNTED_HEALTHY = UNHEALTHY | DEGRADED_EDS_HEALTH
 
 # Envoy's order and spelling in /clusters health_flags (HostUtility::healthFlagsToString)
 _NAMES = ((FAILED_ACTIVE_HC, "/failed_active_hc"), (FAILED_OUTLIER_CHECK, "/failed_outlier_check"),
           (FAILED_EDS_HEALTH, "/failed_eds_health"), (DEGRADED_EDS_HEALTH, "/degraded_eds_health"),
-          (PENDING_ACTIVE_HC, "/pending_active_hc"), (ACTIVE_HC_TIMEOUT, "/active_hc_timeout"),
-          (EXCLUDED_VIA_IMMEDIATE_HC_FAIL, "/excluded_via_immediate_hc_fail"))
+          (PENDING_ACTIVE_HC, "/pending_active_hc"),
+          (EXCLUDED_VIA_IMMEDIATE_HC_FAIL, "/excluded_via_immediate_hc_fail"),
+          (ACTIVE_HC_TIMEOUT, "/active_hc_timeout"), (EDS_STATUS_DRAINING, "/eds_status_draining"))
 
 
 def word_name(cluster: str, addr_str: str) -> str:
     return "%s%s:%s" % (INTERNAL, cluster, addr_str)
+
+
+def passive_fail_name(cluster: str, addr_str: str) -> str:
+    """Per-slot counter of upstream responses with x-envoy-immediate-health-check-fail,
+    which workers bump and the master's health checker turns into a passive failure."""
+    return "_hc:%s:%s:immediate_fail" % (cluster, addr_str)
+
+
+IMMEDIATE_FAIL_HEADER = "x-envoy-immediate-health-check-fail"
 
 
 def flags_string(flags: int) -> str:

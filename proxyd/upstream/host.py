@@ -4,7 +4,8 @@ Health: ``healthy`` / ``available()`` read the host's shared health word
 (proxyd/upstream/health.py), written by the master's health checks, outlier detector
 and EDS health status; a host without a word is healthy. Load balancers filter on it.
 ``outlier`` is the host's outlier-detection reporter (proxyd/upstream/outlier.py) when
-its cluster configures outlier detection, else None.
+its cluster configures outlier detection, else None; ``hc_fail`` counts responses carrying
+x-envoy-immediate-health-check-fail when it configures active health checks.
 """
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from proxyd.upstream.health import UNHEALTHY
 
 
 class Host:
-    __slots__ = ("address", "addr_str", "hostname", "weight", "health", "outlier", "pool",
+    __slots__ = ("address", "addr_str", "hostname", "weight", "health", "outlier", "hc_fail", "pool",
                  "h2pool", "cx_total", "cx_active", "cx_connect_fail", "rq_total", "rq_timeout",
                  "rq_success", "rq_error", "rq_active")
 
@@ -23,6 +24,7 @@ class Host:
         self.weight = weight
         self.health = None   # HealthWord, or None: always healthy
         self.outlier = None
+        self.hc_fail = None  # counter of x-envoy-immediate-health-check-fail answers (with active HC)
         self.pool = None
         self.h2pool = None  # HTTP/2 pool when the cluster's protocol options ask for it
         prefix = "_host.%s.%s." % (cluster, self.addr_str)

@@ -112,3 +112,52 @@ def test_outlier_detection_and_health_checks_match_envoy(pair_factory):
     assert proxyd[0] == envoy[0]
     assert proxyd[2] == envoy[2]
     assert proxyd[1] == envoy[1]
+
+
+EDS_TEMPLATE = """
+admin:
+  address: {socket_address: {address: 127.0.0.1, port_value: $admin}}
+node: {id: node1, cluster: cluster1}
+static_resources:
+  clusters:
+  - name: eds
+    type: EDS
+    connect_timeout: 1s
+    eds_cluster_config:
+      eds_config: {path_config_source: {path: $dir/eds.yaml}, resource_api_version: V3}
+"""
+EDS_FILE = """
+version_info: "1"
+type_url: type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
+resources:
+- "@type": type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment
+  cluster_name: eds
+  endpoints:
+  - lb_endpoints:
+""" + "".join("""
+    - endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: %d}}}
+      health_status: %s""" % (20001 + i, st) for i, st in enumerate(
+    ("UNHEALTHY", "DRAINING", "TIMEOUT", "DEGRADED", "UNKNOWN", "HEALTHY")))
+
+
+def test_eds_health_status_matches_envoy(tmp_path, upstream, refused_port):
+    from pair import Pair
+    pair = Pair(EDS_TEMPLATE, tmp_path, upstream.port, refused_port)
+    for side in pair.sides:
+        (side.dir / "eds.yaml").write_text(EDS_FILE)
+    pair.start()
+    try:
+        def observe(side):
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                flags = sorted(line for line in side.admin("/clusters").body.decode().splitlines()
+                               if "::health_flags::" in line)
+                if len(flags) == 6:
+                    break
+                time.sleep(0.05)
+            return flags, _stats(side).get("cluster.eds.membership_healthy")
+        envoy, proxyd = pair.both(observe)
+        assert envoy[1] == "2" and len(envoy[0]) == 6
+        assert proxyd == envoy
+    finally:
+        pair.cleanup()

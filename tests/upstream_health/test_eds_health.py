@@ -1,5 +1,5 @@
-"""EDS health_status honoured: an endpoint EDS marks UNHEALTHY (or DRAINING, TIMEOUT)
-gets /failed_eds_health and no traffic from any worker until EDS says otherwise; a
+"""EDS health_status honoured: an endpoint EDS marks UNHEALTHY (or TIMEOUT) gets
+/failed_eds_health, a DRAINING one /eds_status_draining (Envoy 1.40), and no traffic from any worker until EDS says otherwise; a
 cluster with no health checks and no such endpoint gets no health words."""
 import os
 
@@ -37,7 +37,7 @@ def test_eds_unhealthy_endpoint_gets_no_traffic(proxyd_factory, flaky_factory, t
     assert clusters(admin)[("upstream", "127.0.0.1:%d" % b)] == "healthy"
     assert {http(px.port, path="/x").json()["port"] for _ in range(12)} == {b}
     _eds(eds, "2", [(a, "HEALTHY"), (b, "DRAINING")])
-    wait_for(lambda: clusters(admin).get(("upstream", "127.0.0.1:%d" % b)) == "/failed_eds_health",
+    wait_for(lambda: clusters(admin).get(("upstream", "127.0.0.1:%d" % b)) == "/eds_status_draining",
              what="the new EDS flags")
     assert clusters(admin)[("upstream", "127.0.0.1:%d" % a)] == "healthy"
     wait_for(lambda: {http(px.port, path="/x").json()["port"] for _ in range(12)} == {a},

@@ -21,6 +21,7 @@ from proxyd.network.io import send_all
 from proxyd.router.retry_policy import (CONNECT_FAILURE, PER_TRY_TIMEOUT, RESET,
                                         RetryState, request_policy)
 from proxyd.upstream import outlier
+from proxyd.upstream.health import IMMEDIATE_FAIL_HEADER
 from proxyd.upstream.cluster import UpstreamConnectError
 from proxyd.upstream.resource_manager import Overflow
 
@@ -415,6 +416,8 @@ def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float, read_bod
                     resp = payload
                     if host.outlier is not None:
                         host.outlier.http_status(resp.status)
+                    if host.hc_fail is not None and IMMEDIATE_FAIL_HEADER in resp.headers:
+                        host.hc_fail.inc()  # Envoy: the host fails its active health check at once
                     if retry is not None and retry_response(retry, stream, cstats, host, resp):
                         cstats.upstream_cx_rx_bytes_total.inc(rx)
                         _close(conn, cstats)

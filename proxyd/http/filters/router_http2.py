@@ -25,6 +25,7 @@ from proxyd.http.stream import DownstreamGone
 from proxyd.router.retry_policy import (CONNECT_FAILURE, PER_TRY_TIMEOUT, REFUSED_STREAM,
                                         RESET)
 from proxyd.upstream import outlier
+from proxyd.upstream.health import IMMEDIATE_FAIL_HEADER
 from proxyd.upstream.cluster import UpstreamConnectError
 from proxyd.upstream.pool_http2 import CONNECTION_GONE, DOWNSTREAM_GONE
 
@@ -202,6 +203,8 @@ def _relay_response(stream, us, cstats, host, t0: float, retry, attempts: int) -
             resp = _response_head(ev[2])
             if host.outlier is not None:
                 host.outlier.http_status(resp.status)
+            if host.hc_fail is not None and IMMEDIATE_FAIL_HEADER in resp.headers:
+                host.hc_fail.inc()  # Envoy: the host fails its active health check at once
             if retry is not None and retry_response(retry, stream, cstats, host, resp):
                 raise _Retry()
             ended = ev[3]

@@ -31,9 +31,9 @@ import gevent
 
 from proxyd.upstream import health as H
 
-SUCCESS, ACTIVE, ACTIVE_RETRIABLE, NETWORK, TIMEOUT = range(5)
+SUCCESS, ACTIVE, ACTIVE_RETRIABLE, NETWORK, TIMEOUT, PASSIVE = range(6)
 _FAILURE_TYPE = {ACTIVE: "ACTIVE", ACTIVE_RETRIABLE: "ACTIVE", NETWORK: "NETWORK",
-                 TIMEOUT: "NETWORK"}
+                 TIMEOUT: "NETWORK_TIMEOUT", PASSIVE: "PASSIVE"}
 
 STATS_COUNTERS = ("attempt", "success", "failure", "passive_failure", "network_failure",
                   "verify_cluster")
@@ -173,13 +173,15 @@ class Session:
         pending = False
         if not flags & H.FAILED_ACTIVE_HC:
             self.num_unhealthy += 1
-            if result == ACTIVE or self.num_unhealthy >= c.settings.unhealthy_threshold:
+            if result in (ACTIVE, PASSIVE) or self.num_unhealthy >= c.settings.unhealthy_threshold:
                 flags |= H.FAILED_ACTIVE_HC
                 c.log_event(self, {"eject_unhealthy_event": {"failure_type": _FAILURE_TYPE[result]}})
             else:
                 pending = True
         if result == TIMEOUT and flags & H.FAILED_ACTIVE_HC:
             flags |= H.ACTIVE_HC_TIMEOUT
+        else:
+            flags &= ~H.ACTIVE_HC_TIMEOUT
         if self.first_check:
             c.log_event(self, {"health_check_failure_event": {
                 "failure_type": _FAILURE_TYPE[result], "first_check": True,
@@ -189,6 +191,8 @@ class Session:
         c.stats["failure"].inc()
         if result in (NETWORK, TIMEOUT):
             c.stats["network_failure"].inc()
+        elif result == PASSIVE:
+            c.stats["passive_failure"].inc()
         self.first_check = False
         c.on_result(self, False)
         return not flags & H.FAILED_ACTIVE_HC, pending
@@ -211,6 +215,7 @@ class ClusterChecker:
         self.sessions: dict[tuple, Session] = {}   # (check index, addr) -> Session
         self.words: dict[str, object] = {}
         self.on_success = on_success
+        self._passive: dict = {}   # addr -> [total view of its immediate_fail counter, last total]
         self._logs = {}
         for s in self.settings_list:
             if s.event_log_path and s.event_log_path not in self._logs:
@@ -243,6 +248,24 @@ class ClusterChecker:
         self.sessions = wanted
         self.words = words
         self._update_gauge()
+
+    def poll_passive(self) -> None:
+        """Responses with x-envoy-immediate-health-check-fail that workers counted since
+        the last poll: the host is excluded and fails its check at once (Envoy's
+        setUnhealthyCrossThread, then setUnhealthy(PASSIVE))."""
+        for (i, addr), sess in self.sessions.items():
+            if i:
+                continue
+            view = self._passive.get(addr)
+            if view is None:
+                view = self._passive[addr] = [self._store.total_view(self._store.counter(
+                    H.passive_fail_name(self.name, addr))), 0]
+                view[1] = sum(view[0])
+            total = sum(view[0])
+            if total > view[1]:
+                view[1] = total
+                sess.word.set(sess.word.get() | H.EXCLUDED_VIA_IMMEDIATE_HC_FAIL)
+                sess.handle_failure(PASSIVE)
 
     def _update_gauge(self) -> None:
         self.healthy_gauge.set(sum(1 for w in self.words.values()
