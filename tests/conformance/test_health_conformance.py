@@ -1,6 +1,7 @@
 """Outlier detection and active health checks beside Envoy 1.40 on one template: the
 deterministic parts (what is detected, overflowed, enforced; the first round of health
-checks; /clusters health flags; panic routing to a cluster whose only host is out)."""
+checks; an upstream's x-envoy-immediate-health-check-fail; /clusters health flags;
+panic routing to a cluster whose only host is out); EDS health_status on an EDS file."""
 from __future__ import annotations
 
 import time
@@ -27,6 +28,9 @@ CLUSTERS = {
     "hcbad": ("upstream", "    health_checks: [{timeout: 1s, interval: 60s, no_traffic_interval: 60s, "
                           "unhealthy_threshold: 2, healthy_threshold: 2, "
                           "http_health_check: {path: \"/bad?status=503\"}}]"),
+    "hcpassive": ("upstream", "    health_checks: [{timeout: 1s, interval: 60s, no_traffic_interval: 60s, "
+                              "unhealthy_threshold: 2, healthy_threshold: 2, "
+                              "http_health_check: {path: /ok}}]"),
     "hctcp": ("closed", "    health_checks: [{timeout: 1s, interval: 60s, no_traffic_interval: 60s, "
                         "unhealthy_threshold: 1, healthy_threshold: 1, tcp_health_check: {}}]"),
 }
@@ -88,6 +92,9 @@ def _observe(side):
     _until(side, od % "refused" + "ejections_overflow", "1")
     for c in ("hcok", "hcbad", "hctcp"):
         _until(side, "cluster.%s.health_check.attempt" % c, "1")
+    _until(side, "cluster.hcpassive.health_check.success", "1")
+    out.append(side.http("/hcpassive/x?hdr=x-envoy-immediate-health-check-fail:true").status)
+    _until(side, "cluster.hcpassive.health_check.passive_failure", "1")
     out.append(side.http("/hcbad/x").status)        # panic again: the failed host still serves
     stats = _stats(side)
     picked = {k: v for k, v in stats.items()
@@ -100,7 +107,7 @@ def _observe(side):
 
 def test_outlier_detection_and_health_checks_match_envoy(pair_factory):
     envoy, proxyd = pair_factory(TEMPLATE).both(_observe)
-    assert envoy[0] == [503, 503, 503, 503, 503, 503, 200, 502, 502, 503, 503, 200]
+    assert envoy[0] == [503, 503, 503, 503, 503, 503, 200, 502, 502, 503, 503, 200, 200]
     e = envoy[1]
     assert e["cluster.single.outlier_detection.ejections_detected_consecutive_5xx"] == "1"
     assert e["cluster.single.outlier_detection.ejections_overflow"] == "1"
@@ -109,6 +116,7 @@ def test_outlier_detection_and_health_checks_match_envoy(pair_factory):
     assert e["cluster.hcbad.health_check.failure"] == "1"
     assert e["cluster.hctcp.health_check.network_failure"] == "1"
     assert e["cluster.hcok.health_check.healthy"] == "1"
+    assert e["cluster.hcpassive.health_check.passive_failure"] == "1"
     assert proxyd[0] == envoy[0]
     assert proxyd[2] == envoy[2]
     assert proxyd[1] == envoy[1]

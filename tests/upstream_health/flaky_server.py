@@ -5,6 +5,7 @@
 Every port is one upstream with its own state. Control (on the port concerned):
     /__set?status=N      answer N to every request (default 200)
     /__set?hc=N          answer N to the health-check path /hc (default 200)
+    /__set?immfail=1     add x-envoy-immediate-health-check-fail to every other answer
     /__state             {"port", "requests", "hc_requests", "last_hc_headers"}
 Other paths answer `status` with a JSON body naming the port.
 """
@@ -26,8 +27,10 @@ def make_handler(state):
         def log_message(self, *args):
             pass
 
-        def _answer(self, code: int, body: bytes) -> None:
+        def _answer(self, code: int, body: bytes, immfail: bool = False) -> None:
             self.send_response(code)
+            if immfail:
+                self.send_header("x-envoy-immediate-health-check-fail", "true")
             self.send_header("content-type", "application/json")
             self.send_header("content-length", str(len(body)))
             self.end_headers()
@@ -51,7 +54,8 @@ def make_handler(state):
                 else:
                     state["requests"] += 1
                     code = state["status"]
-            self._answer(code, json.dumps({"port": state["port"]}).encode())
+            self._answer(code, json.dumps({"port": state["port"]}).encode(),
+                         immfail=url.path != "/hc" and bool(state["immfail"]))
 
         do_POST = do_GET
 
@@ -62,7 +66,7 @@ def main() -> None:
     servers = []
     for p in sys.argv[1:]:
         port = int(p)
-        state = {"port": port, "status": 200, "hc": 200, "requests": 0, "hc_requests": 0,
+        state = {"port": port, "status": 200, "hc": 200, "immfail": 0, "requests": 0, "hc_requests": 0,
                  "last_hc_headers": {}}
         srv = http.server.ThreadingHTTPServer(("127.0.0.1", port), make_handler(state))
         srv.daemon_threads = True

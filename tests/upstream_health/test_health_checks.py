@@ -188,3 +188,17 @@ def test_health_state_carries_over_a_hot_restart(proxyd_factory, flaky_factory):
     assert int(stats(admin)[P + "attempt"]) >= attempts
     up.set(sick, hc=200)
     wait_for(lambda: _flags(admin, sick) == "healthy", what="recovery under the new master")
+
+
+def test_immediate_health_check_fail_header_fails_the_host_at_once(proxyd_factory, flaky_factory):
+    up = flaky_factory(2)
+    sick, well = up.ports
+    px, admin = _start(proxyd_factory, up.addresses, [_hc({"http_health_check": {"path": "/hc"}},
+                                                          interval="30s", no_traffic_interval="30s")])
+    up.set(sick, immfail=1)
+    wait_for(lambda: (http(px.port, path="/x"),
+                      _flags(admin, sick) == "/failed_active_hc/excluded_via_immediate_hc_fail")[1],
+             what="the passive failure")
+    s = stats(admin)
+    assert s[P + "passive_failure"] == "1" and s[P + "healthy"] == "1"
+    assert {http(px.port, path="/x").json()["port"] for _ in range(10)} == {well}
