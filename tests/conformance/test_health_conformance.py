@@ -26,7 +26,7 @@ CLUSTERS = {
                          "unhealthy_threshold: 2, healthy_threshold: 2, "
                          "http_health_check: {path: /ok}}]"),
     "hcbad": ("upstream", "    health_checks: [{timeout: 1s, interval: 60s, no_traffic_interval: 60s, "
-                          "unhealthy_threshold: 2, healthy_threshold: 2, "
+                          "unhealthy_threshold: 2, healthy_threshold: 2, event_log_path: $dir/hc.log, "
                           "http_health_check: {path: \"/bad?status=503\"}}]"),
     "hcpassive": ("upstream", "    health_checks: [{timeout: 1s, interval: 60s, no_traffic_interval: 60s, "
                               "unhealthy_threshold: 2, healthy_threshold: 2, "
@@ -60,6 +60,8 @@ static_resources:
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
   clusters:%s
+cluster_manager:
+  outlier_detection: {event_log_path: $dir/od.log}
 """ % (ROUTES, "".join(CLUSTER.format(name=n, port=p, extra=e) for n, (p, e) in CLUSTERS.items()))
 
 
@@ -102,7 +104,21 @@ def _observe(side):
               and (".outlier_detection." in k or ".health_check." in k or k.endswith("membership_healthy"))}
     flags = sorted(line for line in side.admin("/clusters").body.decode().splitlines()
                    if "::health_flags::" in line or "::outlier::" in line)
-    return out, picked, flags
+    return out, picked, flags, _events(side, "od.log"), _events(side, "hc.log")
+
+
+def _events(side, name):
+    """The event log's JSON lines without what differs by run (times, ports)."""
+    import json
+    out = []
+    for line in side.read(name).splitlines():
+        ev = json.loads(line)
+        ev.pop("timestamp", None)
+        ev.pop("secs_since_last_action", None)
+        ev.pop("upstream_url", None)
+        ev.get("host", {}).get("socket_address", {}).pop("port_value", None)
+        out.append(ev)
+    return sorted(out, key=lambda e: json.dumps(e, sort_keys=True))
 
 
 def test_outlier_detection_and_health_checks_match_envoy(pair_factory):
@@ -120,6 +136,9 @@ def test_outlier_detection_and_health_checks_match_envoy(pair_factory):
     assert proxyd[0] == envoy[0]
     assert proxyd[2] == envoy[2]
     assert proxyd[1] == envoy[1]
+    assert envoy[3] and envoy[4]
+    assert proxyd[3] == envoy[3]    # outlier detection event log
+    assert proxyd[4] == envoy[4]    # health check event log
 
 
 EDS_TEMPLATE = """
