@@ -202,3 +202,23 @@ def test_immediate_health_check_fail_header_fails_the_host_at_once(proxyd_factor
     s = stats(admin)
     assert s[P + "passive_failure"] == "1" and s[P + "healthy"] == "1"
     assert {http(px.port, path="/x").json()["port"] for _ in range(10)} == {well}
+
+
+def test_http2_check_reuses_its_connection(proxyd_factory):
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "http2"))
+    from h2server import H2Server
+    srv = H2Server()
+    try:
+        px, admin = _start(proxyd_factory, [("127.0.0.1", srv.port)], [_hc({"http_health_check": {
+            "path": "/hc", "codec_client_type": "HTTP2"}})], concurrency=1)
+        assert _flags(admin, srv.port) == "healthy"
+        wait_for(lambda: int(stats(admin)[P + "success"]) >= 4, what="four checks")
+        assert srv.connections == 1 and srv.paths.count("/hc") >= 4
+        px.stop()
+        # a reset stream is a network failure: unhealthy after unhealthy_threshold (2) of them
+        px2, admin2 = _start(proxyd_factory, [("127.0.0.1", srv.port)], [_hc({"http_health_check": {
+            "path": "/rst", "codec_client_type": "HTTP2"}})], concurrency=1)
+        wait_for(lambda: _flags(admin2, srv.port) == "/failed_active_hc", what="the failed check")
+        assert int(stats(admin2)[P + "network_failure"]) >= 1
+    finally:
+        srv.stop()

@@ -8,7 +8,7 @@ from __future__ import annotations
 from proxyd.upstream.health_check import ACTIVE, ACTIVE_RETRIABLE, NETWORK, SUCCESS
 from proxyd.upstream.health_check._conn import H2Client, connect
 
-_HTTP2 = 2  # envoy.type.v3.CodecClientType.HTTP2
+_HTTP2 = 1  # envoy.type.v3.CodecClientType.HTTP2 (HTTP1 0, HTTP3 2)
 
 
 def _ranges(rs, default):
