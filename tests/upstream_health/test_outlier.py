@@ -135,3 +135,24 @@ def test_clusters_without_outlier_detection_get_no_rows(proxyd_factory, flaky_fa
     assert http(px.port, path="/x").status == 200
     names = stats(admin)
     assert not any("outlier_detection" in n or "health_check" in n for n in names)
+
+
+def test_success_rate_ejects_the_outlier(proxyd_factory, flaky_factory):
+    up = flaky_factory(5)
+    bad = up.ports[0]
+    px, admin = _start(proxyd_factory, up.addresses,
+                       {"consecutive_5xx": 1000, "interval": "1s", "success_rate_request_volume": 10,
+                        "success_rate_minimum_hosts": 5, "success_rate_stdev_factor": 1000,
+                        "max_ejection_percent": 40}, concurrency=2)
+    up.set(bad, status=500)
+
+    def ejected():
+        for _ in range(25):
+            http(px.port, path="/x")
+        return stats(admin)[P + "ejections_active"] == "1"
+    wait_for(ejected, what="a success-rate ejection")
+    s = stats(admin)
+    assert s[P + "ejections_enforced_success_rate"] == "1"
+    assert s[P + "ejections_detected_success_rate"] == "1"
+    assert s[P + "ejections_success_rate"] == "1"
+    assert clusters(admin)[("upstream", "127.0.0.1:%d" % bad)] == "/failed_outlier_check"
