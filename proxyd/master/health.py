@@ -76,7 +76,7 @@ class HealthManager:
                 hosts.append((addr, ip, port))
             status = eds_status.get(name, {})
             if not H.tracks_health(cfg):
-                self._drop(name)
+                self._drop(name, clear=True)
                 self._eds_only(name, hosts, status)
                 continue
             m = self.clusters.get(name)
@@ -115,25 +115,37 @@ class HealthManager:
                 m.checker.set_hosts(hosts, words, carried)
         for name in list(self.clusters):
             if name not in seen:
-                self._drop(name)
+                self._drop(name, clear=True)
         self._membership()
 
     def _eds_only(self, name: str, hosts: list, status: dict) -> None:
         """A cluster without checks or detection: words only where EDS says a host is
-        not healthy (or said so before)."""
+        not healthy, or where one exists already (EDS said so before, or the cluster had
+        checks or detection once): only the EDS flags stay."""
         for addr, _ip, _port in hosts:
             st = status.get(addr, 0)
-            w = self.eds_words.get((name, addr))
+            w = self.eds_words.get((name, addr)) or H.find(self.store, name, addr, create=False)
             if w is None:
                 if st not in _UNHEALTHY_EDS and st not in (_DEGRADED_EDS, _DRAINING_EDS):
                     continue
-                w = self.eds_words[(name, addr)] = H.find(self.store, name, addr, create=True)
-            w.set(_with_eds(w.get(), st) | INITIALIZED)
+                w = H.find(self.store, name, addr, create=True)
+            self.eds_words[(name, addr)] = w
+            w.set(_with_eds(0, st) | INITIALIZED)
 
-    def _drop(self, name: str) -> None:
+    def _drop(self, name: str, clear: bool = False) -> None:
+        """Stop a cluster's checks and detection. `clear`: the cluster no longer tracks
+        health (removed, or its checks and detection are gone): its hosts' words lose
+        every flag but EDS's and the master's membership_healthy share goes to zero; a
+        cluster only changed keeps them for its successor."""
         m = self.clusters.pop(name, None)
-        if m is not None and m.checker is not None:
+        if m is None:
+            return
+        if m.checker is not None:
             m.checker.stop()
+        if clear:
+            m.membership_healthy.set(0)
+            for w in m.words.values():
+                w.set(w.get() & (H.FAILED_EDS_HEALTH | H.DEGRADED_EDS_HEALTH | H.EDS_STATUS_DRAINING))
 
     def _membership(self) -> None:
         for m in self.clusters.values():

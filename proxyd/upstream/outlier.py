@@ -100,8 +100,7 @@ class Config:
             FAILURE_PERCENTAGE: _u(od, "enforcing_failure_percentage", 0),
             FAILURE_PERCENTAGE_LOCAL_ORIGIN: _u(od, "enforcing_failure_percentage_local_origin", 0),
         }
-        self.uneject_on_hc_success = _u(od, "successful_active_health_check_uneject_host", True) \
-            if od.HasField("successful_active_health_check_uneject_host") else True
+        self.uneject_on_hc_success = bool(_u(od, "successful_active_health_check_uneject_host", True))
         if self.max_ejection_ms < self.base_ejection_ms:
             raise ValueError("outlier detector's max_ejection_time cannot be smaller than "
                              "base_ejection_time")
@@ -216,7 +215,7 @@ _AS_HTTP = {EXT_SUCCESS: 200, CONNECT_SUCCESS_FINAL: 200, TIMEOUT: 504, CONNECT_
 
 class _HostState:
     __slots__ = ("addr", "word", "shared", "totals", "last", "num_ejections", "backoff",
-                 "last_ejection", "last_unejection", "jitter_ms", "sr", "lo_sr", "seen")
+                 "last_ejection", "last_unejection", "jitter_ms", "sr", "lo_sr")
 
     def __init__(self, addr, word, shared, totals):
         self.addr = addr
