@@ -27,17 +27,18 @@ HOSTS = 4
 CLIENTS = 4
 
 
-MODES = ("plain", "checks", "retries", "resilient")
+MODES = ("plain", "checks", "retries", "resilient", "outlier", "hc")
 
 
 def config(ports, mode: str, listen: int, admin: int) -> dict:
     """plain: nothing; checks: outlier detection + health checks; retries: retries only;
-    resilient: all three."""
+    resilient: all three; outlier, hc: one of the two checks alone."""
     extra = {}
     route = {"cluster": "upstream"}
-    if mode in ("checks", "resilient"):
+    if mode in ("checks", "resilient", "outlier"):
         extra["outlier_detection"] = {"consecutive_5xx": 2, "interval": "0.5s",
                                       "base_ejection_time": "2s", "max_ejection_percent": 50}
+    if mode in ("checks", "resilient", "hc"):
         extra["health_checks"] = [{"timeout": "0.3s", "interval": "0.5s",
                                    "no_traffic_interval": "0.5s", "unhealthy_threshold": 1,
                                    "healthy_threshold": 1,
@@ -121,7 +122,8 @@ def run(proxy: str, mode: str, seconds: float, period: float) -> dict:
         picked = {k.split(".", 2)[2]: int(v) for k, v in st.items() if k.startswith("cluster.upstream.")
                   and k.split(".", 2)[2] in ("upstream_rq_retry", "upstream_cx_connect_fail",
                                              "outlier_detection.ejections_enforced_total",
-                                             "health_check.failure")}
+                                             "outlier_detection.ejections_overflow",
+                                             "health_check.failure", "lb_healthy_panic")}
     finally:
         px.cleanup()
         for h in hosts:
@@ -139,10 +141,11 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=12.0)
     ap.add_argument("--period", type=float, default=1.5, help="seconds a host stays down / up")
     ap.add_argument("--proxy", choices=("both", "proxyd", "envoy"), default="both")
+    ap.add_argument("--modes", default=",".join(MODES))
     args = ap.parse_args()
     proxies = ("proxyd", "envoy") if args.proxy == "both" else (args.proxy,)
     for proxy in proxies:
-        for mode in MODES:
+        for mode in args.modes.split(","):
             print(json.dumps(run(proxy, mode, args.seconds, args.period)), flush=True)
 
 

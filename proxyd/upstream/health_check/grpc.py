@@ -50,8 +50,8 @@ def decode_status(body: bytes):
                 shift += 7
                 if not b & 0x80:
                     break
-        else:
-            return status if key & 7 != 0 else status
+        else:  # HealthCheckResponse has one field; stop at anything else
+            return status
     return status
 
 
