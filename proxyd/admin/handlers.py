@@ -137,6 +137,12 @@ def clusters(ctx, req: Request) -> Response:
         lines.append(f"{name}::observability_name::{name}")
         for priority, values in dumps.thresholds(cluster):
             lines.extend(f"{name}::{priority}_priority::{key}::{value}" for key, value in values.items())
+        if cluster.get("outlier") is not None:  # Envoy prints these for a cluster with a detector
+            sra, srt, lsra, lsrt = cluster["outlier"]
+            lines += [f"{name}::outlier::success_rate_average::{_num(sra)}",
+                      f"{name}::outlier::success_rate_ejection_threshold::{_num(srt)}",
+                      f"{name}::outlier::local_origin_success_rate_average::{_num(lsra)}",
+                      f"{name}::outlier::local_origin_success_rate_ejection_threshold::{_num(lsrt)}"]
         lines.append(f"{name}::added_via_api::{'true' if cluster.get('added_via_api') else 'false'}")
         for host in cluster.get("hosts", ()):
             prefix = f"{name}::{host['address']}::"
@@ -147,8 +153,15 @@ def clusters(ctx, req: Request) -> Response:
                       f"{prefix}weight::{host.get('weight', 1)}",
                       f"{prefix}region::", f"{prefix}zone::", f"{prefix}sub_zone::",
                       f"{prefix}canary::false", f"{prefix}priority::0",
-                      f"{prefix}success_rate::-1", f"{prefix}local_origin_success_rate::-1"]
+                      f"{prefix}success_rate::{_num(host.get('success_rate', -1))}",
+                      f"{prefix}local_origin_success_rate::"
+                      f"{_num(host.get('local_origin_success_rate', -1))}"]
     return Response(200, "".join(line + "\n" for line in lines).encode())
+
+
+def _num(v) -> str:
+    """A double as Envoy prints it in /clusters: -1, 100, 97.5."""
+    return str(int(v)) if v == int(v) else "%g" % v
 
 
 def listeners(ctx, req: Request) -> Response:

@@ -262,6 +262,16 @@ def _route_action(ra, path, clusters, out):
 def _cluster(c, path, out):
     if c.HasField('transport_socket'):
         out.extend(tls.problems(c.transport_socket, path + ('transport_socket',), True))
+    if c.HasField('outlier_detection'):
+        from proxyd.upstream.outlier import Config
+        try:
+            Config(c.outlier_detection)
+        except ValueError as e:  # Envoy's own words
+            out.append((path + ('outlier_detection', 'max_ejection_time'), str(e)))
+    if len(c.health_checks) > 1:  # Envoy 1.40's HealthCheck.name is newer than our protos
+        out.append((path + ('health_checks', 0),
+                    'health check at index 0 is missing a name; all health checks must have a '
+                    'name when multiple health checks are configured'))
     if c.type != c.DESCRIPTOR.fields_by_name['type'].enum_type.values_by_name['STATIC'].number:
         return
     for i, lle in enumerate(c.load_assignment.endpoints):

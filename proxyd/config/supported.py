@@ -309,6 +309,37 @@ for _name, _more in {  # RBAC (http/filters/rbac.py): no matcher, LOG, metadata 
     'envoy.type.v3.Int32Range': 'start end',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+_HC = _CORE + 'HealthCheck'
+for _name, _more in {  # active health checks, outlier detection, EDS health status
+    'envoy.config.cluster.v3.Cluster': 'health_checks outlier_detection',
+    _HC: 'timeout interval initial_jitter interval_jitter interval_jitter_percent '
+         'unhealthy_threshold healthy_threshold reuse_connection no_traffic_interval '
+         'no_traffic_healthy_interval unhealthy_interval unhealthy_edge_interval '
+         'healthy_edge_interval event_log_path http_health_check tcp_health_check '
+         'grpc_health_check',
+    _HC + '.HttpHealthCheck': 'host path request_headers_to_add request_headers_to_remove '
+                              'expected_statuses retriable_statuses codec_client_type',
+    _HC + '.TcpHealthCheck': 'send receive',
+    _HC + '.GrpcHealthCheck': 'service_name authority initial_metadata',
+    _HC + '.Payload': 'text binary',
+    'envoy.type.v3.Int64Range': 'start end',
+    'envoy.config.cluster.v3.OutlierDetection':
+        'consecutive_5xx interval base_ejection_time max_ejection_percent '
+        'enforcing_consecutive_5xx enforcing_success_rate success_rate_minimum_hosts '
+        'success_rate_request_volume success_rate_stdev_factor consecutive_gateway_failure '
+        'enforcing_consecutive_gateway_failure split_external_local_origin_errors '
+        'consecutive_local_origin_failure enforcing_consecutive_local_origin_failure '
+        'enforcing_local_origin_success_rate failure_percentage_threshold '
+        'enforcing_failure_percentage enforcing_failure_percentage_local_origin '
+        'failure_percentage_minimum_hosts failure_percentage_request_volume '
+        'max_ejection_time max_ejection_time_jitter successful_active_health_check_uneject_host '
+        'always_eject_one_host',
+    'envoy.config.bootstrap.v3.Bootstrap': 'cluster_manager',
+    'envoy.config.bootstrap.v3.ClusterManager': 'outlier_detection',
+    'envoy.config.bootstrap.v3.ClusterManager.OutlierDetection': 'event_log_path',
+    'envoy.config.endpoint.v3.LbEndpoint': 'health_status',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
 """Full message name -> names of the fields proxyd implements."""
 
@@ -345,6 +376,7 @@ ENUMS = {
     (_CORE + 'ConfigSource', 'resource_api_version'): frozenset({'V3'}),
     ('envoy.config.rbac.v3.RBAC', 'action'): frozenset({'ALLOW', 'DENY'}),
     (_CORE + 'ApiConfigSource', 'transport_api_version'): frozenset({'V3'}),
+    (_HC + '.HttpHealthCheck', 'codec_client_type'): frozenset({'HTTP1', 'HTTP2'}),
 }
 """(message, enum field) -> the values proxyd implements; other enum fields allow every value."""
 

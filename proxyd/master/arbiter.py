@@ -18,6 +18,7 @@ import time
 import uuid
 
 import gevent
+from envoy.config.cluster.v3 import cluster_pb2
 from gevent import subprocess as gsubprocess
 from gevent.event import Event
 
@@ -110,6 +111,7 @@ class Master:
         self.dynamic = None            # master/dynamic.py: xDS and watched-file config
         self.runtime_entries: dict = {}  # the merged layered runtime sent to workers
         self.startup_error = None      # why start-up failed after start() returned
+        self.health = None             # master/health.py: host health words, checks, ejections
 
     @property
     def state(self) -> str:
@@ -161,6 +163,7 @@ class Master:
         self._start_admin()
         if self.predecessor is None:
             self._take_runtime_dir()
+        self._start_health()
         for i in range(opts.concurrency):
             w = WorkerHandle(i)
             self.workers.append(w)
@@ -170,6 +173,40 @@ class Master:
         gevent.spawn(self._stats_loop)
         gevent.spawn(watchdog.GuardDog(self).run)
         gevent.spawn(self._await_live)
+
+    def _start_health(self) -> None:
+        """Host health (proxyd/master/health.py): words, checks and detectors in place
+        before any worker builds a cluster; the first round of active checks is awaited,
+        bounded by the checks' timeouts, as Envoy initializes a cluster after it."""
+        from proxyd.master.health import HealthManager
+        cm = self.bootstrap.cluster_manager
+        path = cm.outlier_detection.event_log_path if cm.HasField("outlier_detection") else ""
+        self.health = HealthManager(self.stats, path, self.log)
+        self._sync_health()
+        self.health.start()
+        if self.predecessor is None:
+            self.health.wait_initial(self.health.initial_timeout() + 0.5)
+
+    def _sync_health(self) -> None:
+        if self.health is None or self.health.synced_version == self.version:
+            return
+        self.health.synced_version = self.version
+        clusters = list(self.bootstrap.static_resources.clusters)
+        endpoints = self.endpoints
+        eds = {}
+        if self.dynamic is not None:
+            from proxyd.master.dynamic import eds_name
+            endpoints = self.dynamic.snapshot()[1]
+            for name in sorted(self.dynamic.active_clusters):
+                clusters.append(self.dynamic.active_clusters[name].msg)
+            for c in clusters:
+                r = self.dynamic.cla.get(eds_name(c)) if c.type == cluster_pb2.Cluster.EDS else None
+                if r is not None:
+                    eds[c.name] = _eds_status(r.msg)
+        try:
+            self.health.sync(clusters, endpoints, eds)
+        except Exception as e:  # noqa: BLE001 - health bookkeeping never stops config delivery
+            self.log.error("health_sync_failed", error=repr(e))
 
     def _take_runtime_dir(self) -> None:
         """Serve the control socket and own the pid file. A hot-restarted master does
@@ -355,6 +392,7 @@ class Master:
                                      % (w.index, msg["error"]))
 
     def _snapshot_message(self, w: WorkerHandle):
+        self._sync_health()
         new = [name for name, key in self.listener_keys.items() if name not in w.sent_listeners]
         bootstrap, endpoints = (self.dynamic.snapshot() if self.dynamic is not None
                                 else (self.bootstrap.SerializeToString(), self.endpoints))
@@ -462,6 +500,8 @@ class Master:
 
     def _stop(self, graceful: bool) -> None:
         deadline = self.options.drain_time_s
+        if self.health is not None:
+            self.health.stop()  # a successor (if any) checks from now on
         if self.dynamic is not None:
             self.dynamic.stop()
         hard = self.options.parent_shutdown_time_s if self.handed_over else deadline + 5.0
@@ -596,13 +636,28 @@ class Master:
 
     def clusters_status(self) -> list:
         out = []
+        # a static EDS cluster's hosts come from EDS, which the dynamic config holds
+        endpoints = self.dynamic.snapshot()[1] if self.dynamic is not None else self.endpoints
         for c in self.bootstrap.static_resources.clusters:
             hosts = [{"address": ("[%s]:%d" if ":" in ip else "%s:%d") % (ip, port),
                       "hostname": hostname, "health_flags": "healthy", "weight": weight}
-                     for ip, port, weight, hostname in self.endpoints.get(c.name, [])]
+                     for ip, port, weight, hostname in endpoints.get(c.name, [])]
             out.append({"name": c.name, "added_via_api": False, "hosts": hosts})
         if self.dynamic is not None:
             out.extend(self.dynamic.clusters_status())
+        if self.health is not None:
+            from proxyd.upstream.health import flags_string
+            for entry in out:
+                det = self.health.outlier_info(entry["name"])
+                if det is not None:
+                    entry["outlier"] = (det.sr_average, det.sr_threshold,
+                                        det.lo_sr_average, det.lo_sr_threshold)
+                for h in entry["hosts"]:
+                    h["health_flags"] = flags_string(self.health.flags(entry["name"], h["address"]))
+                    st = det.hosts.get(h["address"]) if det is not None else None
+                    if st is not None:
+                        h["success_rate"] = st.sr
+                        h["local_origin_success_rate"] = st.lo_sr
         return out
 
     def listeners_status(self) -> list:
@@ -688,3 +743,13 @@ def run(options) -> int:
     log.info("exited")
     return 0
 
+
+def _eds_status(cla) -> dict:
+    """{address: envoy.config.core.v3.HealthStatus} of a ClusterLoadAssignment."""
+    out = {}
+    for locality in cla.endpoints:
+        for lbe in locality.lb_endpoints:
+            sa = lbe.endpoint.address.socket_address
+            addr = ("[%s]:%d" if ":" in sa.address else "%s:%d") % (sa.address, sa.port_value)
+            out[addr] = lbe.health_status
+    return out

@@ -86,6 +86,12 @@ def eds_name(cluster) -> str:
     return cluster.eds_cluster_config.service_name or cluster.name
 
 
+def cla_health(cla) -> tuple:
+    """The endpoints' EDS health_status, in order: a change must reach the master's
+    health words (proxyd/master/health.py) even when the endpoints stay the same."""
+    return tuple(lbe.health_status for locality in cla.endpoints for lbe in locality.lb_endpoints)
+
+
 def cla_endpoints(cla) -> list:
     out = []
     for locality in cla.endpoints:
@@ -129,6 +135,7 @@ class DynamicConfig:
         self.connected: set[str] = set()
         self._pushed = None
         self._snapshot = None
+        self._pushed_health = None  # EDS health_status last pushed (cla_health)
         self.agent = AgentProcess(master.options, self.on_message)
         self.agent.version_of = self._version_of
         self._stats_init()
@@ -472,7 +479,9 @@ class DynamicConfig:
         self._subscribe_children()
         self._gauges()
         snap = self._build()
-        if snap != self._pushed:
+        health = tuple((n, cla_health(r.msg)) for n, r in sorted(self.cla.items()))
+        if snap != self._pushed or health != self._pushed_health:
+            self._pushed_health = health
             self._pushed = snap
             self._snapshot = (snap[0], snap[1])
             self.m.push_snapshot()

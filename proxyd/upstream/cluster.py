@@ -10,7 +10,7 @@ from gevent import socket as gsocket
 
 from proxyd.transport.tls import client_tls
 from proxyd.upstream.host import Host
-from proxyd.upstream import lb
+from proxyd.upstream import health, lb, outlier
 from proxyd.upstream.pool_http1 import Http1Pool
 from proxyd.upstream.pool_http2 import Http2Pool, cluster_http2_options
 from proxyd.upstream.resource_manager import resource_managers
@@ -104,6 +104,12 @@ class Cluster:
         if self.tls is not None:
             self.ssl_handshake = store.counter("cluster.%s.ssl.handshake" % self.name)
             self.ssl_connection_error = store.counter("cluster.%s.ssl.connection_error" % self.name)
+        # health words are the master's (proxyd/master/health.py); a tracked cluster's
+        # membership_healthy is the master's too, since its hosts' health changes
+        # between snapshots
+        self.tracked = health.tracks_health(config)
+        self.outlier = (outlier.Config(config.outlier_detection)
+                        if config.HasField("outlier_detection") else None)
         self.hosts: list[Host] = []
         self._balancer = lb.for_policy(config.lb_policy)
         self.lb = self._balancer([])
@@ -122,6 +128,13 @@ class Cluster:
                 h.pool = Http1Pool(h, self, self.idle_timeout)
                 if self.http2_mode is not None:
                     h.h2pool = Http2Pool(h, self, self.http2_options)
+                if self.config.health_checks:
+                    h.hc_fail = self._store.counter(health.passive_fail_name(self.name, h.addr_str))
+                if self.outlier is not None:
+                    h.outlier = outlier.HostReporter(self._store, self.name, h.addr_str,
+                                                     self.outlier)
+            if h.health is None:  # the master made it before sending this snapshot, if any
+                h.health = health.find(self._store, self.name, h.addr_str, create=False)
             hosts.append(h)
         for h in old.values():
             h.pool.close_idle()
@@ -131,15 +144,19 @@ class Cluster:
             if old or len(hosts) != len(self.hosts):
                 self.stats.membership_change.inc()
             self.stats.membership_total.set(len(hosts))
-            self.stats.membership_healthy.set(sum(1 for h in hosts if h.healthy))
+            if not self.tracked:
+                self.stats.membership_healthy.set(
+                    sum(1 for h in hosts if not h.health_flags() & health.NOT_COUNTED_HEALTHY))
         self.hosts = hosts
         self.lb = self._balancer(hosts)
 
     def choose_host(self):
         return self.lb.choose()
 
-    def connect(self, host):
-        """A new TCP connection to `host` within connect_timeout; counts Envoy's stats."""
+    def connect(self, host, final: bool = False):
+        """A new TCP connection to `host` within connect_timeout; counts Envoy's stats.
+        `final`: the connection is the whole exchange (tcp_proxy), so its success is
+        what the outlier detector hears (Envoy's LocalOriginConnectSuccessFinal)."""
         stats = self.stats
         stats.upstream_cx_total.inc()
         host.cx_total.inc()
@@ -148,9 +165,16 @@ class Cluster:
         self.resources.connections.inc()
         try:
             sock = self._connect(host)
+        except UpstreamConnectError as e:
+            self.resources.connections.dec()
+            if host.outlier is not None:
+                host.outlier.result(outlier.TIMEOUT if e.timeout else outlier.CONNECT_FAILED)
+            raise
         except BaseException:
             self.resources.connections.dec()
             raise
+        if host.outlier is not None:
+            host.outlier.result(outlier.CONNECT_SUCCESS_FINAL if final else outlier.CONNECT_SUCCESS)
         stats.upstream_cx_active.inc()
         host.cx_active.inc()
         return sock

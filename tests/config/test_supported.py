@@ -54,10 +54,11 @@ def test_extension_in_the_wrong_slot(config):
 
 
 def test_no_pgv_noise_inside_unsupported_fields(config):
-    cfg = config(replace={'lb_policy: ROUND_ROBIN': 'health_checks: [{}]'})
+    cfg = config(replace={'lb_policy: ROUND_ROBIN': 'transport_socket_matches: [{}]'})
     assert [e.split(': ', 2)[1:] for e in cfg.errors()] == [[
-        'static_resources.clusters[0].health_checks',
-        "field 'health_checks' of envoy.config.cluster.v3.Cluster is not supported by proxyd"]]
+        'static_resources.clusters[0].transport_socket_matches',
+        "field 'transport_socket_matches' of envoy.config.cluster.v3.Cluster is not supported "
+        "by proxyd"]]
 
 
 def test_table_names_real_fields_and_values():

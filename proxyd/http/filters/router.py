@@ -20,6 +20,8 @@ from proxyd.http.message import ResponseHead
 from proxyd.network.io import send_all
 from proxyd.router.retry_policy import (CONNECT_FAILURE, PER_TRY_TIMEOUT, RESET,
                                         RetryState, request_policy)
+from proxyd.upstream import outlier
+from proxyd.upstream.health import IMMEDIATE_FAIL_HEADER
 from proxyd.upstream.cluster import UpstreamConnectError
 from proxyd.upstream.resource_manager import Overflow
 
@@ -296,6 +298,8 @@ def _attempt(stream, route, cluster, host, timeout, headers, retry) -> None:
     except _Retry:
         raise
     except RouteTimeout as t:
+        if conn is not None and host.outlier is not None and (t is per_try or t is expired):
+            host.outlier.result(outlier.TIMEOUT)
         if t is per_try:
             cstats.upstream_rq_per_try_timeout.inc()
             _close(conn, cstats)
@@ -310,6 +314,8 @@ def _attempt(stream, route, cluster, host, timeout, headers, retry) -> None:
         _abort(stream, conn, cstats, local_reply.ROUTE_TIMEOUT)
     except UpstreamReset:
         cstats.upstream_rq_rx_reset.inc()
+        if host.outlier is not None:  # Envoy: any reset is a local-origin connect failure
+            host.outlier.result(outlier.CONNECT_FAILED)
         if should_retry(retry, retry.policy.retry_failure(RESET) if retry else False, stream):
             _close(conn, cstats)
             host.rq_error.inc()
@@ -408,6 +414,10 @@ def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float, read_bod
                     if payload.status < 200:
                         continue  # interim 1xx: proxyd sent its own 100 Continue
                     resp = payload
+                    if host.outlier is not None:
+                        host.outlier.http_status(resp.status)
+                    if host.hc_fail is not None and IMMEDIATE_FAIL_HEADER in resp.headers:
+                        host.hc_fail.inc()  # Envoy: the host fails its active health check at once
                     if retry is not None and retry_response(retry, stream, cstats, host, resp):
                         cstats.upstream_cx_rx_bytes_total.inc(rx)
                         _close(conn, cstats)

@@ -24,6 +24,8 @@ from proxyd.http.message import ResponseHead
 from proxyd.http.stream import DownstreamGone
 from proxyd.router.retry_policy import (CONNECT_FAILURE, PER_TRY_TIMEOUT, REFUSED_STREAM,
                                         RESET)
+from proxyd.upstream import outlier
+from proxyd.upstream.health import IMMEDIATE_FAIL_HEADER
 from proxyd.upstream.cluster import UpstreamConnectError
 from proxyd.upstream.pool_http2 import CONNECTION_GONE, DOWNSTREAM_GONE
 
@@ -101,6 +103,8 @@ def forward_http2(stream, route, cluster, host, timeout, h, retry) -> None:
         _reset_upstream(us, cstats)
         raise
     except RouteTimeout as t:
+        if us is not None and host.outlier is not None and (t is per_try or t is expired):
+            host.outlier.result(outlier.TIMEOUT)
         if t is per_try:
             cstats.upstream_rq_per_try_timeout.inc()
             _reset_upstream(us, cstats)
@@ -117,6 +121,8 @@ def forward_http2(stream, route, cluster, host, timeout, h, retry) -> None:
         _fail(stream, host, cstats, local_reply.ROUTE_TIMEOUT)
     except UpstreamStreamReset as e:
         cstats.upstream_rq_rx_reset.inc()
+        if host.outlier is not None:
+            host.outlier.result(outlier.CONNECT_FAILED)
         if retry is not None and not stream.headers_sent:
             why = REFUSED_STREAM if e.code == h2c.REFUSED_STREAM else RESET
             if should_retry(retry, retry.policy.retry_failure(why), stream):
@@ -195,6 +201,10 @@ def _relay_response(stream, us, cstats, host, t0: float, retry, attempts: int) -
             us.ack(ev[3])
         elif kind == h2c.HEADERS:
             resp = _response_head(ev[2])
+            if host.outlier is not None:
+                host.outlier.http_status(resp.status)
+            if host.hc_fail is not None and IMMEDIATE_FAIL_HEADER in resp.headers:
+                host.hc_fail.inc()  # Envoy: the host fails its active health check at once
             if retry is not None and retry_response(retry, stream, cstats, host, resp):
                 raise _Retry()
             ended = ev[3]

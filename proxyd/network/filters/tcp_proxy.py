@@ -115,7 +115,7 @@ class TcpProxy:
                 return None
             info.upstream_host = host.addr_str
             try:
-                sock = cluster.connect(host)
+                sock = cluster.connect(host, final=True)
             except UpstreamConnectError:
                 continue
             up = UpstreamConnection(sock, host, cluster)
