@@ -83,6 +83,12 @@ _MODULES: dict[str, tuple[str, str]] = {
         (COMPRESSOR_LIBRARY, "proxyd.http.compression.zstd"),
     "envoy.extensions.filters.http.decompressor.v3.Decompressor":
         (HTTP_FILTER, "proxyd.http.filters.decompressor"),
+    "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": (HTTP_FILTER, "proxyd.http.filters.csrf"),
+    "envoy.extensions.filters.http.buffer.v3.Buffer": (HTTP_FILTER, "proxyd.http.filters.buffer"),
+    "envoy.extensions.filters.http.buffer.v3.BufferPerRoute":
+        (HTTP_ROUTE_CONFIG, "proxyd.http.filters.buffer"),
+    "envoy.extensions.filters.http.health_check.v3.HealthCheck":
+        (HTTP_FILTER, "proxyd.http.filters.health_check"),
     "envoy.extensions.compression.gzip.decompressor.v3.Gzip":
         (DECOMPRESSOR_LIBRARY, "proxyd.http.compression.gzip"),
     "envoy.extensions.compression.brotli.decompressor.v3.Brotli":

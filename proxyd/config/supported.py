@@ -293,6 +293,12 @@ for _name, _more in {  # edge HTTP filters: CORS, fault injection, compression
     'envoy.extensions.compression.brotli.decompressor.v3.Brotli': 'chunk_size '
                                                                   'disable_ring_buffer_reallocation',
     'envoy.extensions.compression.zstd.decompressor.v3.Zstd': 'chunk_size',
+    _HTTP + 'csrf.v3.CsrfPolicy': 'filter_enabled shadow_enabled additional_origins',
+    _HTTP + 'buffer.v3.Buffer': 'max_request_bytes',
+    _HTTP + 'buffer.v3.BufferPerRoute': 'disabled buffer',
+    _HTTP + 'health_check.v3.HealthCheck': 'pass_through_mode cache_time '
+                                           'cluster_min_healthy_percentages headers',
+    _HTTP + 'health_check.v3.HealthCheck.ClusterMinHealthyPercentagesEntry': 'key value',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 _LRL = 'envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit'

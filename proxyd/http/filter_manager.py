@@ -274,6 +274,8 @@ class _Chain:
                 self.hold(data, e.state == _STOP_ALL_WM, end_stream)
                 return
             f = e.filter
+            held = self.buffer   # a later filter's held data, if any, is not this call's
+            held_len = len(held) if held is not None else 0
             status = self._call(e, "data", f.encode_data if self.encoder else f.decode_data,
                                 data, end_stream)
             if self.aborted or status is None:
@@ -282,7 +284,12 @@ class _Chain:
                 added_by = i      # add_*_trailers: the data no longer ends the stream
                 end_stream = False
             if status == 0 and e.state == _GO and self.buffer is not None:
-                data, self.buffer = data + self.buffer, None  # added during the call
+                buf = self.buffer   # data added during the call goes on with this data
+                if buf is not held:
+                    data, self.buffer = data + buf, None
+                elif len(buf) > held_len:
+                    data = data + buf[held_len:]
+                    del buf[held_len:]
             if status == 0:
                 if e.state == _STOP:
                     if added_by is not None:
