@@ -23,6 +23,7 @@ THRIFT_FILTER = "thrift filter"
 CLUSTER = "cluster type"
 RESOURCE_MONITOR = "resource monitor"
 COMPRESSOR_LIBRARY = "compressor library"
+DECOMPRESSOR_LIBRARY = "decompressor library"
 RETRY_HOST_PREDICATE = "retry host predicate"
 
 # type URL (without prefix) -> (kind, module defining `create(config, ctx)`); modules are
@@ -76,6 +77,24 @@ _MODULES: dict[str, tuple[str, str]] = {
         (HTTP_ROUTE_CONFIG, "proxyd.http.filters.compressor"),
     "envoy.extensions.compression.gzip.compressor.v3.Gzip":
         (COMPRESSOR_LIBRARY, "proxyd.http.compression.gzip"),
+    "envoy.extensions.compression.brotli.compressor.v3.Brotli":
+        (COMPRESSOR_LIBRARY, "proxyd.http.compression.brotli"),
+    "envoy.extensions.compression.zstd.compressor.v3.Zstd":
+        (COMPRESSOR_LIBRARY, "proxyd.http.compression.zstd"),
+    "envoy.extensions.filters.http.decompressor.v3.Decompressor":
+        (HTTP_FILTER, "proxyd.http.filters.decompressor"),
+    "envoy.extensions.filters.http.csrf.v3.CsrfPolicy": (HTTP_FILTER, "proxyd.http.filters.csrf"),
+    "envoy.extensions.filters.http.buffer.v3.Buffer": (HTTP_FILTER, "proxyd.http.filters.buffer"),
+    "envoy.extensions.filters.http.buffer.v3.BufferPerRoute":
+        (HTTP_ROUTE_CONFIG, "proxyd.http.filters.buffer"),
+    "envoy.extensions.filters.http.health_check.v3.HealthCheck":
+        (HTTP_FILTER, "proxyd.http.filters.health_check"),
+    "envoy.extensions.compression.gzip.decompressor.v3.Gzip":
+        (DECOMPRESSOR_LIBRARY, "proxyd.http.compression.gzip"),
+    "envoy.extensions.compression.brotli.decompressor.v3.Brotli":
+        (DECOMPRESSOR_LIBRARY, "proxyd.http.compression.brotli"),
+    "envoy.extensions.compression.zstd.decompressor.v3.Zstd":
+        (DECOMPRESSOR_LIBRARY, "proxyd.http.compression.zstd"),
     "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate":
         (RETRY_HOST_PREDICATE, "proxyd.router.retry_policy"),
     # proxyd's own: an HTTP filter written in Python (configured by an xds TypedStruct)

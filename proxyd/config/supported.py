@@ -277,6 +277,28 @@ for _name, _more in {  # edge HTTP filters: CORS, fault injection, compression
     'envoy.extensions.compression.gzip.compressor.v3.Gzip': 'memory_level compression_level '
                                                             'compression_strategy window_bits '
                                                             'chunk_size',
+    'envoy.extensions.compression.brotli.compressor.v3.Brotli': 'quality encoder_mode window_bits '
+                                                                'input_block_bits chunk_size',
+    'envoy.extensions.compression.zstd.compressor.v3.Zstd': 'compression_level enable_checksum '
+                                                            'strategy chunk_size',
+    _HTTP + 'decompressor.v3.Decompressor': 'decompressor_library request_direction_config '
+                                            'response_direction_config',
+    _HTTP + 'decompressor.v3.Decompressor.RequestDirectionConfig': 'common_config '
+                                                                   'advertise_accept_encoding',
+    _HTTP + 'decompressor.v3.Decompressor.ResponseDirectionConfig': 'common_config',
+    _HTTP + 'decompressor.v3.Decompressor.CommonDirectionConfig': 'enabled '
+                                                                  'ignore_no_transform_header',
+    'envoy.extensions.compression.gzip.decompressor.v3.Gzip': 'window_bits chunk_size '
+                                                              'max_inflate_ratio',
+    'envoy.extensions.compression.brotli.decompressor.v3.Brotli': 'chunk_size '
+                                                                  'disable_ring_buffer_reallocation',
+    'envoy.extensions.compression.zstd.decompressor.v3.Zstd': 'chunk_size',
+    _HTTP + 'csrf.v3.CsrfPolicy': 'filter_enabled shadow_enabled additional_origins',
+    _HTTP + 'buffer.v3.Buffer': 'max_request_bytes',
+    _HTTP + 'buffer.v3.BufferPerRoute': 'disabled buffer',
+    _HTTP + 'health_check.v3.HealthCheck': 'pass_through_mode cache_time '
+                                           'cluster_min_healthy_percentages headers',
+    _HTTP + 'health_check.v3.HealthCheck.ClusterMinHealthyPercentagesEntry': 'key value',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 _LRL = 'envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit'

@@ -71,6 +71,37 @@ class HcmStats:
         self.downstream_cx_length_ms = store.histogram(p + "downstream_cx_length_ms")
 
 
+class ServerHealth:
+    """Whether the server's own health check failed (`POST /healthcheck/fail`: the master's
+    `server.state` gauge reads DRAINING), read at most every 100 ms: Envoy's
+    healthCheckFailed(), which the health_check filter and the drain close consult."""
+    _DRAINING = 1
+    _PERIOD = 0.1
+    __slots__ = ("gauge", "checked", "value")
+
+    def __init__(self, store):
+        self.gauge = store.gauge("server.state")
+        self.checked = -1.0
+        self.value = False
+
+    def failed(self) -> bool:
+        now = time.monotonic()
+        if now - self.checked > self._PERIOD:
+            self.checked = now
+            self.value = self.gauge.value() == self._DRAINING
+        return self.value
+
+
+_server_health: dict = {}
+
+
+def server_health(store) -> ServerHealth:
+    h = _server_health.get(id(store))
+    if h is None:
+        h = _server_health[id(store)] = ServerHealth(store)
+    return h
+
+
 class FactoryContext:
     """What an HTTP filter factory gets (Envoy's FactoryContext): the HCM's stats scope
     (`http.<stat_prefix>.`; a filter declares its own names under it), the runtime of the
@@ -160,6 +191,7 @@ class HttpConnectionManager:
             ipaddress.ip_network("%s/%d" % (c.address_prefix, c.prefix_len.value), strict=False)
             for c in config.internal_address_config.cidr_ranges)
         self.server_name = config.server_name or "envoy"
+        self.server_health = server_health(ctx.stats)
         self.access_logs = build_access_logs(config.access_log, ctx) if config.access_log else []
         self.tracer = build_tracer(config.tracing, ctx) if config.HasField("tracing") else None
 

@@ -264,20 +264,36 @@ class _Chain:
         if n > start + (0 if self.encoder else 1) and type(data) is not bytearray:
             data = bytearray(data)
         i = start
+        no_trailers = end_stream and self.trailers is None
+        added_by = None   # the filter that added trailers while decoding the last data
         while i < n:
             e = entries[i]
             if e.state >= _STOP_ALL:
+                if added_by is not None:
+                    self.trailers_held = e
                 self.hold(data, e.state == _STOP_ALL_WM, end_stream)
                 return
             f = e.filter
+            held = self.buffer   # a later filter's held data, if any, is not this call's
+            held_len = len(held) if held is not None else 0
             status = self._call(e, "data", f.encode_data if self.encoder else f.decode_data,
                                 data, end_stream)
             if self.aborted or status is None:
                 return
+            if no_trailers and added_by is None and self.trailers is not None:
+                added_by = i      # add_*_trailers: the data no longer ends the stream
+                end_stream = False
             if status == 0 and e.state == _GO and self.buffer is not None:
-                data, self.buffer = data + self.buffer, None  # added during the call
+                buf = self.buffer   # data added during the call goes on with this data
+                if buf is not held:
+                    data, self.buffer = data + buf, None
+                elif len(buf) > held_len:
+                    data = data + buf[held_len:]
+                    del buf[held_len:]
             if status == 0:
                 if e.state == _STOP:
+                    if added_by is not None:
+                        self.trailers_held = e
                     self.hold(data, False, end_stream)
                     self.resume(e)
                     return
@@ -287,9 +303,16 @@ class _Chain:
                     self.hold(data, status == 2, end_stream)
                 elif end_stream and self.buffer is None:
                     self.buffer = bytearray()  # so that resuming still ends the stream
+                if added_by is not None:
+                    if i == n - 1 and not self.aborted:   # the last filter (Envoy's rule)
+                        self.trailers_(added_by + 1, self.trailers)
+                    else:
+                        self.trailers_held = e
                 return
             i += 1
         self.terminal_data(data, end_stream)
+        if added_by is not None and not self.aborted:
+            self.trailers_(added_by + 1, self.trailers)
 
     def hold(self, data: bytes, watermark: bool, end_stream: bool) -> None:
         """Keep `data` for the stopped filter (an empty buffer still marks the end)."""

@@ -238,7 +238,7 @@ class Http1Stream(Stream):
         status = resp.status
         no_body = self._no_body = (req.method == "HEAD" or status in (204, 304)
                                    or 100 <= status < 200)
-        if self.conn.draining:
+        if self.conn.draining or self.hcm.server_health.failed():   # Envoy's drainClose()
             self.hcm.stats.downstream_cx_drain_close.inc()
             self._keep_alive = False
         if not no_body and resp.content_length is None:

@@ -665,6 +665,7 @@ class Master:
 
     def set_healthcheck_failed(self, failed: bool) -> None:
         self.healthcheck_failed = failed
+        self.refresh_server_stats()   # workers' health_check filters read server.state
 
     def drain_listeners(self, graceful: bool) -> None:
         """Stop listening, as Envoy: the workers stop accepting and exit once drained and

@@ -17,8 +17,8 @@ FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
 FILE_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 
 
-def _listener(port, prefix, fault, log_path):
-    h = hcm(stat_prefix=prefix, access_log=[{"name": "file", "typed_config": {
+def _listener(port, prefix, fault, log_path, routes=None):
+    h = hcm(stat_prefix=prefix, routes=routes, access_log=[{"name": "file", "typed_config": {
         "@type": FILE_LOG, "path": log_path, "log_format": {"text_format_source": {
             "inline_string": "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% "
                              "%RESPONSE_CODE_DETAILS%\n"}}}}])
@@ -46,7 +46,11 @@ def px(upstream, tmp_path_factory):
                 "downstream_nodes": ["canary"]}
     cfg = bootstrap([_listener(free_port(), "fixed", fixed, log),
                      _listener(free_port(), "hdr", by_header, log),
-                     _listener(free_port(), "never", never, log),
+                     _listener(free_port(), "never", never, log, routes=[
+                         {"match": {"prefix": "/route-abort"}, "route": {"cluster": "upstream"},
+                          "typed_per_filter_config": {"envoy.filters.http.fault": dict(
+                              {"@type": FAULT}, abort={"http_status": 451, "percentage": full})}},
+                         {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}]),
                      _listener(free_port(), "matching", matching, log)],
                     [cluster("upstream", [("127.0.0.1", upstream.port)])], free_port())
     p = Proxyd(write_config(d, cfg), concurrency=2)   # max_active_faults spans workers
@@ -138,3 +142,15 @@ def test_fault_applies_only_to_matching_headers_cluster_and_node(px):
     assert http(px.ports[3], "GET", "/m", [("x-fault-me", "1"), node]).status == 500
     assert http(px.ports[3], "GET", "/m", [node]).status == 200
     assert http(px.ports[3], "GET", "/m", [("x-fault-me", "1")]).status == 200
+
+
+def test_route_fault_replaces_the_filters_over_http1_and_http2(px):
+    import sys
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "http2"))
+    from h2client import H2Client
+    r = http(px.ports[2], "GET", "/route-abort")
+    assert r.status == 451 and r.body == b"fault filter abort"
+    with H2Client(px.ports[2]) as c:
+        assert c.get("/route-abort").status == 451
+        assert c.get("/elsewhere?size=3").status == 200   # the filter's: 0 %, never fires
+    assert int(stats(px)["http.never.fault.aborts_injected"]) == 2

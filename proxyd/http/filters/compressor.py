@@ -28,52 +28,67 @@ DEFAULT_TYPES = ("application/javascript", "application/json", "application/xhtm
 _DIRECTION = ("compressed", "not_compressed", "total_uncompressed_bytes",
               "total_compressed_bytes", "content_length_too_small")
 # the filter's own, always at the library prefix
+_REGISTRY = "envoy.compression.registry"
+_DECISION = "envoy.compression.encoding_decision"
 _FILTER = ("no_accept_header", "header_identity", "header_compressor_used",
            "header_compressor_overshadowed", "header_wildcard", "header_not_valid",
            "not_compressed_etag")
 
 
 def _accept_encoding(value: str) -> list[tuple[str, float]]:
-    """Accept-Encoding as [(coding, q)]; an unparsable q counts as 0."""
+    """Accept-Encoding as [(coding, q)]; an item whose q does not parse is skipped (Envoy)."""
     out = []
     for item in value.split(","):
-        coding, _, params = item.partition(";")
-        coding = coding.strip().lower()
-        if not coding:
+        coding, sep, params = item.partition(";")
+        coding = coding.strip()
+        if not coding and not sep:
             continue
         q = 1.0
-        for p in params.split(";"):
-            k, _, v = p.partition("=")
-            if k.strip().lower() == "q":
+        if sep:
+            k, eq, v = params.partition("=")
+            if eq and k.strip().lower() == "q":
                 try:
                     q = float(v.strip())
                 except ValueError:
-                    q = 0.0
+                    continue
         out.append((coding, q))
     return out
 
 
-def choose(accept: str | None, encoding: str | None) -> tuple[str, str]:
-    """(the header stat, the chosen coding or "identity") for this request's
-    Accept-Encoding when this filter offers `encoding` (None: it offers nothing)."""
-    if accept is None:
-        return "no_accept_header", "identity"
+def decide(accept: str, content_type: str | None, configs) -> tuple[str, str]:
+    """Envoy's chooseEncoding, made once per stream for every compressor filter on it:
+    (the header stat kind, the chosen encoding or "identity"). `configs` are the stream's
+    compressor filters in chain order; one whose types exclude the response's content
+    type takes no part, and of several for one encoding the first counts."""
+    allowed: dict = {}
+    for c in configs:
+        if content_type and content_type not in c.types:
+            continue
+        allowed.setdefault(c.library.encoding, len(allowed))
     pairs = _accept_encoding(accept)
-    offered = {c: q for c, q in pairs if q > 0 and (c == encoding or c == "*")}
-    explicit_zero = any(c == encoding and q <= 0 for c, q in pairs)
-    if encoding is None or not offered or (explicit_zero and encoding not in offered):
-        if pairs and all(c == "identity" for c, _ in pairs):
-            return "header_identity", "identity"
-        return "header_not_valid", "identity"
-    best_coding, best_q = None, 0.0
-    for c, q in pairs:
-        if q > best_q and (c in offered or c == "identity"):
-            best_coding, best_q = c, q
-    if best_coding == "identity":
-        return "header_identity", "identity"
-    if best_coding == "*":
-        return "header_wildcard", encoding
-    return "header_compressor_used", encoding
+    for coding, q in pairs:
+        if not q:
+            allowed.pop(coding, None)
+    if not pairs or not allowed:
+        return "not_valid", "identity"
+    choice, best = "identity", 0.0
+    for coding, q in pairs:
+        if q > best and (coding in allowed or coding in ("identity", "*")):
+            choice, best = coding, q
+    if not best:
+        return "not_valid", "identity"
+    if choice == "identity":
+        return "identity", "identity"
+    if choice == "*":
+        return "wildcard", min(allowed, key=allowed.get)
+    return "valid", choice
+
+
+def _stat(kind: str, mine: bool) -> str:
+    if kind == "valid":
+        return "header_compressor_used" if mine else "header_compressor_overshadowed"
+    return {"identity": "header_identity", "wildcard": "header_wildcard"}.get(
+        kind, "header_not_valid")
 
 
 class Config:
@@ -125,6 +140,29 @@ class CompressorFilter(StreamFilter):
         self.accept = None
         self.compressor = None
 
+    def set_decoder_filter_callbacks(self, callbacks) -> None:
+        self.decoder_callbacks = callbacks
+        # every compressor filter of the stream, in chain order (Envoy's CompressorRegistry)
+        callbacks.stream_info.filter_state.setdefault(_REGISTRY, []).append(self.config)
+
+    def _decision(self, headers) -> str:
+        """This filter's share of the stream's one encoding decision (made by the first
+        compressor the response reaches, then cached): counts the header stat, returns the
+        chosen encoding."""
+        c = self.config
+        if self.accept is None:
+            c.filter_stats.no_accept_header.inc()
+            return "identity"
+        state = self.encoder_callbacks.stream_info.filter_state
+        decision = state.get(_DECISION)
+        if decision is None:
+            ct = headers.get("content-type")
+            ct = ct.split(";", 1)[0].strip().lower() if ct is not None else None
+            decision = state[_DECISION] = decide(self.accept, ct, state.get(_REGISTRY, ()))
+        kind, coding = decision
+        getattr(c.filter_stats, _stat(kind, coding == c.library.encoding)).inc()
+        return coding
+
     def decode_headers(self, headers, end_stream: bool):
         self.config.request_stats.not_compressed.inc()
         self.accept = headers.get("accept-encoding")
@@ -155,8 +193,9 @@ class CompressorFilter(StreamFilter):
                 _add_vary(headers)
             stats.not_compressed.inc()
             return FilterHeadersStatus.CONTINUE
-        stat, coding = choose(self.accept, c.library.encoding if type_ok else None)
-        getattr(c.filter_stats, stat).inc()
+        coding = self._decision(headers)
+        if coding != c.library.encoding:
+            coding = "identity"
         if not compressible or coding == "identity":
             if compressible:
                 _add_vary(headers)

@@ -13,7 +13,8 @@ a helper greenlet (the worker keeps serving); when it ends the abort is consider
 chain continues. `max_active_faults` caps the faults in flight across the workers, read
 from the `active_faults` gauge as Envoy does (`faults_overflow` counts the ones refused).
 Aborts answer `fault filter abort` with flag FI and details `fault_filter_abort`; delays
-set flag DI.
+set flag DI. An HTTPFault in `typed_per_filter_config` replaces the filter's settings on
+that route (the most specific level wins, whole, as Envoy's); the stats stay the filter's.
 """
 from __future__ import annotations
 
@@ -128,29 +129,33 @@ class FaultConfig:
 
 class FaultFilter(StreamDecoderFilter):
     def __init__(self, config: FaultConfig):
-        self.config = config
+        self.config = config   # the settings in force (a route's replace the filter's)
+        self.stats = config.stats
         self.counted = False   # this stream holds one of the active faults
 
     def _take_active(self) -> bool:
-        c = self.config
+        c, stats = self.config, self.stats
         if self.counted:
             return True
         # the gauge sums every worker's share: the cap is process-wide, as Envoy's
-        if c.max_active is not None and c.stats.active_faults.value() >= c.max_active:
-            c.stats.faults_overflow.inc()
+        if c.max_active is not None and stats.active_faults.value() >= c.max_active:
+            stats.faults_overflow.inc()
             return False
-        c.stats.active_faults.inc()
+        stats.active_faults.inc()
         self.counted = True
         return True
 
     def decode_headers(self, headers, end_stream: bool):
         cb = self.decoder_callbacks
+        route_config = cb.per_route_config()
+        if isinstance(route_config, FaultConfig):
+            self.config = route_config   # most specific wins, whole (Envoy's FaultSettings)
         c = self.config
         if not c.applies(cb, headers):
             return FilterHeadersStatus.CONTINUE
         ms = c.delay_ms(cb.runtime, headers)
         if ms is not None and self._take_active():
-            c.stats.delays_injected.inc()
+            self.stats.delays_injected.inc()
             cb.stream_info.response_flags.append("DI")
             cb.run_blocking(lambda: gevent.sleep(ms / 1000.0), self._after_delay)
             return FilterHeadersStatus.STOP_ITERATION
@@ -169,7 +174,7 @@ class FaultFilter(StreamDecoderFilter):
         status = self.config.abort_status(cb.runtime, headers)
         if status is None or not self._take_active():
             return False
-        self.config.stats.aborts_injected.inc()
+        self.stats.aborts_injected.inc()
         cb.stream_info.response_flags.append("FI")
         http, grpc_status = status
         if grpc_status is not None and not grpc.is_grpc(headers):
@@ -181,11 +186,18 @@ class FaultFilter(StreamDecoderFilter):
     def on_destroy(self) -> None:
         if self.counted:
             self.counted = False
-            self.config.stats.active_faults.dec()
+            self.stats.active_faults.dec()
+
+
+def create_route_config(msg, factory) -> FaultConfig:
+    """A route's HTTPFault replaces the filter's settings there (the stats stay the
+    filter's)."""
+    return FaultConfig(msg, None)
 
 
 def create(msg, ctx):
     stats = ctx.scope("fault.", counters=("delays_injected", "aborts_injected",
-                                          "faults_overflow"), gauges=("active_faults",))
+                                          "response_rl_injected", "faults_overflow"),
+                      gauges=("active_faults",))
     config = FaultConfig(msg, stats)
     return lambda chain: chain.add_stream_decoder_filter(FaultFilter(config))
