@@ -54,6 +54,12 @@ _MODULES: dict[str, tuple[str, str]] = {
         (CLUSTER, "proxyd.network.filters.redis_proxy.redis_cluster"),
     "envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector":
         (LISTENER_FILTER, "proxyd.listener.filters.tls_inspector"),
+    "envoy.extensions.filters.listener.proxy_protocol.v3.ProxyProtocol":
+        (LISTENER_FILTER, "proxyd.listener.filters.proxy_protocol"),
+    "envoy.extensions.filters.listener.http_inspector.v3.HttpInspector":
+        (LISTENER_FILTER, "proxyd.listener.filters.http_inspector"),
+    "envoy.extensions.filters.listener.original_dst.v3.OriginalDst":
+        (LISTENER_FILTER, "proxyd.listener.filters.original_dst"),
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext":
         (TRANSPORT_SOCKET, "proxyd.transport.tls"),
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext":

@@ -1,8 +1,16 @@
 """Envoy's layered runtime (feature flags and numbers by key), not the runtime directory.
 
-The master builds the layers (bootstrap `layered_runtime`: static layers and RTDS layers)
-and merges them, a later layer overriding an earlier one; the merged entries travel in
-every worker snapshot, and `Runtime` answers Envoy's Snapshot getters from them.
+The master builds the layers (bootstrap `layered_runtime`: static, disk, RTDS and admin
+layers) and merges them, a later layer overriding an earlier one; the merged entries
+travel in every worker snapshot, and `Runtime` answers Envoy's Snapshot getters from them.
+
+A disk layer is Envoy's DiskLayer: the directory `symlink_root/subdirectory[/<node
+cluster>]` is walked (at most 16 levels), each regular file a key (its path with `.` for
+`/`; dot files too) whose value is the file's text without trailing whitespace. A layer
+whose directory does not exist is left out (it is not in /runtime's `layers`); one that
+cannot be read counts `runtime.load_error` and is left out. Every load re-reads the disk;
+the master reloads when a symlink_root is replaced (Envoy watches for the symlink swap,
+`mv -T new root`), on RTDS updates and on `POST /runtime_modify` (the admin layer).
 
 Each entry keeps what Envoy's SnapshotImpl::createEntry derives from a layer value: the
 string shown by /runtime, an unsigned integer, a double, a boolean and a FractionalPercent.
@@ -11,8 +19,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import re
+import stat
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -97,10 +107,85 @@ def flatten(d: dict, prefix: str = "") -> dict[str, Entry]:
     return out
 
 
-def bootstrap_layers(bootstrap, rtds: Mapping) -> list[tuple[str, dict[str, Entry]]]:
+MAX_WALK_DEPTH = 16   # Envoy's DiskLayer bound
+
+
+class DiskLayerError(Exception):
+    pass
+
+
+def disk_layer_path(disk_layer, service_cluster: str) -> str:
+    path = disk_layer.symlink_root + "/" + disk_layer.subdirectory
+    if disk_layer.append_service_cluster:
+        path += "/" + service_cluster
+    return path
+
+
+def read_disk_layer(path: str) -> dict[str, Entry]:
+    """The values of a disk layer directory; DiskLayerError if it cannot be read."""
+    out: dict[str, Entry] = {}
+
+    def walk(d: str, prefix: str, depth: int) -> None:
+        if depth > MAX_WALK_DEPTH:
+            raise DiskLayerError("Walk recursion depth exceeded %d" % MAX_WALK_DEPTH)
+        try:
+            names = sorted(os.listdir(d))
+        except OSError as e:
+            raise DiskLayerError("unable to read %s: %s" % (d, e.strerror)) from None
+        for name in names:
+            full = d + "/" + name
+            key = prefix + "." + name if prefix else name
+            try:
+                st = os.stat(full)
+            except OSError:
+                continue                      # a dangling link: no value
+            if stat.S_ISDIR(st.st_mode):
+                walk(full, key, depth + 1)
+            elif stat.S_ISREG(st.st_mode):
+                try:
+                    with open(full, "rb") as f:
+                        text = f.read().decode("utf-8", "replace")
+                except OSError as e:
+                    raise DiskLayerError("unable to read %s: %s" % (full, e.strerror)) from None
+                out[key] = entry(text.replace("\r", "").rstrip())
+    walk(path, "", 0)
+    return out
+
+
+def load_disk_layers(bootstrap) -> tuple[dict, int]:
+    """({layer name: values, or None when its directory does not exist or cannot be
+    read}, number of layers that could not be read)."""
+    cluster = bootstrap.node.cluster
+    out, errors = {}, 0
+    for layer in bootstrap.layered_runtime.layers:
+        if layer.HasField("disk_layer"):
+            path = disk_layer_path(layer.disk_layer, cluster)
+            if not os.path.isdir(path):
+                out[layer.name] = None
+                continue
+            try:
+                out[layer.name] = read_disk_layer(path)
+            except DiskLayerError:
+                out[layer.name] = None
+                errors += 1
+    return out, errors
+
+
+def admin_modify(values: dict[str, Entry], changes: Mapping[str, str]) -> None:
+    """Envoy's AdminLayer::mergeValues: set each key; an empty value removes it."""
+    for key, value in changes.items():
+        values.pop(key, None)
+        if value != "":
+            values[key] = entry(value)
+
+
+def bootstrap_layers(bootstrap, rtds: Mapping, disk: Mapping | None = None,
+                     admin: Mapping | None = None) -> list[tuple[str, dict[str, Entry]]]:
     """[(layer name, {key: Entry})] in bootstrap order; `rtds` maps an RTDS resource name to
-    its Runtime.layer Struct (a layer not received yet is empty)."""
+    its Runtime.layer Struct (a layer not received yet is empty); `disk` a disk layer's
+    name to its values (None: left out); `admin` the admin layer's values."""
     out = []
+    disk = disk or {}
     for layer in bootstrap.layered_runtime.layers:
         if layer.HasField("static_layer"):
             out.append((layer.name, flatten(json_format.MessageToDict(layer.static_layer))))
@@ -108,7 +193,22 @@ def bootstrap_layers(bootstrap, rtds: Mapping) -> list[tuple[str, dict[str, Entr
             struct = rtds.get(layer.rtds_layer.name)
             out.append((layer.name, flatten(json_format.MessageToDict(struct))
                         if struct is not None else {}))
+        elif layer.HasField("disk_layer"):
+            values = disk.get(layer.name)
+            if values is not None:
+                out.append((layer.name, values))
+        elif layer.HasField("admin_layer"):
+            out.append((layer.name, dict(admin or {})))
     return out
+
+
+def has_admin_layer(bootstrap) -> bool:
+    return any(layer.HasField("admin_layer") for layer in bootstrap.layered_runtime.layers)
+
+
+def symlink_roots(bootstrap) -> list[str]:
+    return sorted({layer.disk_layer.symlink_root for layer in bootstrap.layered_runtime.layers
+                   if layer.HasField("disk_layer")})
 
 
 def merge(layers) -> dict[str, Entry]:

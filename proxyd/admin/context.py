@@ -69,3 +69,7 @@ class AdminContext(Protocol):
 
     def runtime_layers(self) -> list:
         """/runtime (optional): [(layer name, {key: proxyd.runtime.Entry})] in bootstrap order."""
+
+    def runtime_modify(self, changes: dict) -> str | None:
+        """POST /runtime_modify (optional): merge `changes` (key -> value, '' removes) into
+        the admin layer and reload; an error text when there is no admin layer."""

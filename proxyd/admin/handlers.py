@@ -30,6 +30,7 @@ class Request:
     method: str
     path: str
     query: dict  # name -> list of values; a bare ``?usedonly`` maps to ['']
+    form: dict = field(default_factory=dict)  # a url-encoded body's parameters, the same way
 
     def arg(self, name: str, default=None):
         values = self.query.get(name)
@@ -194,6 +195,25 @@ def runtime(ctx, req: Request) -> Response:
     return Response(200, json.dumps(body, indent=1, sort_keys=True).encode() + b"\n", JSON)
 
 
+RUNTIME_MODIFY_USAGE = (b"usage: /runtime_modify?key1=value1&key2=value2&keyN=valueN\n"
+                        b"       or send the parameters as form values\n"
+                        b"use an empty value to remove a previously added override")
+
+
+def runtime_modify(ctx, req: Request) -> Response:
+    """Envoy's POST /runtime_modify?k=v (or a form body): set keys in the admin layer, an
+    empty value removing one; 503 without an admin layer."""
+    changes = {k: v[-1] for k, v in req.query.items()}
+    changes.update({k: v[-1] for k, v in req.form.items()})
+    if not changes:
+        return Response(400, RUNTIME_MODIFY_USAGE)
+    modify = getattr(ctx, "runtime_modify", None)
+    error = modify(changes) if modify is not None else "No admin layer specified"
+    if error:
+        return Response(503, error.encode())
+    return Response(200, b"OK\n")
+
+
 def reopen_logs(ctx, req: Request) -> Response:
     ctx.reopen_logs()
     return Response(200, b"OK\n")
@@ -264,7 +284,9 @@ ENDPOINTS = {
     "/quitquitquit": Endpoint(quitquitquit, True, "exit the server"),
     "/reset_counters": Endpoint(reset_counters, True, "reset all counters to zero"),
     "/logging": Endpoint(logging_level, True, "show or set the log level; ?level=debug"),
-    "/runtime": Endpoint(runtime, False, "runtime layers and values (static and RTDS)"),
+    "/runtime": Endpoint(runtime, False, "runtime layers and values (static, disk, RTDS, admin)"),
+    "/runtime_modify": Endpoint(runtime_modify, True, "set runtime keys in the admin layer; "
+                                                      "?key=value, an empty value removes"),
     "/reopen_logs": Endpoint(reopen_logs, True, "reopen access log files (like SIGUSR1)"),
 }
 

@@ -67,11 +67,13 @@ class _Connection:
         self._url = b""
         self._header_bytes = 0
         self._body_bytes = 0
+        self._body = b""
         self._error = None
 
     # httptools callbacks
     def on_message_begin(self):
         self._url, self._header_bytes, self._body_bytes = b"", 0, 0
+        self._body = b""
 
     def on_url(self, url: bytes):
         self._url += url
@@ -87,11 +89,15 @@ class _Connection:
         self._body_bytes += len(body)
         if self._body_bytes > MAX_BODY:
             self._error = HTTPStatus.REQUEST_ENTITY_TOO_LARGE
+        else:
+            self._body += body
 
     def on_message_complete(self):
         url = urlsplit(self._url.decode("latin-1"))
         request = Request(self.parser.get_method().decode("latin-1"), url.path or "/",
-                          parse_qs(url.query, keep_blank_values=True))
+                          parse_qs(url.query, keep_blank_values=True),
+                          parse_qs(self._body.decode("latin-1"), keep_blank_values=True)
+                          if self._body else {})
         self.done.append((request, self.parser.should_keep_alive()))
 
     def run(self) -> None:

@@ -76,6 +76,12 @@ def _bootstrap(bs, path, out):
         _listener(listener, base + ('listeners', i), clusters, out)
     for i, c in enumerate(sr.clusters):
         _cluster(c, base + ('clusters', i), out)
+    admin_layers = [i for i, layer in enumerate(bs.layered_runtime.layers)
+                    if layer.HasField('admin_layer')]
+    if len(admin_layers) > 1:
+        out.append((path + ('layered_runtime', 'layers', admin_layers[1], 'admin_layer'),
+                    'Too many admin layers specified in LayeredRuntime, at most one may be '
+                    'specified'))
     for i, layer in enumerate(bs.layered_runtime.layers):
         if layer.HasField('static_layer'):
             _runtime_layer(layer.static_layer, path + ('layered_runtime', 'layers', i, 'static_layer'),
@@ -272,6 +278,22 @@ def _cluster(c, path, out):
         out.append((path + ('health_checks', 0),
                     'health check at index 0 is missing a name; all health checks must have a '
                     'name when multiple health checks are configured'))
+    types = c.DESCRIPTOR.fields_by_name['type'].enum_type.values_by_name
+    if c.type == types['LOGICAL_DNS'].number and (
+            len(c.load_assignment.endpoints) != 1
+            or len(c.load_assignment.endpoints[0].lb_endpoints) != 1):
+        out.append((path + ('load_assignment',), 'LOGICAL_DNS clusters must have a single '
+                                                 'locality_lb_endpoint and a single lb_endpoint'))
+    if c.type == types['ORIGINAL_DST'].number:
+        if c.lb_policy != c.CLUSTER_PROVIDED:
+            policy = c.DESCRIPTOR.fields_by_name['lb_policy'].enum_type.values_by_number[
+                c.lb_policy].name
+            out.append((path + ('lb_policy',), f"LB policy {policy} is not valid for Cluster "
+                                               f"type ORIGINAL_DST. Only 'CLUSTER_PROVIDED' is "
+                                               f"allowed with cluster type 'ORIGINAL_DST'"))
+        if c.HasField('load_assignment'):
+            out.append((path + ('load_assignment',),
+                        'ORIGINAL_DST clusters must have no load assignment configured'))
     if c.type != c.DESCRIPTOR.fields_by_name['type'].enum_type.values_by_name['STATIC'].number:
         return
     for i, lle in enumerate(c.load_assignment.endpoints):

@@ -17,7 +17,11 @@ _FIELDS = {
                                            'layered_runtime',
     'envoy.config.bootstrap.v3.Bootstrap.DynamicResources': 'lds_config cds_config ads_config',
     'envoy.config.bootstrap.v3.LayeredRuntime': 'layers',
-    'envoy.config.bootstrap.v3.RuntimeLayer': 'name static_layer rtds_layer',
+    'envoy.config.bootstrap.v3.RuntimeLayer': 'name static_layer rtds_layer disk_layer '
+                                              'admin_layer',
+    'envoy.config.bootstrap.v3.RuntimeLayer.DiskLayer': 'symlink_root subdirectory '
+                                                        'append_service_cluster',
+    'envoy.config.bootstrap.v3.RuntimeLayer.AdminLayer': '',
     'envoy.config.bootstrap.v3.RuntimeLayer.RtdsLayer': 'name rtds_config',
     'envoy.service.runtime.v3.Runtime': 'name layer',
     _CORE + 'ConfigSource': 'ads api_config_source path_config_source initial_fetch_timeout '
@@ -362,6 +366,22 @@ for _name, _more in {  # active health checks, outlier detection, EDS health sta
     'envoy.config.endpoint.v3.LbEndpoint': 'health_status',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+_LF = 'envoy.extensions.filters.listener.'
+# listener filters (listener/filters/): no TLV pass-through, no tlv_location FILTER_STATE
+# (its default, DYNAMIC_METADATA, is never 'set')
+for _name, _more in {
+    _LF + 'proxy_protocol.v3.ProxyProtocol': 'rules allow_requests_without_proxy_protocol '
+                                             'disallowed_versions stat_prefix',
+    _LF + 'proxy_protocol.v3.ProxyProtocol.Rule': 'tlv_type on_tlv_present',
+    _LF + 'proxy_protocol.v3.ProxyProtocol.KeyValuePair': 'metadata_namespace key',
+    _LF + 'http_inspector.v3.HttpInspector': '',
+    _LF + 'original_dst.v3.OriginalDst': '',
+    # ORIGINAL_DST clusters (upstream/original_dst.py): no metadata_key
+    'envoy.config.cluster.v3.Cluster': 'original_dst_lb_config cleanup_interval',
+    'envoy.config.cluster.v3.Cluster.OriginalDstLbConfig': 'use_http_header http_header_name '
+                                                           'upstream_port_override',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 FIELDS = {name: frozenset(fields.split()) for name, fields in _FIELDS.items()}
 """Full message name -> names of the fields proxyd implements."""
 
@@ -385,7 +405,8 @@ ENUMS = {
     (_THRIFT + 'v3.ThriftProtocolOptions', 'protocol'): frozenset({'AUTO_PROTOCOL', 'BINARY',
                                                                    'LAX_BINARY', 'COMPACT'}),
     (_CORE + 'SocketAddress', 'protocol'): frozenset({'TCP'}),
-    ('envoy.config.cluster.v3.Cluster', 'type'): frozenset({'STATIC', 'STRICT_DNS', 'EDS'}),
+    ('envoy.config.cluster.v3.Cluster', 'type'): frozenset({'STATIC', 'STRICT_DNS', 'LOGICAL_DNS',
+                                                            'EDS', 'ORIGINAL_DST'}),
     # RING_HASH and MAGLEV place keys for redis_proxy; HTTP and TCP traffic, which has no
     # hash key (no route hash_policy), picks a random host by weight, as Envoy does.
     ('envoy.config.cluster.v3.Cluster', 'lb_policy'): frozenset({'ROUND_ROBIN', 'RING_HASH',

@@ -175,7 +175,7 @@ class Http1Connection:
                      ("date", http_date()), ("server", self.hcm.server_name),
                      ("connection", "close")])
         conn = self.conn
-        info = StreamInfo(conn.id, conn.remote_address, conn.local_address, "HTTP/1.1")
+        info = StreamInfo.for_connection(conn, "HTTP/1.1")
         info.response = ResponseHead(status, h)
         info.response_code = status
         info.response_code_details = details

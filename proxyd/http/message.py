@@ -103,13 +103,15 @@ class StreamInfo:
         "response_trailers", "response_code", "response_code_details", "response_flags",
         "bytes_received", "bytes_sent", "upstream_host", "upstream_cluster",
         "upstream_local_address", "downstream_remote_address", "downstream_local_address",
+        "downstream_direct_remote_address",
         "route_name", "connection_id", "request_id", "is_health_check", "trace",
         "attempt_count",
         "_dynamic_metadata", "_filter_state",
     )
 
     def __init__(self, connection_id: int, downstream_remote_address: str,
-                 downstream_local_address: str, protocol: str):
+                 downstream_local_address: str, protocol: str,
+                 downstream_direct_remote_address: str | None = None):
         self.start_time = time.time()
         self.start_mono = time.monotonic()
         self.request_end_mono: float | None = None     # last request byte received
@@ -129,6 +131,9 @@ class StreamInfo:
         self.upstream_cluster: str | None = None
         self.upstream_local_address: str | None = None
         self.downstream_remote_address = downstream_remote_address
+        # the physical peer (differs when proxy_protocol supplied the remote address)
+        self.downstream_direct_remote_address = downstream_direct_remote_address \
+            or downstream_remote_address
         self.downstream_local_address = downstream_local_address
         self.route_name: str | None = None
         self.connection_id = connection_id
@@ -138,6 +143,19 @@ class StreamInfo:
         self.trace = None                              # tracing span context, when traced
         self._dynamic_metadata = None
         self._filter_state = None
+
+    @classmethod
+    def for_connection(cls, conn, protocol):
+        """A StreamInfo for a request or session on downstream connection `conn` (a
+        listener's DownstreamConnection or a network filter chain's view of one): its
+        addresses, and for an L4 session the metadata its listener filters set."""
+        down = getattr(conn, "downstream", conn)
+        info = cls(conn.id, conn.remote_address, conn.local_address, protocol,
+                   getattr(down, "direct_remote_address", None))
+        md = getattr(down, "dynamic_metadata", None)
+        if md and protocol is None:
+            info._dynamic_metadata = {k: dict(v) for k, v in md.items()}
+        return info
 
     @property
     def dynamic_metadata(self) -> dict:

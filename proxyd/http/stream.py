@@ -37,7 +37,7 @@ class Stream:
         self.hcm = hcm
         self.conn = conn
         self.request = request
-        self.info = info = StreamInfo(conn.id, conn.remote_address, conn.local_address, protocol)
+        self.info = info = StreamInfo.for_connection(conn, protocol)
         info.request = request
         self.fm = None
         self.headers_sent = False

@@ -11,6 +11,8 @@ the connection is closed and `no_filter_chain_match` counts it.
 from __future__ import annotations
 
 TLS_INSPECTOR_URL = "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector"
+HTTP_INSPECTOR_URL = ("type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3."
+                      "HttpInspector")
 
 
 def _key(m) -> tuple:
@@ -79,6 +81,8 @@ def problems(listener, path: tuple) -> list:
     out = []
     seen = {}
     inspector = any(f.typed_config.type_url == TLS_INSPECTOR_URL for f in listener.listener_filters)
+    http_inspector = any(f.typed_config.type_url == HTTP_INSPECTOR_URL
+                         for f in listener.listener_filters)
     for i, fc in enumerate(listener.filter_chains):
         m = fc.filter_chain_match
         mpath = path + ("filter_chains", i, "filter_chain_match")
@@ -91,13 +95,16 @@ def problems(listener, path: tuple) -> list:
             if "*" in name and not (name.startswith("*.") and "*" not in name[1:]):
                 out.append((mpath + ("server_names", j),
                             f"invalid server name '{name}': a wildcard must be a leading '*.'"))
-        if (m.server_names or m.application_protocols or m.transport_protocol == "tls") \
-                and not inspector:
-            field = ("server_names" if m.server_names else "application_protocols"
-                     if m.application_protocols else "transport_protocol")
+        if (m.server_names or m.transport_protocol == "tls") and not inspector:
+            field = "server_names" if m.server_names else "transport_protocol"
             out.append((mpath + (field,),
                         f"matching on {field} needs the envoy.filters.listener.tls_inspector "
                         f"listener filter (listener_filters) to read the ClientHello"))
+        elif m.application_protocols and not (inspector or http_inspector):
+            out.append((mpath + ("application_protocols",),
+                        "matching on application_protocols needs the "
+                        "envoy.filters.listener.tls_inspector (ALPN) or "
+                        "envoy.filters.listener.http_inspector (plaintext HTTP) listener filter"))
         if m.transport_protocol not in ("", "tls", "raw_buffer"):
             out.append((mpath + ("transport_protocol",),
                         f"transport_protocol '{m.transport_protocol}' is not supported by proxyd "

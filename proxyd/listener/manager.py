@@ -35,14 +35,21 @@ def listener_stat_name(config) -> str:
 class DownstreamConnection:
     __slots__ = ("sock", "id", "remote_address", "remote_ip", "local_address", "scheme",
                  "listener", "protocol", "alpn", "transport_protocol", "requested_server_name",
-                 "requested_alpn", "local_port", "generation")
+                 "requested_alpn", "local_port", "generation", "direct_remote_address",
+                 "original_dst", "dynamic_metadata")
 
     def __init__(self, sock, addr, listener):
         self.sock = sock
         self.id = next(_conn_ids)
         self.remote_ip = addr[0]
         self.remote_address = "%s:%d" % (addr[0], addr[1])
+        # the physical peer; remote_address may be replaced (proxy_protocol) but not this
+        self.direct_remote_address = self.remote_address
         self.local_address = listener.address
+        # (ip, port) when a listener filter restored the local address (original_dst,
+        # proxy_protocol): Envoy's localAddressRestored(), what ORIGINAL_DST clusters use
+        self.original_dst = None
+        self.dynamic_metadata = None      # set by listener filters (proxy_protocol rules)
         self.scheme = "http"
         self.listener = listener
         self.protocol = None  # the codec connection, so draining can close it when idle
@@ -52,6 +59,11 @@ class DownstreamConnection:
         self.requested_alpn = ()          # ALPN offered by the client, from tls_inspector
         self.local_port = listener.port
         self.generation = listener.generation  # the listener config it was accepted under
+
+    def set_dynamic_metadata(self, namespace: str, values: dict) -> None:
+        if self.dynamic_metadata is None:
+            self.dynamic_metadata = {}
+        self.dynamic_metadata.setdefault(namespace, {}).update(values)
 
     @property
     def draining(self) -> bool:
@@ -180,19 +192,26 @@ class ActiveListener:
             return
         conn = DownstreamConnection(sock, addr, self)
         self.connections.add(conn)
-        self.cx_total.inc()
-        self.cx_active.inc()
         t0 = time.monotonic()
         chain = None
+        counted = False
         try:
             chain = self._select_chain(conn, selector)
-            if chain is not None and (chain.tls is None or self._handshake(conn, chain)):
+            if chain is None:
+                return
+            # Envoy counts a connection once its listener filters are done and a chain
+            # is found (a connection they reject or that matches no chain is not one)
+            counted = True
+            self.cx_total.inc()
+            self.cx_active.inc()
+            if chain.tls is None or self._handshake(conn, chain):
                 chain.on_connection(conn)
         finally:
             self.connections.discard(conn)
-            self.cx_active.dec()
-            self.cx_destroy.inc()
-            self.cx_length.record((time.monotonic() - t0) * 1000.0)
+            if counted:
+                self.cx_active.dec()
+                self.cx_destroy.inc()
+                self.cx_length.record((time.monotonic() - t0) * 1000.0)
             try:
                 conn.sock.close()
             except OSError:
@@ -204,7 +223,10 @@ class ActiveListener:
     def _log_connection(access_logs, conn, chain, t0: float | None = None) -> None:
         """listener.access_log: one entry per downstream connection when it closes,
         flagged NR when no filter chain matched (as Envoy's listener logs)."""
-        info = StreamInfo(conn.id, conn.remote_address, conn.local_address, "")
+        info = StreamInfo(conn.id, conn.remote_address, conn.local_address, "",
+                          conn.direct_remote_address)
+        if conn.dynamic_metadata:
+            info._dynamic_metadata = {k: dict(v) for k, v in conn.dynamic_metadata.items()}
         info.end_mono = now = time.monotonic()
         if t0 is not None:  # the connection was accepted at t0, not now
             info.start_mono = t0
@@ -226,7 +248,7 @@ class ActiveListener:
                 ok = None
             if ok is not None and not self.continue_on_listener_filters_timeout:
                 return None
-        chain = selector.select(self.port, conn.requested_server_name, conn.transport_protocol,
+        chain = selector.select(conn.local_port, conn.requested_server_name, conn.transport_protocol,
                                 conn.requested_alpn)
         if chain is None:
             self.no_chain.inc()

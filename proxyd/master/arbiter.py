@@ -36,6 +36,8 @@ from proxyd.stats import IncompatibleStatsFile, StatsStore
 SPAWN_BACKOFF_MAX = 10.0
 # How long `proxyd reload` waits for the old workers to stop accepting before it answers.
 RELOAD_ACCEPT_STOP_S = 2.0
+DISK_LAYER_POLL_S = 0.25   # how often a runtime disk layer's symlink_root is looked at
+RUNTIME_APPLY_WAIT_S = 2.0  # /runtime_modify answers once the workers have the change
 
 
 def apply_node_overrides(bootstrap, options) -> None:
@@ -456,21 +458,81 @@ class Master:
 
     # --- layered runtime ------------------------------------------------------------
     def runtime_layers(self) -> list:
-        """[(layer name, {key: runtime.Entry})] in bootstrap order: static and RTDS layers."""
+        """[(layer name, {key: runtime.Entry})] in bootstrap order: static, disk (as last
+        read), RTDS and admin layers."""
         rtds = self.dynamic.rtds_layers() if self.dynamic is not None else {}
-        return rt.bootstrap_layers(self.bootstrap, rtds)
+        return rt.bootstrap_layers(self.bootstrap, rtds, getattr(self, "disk_layers", None),
+                                   getattr(self, "admin_layer", None))
 
     def load_runtime(self) -> None:
-        """Merge the layers for the next worker snapshot (start-up, every RTDS update) and
-        set Envoy's loader stats: load_success, num_layers, num_keys (distinct keys)."""
+        """Re-read the disk layers and merge every layer for the next worker snapshot
+        (start-up, RTDS updates, a symlink swap, /runtime_modify), and set Envoy's loader
+        stats: load_success or load_error, num_layers, num_keys (distinct keys),
+        override_dir_exists (more than one disk layer found) or override_dir_not_exists,
+        admin_overrides_active."""
+        if not hasattr(self, "admin_layer"):
+            self.admin_layer = {}
+            gevent.spawn(self._watch_disk_layers)
+        self.disk_layers, errors = rt.load_disk_layers(self.bootstrap)
         layers = self.runtime_layers()
         self.runtime_entries = rt.merge(layers)
         s = self.stats
-        s.counter("runtime.load_error")
-        s.counter("runtime.load_success").inc()
-        s.counter("runtime.override_dir_not_exists").inc()
+        s.counter("runtime.load_error").inc(1 if errors else 0)
+        s.counter("runtime.load_success").inc(0 if errors else 1)
+        found = sum(1 for v in self.disk_layers.values() if v is not None)
+        s.counter("runtime.override_dir_exists").inc(1 if found > 1 else 0)
+        s.counter("runtime.override_dir_not_exists").inc(0 if found > 1 else 1)
         s.gauge("runtime.num_layers").set(len(layers))
         s.gauge("runtime.num_keys").set(len(self.runtime_entries))
+        s.gauge("runtime.admin_overrides_active").set(1 if self.admin_layer else 0)
+
+    def runtime_modify(self, changes: dict) -> str | None:
+        """POST /runtime_modify: merge into the admin layer and reload; an error text when
+        the bootstrap has no admin layer (Envoy's 503)."""
+        if not rt.has_admin_layer(self.bootstrap):
+            return "No admin layer specified"
+        rt.admin_modify(self.admin_layer, changes)
+        self.load_runtime()
+        self.push_snapshot()
+        self.wait_applied(RUNTIME_APPLY_WAIT_S)
+        return None
+
+    def wait_applied(self, timeout: float) -> bool:
+        """Wait (bounded) until every running worker applied the latest snapshot, so a
+        request sent after an admin change meets it."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            live = [w for w in self.workers if w.proc is not None and w.proc.returncode is None]
+            if all(w.applied_version >= self.version for w in live):
+                return True
+            gevent.sleep(0.01)
+        return False
+
+    def _watch_disk_layers(self) -> None:
+        """Reload when a disk layer's symlink_root is replaced (a new inode: the symlink
+        swap Envoy watches for), polled; a file edited in place is not seen, as in Envoy."""
+        roots = rt.symlink_roots(self.bootstrap)
+        if not roots:
+            return
+
+        def state():
+            out = []
+            for r in roots:
+                try:
+                    st = os.lstat(r)
+                    out.append((st.st_ino, st.st_dev, st.st_mtime_ns))
+                except OSError:
+                    out.append(None)
+            return out
+        seen = state()
+        while not self.stopping:
+            gevent.sleep(DISK_LAYER_POLL_S)
+            now = state()
+            if now != seen:
+                seen = now
+                self.log.info("runtime_disk_layer_reload", roots=roots)
+                self.load_runtime()
+                self.push_snapshot()
 
     def _stats_loop(self) -> None:
         while not self.stopping:

@@ -1,6 +1,9 @@
 """Cluster membership as the master computes it: STATIC endpoints as written, STRICT_DNS
 names resolved here (every address a name returns is a host, re-resolved every
-dns_refresh_rate), so workers never block on DNS."""
+dns_refresh_rate), LOGICAL_DNS likewise but with one host, the first address the name
+returns (Envoy's logical host; its one endpoint is checked in config/semantic.py), so
+workers never block on DNS. ORIGINAL_DST clusters have no endpoints: each worker makes
+their hosts from the connections it serves (upstream/original_dst.py)."""
 from __future__ import annotations
 
 import socket
@@ -19,7 +22,7 @@ _FAMILIES = {
 
 
 def is_dns(cluster) -> bool:
-    return cluster.type == cluster_pb2.Cluster.STRICT_DNS
+    return cluster.type in (cluster_pb2.Cluster.STRICT_DNS, cluster_pb2.Cluster.LOGICAL_DNS)
 
 
 def refresh_rate(cluster) -> float:
@@ -40,10 +43,12 @@ def static_endpoints(cluster) -> list:
 
 
 def resolve(cluster) -> list:
-    """Resolve a STRICT_DNS cluster; raises OSError when a name does not resolve.
+    """Resolve a STRICT_DNS or LOGICAL_DNS cluster; raises OSError when a name does not
+    resolve.
 
     AUTO prefers IPv6 and falls back to IPv4 (Envoy's AUTO); V4_PREFERRED the reverse.
     """
+    logical = cluster.type == cluster_pb2.Cluster.LOGICAL_DNS
     families = _FAMILIES.get(cluster.dns_lookup_family, (socket.AF_INET6, socket.AF_INET))
     out = []
     for ep, weight in _lb_endpoints(cluster):
@@ -56,7 +61,8 @@ def resolve(cluster) -> list:
             except OSError as e:
                 err = e
                 continue
-            addrs = sorted({i[4][0] for i in infos})
+            # LOGICAL_DNS: the resolver's first answer, as Envoy takes address_list.front()
+            addrs = [infos[0][4][0]] if logical and infos else sorted({i[4][0] for i in infos})
             if addrs:
                 break
         if not addrs:

@@ -192,16 +192,16 @@ class RetryState:
         ms = int(interval * 1000)
         return min(random.randrange(ms) if ms > 0 else 0, int(p.max_interval * 1000)) / 1000.0
 
-    def choose_host(self, cluster):
+    def choose_host(self, cluster, downstream=None, headers=None):
         """The host for a retry: the load balancer's pick, picked again while the
         previous_hosts predicate rejects it (host_selection_retry_max_attempts times)."""
-        host = cluster.choose_host()
+        host = cluster.choose_host(downstream, headers)
         p = self.policy
         if p.previous_hosts:
             for _ in range(p.host_selection_attempts):
                 if host is None or host not in self.tried:
                     break
-                host = cluster.choose_host()
+                host = cluster.choose_host(downstream, headers)
         return host
 
     def release(self) -> None:

@@ -42,7 +42,7 @@ class ClusterStats:
                  "retry_or_shadow_abandoned",
                  "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
                  "membership_change", "upstream_cx_none_healthy",
-                 "upstream_cx_connect_attempts_exceeded")
+                 "upstream_cx_connect_attempts_exceeded", "original_dst_host_invalid")
     _GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
                "membership_total",
                "membership_healthy")
@@ -113,35 +113,26 @@ class Cluster:
         self.hosts: list[Host] = []
         self._balancer = lb.for_policy(config.lb_policy)
         self.lb = self._balancer([])
+        self.original_dst = None
+        if config.type == config.ORIGINAL_DST:
+            from proxyd.upstream.original_dst import OriginalDstHosts
+            self.original_dst = OriginalDstHosts(self, config)
         self.update_hosts(endpoints)
 
-    def update_hosts(self, endpoints: list) -> None:
-        """Swap membership; pools of hosts that stay are kept, removed hosts' idle
-        connections close (in-flight ones finish on their own)."""
-        old = {h.key: h for h in self.hosts}
-        hosts = []
-        for ip, port, weight, hostname in endpoints:
-            key = ((ip, port), weight, hostname)
-            h = old.pop(key, None)
-            if h is None:
-                h = Host(ip, port, weight, hostname, self._store, self.name)
-                h.pool = Http1Pool(h, self, self.idle_timeout)
-                if self.http2_mode is not None:
-                    h.h2pool = Http2Pool(h, self, self.http2_options)
-                if self.config.health_checks:
-                    h.hc_fail = self._store.counter(health.passive_fail_name(self.name, h.addr_str))
-                if self.outlier is not None:
-                    h.outlier = outlier.HostReporter(self._store, self.name, h.addr_str,
-                                                     self.outlier)
-            if h.health is None:  # the master made it before sending this snapshot, if any
-                h.health = health.find(self._store, self.name, h.addr_str, create=False)
-            hosts.append(h)
-        for h in old.values():
-            h.pool.close_idle()
-            if h.h2pool is not None:
-                h.h2pool.close_idle()
+    def new_host(self, ip: str, port: int, weight: int, hostname: str) -> Host:
+        h = Host(ip, port, weight, hostname, self._store, self.name)
+        h.pool = Http1Pool(h, self, self.idle_timeout)
+        if self.http2_mode is not None:
+            h.h2pool = Http2Pool(h, self, self.http2_options)
+        if self.config.health_checks:
+            h.hc_fail = self._store.counter(health.passive_fail_name(self.name, h.addr_str))
+        if self.outlier is not None:
+            h.outlier = outlier.HostReporter(self._store, self.name, h.addr_str, self.outlier)
+        return h
+
+    def set_hosts(self, hosts: list, changed: bool) -> None:
         if self.membership:
-            if old or len(hosts) != len(self.hosts):
+            if changed:
                 self.stats.membership_change.inc()
             self.stats.membership_total.set(len(hosts))
             if not self.tracked:
@@ -150,7 +141,32 @@ class Cluster:
         self.hosts = hosts
         self.lb = self._balancer(hosts)
 
-    def choose_host(self):
+    def update_hosts(self, endpoints: list) -> None:
+        """Swap membership; pools of hosts that stay are kept, removed hosts' idle
+        connections close (in-flight ones finish on their own)."""
+        if self.original_dst is not None:
+            return          # its hosts come from connections, not from endpoints
+        old = {h.key: h for h in self.hosts}
+        hosts = []
+        for ip, port, weight, hostname in endpoints:
+            key = ((ip, port), weight, hostname)
+            h = old.pop(key, None)
+            if h is None:
+                h = self.new_host(ip, port, weight, hostname)
+            if h.health is None:  # the master made it before sending this snapshot, if any
+                h.health = health.find(self._store, self.name, h.addr_str, create=False)
+            hosts.append(h)
+        for h in old.values():
+            h.pool.close_idle()
+            if h.h2pool is not None:
+                h.h2pool.close_idle()
+        self.set_hosts(hosts, bool(old) or len(hosts) != len(self.hosts))
+
+    def choose_host(self, downstream=None, headers=None):
+        """The load balancer's pick. An ORIGINAL_DST cluster picks from the downstream
+        connection (its restored local address) or the request `headers`."""
+        if self.original_dst is not None:
+            return self.original_dst.choose(downstream, headers)
         return self.lb.choose()
 
     def connect(self, host, final: bool = False):

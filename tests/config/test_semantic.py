@@ -152,11 +152,22 @@ def test_all_check_kinds_reported_together(config):
 
 
 def test_validate_resource_cluster():
-    c = Cluster(name='c', type=Cluster.LOGICAL_DNS)
+    c = Cluster(name='c', lb_policy=Cluster.LEAST_REQUEST)
     c.load_assignment.cluster_name = 'c'
     assert validate_resource(c, 'clusters[0]') == [
-        'clusters[0].type: value LOGICAL_DNS of envoy.config.cluster.v3.Cluster.type is not supported '
-        'by proxyd (supported: EDS, STATIC, STRICT_DNS)']
+        'clusters[0].lb_policy: value LEAST_REQUEST of envoy.config.cluster.v3.Cluster.lb_policy is '
+        'not supported by proxyd (supported: CLUSTER_PROVIDED, MAGLEV, RING_HASH, ROUND_ROBIN)']
+    c = Cluster(name='c', type=Cluster.LOGICAL_DNS)
+    c.load_assignment.cluster_name = 'c'
+    assert validate_resource(c, 'clusters[0]') == [   # Envoy 1.40's words
+        'clusters[0].load_assignment: LOGICAL_DNS clusters must have a single '
+        'locality_lb_endpoint and a single lb_endpoint']
+    c = Cluster(name='c', type=Cluster.ORIGINAL_DST)
+    c.load_assignment.cluster_name = 'c'
+    assert validate_resource(c, 'clusters[0]') == [
+        "clusters[0].lb_policy: LB policy ROUND_ROBIN is not valid for Cluster type ORIGINAL_DST. "
+        "Only 'CLUSTER_PROVIDED' is allowed with cluster type 'ORIGINAL_DST'",
+        'clusters[0].load_assignment: ORIGINAL_DST clusters must have no load assignment configured']
     ok = Cluster(name='c')
     ok.connect_timeout.seconds = 1
     assert validate_resource(ok) == []

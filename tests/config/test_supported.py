@@ -85,7 +85,7 @@ def test_supported_table_script():
     out = subprocess.run([sys.executable, os.path.join(ROOT, 'scripts', 'supported_table.py')],
                          capture_output=True, text=True, check=True).stdout
     assert '| `envoy.config.cluster.v3.Cluster` |' in out
-    assert '`type` (EDS, STATIC, STRICT_DNS)' in out
+    assert '`type` (EDS, LOGICAL_DNS, ORIGINAL_DST, STATIC, STRICT_DNS)' in out
     assert 'router.v3.Router` | HTTP filter |' in out
 
 

@@ -52,9 +52,9 @@ KNOWN = (
     Difference(
         "load_balancer_features", "stats",
         "stats of load-balancer features proxyd does not implement: subsets, zone-aware "
-        "routing, the panic threshold (lb_healthy_panic), original-dst, host weights",
+        "routing, the panic threshold (lb_healthy_panic), host weights",
         "not implemented: proxyd balances round robin over all hosts",
-        lacks("cluster.*.lb_*", "cluster.*.max_host_weight", "cluster.*.original_dst_host_invalid",
+        lacks("cluster.*.lb_*", "cluster.*.max_host_weight",
               "cluster.*.default.total_match_count")),
     Difference(
         "circuit_breaker_and_retry_stats", "stats",

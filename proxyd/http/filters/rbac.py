@@ -11,8 +11,9 @@ details `rbac_access_denied_matched_policy[<policy>|none]`, no response flag. Po
 tried in name order (Envoy keeps them in a std::map), so the named policy is the first
 matching one by name. Stats: `http.<stat_prefix>.rbac.{allowed,denied,shadow_allowed,
 shadow_denied}`. `RBACPerRoute` replaces the rules on a route; one without `rbac` turns
-the filter off there. Principals: `remote_ip` is the downstream address as proxyd sees it
-(proxyd trusts no X-Forwarded-For hops, so it equals `direct_remote_ip`).
+the filter off there. Principals: `remote_ip` and `source_ip` are the downstream address as proxyd sees it
+(the proxy_protocol header's source when there is one; proxyd trusts no X-Forwarded-For
+hops), `direct_remote_ip` the physical peer.
 """
 from __future__ import annotations
 
@@ -33,12 +34,15 @@ def _split(address: str) -> tuple[str, int]:
 
 class _Request:
     """What the matchers read: the head, the peer's IP, and the local IP and port."""
-    __slots__ = ("head", "remote_ip", "local_ip", "local_port", "path")
+    __slots__ = ("head", "remote_ip", "direct_ip", "local_ip", "local_port", "path")
 
     def __init__(self, head, info):
         self.head = head
         remote, _ = _split(info.downstream_remote_address or "")
         self.remote_ip = _ip(remote)
+        direct = info.downstream_direct_remote_address
+        self.direct_ip = self.remote_ip if direct == info.downstream_remote_address \
+            else _ip(_split(direct or "")[0])
         local, self.local_port = _split(info.downstream_local_address or "")
         self.local_ip = _ip(local)
         self.path = (head.path or "").partition("?")[0].partition("#")[0]
@@ -119,7 +123,10 @@ def principal(msg, path: str):
     if which == "not_id":
         inner = principal(msg.not_id, p)
         return lambda r: not inner(r)
-    if which in ("source_ip", "direct_remote_ip", "remote_ip"):
+    if which == "direct_remote_ip":   # the physical peer, even behind proxy_protocol
+        inside = _cidr(msg.direct_remote_ip, p)
+        return lambda r: inside(r.direct_ip)
+    if which in ("source_ip", "remote_ip"):
         inside = _cidr(getattr(msg, which), p)
         return lambda r: inside(r.remote_ip)
     if which == "header":

@@ -82,7 +82,7 @@ class Router(BlockingTerminalFilter):
             stream.local_reply(*local_reply.NO_CLUSTER)
             return False
         info.upstream_cluster = cluster.name
-        host = cluster.choose_host()
+        host = cluster.choose_host(stream.fm.stream.conn, req.headers)
         if host is None:
             cluster.stats.upstream_cx_none_healthy.inc()
             cluster_local_reply(stream, cluster.stats, local_reply.NO_HEALTHY_UPSTREAM)
@@ -197,7 +197,7 @@ def forward(stream, route, cluster, host) -> None:
                     cluster_local_reply(stream, cluster.stats, local_reply.ROUTE_TIMEOUT)
                     return
             gevent.sleep(delay)
-            host = retry.choose_host(cluster)
+            host = retry.choose_host(cluster, stream.fm.stream.conn, req.headers)
             if host is None:
                 cluster.stats.upstream_cx_none_healthy.inc()
                 cluster_local_reply(stream, cluster.stats, local_reply.NO_HEALTHY_UPSTREAM)

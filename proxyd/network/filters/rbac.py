@@ -19,11 +19,14 @@ class _NoHead:
 
 
 class _Connection:
-    __slots__ = ("head", "remote_ip", "local_ip", "local_port", "path")
+    __slots__ = ("head", "remote_ip", "direct_ip", "local_ip", "local_port", "path")
 
     def __init__(self, conn):
         self.head = _NoHead
         self.remote_ip = _ip(_split(conn.remote_address or "")[0])
+        direct = getattr(getattr(conn, "downstream", conn), "direct_remote_address", None)
+        self.direct_ip = self.remote_ip if direct in (None, conn.remote_address) \
+            else _ip(_split(direct)[0])
         local, self.local_port = _split(conn.local_address or "")
         self.local_ip = _ip(local)
         self.path = ""

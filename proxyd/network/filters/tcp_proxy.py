@@ -85,7 +85,7 @@ class TcpProxy:
     def on_connection(self, conn) -> None:
         """tcp_proxy alone in its chain: splice both directions (the fast path)."""
         self.stats.downstream_cx_total.inc()
-        info = StreamInfo(conn.id, conn.remote_address, conn.local_address, None)
+        info = StreamInfo.for_connection(conn, None)
         try:
             up = self._connect(conn, info)
             if up is not None:
@@ -108,7 +108,7 @@ class TcpProxy:
             return None
         info.upstream_cluster = name
         for _ in range(self.max_connect_attempts):
-            host = cluster.choose_host()
+            host = cluster.choose_host(conn)
             if host is None:
                 cluster.stats.upstream_cx_none_healthy.inc()
                 info.response_flags.append("UH")
@@ -124,6 +124,7 @@ class TcpProxy:
             return up
         cluster.stats.upstream_cx_connect_attempts_exceeded.inc()  # Envoy 1.40: a cluster stat
         info.response_flags.append("UF")
+        info.response_flags.append("URX")   # Envoy 1.40 logs UF,URX: the attempts ran out
         return None
 
 
@@ -284,7 +285,7 @@ class TcpProxyFilter:
 
     def on_new_connection(self) -> FilterStatus:
         proxy, conn = self.proxy, self.callbacks.connection
-        self.info = StreamInfo(conn.id, conn.remote_address, conn.local_address, None)
+        self.info = StreamInfo.for_connection(conn, None)
         self.up = proxy._connect(conn, self.info)
         if self.up is None:
             conn.close()

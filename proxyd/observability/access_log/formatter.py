@@ -205,11 +205,11 @@ _SIMPLE = {
     "UPSTREAM_CLUSTER": (_attr("upstream_cluster"), "str"),
     "UPSTREAM_LOCAL_ADDRESS": (_attr("upstream_local_address"), "str"),
     "DOWNSTREAM_REMOTE_ADDRESS": (_attr("downstream_remote_address"), "str"),
-    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": (_attr("downstream_remote_address"), "str"),
+    "DOWNSTREAM_DIRECT_REMOTE_ADDRESS": (_attr("downstream_direct_remote_address"), "str"),
     "DOWNSTREAM_REMOTE_ADDRESS_WITHOUT_PORT":
         ("_strip_port(info.downstream_remote_address)", "str"),
     "DOWNSTREAM_DIRECT_REMOTE_ADDRESS_WITHOUT_PORT":
-        ("_strip_port(info.downstream_remote_address)", "str"),
+        ("_strip_port(info.downstream_direct_remote_address)", "str"),
     "DOWNSTREAM_REMOTE_PORT": ("_port(info.downstream_remote_address)", "int"),
     "DOWNSTREAM_LOCAL_ADDRESS": (_attr("downstream_local_address"), "str"),
     "DOWNSTREAM_LOCAL_ADDRESS_WITHOUT_PORT":

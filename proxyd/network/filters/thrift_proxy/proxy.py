@@ -190,7 +190,7 @@ class ThriftProxyFilter:
         """What the access log of one call reads: times, bytes, upstream host and, for
         %REQ(...)%, the header-transport headers (keys lower-cased)."""
         conn = self.callbacks.connection
-        info = StreamInfo(conn.id, conn.remote_address, conn.local_address, None)
+        info = StreamInfo.for_connection(conn, None)
         info.request = RequestHead("", "", "", "", "",
                                    Headers([(k.lower(), v) for k, v in begin.headers.items()]))
         return info
