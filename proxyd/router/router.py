@@ -59,7 +59,8 @@ class Router(BlockingTerminalFilter):
         cluster = self.ctx.cluster_manager.get(route.cluster_for(req))
         if cluster is None:  # %UPSTREAM_CLUSTER% stays unset, as in Envoy
             stream.hcm.stats.no_cluster.inc()
-            stream.local_reply(*local_reply.NO_CLUSTER)
+            # RouteAction.cluster_not_found_response_code (503 unless the route says)
+            stream.local_reply(route.cluster_not_found_status, *local_reply.NO_CLUSTER[1:])
             return False
         info.upstream_cluster = cluster.name
         host = cluster.choose_host()
