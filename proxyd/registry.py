@@ -66,7 +66,7 @@ _MODULES: dict[str, tuple[str, str]] = {
         (TRANSPORT_SOCKET, "proxyd.transport.tls"),
     "envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager":
         (NETWORK_FILTER, "proxyd.http.conn_manager"),
-    "envoy.extensions.filters.http.router.v3.Router": (HTTP_FILTER, "proxyd.http.filters.router"),
+    "envoy.extensions.filters.http.router.v3.Router": (HTTP_FILTER, "proxyd.router.router"),
     "envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit":
         (HTTP_FILTER, "proxyd.http.filters.local_ratelimit"),
     "envoy.extensions.filters.http.rbac.v3.RBAC": (HTTP_FILTER, "proxyd.http.filters.rbac"),

@@ -12,6 +12,7 @@ from gevent import monkey
 monkey.patch_all()
 
 import os  # noqa: E402
+import socket  # noqa: E402
 import sys  # noqa: E402
 import tempfile  # noqa: E402
 import time  # noqa: E402
@@ -91,9 +92,15 @@ class Downstream:
 
 
 class Upstream:
-    """A keep-alive upstream that answers every request with RESP."""
+    """A keep-alive upstream that answers every request with RESP. Its fd is one end of
+    a quiet socketpair, so the pool's idle checks (FIONREAD, a read watcher) see no
+    bytes and no EOF."""
 
     _sock = None
+    _pair = socket.socketpair()
+
+    def fileno(self):
+        return self._pair[0].fileno()
 
     def recv(self, size):
         return RESP

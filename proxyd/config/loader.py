@@ -7,11 +7,11 @@ import importlib
 import pkgutil
 
 import yaml
-from google.protobuf import descriptor_pool, json_format, message_factory
+from google.protobuf import json_format
 
-_imported_packages = set()
-# Only these top-level packages hold API protos; never import an arbitrary module named by a config.
-_PROTO_ROOTS = ('envoy', 'xds', 'udpa', 'validate', 'google')
+# the leaf helpers (no import of proxyd): re-exported for the config's own users
+from proxyd.proto import (TYPED_STRUCTS, _import_package, extension_config,  # noqa: F401
+                          find_descriptor, message_class, unpack)
 
 
 class _Loader(yaml.CSafeLoader):
@@ -142,43 +142,6 @@ def yaml_error(name, text, e):
     return f'{name}:{mark.line + 1}:{mark.column + 1}: invalid YAML: {problem}'
 
 
-def _import_package(package):
-    """Imports every ``_pb2`` module of one proto package; False if there is no such package."""
-    if package in _imported_packages:
-        return True
-    if package.split('.', 1)[0] not in _PROTO_ROOTS:
-        return False
-    try:
-        pkg = importlib.import_module(package)
-    except ImportError:
-        return False
-    if not hasattr(pkg, '__path__'):
-        return False
-    for info in pkgutil.iter_modules(pkg.__path__):
-        if info.name.endswith('_pb2'):
-            importlib.import_module(f'{package}.{info.name}')
-    _imported_packages.add(package)
-    return True
-
-
-def find_descriptor(type_name):
-    """Descriptor of a fully qualified message name (or type URL), or None if unknown."""
-    type_name = type_name.rsplit('/', 1)[-1]
-    pool = descriptor_pool.Default()
-    try:
-        return pool.FindMessageTypeByName(type_name)
-    except KeyError:
-        pass
-    parts = type_name.split('.')
-    for end in range(len(parts) - 1, 0, -1):  # nested messages: try shorter prefixes
-        if _import_package('.'.join(parts[:end])):
-            break
-    try:
-        return pool.FindMessageTypeByName(type_name)
-    except KeyError:
-        return None
-
-
 def package_messages(type_name):
     """Full names of the top-level messages in the package of ``type_name`` (for suggestions)."""
     package = type_name.rsplit('/', 1)[-1].rsplit('.', 1)[0]
@@ -205,34 +168,6 @@ def resolve_types(data):
             stack.extend(node.values())
         elif isinstance(node, list):
             stack.extend(node)
-
-
-def message_class(descriptor):
-    return message_factory.GetMessageClass(descriptor)
-
-
-def unpack(any_msg):
-    """google.protobuf.Any -> the concrete message, importing its proto package on demand."""
-    descriptor = find_descriptor(any_msg.type_url)
-    if descriptor is None:
-        raise ValueError(f'unknown type URL {any_msg.type_url!r}')
-    msg = message_class(descriptor)()
-    if not any_msg.Unpack(msg):
-        raise ValueError(f'cannot unpack {any_msg.type_url!r}')
-    return msg
-
-
-TYPED_STRUCTS = ('xds.type.v3.TypedStruct', 'udpa.type.v1.TypedStruct')
-
-
-def extension_config(any_msg):
-    """(type name, config message) of an extension's typed_config. A TypedStruct (Envoy's
-    carrier for configs without a compiled proto) names the type and holds a Struct."""
-    name = any_msg.type_url.rsplit('/', 1)[-1]
-    msg = unpack(any_msg)
-    if name in TYPED_STRUCTS:
-        return msg.type_url.rsplit('/', 1)[-1], msg.value
-    return name, msg
 
 
 def parse_dict(data, message):

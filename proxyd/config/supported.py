@@ -42,9 +42,9 @@ _FIELDS = {
     _CORE + 'Address': 'socket_address',
     _CORE + 'SocketAddress': 'address port_value protocol',
     _CORE + 'HttpProtocolOptions': 'idle_timeout',
-    _CORE + 'HeaderValueOption': 'header append append_action',
-    _CORE + 'HeaderValue': 'key value',
-    _CORE + 'DataSource': 'inline_string inline_bytes filename',
+    _CORE + 'HeaderValueOption': 'header append append_action keep_empty_value',
+    _CORE + 'HeaderValue': 'key value raw_value',
+    _CORE + 'DataSource': 'inline_string inline_bytes filename environment_variable',
     'envoy.config.listener.v3.Listener': 'name address filter_chains access_log',
     'envoy.config.listener.v3.FilterChain': 'filters',
     'envoy.config.listener.v3.Filter': 'name typed_config',
@@ -91,7 +91,10 @@ _FIELDS = {
     _ROUTE + 'RouteConfiguration': 'name virtual_hosts request_headers_to_add '
                                    'request_headers_to_remove response_headers_to_add '
                                    'response_headers_to_remove validate_clusters '
-                                   'typed_per_filter_config',
+                                   'typed_per_filter_config most_specific_header_mutations_wins '
+                                   'max_direct_response_body_size_bytes '
+                                   'ignore_port_in_host_matching '
+                                   'ignore_path_parameters_in_path_matching',
     _ROUTE + 'VirtualHost': 'name domains routes request_headers_to_add request_headers_to_remove '
                             'response_headers_to_add response_headers_to_remove '
                             'typed_per_filter_config',
@@ -102,11 +105,12 @@ _FIELDS = {
     _ROUTE + 'RouteConfiguration.TypedPerFilterConfigEntry': 'key value',
     _ROUTE + 'VirtualHost.TypedPerFilterConfigEntry': 'key value',
     _ROUTE + 'Route.TypedPerFilterConfigEntry': 'key value',
-    _ROUTE + 'RouteMatch': 'prefix path safe_regex case_sensitive headers',
-    _ROUTE + 'RouteAction': 'cluster weighted_clusters prefix_rewrite regex_rewrite timeout '
-                            'host_rewrite_literal auto_host_rewrite',
+    _ROUTE + 'RouteMatch': 'prefix path safe_regex path_separated_prefix case_sensitive headers',
+    _ROUTE + 'RouteAction': 'cluster cluster_header weighted_clusters '
+                            'cluster_not_found_response_code prefix_rewrite regex_rewrite timeout '
+                            'host_rewrite_literal auto_host_rewrite append_x_forwarded_host',
     'envoy.type.matcher.v3.RegexMatchAndSubstitute': 'pattern substitution',
-    _ROUTE + 'WeightedCluster': 'clusters',
+    _ROUTE + 'WeightedCluster': 'clusters total_weight',
     _ROUTE + 'WeightedCluster.ClusterWeight': 'name weight',
     _ROUTE + 'RedirectAction': 'https_redirect scheme_redirect host_redirect port_redirect '
                                'path_redirect prefix_rewrite response_code strip_query',
@@ -115,7 +119,9 @@ _FIELDS = {
     'envoy.type.matcher.v3.RegexMatcher.GoogleRE2': '',
     'envoy.type.matcher.v3.StringMatcher': 'exact prefix suffix contains safe_regex ignore_case',
     _ROUTE + 'HeaderMatcher': 'name exact_match safe_regex_match present_match prefix_match '
-                              'suffix_match contains_match string_match invert_match',
+                              'suffix_match contains_match string_match invert_match range_match '
+                              'treat_missing_header_as_empty',
+    'envoy.type.v3.Int64Range': 'start end',
     'envoy.config.cluster.v3.Cluster': 'name type connect_timeout lb_policy load_assignment '
                                        'dns_refresh_rate dns_lookup_family eds_cluster_config '
                                        'http2_protocol_options',

@@ -13,7 +13,7 @@ import time
 from random import getrandbits
 
 from proxyd import registry
-from proxyd.config.loader import extension_config
+from proxyd.proto import extension_config
 from proxyd.observability.access_log import build_access_logs
 from proxyd.observability.tracing.zipkin import build_tracer
 from proxyd.http.codec.http2 import Http2Options

@@ -10,7 +10,7 @@ filters that merge them field by field (CORS).
 from __future__ import annotations
 
 from proxyd import registry
-from proxyd.config.loader import extension_config
+from proxyd.proto import extension_config
 
 FILTER_CONFIG = "envoy.config.route.v3.FilterConfig"
 

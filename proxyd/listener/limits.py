@@ -15,6 +15,8 @@ closed at once; they never reach a filter chain.
 """
 from __future__ import annotations
 
+from proxyd.proto import unpack
+
 GLOBAL_MONITOR_TYPE = ("type.googleapis.com/envoy.extensions.resource_monitors."
                        "downstream_connections.v3.DownstreamConnectionsConfig")
 GLOBAL_RUNTIME_KEY = "overload.global_downstream_max_connections"
@@ -35,7 +37,6 @@ def global_limit(bootstrap, runtime) -> int | None:
     if bootstrap is not None:
         for monitor in bootstrap.overload_manager.resource_monitors:
             if monitor.typed_config.type_url == GLOBAL_MONITOR_TYPE:
-                from proxyd.config import unpack
                 return create(unpack(monitor.typed_config), None)
     limit = runtime.get_int(GLOBAL_RUNTIME_KEY, -1)
     return None if limit < 0 else limit

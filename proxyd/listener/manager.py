@@ -10,7 +10,7 @@ import time
 import gevent
 
 from proxyd import registry
-from proxyd.config import unpack
+from proxyd.proto import unpack
 from proxyd.http.message import StreamInfo
 from proxyd.listener.acceptor import RESOURCE_ERRORS, Acceptor
 from proxyd.listener.filter_chain import Selector

@@ -6,6 +6,7 @@ or started: formats and filters are compiled and thrown away.
 """
 from __future__ import annotations
 
+from proxyd.proto import unpack
 from proxyd import registry
 
 _LOGGERS = "proxyd.observability.access_log.loggers"
@@ -14,7 +15,6 @@ _LOGGERS = "proxyd.observability.access_log.loggers"
 def check_access_logs(access_log_list, path=()) -> list[tuple[tuple, str]]:
     """Errors in a repeated envoy.config.accesslog.v3.AccessLog (unknown command operators,
     malformed formats, unsupported filters)."""
-    from proxyd.config import unpack
     from proxyd.observability.access_log import loggers
     from proxyd.observability.access_log.filters import compile_filter
 
@@ -49,7 +49,6 @@ def check_tracing(tracing, path=(), clusters=None) -> list[tuple[tuple, str]]:
         return []
     from envoy.config.trace.v3.zipkin_pb2 import ZipkinConfig
 
-    from proxyd.config import unpack
 
     tc = tracing.provider.typed_config
     if not registry.known(tc.type_url):

@@ -17,7 +17,8 @@ Semantics follow Envoy's RouteMatcher / RouteEntryImplBase (see
   Envoy does (identical to ignoring the query unless the prefix itself contains '?'),
   `path`, `path_separated_prefix` and `safe_regex` (full match) against the path with
   query and fragment removed; every header matcher must match too.
-Fields outside `SUPPORTED_FIELDS` raise ValueError instead of being ignored.
+Which fields are implemented is said once, in `proxyd/config/supported.py`: a config
+that sets any other is refused before it gets here.
 """
 from __future__ import annotations
 
@@ -45,66 +46,6 @@ REDIRECT_STATUS = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
 # RouteAction.ClusterNotFoundResponseCode enum value -> HTTP status
 CLUSTER_NOT_FOUND_STATUS = {0: 503, 1: 404, 2: 500}
 
-_HEADER_LISTS = ("request_headers_to_add", "request_headers_to_remove",
-                 "response_headers_to_add", "response_headers_to_remove")
-
-# Proto message full name -> fields this module implements. Anything else set in a
-# RouteConfiguration is refused with its path, so nothing is silently ignored; the config
-# layer can read this to list what is supported.
-SUPPORTED_FIELDS: dict[str, frozenset[str]] = {
-    "envoy.config.route.v3.RouteConfiguration": frozenset((
-        "name", "virtual_hosts", "most_specific_header_mutations_wins", "validate_clusters",
-        "typed_per_filter_config",
-        "max_direct_response_body_size_bytes", "ignore_port_in_host_matching",
-        "ignore_path_parameters_in_path_matching") + _HEADER_LISTS),
-    "envoy.config.route.v3.VirtualHost": frozenset(
-        ("name", "domains", "routes", "typed_per_filter_config", "cors", "retry_policy",
-         "include_attempt_count_in_response", "include_request_attempt_count")
-        + _HEADER_LISTS),
-    "envoy.config.route.v3.Route": frozenset(
-        ("name", "match", "route", "redirect", "direct_response", "typed_per_filter_config")
-        + _HEADER_LISTS),
-    "envoy.config.route.v3.RouteMatch": frozenset((
-        "prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers")),
-    "envoy.config.route.v3.RouteAction": frozenset((
-        "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code",
-        "prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite",
-        "append_x_forwarded_host", "timeout", "max_grpc_timeout", "grpc_timeout_offset",
-        "cors", "retry_policy")),
-    "envoy.config.route.v3.RetryPolicy": frozenset((
-        "retry_on", "num_retries", "per_try_timeout", "retry_back_off",
-        "retriable_status_codes", "retriable_headers", "retry_host_predicate",
-        "host_selection_retry_max_attempts")),
-    "envoy.config.route.v3.RetryPolicy.RetryBackOff": frozenset(("base_interval", "max_interval")),
-    "envoy.type.matcher.v3.RegexMatchAndSubstitute": frozenset(("pattern", "substitution")),
-    "envoy.config.route.v3.WeightedCluster": frozenset(("clusters", "total_weight")),
-    "envoy.config.route.v3.WeightedCluster.ClusterWeight": frozenset(("name", "weight")),
-    "envoy.config.route.v3.RedirectAction": frozenset((
-        "https_redirect", "scheme_redirect", "host_redirect", "port_redirect",
-        "path_redirect", "prefix_rewrite", "response_code", "strip_query")),
-    "envoy.config.route.v3.DirectResponseAction": frozenset(("status", "body")),
-    "envoy.config.route.v3.HeaderMatcher": frozenset((
-        "name", "exact_match", "safe_regex_match", "range_match", "present_match",
-        "prefix_match", "suffix_match", "contains_match", "string_match", "invert_match",
-        "treat_missing_header_as_empty")),
-    "envoy.type.matcher.v3.StringMatcher": frozenset((
-        "exact", "prefix", "suffix", "contains", "safe_regex", "ignore_case")),
-    "envoy.type.matcher.v3.RegexMatcher": frozenset(("regex", "google_re2")),
-    "envoy.config.core.v3.HeaderValueOption": frozenset((
-        "header", "append", "append_action", "keep_empty_value")),
-    "envoy.config.core.v3.HeaderValue": frozenset(("key", "value", "raw_value")),
-    "envoy.config.core.v3.DataSource": frozenset((
-        "filename", "inline_bytes", "inline_string", "environment_variable")),
-}
-
-
-def _check_fields(msg, path: str) -> None:
-    allowed = SUPPORTED_FIELDS[msg.DESCRIPTOR.full_name]
-    for fd, _ in msg.ListFields():
-        if fd.name not in allowed:
-            raise ValueError(f"{_join(path, fd.name)}: not supported by proxyd")
-
-
 def _legacy_cors(route, rpath: str, vhost, vpath: str) -> tuple:
     """The deprecated `cors` fields, route's first: the CORS filter falls back to them
     when no typed_per_filter_config policy applies (as Envoy 1.40 still does)."""
@@ -119,21 +60,6 @@ def _legacy_cors(route, rpath: str, vhost, vpath: str) -> tuple:
 
 def _join(path: str, name: str) -> str:
     return f"{path}.{name}" if path else name
-
-
-def _check_tree(msg, path: str) -> None:
-    """Refuse unsupported fields anywhere under `msg` (only into known message types)."""
-    if msg.DESCRIPTOR.full_name not in SUPPORTED_FIELDS:
-        return
-    _check_fields(msg, path)
-    for fd, value in msg.ListFields():
-        if fd.message_type is None or fd.message_type.GetOptions().map_entry:
-            continue
-        if fd.is_repeated:
-            for i, item in enumerate(value):
-                _check_tree(item, f"{_join(path, fd.name)}[{i}]")
-        else:
-            _check_tree(value, _join(path, fd.name))
 
 
 def _strip_query(path: str) -> str:
@@ -410,7 +336,6 @@ class RouteTable:
     def __init__(self, route_config, per_filter_config=None):
         """`per_filter_config(map, path) -> (configs, disabled)` compiles
         typed_per_filter_config (the HCM's PerFilterCompiler); without it none is allowed."""
-        _check_tree(route_config, "")
         cfg = route_config
         self._per_filter = per_filter_config
         rc_level = self._filter_level(cfg, "")

@@ -15,6 +15,8 @@ import os
 import socket
 import ssl
 
+from proxyd.proto import unpack
+
 TLS_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 UPSTREAM_TLS_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 DEFAULT_HANDSHAKE_TIMEOUT = 15.0
@@ -181,14 +183,12 @@ def _handshake(ssock, timeout: float):
 
 def server_tls(transport_socket):
     """ServerTls for a FilterChain.transport_socket, None for plain TCP."""
-    from proxyd.config import unpack
     if transport_socket is None or transport_socket.typed_config.type_url != TLS_URL:
         return None
     return ServerTls(unpack(transport_socket.typed_config))
 
 
 def client_tls(cluster_config):
-    from proxyd.config import unpack
     if not cluster_config.HasField("transport_socket"):
         return None
     ts = cluster_config.transport_socket
@@ -204,7 +204,6 @@ def create(config, ctx):
 
 def problems(transport_socket, path: tuple, upstream: bool) -> list:
     """Config-time check: build the context once and report why it fails as (path, reason)."""
-    from proxyd.config import unpack
     if not transport_socket.HasField("typed_config"):
         return []
     want = UPSTREAM_TLS_URL if upstream else TLS_URL

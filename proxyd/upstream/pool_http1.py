@@ -19,6 +19,7 @@ from gevent import get_hub
 from gevent import ssl as gssl
 from gevent.event import AsyncResult
 
+from proxyd.upstream.codec_client_http1 import Http1Stream
 from proxyd.upstream.resource_manager import Overflow
 
 QUIET, EOF, DATA = 0, 1, 2
@@ -103,6 +104,18 @@ class Http1Pool:
         self._open = 0                  # connections of this pool, idle or busy
         self._waiters: deque = deque()  # pending requests: AsyncResults waiting for one
         self._counted = False           # counted in the cluster's connection pools
+
+    def new_stream(self) -> Http1Stream:
+        """The ConnPool interface (`proxyd/upstream/conn_pool.py`): a connection as in
+        `acquire`, attached to one request within the cluster's max_requests."""
+        conn = self.acquire()
+        requests = self.cluster.resources.requests
+        if not requests.can_create():
+            self.cluster.stats.upstream_rq_active_overflow.inc()
+            self.release(conn)
+            raise Overflow()
+        requests.inc()
+        return Http1Stream(self, conn, requests)
 
     def acquire(self) -> UpstreamConnection:
         """An idle live connection, else a new one, else the next one released (raises

@@ -35,7 +35,7 @@ from proxyd.upstream.cluster_manager import ClusterManager  # noqa: E402
 
 # Imported now rather than by the first connection that needs them: an import at the fd
 # limit fails (EMFILE opening the module's file) and would drop that connection.
-import proxyd.http.filters.router_http2  # noqa: E402,F401
+import proxyd.router.router  # noqa: E402,F401
 import proxyd.http.http1_connection  # noqa: E402,F401
 import proxyd.http.http2_connection  # noqa: E402,F401
 

@@ -101,6 +101,10 @@ static_resources:
               - name: nocluster
                 match: {prefix: /nocluster}
                 route: {cluster: does_not_exist}
+              - name: by_header
+                match: {prefix: /by-header}
+                route: {cluster_header: x-cluster, cluster_not_found_response_code: NOT_FOUND,
+                        prefix_rewrite: /}
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
@@ -176,6 +180,10 @@ CASES = [
     Case("connect_failure_503", "/refused", flags="UF", status=503),
     Case("no_healthy_upstream_503", "/empty", flags="UH", status=503),
     Case("no_cluster_503", "/nocluster", flags="NC", status=503),
+    Case("cluster_header", "/by-header/echo", headers=(("x-cluster", "upstream"),), echo=True),
+    Case("cluster_header_missing_404", "/by-header/x", flags="NC", status=404),
+    Case("cluster_header_unknown_404", "/by-header/x", headers=(("x-cluster", "nope"),),
+         flags="NC", status=404),
     Case("upstream_timeout_504", "/slow?delay=1.5", flags="UT", status=504),
     Case("grpc_no_route", "/nowhere.Service/Method", "POST", headers=GRPC, body=b"", flags="NR"),
     Case("grpc_connect_failure", "/refused.Service/Method", "POST", headers=GRPC, body=b"",

@@ -12,9 +12,9 @@ from differences import assert_explained
 def test_the_traffic_shows_in_envoys_stats(observed):
     """The scenario moved the counters it is there to compare."""
     envoy = stats_view(observed.stats[0])
-    assert envoy["http.ingress_http.downstream_rq_total"] == 23
+    assert envoy["http.ingress_http.downstream_rq_total"] == 26
     assert envoy["tcp.tcp_in.downstream_cx_total"] == 1
-    assert envoy["cluster.upstream.upstream_rq_200"] == 5
+    assert envoy["cluster.upstream.upstream_rq_200"] == 6
     assert envoy["cluster.refused.upstream_cx_connect_fail"] == 2
     assert envoy["http.ingress_http.no_route"] == 2
 

@@ -1,8 +1,11 @@
 """Route matching inside a virtual host: path specifiers, header matchers, order, errors."""
 import pytest
+
+from proxyd.config import supported
+from proxyd.config.errors import format_path
 from hypothesis import given, settings, strategies as st
 
-from routing_helpers import one_vhost, request, table_from
+from routing_helpers import one_vhost, request, route_config, table_from
 
 
 def route(match, name=None, cluster="c"):
@@ -244,9 +247,6 @@ def test_header_values_compare_bytes():
         "safe_regex": {"regex": "a"}, "ignore_case": True}}]},
      "routes[0].match.headers[0].string_match"),
     ({"path_separated_prefix": "/api/"}, "routes[0].match.path_separated_prefix"),
-    ({"prefix": "/", "query_parameters": [{"name": "q"}]}, "routes[0].match.query_parameters"),
-    ({"prefix": "/", "runtime_fraction": {"default_value": {"numerator": 1}}},
-     "routes[0].match.runtime_fraction"),
     ({}, "routes[0].match"),
 ])
 def test_bad_match_config_raises_with_its_path(match, where):
@@ -255,14 +255,41 @@ def test_bad_match_config_raises_with_its_path(match, where):
     assert str(e.value).startswith(f"virtual_hosts[0].{where}"), str(e.value)
 
 
-def test_unsupported_top_level_field():
-    with pytest.raises(ValueError, match=r"^internal_only_headers: not supported"):
-        table_from({"internal_only_headers": ["x-internal"]})
+def _refused(doc) -> list:
+    """What the one support table (proxyd/config/supported.py) refuses in a route config:
+    RouteTable is built only from configs that passed it."""
+    return [format_path(p) for p, _ in supported.check(route_config(doc))]
 
 
-def test_unsupported_route_action_field():
-    with pytest.raises(ValueError, match=r"routes\[0\]\.route\.hedge_policy: not supported"):
-        one_vhost([{"match": {"prefix": "/"}, "route": {"cluster": "c", "hedge_policy": {}}}])
+def test_unsupported_fields_are_refused_by_the_support_table():
+    vh = {"name": "v", "domains": ["*"], "routes": [
+        {"match": {"prefix": "/", "query_parameters": [{"name": "q"}],
+                   "runtime_fraction": {"default_value": {"numerator": 1}}},
+         "route": {"cluster": "c", "hedge_policy": {}}}]}
+    assert sorted(_refused({"internal_only_headers": ["x-internal"], "virtual_hosts": [vh]})) == [
+        "internal_only_headers",
+        "virtual_hosts[0].routes[0].match.query_parameters",
+        "virtual_hosts[0].routes[0].match.runtime_fraction",
+        "virtual_hosts[0].routes[0].route.hedge_policy"]
+
+
+def test_route_table_fields_are_all_in_the_support_table():
+    """Every field the route table implements is accepted by the config check (one truth)."""
+    assert _refused({
+        "ignore_port_in_host_matching": True, "ignore_path_parameters_in_path_matching": True,
+        "most_specific_header_mutations_wins": True, "max_direct_response_body_size_bytes": 10,
+        "virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+            {"match": {"path_separated_prefix": "/a", "headers": [
+                {"name": "x", "range_match": {"start": 1, "end": 2}},
+                {"name": "y", "exact_match": "", "treat_missing_header_as_empty": True}]},
+             "route": {"cluster_header": "x-c", "cluster_not_found_response_code": "NOT_FOUND",
+                       "append_x_forwarded_host": True}},
+            {"match": {"prefix": "/w"}, "route": {"weighted_clusters": {
+                "clusters": [{"name": "a", "weight": 1}], "total_weight": 1}}},
+            {"match": {"prefix": "/d"}, "direct_response": {
+                "status": 200, "body": {"environment_variable": "HOME"}}}],
+            "request_headers_to_add": [{"header": {"key": "k", "raw_value": "dg=="},
+                                        "keep_empty_value": True}]}]}) == []
 
 
 # -- robustness -------------------------------------------------------------------------

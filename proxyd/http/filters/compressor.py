@@ -19,7 +19,7 @@ total_*_bytes, content_length_too_small) move under `response.`, as Envoy 1.40 h
 from __future__ import annotations
 
 from proxyd import registry
-from proxyd.config.loader import extension_config
+from proxyd.proto import extension_config
 from proxyd.http.filter import FilterDataStatus, FilterHeadersStatus, StreamFilter
 
 DEFAULT_TYPES = ("application/javascript", "application/json", "application/xhtml+xml",

@@ -6,6 +6,7 @@ the file's buffer (see sinks.py). Nothing here blocks.
 """
 from __future__ import annotations
 
+from proxyd.proto import unpack
 from proxyd import registry
 from proxyd.observability.access_log.filters import compile_filter
 from proxyd.observability.access_log.sinks import flush_all, reopen_all
@@ -32,7 +33,6 @@ class AccessLogger:
 
 def build_access_logs(access_log_list, ctx, path: str = "access_log") -> list[AccessLogger]:
     """From a repeated envoy.config.accesslog.v3.AccessLog; ValueError names the bad entry."""
-    from proxyd.config import unpack
 
     out = []
     for i, al in enumerate(access_log_list):

@@ -27,6 +27,7 @@ import gevent.lock
 import orjson
 from gevent import socket as gsocket
 
+from proxyd.proto import unpack
 from proxyd.observability.tracing import b3
 
 FLUSH_INTERVAL = 5.0        # Envoy's tracing.zipkin.flush_interval_ms default
@@ -426,7 +427,6 @@ def build_tracer(hcm_tracing, ctx) -> ZipkinTracer | None:
     if hcm_tracing is None or not hcm_tracing.HasField("provider"):
         return None
     provider = hcm_tracing.provider
-    from proxyd.config import unpack
     from envoy.config.trace.v3.zipkin_pb2 import ZipkinConfig
     if not provider.HasField("typed_config"):
         raise ValueError("tracing.provider.typed_config: required")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+from proxyd.proto import unpack
 from proxyd.network.filters.redis_proxy import commands, hashing
 from proxyd.network.filters.redis_proxy.redis_cluster import SlotMap, is_redis_cluster
 from proxyd.network.filters.redis_proxy.upstream import ClientPool
@@ -253,7 +254,6 @@ def upstream_auth(cluster):
     auth = None
     opts = cluster.config.typed_extension_protocol_options.get(PROTOCOL_OPTIONS)
     if opts is not None:
-        from proxyd.config import unpack
         o = unpack(opts)
         if o.HasField("auth_password"):
             user = _data_source(o.auth_username) if o.HasField("auth_username") else None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import random
 import time
 
+from proxyd.proto import unpack
 from proxyd.network.filters.redis_proxy import codec, hashing
 
 CLUSTER_TYPE = "envoy.clusters.redis"
@@ -23,7 +24,6 @@ def is_redis_cluster(cluster) -> bool:
 
 
 def _refresh_rate(cluster) -> float:
-    from proxyd.config import unpack
     tc = cluster.config.cluster_type.typed_config
     if not tc.type_url:
         return DEFAULT_REFRESH_RATE

@@ -3,7 +3,7 @@
 translated to and its reply back from."""
 from __future__ import annotations
 
-from proxyd.config import unpack
+from proxyd.proto import unpack
 
 from . import codec
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 import time
 
 from proxyd import registry
-from proxyd.config import unpack
+from proxyd.proto import unpack
 from proxyd.http.headers import Headers
 from proxyd.http.message import RequestHead, StreamInfo
 from proxyd.network.filter import ConnectionEvent, FilterStatus
