@@ -35,6 +35,12 @@ def _flags(admin, port):
     return clusters(admin)[("upstream", "127.0.0.1:%d" % port)]
 
 
+def _with_healthy(s: dict, n: str):
+    """`s` when both healthy-host gauges say `n`, else None."""
+    ok = s[P + "healthy"] == n and s["cluster.upstream.membership_healthy"] == n
+    return s if ok else None
+
+
 def test_http_check_fails_a_host_at_once_and_needs_healthy_threshold_to_return(
         proxyd_factory, flaky_factory):
     up = flaky_factory(2)
@@ -50,8 +56,8 @@ def test_http_check_fails_a_host_at_once_and_needs_healthy_threshold_to_return(
     up.set(sick, hc=503)
     # a 503 is not an expected status: unhealthy on the first failure
     wait_for(lambda: _flags(admin, sick) == "/failed_active_hc", what="the failed check")
-    s = stats(admin)
-    assert s[P + "healthy"] == "1" and s["cluster.upstream.membership_healthy"] == "1"
+    # the gauges follow the flag within the master's next stats refresh
+    s = wait_for(lambda: _with_healthy(stats(admin), "1"), what="the healthy gauges")
     assert int(s[P + "failure"]) >= 1 and s[P + "network_failure"] == "0"
     assert {http(px.port, path="/x").json()["port"] for _ in range(12)} == {well}
     up.set(sick, hc=200)
