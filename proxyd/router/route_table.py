@@ -31,6 +31,8 @@ from proxyd.http.headers import Headers
 from proxyd.http.message import RequestHead
 from proxyd.http.per_filter_config import merge as merge_filter_levels
 from proxyd.router.header_mutation import HeaderMutation, apply_all
+from proxyd.router import shadow
+from proxyd.router.hash_policy import HashPolicy
 from proxyd.router.retry_policy import RetryPolicy
 from proxyd.router.matchers import (
     ascii_lower, header_getter, header_matcher, port_start, regex_matcher, wire,
@@ -54,12 +56,13 @@ _HEADER_LISTS = ("request_headers_to_add", "request_headers_to_remove",
 SUPPORTED_FIELDS: dict[str, frozenset[str]] = {
     "envoy.config.route.v3.RouteConfiguration": frozenset((
         "name", "virtual_hosts", "most_specific_header_mutations_wins", "validate_clusters",
-        "typed_per_filter_config",
+        "typed_per_filter_config", "request_mirror_policies",
         "max_direct_response_body_size_bytes", "ignore_port_in_host_matching",
         "ignore_path_parameters_in_path_matching") + _HEADER_LISTS),
     "envoy.config.route.v3.VirtualHost": frozenset(
         ("name", "domains", "routes", "typed_per_filter_config", "cors", "retry_policy",
-         "include_attempt_count_in_response", "include_request_attempt_count")
+         "include_attempt_count_in_response", "include_request_attempt_count",
+         "request_mirror_policies")
         + _HEADER_LISTS),
     "envoy.config.route.v3.Route": frozenset(
         ("name", "match", "route", "redirect", "direct_response", "typed_per_filter_config")
@@ -70,13 +73,27 @@ SUPPORTED_FIELDS: dict[str, frozenset[str]] = {
         "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code",
         "prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite",
         "append_x_forwarded_host", "timeout", "max_grpc_timeout", "grpc_timeout_offset",
-        "cors", "retry_policy")),
+        "cors", "retry_policy", "hash_policy", "request_mirror_policies")),
     "envoy.config.route.v3.RetryPolicy": frozenset((
         "retry_on", "num_retries", "per_try_timeout", "retry_back_off",
         "retriable_status_codes", "retriable_headers", "retry_host_predicate",
         "host_selection_retry_max_attempts")),
     "envoy.config.route.v3.RetryPolicy.RetryBackOff": frozenset(("base_interval", "max_interval")),
     "envoy.type.matcher.v3.RegexMatchAndSubstitute": frozenset(("pattern", "substitution")),
+    # hash_policy (proxyd/router/hash_policy.py) and mirroring (proxyd/router/shadow.py)
+    "envoy.config.route.v3.RouteAction.HashPolicy": frozenset((
+        "header", "cookie", "connection_properties", "query_parameter", "filter_state",
+        "terminal")),
+    "envoy.config.route.v3.RouteAction.HashPolicy.Header": frozenset((
+        "header_name", "regex_rewrite")),
+    "envoy.config.route.v3.RouteAction.HashPolicy.Cookie": frozenset((
+        "name", "ttl", "path", "attributes")),
+    "envoy.config.route.v3.RouteAction.HashPolicy.CookieAttribute": frozenset(("name", "value")),
+    "envoy.config.route.v3.RouteAction.HashPolicy.ConnectionProperties": frozenset(("source_ip",)),
+    "envoy.config.route.v3.RouteAction.HashPolicy.QueryParameter": frozenset(("name",)),
+    "envoy.config.route.v3.RouteAction.HashPolicy.FilterState": frozenset(("key",)),
+    "envoy.config.route.v3.RouteAction.RequestMirrorPolicy": frozenset((
+        "cluster", "runtime_fraction", "trace_sampled", "disable_shadow_host_suffix_append")),
     "envoy.config.route.v3.WeightedCluster": frozenset(("clusters", "total_weight")),
     "envoy.config.route.v3.WeightedCluster.ClusterWeight": frozenset(("name", "weight")),
     "envoy.config.route.v3.RedirectAction": frozenset((
@@ -164,6 +181,8 @@ class RouteEntry:
         "_request_mutations", "_response_mutations", "_redirect",
         "per_filter_config", "per_filter_levels", "disabled_filters",
         "cors_policies",   # the deprecated RouteAction.cors, VirtualHost.cors (compiled)
+        "hash_policy",     # proxyd.router.hash_policy.HashPolicy or None
+        "mirror_policies",  # proxyd.router.shadow.MirrorPolicy, most specific level's
     )
 
     def cluster_for(self, req: RequestHead) -> str:
@@ -426,6 +445,7 @@ class RouteTable:
         global_resp = HeaderMutation(cfg.response_headers_to_add, cfg.response_headers_to_remove,
                                      "", "response_headers_to_add", "response_headers_to_remove")
 
+        rc_mirror = shadow.compile_policies(cfg.request_mirror_policies, "")
         self._exact: dict[str, _VirtualHost] = {}
         suffix: dict[int, dict[str, _VirtualHost]] = {}
         prefix: dict[int, dict[str, _VirtualHost]] = {}
@@ -450,6 +470,8 @@ class RouteTable:
             vh_level = self._filter_level(vh_cfg, vpath)
             vh_retry = (RetryPolicy(vh_cfg.retry_policy, f"{vpath}.retry_policy")
                         if vh_cfg.HasField("retry_policy") else None)
+            vh_mirror = (shadow.compile_policies(vh_cfg.request_mirror_policies, vpath)
+                         or rc_mirror)
             routes = []
             for ri, r_cfg in enumerate(vh_cfg.routes):
                 rpath = f"{vpath}.routes[{ri}]"
@@ -470,6 +492,8 @@ class RouteTable:
                 e = route.entry
                 if e.retry_policy is None:  # the route's own policy replaces the vhost's
                     e.retry_policy = vh_retry
+                if not e.mirror_policies:  # the most specific non-empty list, not merged
+                    e.mirror_policies = vh_mirror
                 e.attempt_count_in_response = vh_cfg.include_attempt_count_in_response
                 e.attempt_count_in_request = vh_cfg.include_request_attempt_count
                 levels = [lv for lv in (rc_level, vh_level, self._filter_level(r_cfg, rpath))
@@ -534,6 +558,8 @@ class RouteTable:
         e.max_grpc_timeout = None  # set: gRPC requests' grpc-timeout is the deadline
         e.grpc_timeout_offset = 0.0
         e.retry_policy = None
+        e.hash_policy = None
+        e.mirror_policies = ()
         e.attempt_count_in_response = e.attempt_count_in_request = False
         e.auto_host_rewrite = False
         e.append_x_forwarded_host = False
@@ -636,6 +662,10 @@ class RouteTable:
             e.timeout = t
         if a.HasField("retry_policy"):
             e.retry_policy = RetryPolicy(a.retry_policy, f"{path}.retry_policy")
+        if a.hash_policy:
+            e.hash_policy = HashPolicy(a.hash_policy, f"{path}.hash_policy")
+        if a.request_mirror_policies:
+            e.mirror_policies = shadow.compile_policies(a.request_mirror_policies, path)
         if a.HasField("max_grpc_timeout"):
             e.max_grpc_timeout = _seconds(a.max_grpc_timeout)
         if a.HasField("grpc_timeout_offset"):

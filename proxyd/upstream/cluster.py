@@ -42,7 +42,13 @@ class ClusterStats:
                  "retry_or_shadow_abandoned",
                  "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
                  "membership_change", "upstream_cx_none_healthy",
-                 "upstream_cx_connect_attempts_exceeded")
+                 "upstream_cx_connect_attempts_exceeded",
+                 # Envoy's load-balancer counters (zone-aware routing needs a local cluster,
+                 # which proxyd has not: those stay 0, as in Envoy without one)
+                 "lb_healthy_panic", "lb_local_cluster_not_ok", "lb_recalculate_zone_structures",
+                 "lb_zone_cluster_too_small", "lb_zone_no_capacity_left",
+                 "lb_zone_number_differs", "lb_zone_routing_all_directly",
+                 "lb_zone_routing_cross_zone", "lb_zone_routing_sampled")
     _GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
                "membership_total",
                "membership_healthy")
@@ -105,16 +111,18 @@ class Cluster:
             self.ssl_handshake = store.counter("cluster.%s.ssl.handshake" % self.name)
             self.ssl_connection_error = store.counter("cluster.%s.ssl.connection_error" % self.name)
         self.hosts: list[Host] = []
-        self._balancer = lb.for_policy(config.lb_policy)
-        self.lb = self._balancer([])
+        self.lb = lb.ClusterLb(config, [], store, self.stats, membership)
         self.update_hosts(endpoints)
 
     def update_hosts(self, endpoints: list) -> None:
         """Swap membership; pools of hosts that stay are kept, removed hosts' idle
-        connections close (in-flight ones finish on their own)."""
+        connections close (in-flight ones finish on their own). An endpoint is
+        (ip, port, weight, hostname[, priority, locality]): see proxyd.master.endpoints."""
         old = {h.key: h for h in self.hosts}
         hosts = []
-        for ip, port, weight, hostname in endpoints:
+        placed = []
+        for ep in endpoints:
+            ip, port, weight, hostname = ep[:4]
             key = ((ip, port), weight, hostname)
             h = old.pop(key, None)
             if h is None:
@@ -123,6 +131,7 @@ class Cluster:
                 if self.http2_mode is not None:
                     h.h2pool = Http2Pool(h, self, self.http2_options)
             hosts.append(h)
+            placed.append((h, ep[4] if len(ep) > 4 else 0, ep[5] if len(ep) > 5 else None))
         for h in old.values():
             h.pool.close_idle()
             if h.h2pool is not None:
@@ -133,10 +142,12 @@ class Cluster:
             self.stats.membership_total.set(len(hosts))
             self.stats.membership_healthy.set(sum(1 for h in hosts if h.healthy))
         self.hosts = hosts
-        self.lb = self._balancer(hosts)
+        self.lb.update(placed)
 
-    def choose_host(self):
-        return self.lb.choose()
+    def choose_host(self, ctx=None):
+        """The load balancer's pick for a request (`ctx`: its lb.LbContext: hash key,
+        hosts a retry predicate rejects), or None (503 UH)."""
+        return self.lb.choose(ctx)
 
     def connect(self, host):
         """A new TCP connection to `host` within connect_timeout; counts Envoy's stats."""

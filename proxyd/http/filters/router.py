@@ -18,6 +18,8 @@ from proxyd.http.blocking_terminal import BlockingTerminalFilter
 from proxyd.http.headers import HOP_BY_HOP
 from proxyd.http.message import ResponseHead
 from proxyd.network.io import send_all
+from proxyd.router import shadow
+from proxyd.router.hash_policy import lb_context
 from proxyd.router.retry_policy import (CONNECT_FAILURE, PER_TRY_TIMEOUT, RESET,
                                         RetryState, request_policy)
 from proxyd.upstream.cluster import UpstreamConnectError
@@ -80,7 +82,8 @@ class Router(BlockingTerminalFilter):
             stream.local_reply(*local_reply.NO_CLUSTER)
             return False
         info.upstream_cluster = cluster.name
-        host = cluster.choose_host()
+        self.lb_context = lb_context(stream, route)
+        host = cluster.choose_host(self.lb_context)
         if host is None:
             cluster.stats.upstream_cx_none_healthy.inc()
             cluster_local_reply(stream, cluster.stats, local_reply.NO_HEALTHY_UPSTREAM)
@@ -170,6 +173,8 @@ def forward(stream, route, cluster, host) -> None:
         internal = stream.hcm.is_internal(req, stream.fm.stream.conn.remote_ip)
         policy = request_policy(policy, req.headers, internal, timeout)
     headers = _upstream_headers(stream, route, host)
+    if route.mirror_policies:
+        shadow.mirror(stream, route, headers)
     if policy is None:
         _attempt(stream, route, cluster, host, timeout, headers, None)
         return
@@ -195,7 +200,7 @@ def forward(stream, route, cluster, host) -> None:
                     cluster_local_reply(stream, cluster.stats, local_reply.ROUTE_TIMEOUT)
                     return
             gevent.sleep(delay)
-            host = retry.choose_host(cluster)
+            host = retry.choose_host(cluster, getattr(stream, "lb_context", None))
             if host is None:
                 cluster.stats.upstream_cx_none_healthy.inc()
                 cluster_local_reply(stream, cluster.stats, local_reply.NO_HEALTHY_UPSTREAM)
@@ -459,6 +464,10 @@ def _send_response_head(stream, resp: ResponseHead, t0: float, end_stream: bool,
     h.set("x-envoy-upstream-service-time", str(int((time.monotonic() - t0) * 1000)))
     if attempts:
         h.set("x-envoy-attempt-count", str(attempts))
+    lb_ctx = getattr(stream, "lb_context", None)
+    if lb_ctx is not None and lb_ctx.set_cookies:  # a hash policy's generated cookie
+        for cookie in lb_ctx.set_cookies:
+            h.add("set-cookie", cookie)
     # The upstream's head goes on downstream; its framing fields described the upstream hop.
     resp.version = "HTTP/1.1"
     resp.keep_alive = True
