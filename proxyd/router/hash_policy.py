@@ -5,8 +5,8 @@ xxHash64 of one value or nothing; the results combine as `rotl1(hash) ^ new`, an
 `terminal` policy that has a hash so far ends the chain. No hash at all: the balancer
 picks at random.
 
-- header: every value of the header (pseudo-headers read the request line), sorted and
-  hashed as one string, after `regex_rewrite`;
+- header: every value of the header (pseudo-headers read the request line), after
+  `regex_rewrite`, sorted, each hashed with the previous one's hash as its seed;
 - cookie: the cookie's value; absent and with a `ttl`, proxyd makes one, as Envoy does:
   the hex xxHash64 of the connection's "remote" + "local" addresses, sent back in a
   Set-Cookie (`name="value"; Max-Age=ttl; Path=path; attributes; HttpOnly`);
@@ -53,8 +53,12 @@ class _Header:
         if self.rewrite is not None:
             pattern, sub = self.rewrite
             values = [pattern.sub(sub, v) for v in values]
-        values = sorted(values)
-        return _xxh64("".join(values).encode("latin-1", "replace"))
+        # Envoy's HashUtil::xxHash64(Span): each sorted value hashed with the previous
+        # hash as its seed (one value: its plain xxHash64)
+        h = 0
+        for v in sorted(values):
+            h = _xxh64(v.encode("latin-1", "replace"), h)
+        return h
 
 
 def cookie_value(headers, name: str) -> str:

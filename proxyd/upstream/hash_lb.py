@@ -111,8 +111,9 @@ class RingHash:
 
 
 class Maglev:
-    """`maglev_lb.cc` (the original table): offset xxHash64(key) % M, skip
-    xxHash64(key, seed 1) % (M - 1) + 1, filled in turns weighted by normalized weight."""
+    """`maglev_lb.cc`: hosts sorted by hash key, offset xxHash64(key) % M, skip
+    xxHash64(key, seed 1) % (M - 1) + 1, filled in turns weighted by normalized weight
+    (the original and the compact tables hold the same picks)."""
 
     __slots__ = ("_table", "_size", "min_entries", "max_entries")
 
@@ -122,8 +123,10 @@ class Maglev:
         self.min_entries = self.max_entries = 0
         table = [None] * table_size if weights else []
         entries = []
-        for host, weight in weights:
-            key = hash_key(host, use_hostname)
+        # Envoy sorts the hosts by their hash key first, so the fill order (and the
+        # table) does not depend on the host set's order
+        for key, host, weight in sorted(((hash_key(h, use_hostname), h, w) for h, w in weights),
+                                        key=lambda e: e[0]):
             # [host, offset, skip, weight, target weight, next, count]
             entries.append([host, xxhash.xxh64_intdigest(key, 0) % table_size,
                             xxhash.xxh64_intdigest(key, 1) % (table_size - 1) + 1, weight, 0.0,

@@ -251,6 +251,9 @@ class ClusterLb:
     def choose(self, ctx: LbContext | None = None):
         hosts = self.hosts
         if not hosts:
+            # Envoy's empty priority 0 is in panic (0 % healthy) unless panic is off
+            if self.panic_threshold:
+                self._panic()
             return None
         health = tuple(map(usable, hosts))
         if health != self._health:

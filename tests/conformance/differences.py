@@ -51,11 +51,11 @@ KNOWN = (
          "envoy has it, proxyd lacks it")),
     Difference(
         "load_balancer_features", "stats",
-        "stats of load-balancer features proxyd does not implement: subsets, zone-aware "
-        "routing, the panic threshold (lb_healthy_panic), original-dst, host weights",
-        "not implemented: proxyd balances round robin over all hosts",
-        lacks("cluster.*.lb_*", "cluster.*.max_host_weight", "cluster.*.original_dst_host_invalid",
-              "cluster.*.default.total_match_count")),
+        "stats of load-balancer features proxyd does not implement: subsets, original-dst, "
+        "the max_host_weight gauge",
+        "not implemented: no subset load balancer, no ORIGINAL_DST clusters",
+        lacks("cluster.*.lb_subsets_*", "cluster.*.max_host_weight",
+              "cluster.*.original_dst_host_invalid", "cluster.*.default.total_match_count")),
     Difference(
         "circuit_breaker_and_retry_stats", "stats",
         "circuit-breaker gauges, pending-request, overflow, retry and per-try stats",

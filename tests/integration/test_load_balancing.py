@@ -202,3 +202,82 @@ def test_least_request_avoids_a_host_busy_on_another_worker(upstream_factory, pr
         assert slow.held == held
     finally:
         slow.close()
+
+
+# --- request mirroring -----------------------------------------------------------------
+
+def _wait_log(up, n, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        log = up.requests_log()
+        if len(log) >= n or time.monotonic() > deadline:
+            return log
+        time.sleep(0.05)
+
+
+def _mirror_config(main, shadow_port, policies, concurrency=1, proxyd_factory=None):
+    clusters = [cluster("upstream", [("127.0.0.1", main.port)]),
+                cluster("shadow", [("127.0.0.1", shadow_port)])]
+    return _serve(proxyd_factory, clusters, routes=[
+        route("/none", request_mirror_policies=[dict(policies[0], runtime_fraction={
+            "default_value": {"numerator": 0}})]),
+        dict(route("/", request_mirror_policies=policies),
+             request_headers_to_add=[{"header": {"key": "x-added", "value": "1"}}])],
+        concurrency=concurrency)
+
+
+def test_mirror_copies_the_request_with_a_shadow_host(upstream_factory, proxyd_factory):
+    main, shadow = upstream_factory("main"), upstream_factory("shadow")
+    port = _mirror_config(main, shadow.port, [{"cluster": "shadow"}],
+                          proxyd_factory=proxyd_factory)
+    r = http(port, path="/a?b=1", host="example.com:8080")
+    assert r.status == 200 and r.json()["server"] == "main"
+    body = b"x" * 300_000
+    r = http(port, method="POST", path="/post", host="example.com", body=body)
+    assert r.status == 200 and r.json()["body_len"] == len(body)
+    log = _wait_log(shadow, 2)
+    assert [(e["method"], e["path"]) for e in log] == [("GET", "/a?b=1"), ("POST", "/post")]
+    heads = [dict(e["headers"]) for e in log]
+    assert heads[0]["host"] == "example.com-shadow:8080"
+    assert heads[0]["x-added"] == "1"               # the request as sent upstream
+    assert heads[1]["host"] == "example.com-shadow"
+    assert heads[1]["content-length"] == str(len(body))
+    # runtime_fraction 0 %: no copy
+    assert http(port, path="/none").status == 200
+    time.sleep(0.3)
+    assert len(shadow.requests_log()) == 2
+
+
+def test_mirror_never_delays_or_fails_the_request(upstream_factory, proxyd_factory):
+    """A shadow that never answers, and one that refuses connections: the main request
+    is answered at once either way."""
+    main = upstream_factory("main")
+    holding = HoldingServer()
+    refused = free_port()
+    try:
+        clusters = [cluster("upstream", [("127.0.0.1", main.port)]),
+                    cluster("hold", [("127.0.0.1", holding.port)]),
+                    cluster("refuse", [("127.0.0.1", refused)])]
+        port = _serve(proxyd_factory, clusters, routes=[route("/", request_mirror_policies=[
+            {"cluster": "hold", "disable_shadow_host_suffix_append": True},
+            {"cluster": "refuse"}])], concurrency=2)
+        for i in range(5):
+            r = http(port, method="POST", path="/p%d" % i, body=b"y" * 1000)
+            assert r.status == 200 and r.json()["server"] == "main"
+        deadline = time.monotonic() + 10
+        while holding.held < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert holding.held == 5
+        assert len(main.requests_log()) == 5
+    finally:
+        holding.close()
+
+
+def test_mirror_host_suffix_can_be_disabled(upstream_factory, proxyd_factory):
+    main, shadow = upstream_factory("main"), upstream_factory("shadow")
+    port = _mirror_config(main, shadow.port, [{"cluster": "shadow",
+                                               "disable_shadow_host_suffix_append": True}],
+                          proxyd_factory=proxyd_factory)
+    assert http(port, path="/q", host="svc.local").status == 200
+    log = _wait_log(shadow, 1)
+    assert dict(log[0]["headers"])["host"] == "svc.local"
