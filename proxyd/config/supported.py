@@ -216,7 +216,10 @@ for _name, _more in {  # route retries (router/retry_policy.py)
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 for _name, _more in {  # load balancing (upstream/lb.py, router/hash_policy.py)
-    'envoy.config.cluster.v3.Cluster': 'common_lb_config least_request_lb_config',
+    # (the redis block above names ring_hash_lb_config and maglev_lb_config in a dict
+    # literal that repeats the Cluster key, so only its last entry counted)
+    'envoy.config.cluster.v3.Cluster': 'common_lb_config least_request_lb_config '
+                                       'ring_hash_lb_config maglev_lb_config',
     'envoy.config.cluster.v3.Cluster.CommonLbConfig': 'healthy_panic_threshold '
                                                       'locality_weighted_lb_config '
                                                       'consistent_hashing_lb_config',

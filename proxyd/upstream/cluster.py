@@ -47,7 +47,7 @@ class ClusterStats:
                  # which proxyd has not: those stay 0, as in Envoy without one)
                  "lb_healthy_panic", "lb_local_cluster_not_ok", "lb_recalculate_zone_structures",
                  "lb_zone_cluster_too_small", "lb_zone_no_capacity_left",
-                 "lb_zone_number_differs", "lb_zone_routing_all_directly",
+                 "lb_zone_routing_all_directly",
                  "lb_zone_routing_cross_zone", "lb_zone_routing_sampled")
     _GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
                "membership_total",

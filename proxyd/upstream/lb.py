@@ -33,6 +33,7 @@ re-pick by the attempt number, as Envoy's do).
 from __future__ import annotations
 
 import heapq
+import os
 import random
 
 from envoy.config.cluster.v3 import cluster_pb2
@@ -48,9 +49,10 @@ _getrandbits = random.getrandbits
 
 # LEAST_REQUEST compares each host's active requests summed over every worker (what
 # Envoy's per-host rq_active is: one count for the process, shared by its threads),
-# read from the stats file; "worker" would compare this worker's own share only. See
-# docs/ARCHITECTURE.md ("Load balancing") for the measurements behind the choice.
-LEAST_REQUEST_COUNTS = "summed"
+# read from the stats file; "worker" compares this worker's own share only, kept for
+# scripts/bench_least_request.py (PROXYD_BENCH_LEAST_REQUEST_COUNTS=worker). See
+# docs/ARCHITECTURE.md ("Load balancing") for why summed.
+LEAST_REQUEST_COUNTS = os.environ.get("PROXYD_BENCH_LEAST_REQUEST_COUNTS", "summed")
 
 
 def usable(host) -> bool:
