@@ -56,6 +56,24 @@ static_resources:
                   hash_policy: [{cookie: {name: sticky, ttl: 600s, path: /cookie}}]
               - match: {prefix: "/wrr/"}
                 route: {cluster: wrr}
+              - match: {prefix: "/loc/"}
+                route: {cluster: loc}
+              - match: {prefix: "/retry-ring/"}
+                route:
+                  cluster: ring
+                  hash_policy: [{header: {header_name: x-key}}]
+                  retry_policy: &retry
+                    retry_on: 5xx
+                    num_retries: 1
+                    host_selection_retry_max_attempts: 3
+                    retry_host_predicate:
+                    - name: envoy.retry_host_predicates.previous_hosts
+                      typed_config: {"@type": type.googleapis.com/envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate}
+              - match: {prefix: "/retry-maglev/"}
+                route:
+                  cluster: maglev
+                  hash_policy: [{header: {header_name: x-key}}]
+                  retry_policy: *retry
               - match: {prefix: "/mirror/"}
                 route:
                   cluster: wrr
@@ -88,6 +106,17 @@ static_resources:
     load_assignment:
       cluster_name: wrr
       endpoints: [{lb_endpoints: [EPS_123]}]
+  - name: loc
+    type: STATIC
+    connect_timeout: 1s
+    common_lb_config: {locality_weighted_lb_config: {}}
+    load_assignment:
+      cluster_name: loc
+      endpoints:
+      - {locality: {zone: a}, load_balancing_weight: 1, lb_endpoints: [EP_0]}
+      - {locality: {zone: b}, load_balancing_weight: 3, lb_endpoints: [EP_1]}
+      - {locality: {zone: c}, lb_endpoints: [EP_2]}
+      - {priority: 1, locality: {zone: d}, load_balancing_weight: 5, lb_endpoints: [EP_3]}
   - name: shadow
     type: STATIC
     connect_timeout: 1s
@@ -117,6 +146,8 @@ def pair(pair_factory, hosts):
            .replace("EPS_1213", ", ".join(_ep(u.port, w) for u, w in zip(hosts, (1, 2, 1, 3))))
            .replace("EPS_123", ", ".join(_ep(u.port, w) for u, w in zip(hosts, (1, 2, 3))))
            .replace("SHADOW_EP", _ep(hosts[4].port, 1)))
+    for i in range(4):
+        tpl = tpl.replace("EP_%d" % i, _ep(hosts[i].port, 1))
     return pair_factory(tpl)
 
 
@@ -171,6 +202,38 @@ def test_weighted_round_robin_split_matches_envoy(pair):
         assert set(got) == {"u0", "u1", "u2"}
         for name, want in (("u0", 10), ("u1", 20), ("u2", 30)):
             assert abs(got[name] - want) <= 1, got
+
+
+def test_locality_weights_and_priorities_match_envoy(pair):
+    """Localities weighted 1:3 (a third without a weight gets nothing) in priority 0, a
+    healthy priority 0 takes everything from priority 1."""
+    def observe(side):
+        return dict(sorted(collections.Counter(_server(side, "/loc/x") for _ in range(40))
+                           .items()))
+    envoy, proxyd = pair.both(observe)
+    for got in (envoy, proxyd):  # EDF over the localities: a window may start mid-cycle
+        assert set(got) == {"u0", "u1"}, got
+        assert abs(got["u0"] - 10) <= 1, got
+
+
+def test_retry_host_predicate_moves_on_the_ring_as_envoy(pair):
+    """previous_hosts on a hash balancer: a re-pick moves by the attempt number (the
+    ring's next point, a flipped Maglev hash), so the retried host is Envoy's."""
+    def observe(side):
+        out = []
+        for kind in ("ring", "maglev"):
+            for k in KEYS[:12]:
+                # fail=1: each server answers this target 503 the first time it sees it
+                r = side.http("/retry-%s/%s-%s?fail=1" % (kind, side.name, k),
+                              headers=[("x-key", k)])
+                first = _server(side, "/%s/x" % kind, [("x-key", k)])
+                out.append((r.status, r.json()["server"], first))
+        return out
+    envoy, proxyd = pair.both(observe)
+    # mostly another host; the same one when every re-pick landed on it again (then
+    # it has seen the target once and answers 200)
+    assert sum(retried != first for _s, retried, first in envoy) >= len(envoy) // 2, envoy
+    assert proxyd == envoy
 
 
 def test_balancer_stats_match_envoy(pair):
