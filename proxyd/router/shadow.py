@@ -8,6 +8,8 @@ Envoy's shadowing (RouteAction / VirtualHost / RouteConfiguration
 - the copy carries the request as the router sends it upstream (route header mutations
   and rewrites applied) with the Host / :authority suffixed `-shadow` before any port
   (`foo:8080` -> `foo-shadow:8080`), unless `disable_shadow_host_suffix_append`;
+- the copy is marked `x-envoy-internal: true` and gets `192.0.2.2` appended to
+  `x-forwarded-for`, as Envoy 1.40's shadows (sent through its async client) do;
 - `trace_sampled` set: the copy's `x-b3-sampled` says so (unset: as the request);
 - the shadow's answer is read and dropped; it never delays, fails or resets the main
   request: each copy runs in its own greenlet on the shadow cluster's own pool, bounded
@@ -37,6 +39,7 @@ from proxyd.upstream.cluster import UpstreamConnectError
 from proxyd.upstream.resource_manager import Overflow
 
 _DENOMINATORS = {0: 100, 1: 10000, 2: 1000000}
+ASYNC_CLIENT_ADDRESS = "192.0.2.2"  # what Envoy 1.40's shadows carry in x-forwarded-for
 RECV_SIZE = 65536
 
 
@@ -97,6 +100,11 @@ def mirror(stream, route, headers) -> None:
         host = h.get("host") or req.authority or ""
         if p.suffix and host:
             h.set("host", shadow_host(host))
+        # Envoy sends a shadow through its async client, whose router marks it internal
+        # and appends that client's stand-in downstream address to XFF (seen on 1.40)
+        xff = h.get("x-forwarded-for")
+        h.set("x-forwarded-for", xff + "," + ASYNC_CLIENT_ADDRESS if xff else ASYNC_CLIENT_ADDRESS)
+        h.set("x-envoy-internal", "true")
         if p.trace_sampled is not None and "x-b3-sampled" in h:
             h.set("x-b3-sampled", "1" if p.trace_sampled else "0")
         todo.append((cluster, h))

@@ -22,9 +22,11 @@
   as Envoy's), RING_HASH and MAGLEV (`proxyd.upstream.hash_lb`; without a hash key a
   random `h`, as Envoy).
 
-Health is read through `usable(host)` only, at each pick; the per-level state is
-rebuilt when the answer changes for any host, so a health source (health checks, outlier
-detection, EDS health) needs to change nothing here but `usable`.
+Health is read through `usable(host)` only: a pick re-reads it for every host after
+`health_changed()` or HEALTH_RECHECK_S (0.1 s) since the last reading, and the per-level
+state is rebuilt when the answer changed for any host, so a health source (health checks,
+outlier detection, EDS health) needs to change nothing here but `usable` (and may call
+`health_changed()` to be seen at once).
 
 A retry's host predicate (`previous_hosts`) re-picks up to
 `host_selection_retry_max_attempts` times, inside the balancer (the hash tables move a
@@ -35,6 +37,7 @@ from __future__ import annotations
 import heapq
 import os
 import random
+import time
 
 from envoy.config.cluster.v3 import cluster_pb2
 
@@ -46,6 +49,7 @@ RING_HASH, MAGLEV, CLUSTER_PROVIDED = _C.RING_HASH, _C.MAGLEV, _C.CLUSTER_PROVID
 DEFAULT_OVERPROVISIONING = 140
 DEFAULT_PANIC_THRESHOLD = 50
 _getrandbits = random.getrandbits
+_monotonic = time.monotonic
 
 # LEAST_REQUEST compares each host's active requests summed over every worker (what
 # Envoy's per-host rq_active is: one count for the process, shared by its threads),
@@ -60,6 +64,17 @@ def usable(host) -> bool:
     balancer and level calculation uses (health checking and outlier detection plug in
     here)."""
     return host.healthy
+
+
+HEALTH_RECHECK_S = 0.1
+_health_epoch = [0]
+
+
+def health_changed() -> None:
+    """Tell every balancer in this process that `usable` may answer differently now:
+    the next pick re-reads it. Without the call a change is seen within
+    HEALTH_RECHECK_S (a health source writing shared memory needs no call)."""
+    _health_epoch[0] += 1
 
 
 class LbContext:
@@ -176,11 +191,15 @@ class ClusterLb:
         self.hosts = [h for lv in self.levels for h in lv.hosts]
         self._health = None
         self._pickers: dict = {}
+        self._fast = None
+        self._epoch = -1
+        self._recheck_at = 0.0
 
     def _refresh(self, health: tuple) -> None:
         """Envoy's recalculatePerPriorityState and recalculatePerPriorityPanic."""
         self._health = health
         self._pickers = {}
+        self._fast = None
         factor = self.overprovisioning
         threshold = self.panic_threshold
         levels = self.levels
@@ -239,6 +258,10 @@ class ClusterLb:
             self._cum_loads.append(acc)
         if self._gauges is not None and levels:
             self._publish_table(levels[0])
+        # the common case, one level neither in panic nor split by locality: its picker
+        if (len(levels) == 1 and not self.hashing and not levels[0].panic
+                and levels[0].locality_edf is None and levels[0].healthy):
+            self._fast = self._picker(levels[0].healthy)
 
     def _level(self, h: int):
         """Envoy's choosePriority: `h % 100 + 1` against the cumulative loads."""
@@ -257,9 +280,16 @@ class ClusterLb:
             if self.panic_threshold:
                 self._panic()
             return None
-        health = tuple(map(usable, hosts))
-        if health != self._health:
-            self._refresh(health)
+        now = _monotonic()
+        if now >= self._recheck_at or self._epoch != _health_epoch[0]:
+            self._recheck_at = now + HEALTH_RECHECK_S
+            self._epoch = _health_epoch[0]
+            health = tuple(map(usable, hosts))
+            if health != self._health:
+                self._refresh(health)
+        fast = self._fast
+        if fast is not None and (ctx is None or ctx.tried is None):
+            return fast.pick()
         attempts = ctx.selection_attempts + 1 if ctx is not None else 1
         if self.hashing:
             h = ctx.hash_key() if ctx is not None else None

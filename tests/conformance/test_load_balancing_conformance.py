@@ -255,7 +255,7 @@ def test_balancer_stats_match_envoy(pair):
 def test_the_shadow_sees_what_envoy_sends_it(pair, hosts):
     shadow = hosts[4]
     keep = ("host", "content-length", "x-forwarded-proto", "x-envoy-expected-rq-timeout-ms",
-            "x-custom")
+            "x-custom", "x-envoy-internal", "x-forwarded-for", "x-request-id")
 
     def observe(side):
         shadow.reset()
@@ -264,7 +264,8 @@ def test_the_shadow_sees_what_envoy_sends_it(pair, hosts):
                                  ("/mirror/post", "svc.example", b"z" * 5000),
                                  ("/mirror-nosuffix/b", "svc.example", None)):
             r = http(side.ports["listener"], method="POST" if body else "GET", path=path,
-                     host=host, body=body, headers=[("x-custom", "1")])
+                     host=host, body=body, headers=[("x-custom", "1"), ("x-request-id", "r1")]
+                     + ([("x-forwarded-for", "10.0.0.1")] if body else []))
             out.append(r.status)
         deadline = time.monotonic() + 10
         log = []

@@ -42,6 +42,7 @@ def test_load_spills_to_the_next_priority_by_the_overprovisioned_health(tmp_path
     b, stats = _balancer(store, [(h, 0, None) for h in p0] + [(h, 1, None) for h in p1])
     assert set(_count(b)) == {0, 1, 2, 3}                # all healthy: P0 takes it all
     p0[0].healthy = p0[1].healthy = False                  # 50 % healthy: 140 * 2 / 4 = 70
+    lb.health_changed()
     counts = _count(b)
     share = (counts[2] + counts[3]) / 4000
     assert 0.65 < share < 0.75, counts                     # 70 % stays in P0
@@ -55,9 +56,11 @@ def test_panic_uses_every_host_and_counts(tmp_path):
     b, stats = _balancer(store, [(h, 0, None) for h in hosts])
     for h in hosts[:3]:
         h.healthy = False                                  # 25 % < 50 %: panic
+        lb.health_changed()
     assert set(_count(b, 400)) == {0, 1, 2, 3}
     assert stats.lb_healthy_panic.value() == 400
     hosts[0].healthy = hosts[1].healthy = True             # 75 %: no panic
+    lb.health_changed()
     assert set(_count(b, 400)) == {0, 1, 3}
     assert stats.lb_healthy_panic.value() == 400
 
@@ -68,6 +71,7 @@ def test_a_zero_panic_threshold_never_panics(tmp_path):
     b, stats = _balancer(store, [(h, 0, None) for h in hosts], panic=0)
     for h in hosts:
         h.healthy = False
+        lb.health_changed()
     assert b.choose() is None                              # 503 UH
     assert stats.lb_healthy_panic.value() == 0
 
@@ -78,6 +82,7 @@ def test_every_priority_in_panic_splits_by_host_count(tmp_path):
     b, stats = _balancer(store, [(h, 0, None) for h in p0] + [(h, 1, None) for h in p1])
     for h in p0 + p1:
         h.healthy = False
+        lb.health_changed()
     counts = _count(b)
     assert 0.2 < counts[0] / 4000 < 0.3, counts            # 1 host of 4: 25 %
 
@@ -89,6 +94,7 @@ def test_localities_by_weight_and_availability(tmp_path):
     b, _ = _balancer(store, placed, localities=True)
     assert sum(v for k, v in _count(b).items() if k < 10) == 2000   # 1:1
     a[0].healthy = False   # locality a: 50 % healthy, min(1, 1.4 * 0.5) = 0.7 of its weight
+    lb.health_changed()
     counts = _count(b, 3400)
     assert abs(counts[1] - 1400) <= 1 and counts[0] == 0, counts  # 0.7 : 1 of 3400 picks
 
