@@ -557,6 +557,9 @@ class DynamicConfig:
             if c.type == _EDS:
                 r = self.cla.get(eds_name(c))
                 endpoints[c.name] = cla_endpoints(r.msg) if r is not None else []
+                if r is not None and r.msg.HasField("policy"):
+                    # the worker's balancer reads the overprovisioning factor there
+                    c.load_assignment.policy.CopyFrom(r.msg.policy)
             elif c.name in self.dns_endpoints:
                 endpoints[c.name] = self.dns_endpoints[c.name]
             elif c.name in self.active_clusters:

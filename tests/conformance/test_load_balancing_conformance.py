@@ -58,6 +58,8 @@ static_resources:
                 route: {cluster: wrr}
               - match: {prefix: "/loc/"}
                 route: {cluster: loc}
+              - match: {prefix: "/prio/"}
+                route: {cluster: prio}
               - match: {prefix: "/retry-ring/"}
                 route:
                   cluster: ring
@@ -117,6 +119,15 @@ static_resources:
       - {locality: {zone: b}, load_balancing_weight: 3, lb_endpoints: [EP_1]}
       - {locality: {zone: c}, lb_endpoints: [EP_2]}
       - {priority: 1, locality: {zone: d}, load_balancing_weight: 5, lb_endpoints: [EP_3]}
+  - name: prio
+    type: STATIC
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: prio
+      policy: {overprovisioning_factor: 50}
+      endpoints:
+      - {lb_endpoints: [EP_0]}
+      - {priority: 1, lb_endpoints: [EP_1]}
   - name: shadow
     type: STATIC
     connect_timeout: 1s
@@ -214,6 +225,16 @@ def test_locality_weights_and_priorities_match_envoy(pair):
     for got in (envoy, proxyd):  # EDF over the localities: a window may start mid-cycle
         assert set(got) == {"u0", "u1"}, got
         assert abs(got["u0"] - 10) <= 1, got
+
+
+def test_overprovisioning_factor_splits_priorities_as_envoy(pair):
+    """overprovisioning_factor 50: a fully healthy level is 50 % available, so half the
+    load goes to priority 1."""
+    def observe(side):
+        return collections.Counter(_server(side, "/prio/x") for _ in range(100))
+    envoy, proxyd = pair.both(observe)
+    for got in (envoy, proxyd):
+        assert set(got) == {"u0", "u1"} and 25 <= got["u0"] <= 75, got
 
 
 def test_retry_host_predicate_moves_on_the_ring_as_envoy(pair):
