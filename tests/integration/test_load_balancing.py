@@ -281,3 +281,28 @@ def test_mirror_host_suffix_can_be_disabled(upstream_factory, proxyd_factory):
     assert http(port, path="/q", host="svc.local").status == 200
     log = _wait_log(shadow, 1)
     assert dict(log[0]["headers"])["host"] == "svc.local"
+
+
+def test_http2_requests_hash_on_a_header_and_the_authority(upstream_factory, proxyd_factory):
+    """An HTTP/2 request hashes like an HTTP/1 one: a header's value, and the
+    ":authority" pseudo-header (the Host of HTTP/1) on the same ring."""
+    import json
+    import sys
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).parents[1] / "http2"))
+    from h2client import H2Client
+    ups = [upstream_factory("u%d" % i) for i in range(4)]
+    port = _serve(proxyd_factory, [_cluster(ups, "RING_HASH")], routes=[
+        route("/h", hash_policy=[{"header": {"header_name": "x-user"}}]),
+        route("/a", hash_policy=[{"header": {"header_name": ":authority"}}])])
+    for path, key in (("/h", "x-user"), ("/a", None)):
+        for k in ("alice", "bob", "carol"):
+            h1 = http(port, path=path, headers=[("x-user", k)] if key else (),
+                      host=k if not key else "example.com").json()["server"]
+            c = H2Client(port)
+            if not key:
+                c.authority = k
+            seen = {json.loads(bytes(c.wait(c.request(path=path, headers=[("x-user", k)]
+                                                      if key else [])).body))["server"]
+                    for _ in range(3)}
+            c.sock.close()
+            assert seen == {h1}, (path, k, seen, h1)
