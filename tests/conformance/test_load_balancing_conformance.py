@@ -295,7 +295,18 @@ def test_the_shadow_sees_what_envoy_sends_it(pair, hosts):
             time.sleep(0.05)
         seen = sorted((e["method"], e["path"],
                        sorted((k, v) for k, v in e["headers"] if k in keep)) for e in log)
-        return out, seen
+        names = ("upstream_rq_total", "upstream_rq_200", "upstream_rq_2xx",
+                 "upstream_rq_completed", "upstream_cx_total", "upstream_rq_active",
+                 "retry_or_shadow_abandoned")
+        deadline = time.monotonic() + 10
+        while True:  # the shadow's answer is counted once it is read
+            stats = dict(line.split(": ", 1) for line in side.admin("/stats").body.decode()
+                         .splitlines() if ": " in line)
+            if stats.get("cluster.shadow.upstream_rq_completed") == "3" or \
+                    time.monotonic() > deadline:
+                break
+            time.sleep(0.05)
+        return out, seen, {n: stats.get("cluster.shadow." + n) for n in names}
     envoy, proxyd = pair.both(observe)
     assert [h for _m, _p, hs in envoy[1] for k, h in hs if k == "host"] == [
         "svc.example", "svc.example-shadow:8080", "svc.example-shadow"]
