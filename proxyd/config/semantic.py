@@ -265,6 +265,30 @@ def _route_action(ra, path, clusters, out):
             out.append((wpath, 'the sum of the cluster weights must be greater than 0'))
 
 
+def _prime(n: int) -> bool:
+    if n < 2:
+        return False
+    i = 2
+    while i * i <= n:
+        if n % i == 0:
+            return False
+        i += 1
+    return True
+
+
+def _lb_config(c, path, out):
+    """What Envoy's ring hash and maglev balancers refuse at load."""
+    rh = c.ring_hash_lb_config
+    lo = rh.minimum_ring_size.value if rh.HasField('minimum_ring_size') else 1024
+    hi = rh.maximum_ring_size.value if rh.HasField('maximum_ring_size') else 8388608
+    if c.HasField('ring_hash_lb_config') and lo > hi:
+        out.append((path + ('ring_hash_lb_config',),
+                    f"ring hash: minimum_ring_size ({lo}) > maximum_ring_size ({hi})"))
+    if c.maglev_lb_config.HasField('table_size') and not _prime(c.maglev_lb_config.table_size.value):
+        out.append((path + ('maglev_lb_config', 'table_size'),
+                    'The table size of maglev must be prime number'))
+
+
 def _cluster(c, path, out):
     if c.HasField('transport_socket'):
         out.extend(tls.problems(c.transport_socket, path + ('transport_socket',), True))
@@ -294,6 +318,7 @@ def _cluster(c, path, out):
         if c.HasField('load_assignment'):
             out.append((path + ('load_assignment',),
                         'ORIGINAL_DST clusters must have no load assignment configured'))
+    _lb_config(c, path, out)
     if c.type != c.DESCRIPTOR.fields_by_name['type'].enum_type.values_by_name['STATIC'].number:
         return
     for i, lle in enumerate(c.load_assignment.endpoints):

@@ -225,6 +225,42 @@ for _name, _more in {  # route retries (router/retry_policy.py)
     _CORE + 'CidrRange': 'address_prefix prefix_len',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+for _name, _more in {  # load balancing (upstream/lb.py, router/hash_policy.py)
+    # (the redis block above names ring_hash_lb_config and maglev_lb_config in a dict
+    # literal that repeats the Cluster key, so only its last entry counted)
+    'envoy.config.cluster.v3.Cluster': 'common_lb_config least_request_lb_config '
+                                       'ring_hash_lb_config maglev_lb_config',
+    'envoy.config.cluster.v3.Cluster.CommonLbConfig': 'healthy_panic_threshold '
+                                                      'locality_weighted_lb_config '
+                                                      'consistent_hashing_lb_config',
+    'envoy.config.cluster.v3.Cluster.CommonLbConfig.LocalityWeightedLbConfig': '',
+    'envoy.config.cluster.v3.Cluster.CommonLbConfig.ConsistentHashingLbConfig':
+        'use_hostname_for_hashing',
+    'envoy.config.cluster.v3.Cluster.LeastRequestLbConfig': 'choice_count active_request_bias',
+    _CORE + 'RuntimeDouble': 'default_value',
+    'envoy.config.endpoint.v3.ClusterLoadAssignment': 'policy',
+    'envoy.config.endpoint.v3.ClusterLoadAssignment.Policy': 'overprovisioning_factor',
+    'envoy.config.endpoint.v3.LocalityLbEndpoints': 'load_balancing_weight priority',
+    _ROUTE + 'RouteAction': 'hash_policy',
+    _ROUTE + 'RouteAction.HashPolicy': 'header cookie connection_properties query_parameter '
+                                       'filter_state terminal',
+    _ROUTE + 'RouteAction.HashPolicy.Header': 'header_name regex_rewrite',
+    _ROUTE + 'RouteAction.HashPolicy.Cookie': 'name ttl path attributes',
+    _ROUTE + 'RouteAction.HashPolicy.CookieAttribute': 'name value',
+    _ROUTE + 'RouteAction.HashPolicy.ConnectionProperties': 'source_ip',
+    _ROUTE + 'RouteAction.HashPolicy.QueryParameter': 'name',
+    _ROUTE + 'RouteAction.HashPolicy.FilterState': 'key',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+for _name, _more in {  # request mirroring (router/shadow.py)
+    _ROUTE + 'RouteConfiguration': 'request_mirror_policies',
+    _ROUTE + 'VirtualHost': 'request_mirror_policies',
+    _ROUTE + 'RouteAction': 'request_mirror_policies',
+    _ROUTE + 'RouteAction.RequestMirrorPolicy': 'cluster runtime_fraction trace_sampled '
+                                                'disable_shadow_host_suffix_append',
+    _CORE + 'RuntimeFractionalPercent': 'default_value runtime_key',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 for _name, _more in {  # the watchdog (master/watchdog.py)
     'envoy.config.bootstrap.v3.Bootstrap': 'watchdogs watchdog',
     'envoy.config.bootstrap.v3.Watchdogs': 'main_thread_watchdog worker_watchdog',
@@ -413,10 +449,10 @@ ENUMS = {
     (_CORE + 'SocketAddress', 'protocol'): frozenset({'TCP'}),
     ('envoy.config.cluster.v3.Cluster', 'type'): frozenset({'STATIC', 'STRICT_DNS', 'LOGICAL_DNS',
                                                             'EDS', 'ORIGINAL_DST'}),
-    # RING_HASH and MAGLEV place keys for redis_proxy; HTTP and TCP traffic, which has no
-    # hash key (no route hash_policy), picks a random host by weight, as Envoy does.
-    ('envoy.config.cluster.v3.Cluster', 'lb_policy'): frozenset({'ROUND_ROBIN', 'RING_HASH',
-                                                                 'MAGLEV', 'CLUSTER_PROVIDED'}),
+    # RING_HASH and MAGLEV hash a route's hash_policy (and redis_proxy's keys); without
+    # a hash key they pick a random point, as Envoy does.
+    ('envoy.config.cluster.v3.Cluster', 'lb_policy'): frozenset({
+        'ROUND_ROBIN', 'LEAST_REQUEST', 'RANDOM', 'RING_HASH', 'MAGLEV', 'CLUSTER_PROVIDED'}),
     ('envoy.config.cluster.v3.Cluster', 'dns_lookup_family'):
         frozenset({'AUTO', 'V4_ONLY', 'V6_ONLY', 'V4_PREFERRED'}),
     (_HCM, 'codec_type'): frozenset({'AUTO', 'HTTP1', 'HTTP2'}),

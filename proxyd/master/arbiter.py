@@ -703,7 +703,7 @@ class Master:
         for c in self.bootstrap.static_resources.clusters:
             hosts = [{"address": ("[%s]:%d" if ":" in ip else "%s:%d") % (ip, port),
                       "hostname": hostname, "health_flags": "healthy", "weight": weight}
-                     for ip, port, weight, hostname in endpoints.get(c.name, [])]
+                     for ip, port, weight, hostname, *_ in endpoints.get(c.name, [])]
             out.append({"name": c.name, "added_via_api": False, "hosts": hosts})
         if self.dynamic is not None:
             out.extend(self.dynamic.clusters_status())

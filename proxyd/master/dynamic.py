@@ -94,11 +94,9 @@ def cla_health(cla) -> tuple:
 
 def cla_endpoints(cla) -> list:
     out = []
-    for locality in cla.endpoints:
-        for lbe in locality.lb_endpoints:
-            sa = lbe.endpoint.address.socket_address
-            w = lbe.load_balancing_weight.value if lbe.HasField("load_balancing_weight") else 1
-            out.append((sa.address, sa.port_value, w, lbe.endpoint.hostname))
+    for ep, w, priority, locality in eps.lb_endpoints(cla):
+        sa = ep.address.socket_address
+        out.append((sa.address, sa.port_value, w, ep.hostname, priority, locality))
     return out
 
 
@@ -157,7 +155,7 @@ class DynamicConfig:
         for layer in self.bs.layered_runtime.layers:
             if layer.HasField("rtds_layer"):
                 self._check_source(layer.rtds_layer.rtds_config, "rtds_layer '%s'" % layer.name)
-        targets = {name: [(ip, port) for ip, port, _w, _h in self.m.endpoints.get(name, [])]
+        targets = {name: [(ip, port) for ip, port, *_ in self.m.endpoints.get(name, [])]
                    for name in self.static_clusters}
         self.agent.start({"kind": "config",
                           "node": self.bs.node.SerializeToString() if self.bs.HasField("node") else b"",
@@ -568,6 +566,9 @@ class DynamicConfig:
             if c.type == _EDS:
                 r = self.cla.get(eds_name(c))
                 endpoints[c.name] = cla_endpoints(r.msg) if r is not None else []
+                if r is not None and r.msg.HasField("policy"):
+                    # the worker's balancer reads the overprovisioning factor there
+                    c.load_assignment.policy.CopyFrom(r.msg.policy)
             elif c.name in self.dns_endpoints:
                 endpoints[c.name] = self.dns_endpoints[c.name]
             elif c.name in self.active_clusters:
@@ -638,7 +639,7 @@ class DynamicConfig:
         for name in sorted(self.active_clusters):
             hosts = [{"address": ("[%s]:%d" if ":" in ip else "%s:%d") % (ip, port),
                       "hostname": hostname, "health_flags": "healthy", "weight": weight}
-                     for ip, port, weight, hostname in endpoints.get(name, [])]
+                     for ip, port, weight, hostname, *_ in endpoints.get(name, [])]
             out.append({"name": name, "added_via_api": True, "hosts": hosts})
         return out
 

@@ -30,16 +30,33 @@ def refresh_rate(cluster) -> float:
     return (r.seconds + r.nanos / 1e9) if cluster.HasField("dns_refresh_rate") else DEFAULT_DNS_REFRESH
 
 
-def _lb_endpoints(cluster):
-    for locality in cluster.load_assignment.endpoints:
-        for lbe in locality.lb_endpoints:
+def placement(locality_lb_endpoints) -> tuple:
+    """(priority, locality) of a LocalityLbEndpoints: locality is (region, zone,
+    sub_zone, its load_balancing_weight or None), what the worker's balancer groups by."""
+    g = locality_lb_endpoints
+    loc = g.locality
+    weight = g.load_balancing_weight.value if g.HasField("load_balancing_weight") else None
+    return g.priority, (loc.region, loc.zone, loc.sub_zone, weight)
+
+
+def lb_endpoints(load_assignment):
+    """(Endpoint, weight, priority, locality) for each LbEndpoint of a ClusterLoadAssignment."""
+    for group in load_assignment.endpoints:
+        priority, locality = placement(group)
+        for lbe in group.lb_endpoints:
             weight = lbe.load_balancing_weight.value if lbe.HasField("load_balancing_weight") else 1
-            yield lbe.endpoint, weight
+            yield lbe.endpoint, weight, priority, locality
+
+
+def _lb_endpoints(cluster):
+    return lb_endpoints(cluster.load_assignment)
 
 
 def static_endpoints(cluster) -> list:
+    """[(ip, port, weight, hostname, priority, locality)]: the tuple every endpoint list
+    in the master and the worker snapshots uses (the first four are the host)."""
     return [(ep.address.socket_address.address, ep.address.socket_address.port_value, w,
-             ep.hostname) for ep, w in _lb_endpoints(cluster)]
+             ep.hostname, p, loc) for ep, w, p, loc in _lb_endpoints(cluster)]
 
 
 def resolve(cluster) -> list:
@@ -51,7 +68,7 @@ def resolve(cluster) -> list:
     logical = cluster.type == cluster_pb2.Cluster.LOGICAL_DNS
     families = _FAMILIES.get(cluster.dns_lookup_family, (socket.AF_INET6, socket.AF_INET))
     out = []
-    for ep, weight in _lb_endpoints(cluster):
+    for ep, weight, priority, locality in _lb_endpoints(cluster):
         sa = ep.address.socket_address
         addrs = []
         err = None
@@ -67,5 +84,6 @@ def resolve(cluster) -> list:
                 break
         if not addrs:
             raise err or OSError("no addresses for %s" % sa.address)
-        out.extend((ip, sa.port_value, weight, ep.hostname or sa.address) for ip in addrs)
+        out.extend((ip, sa.port_value, weight, ep.hostname or sa.address, priority, locality)
+                   for ip in addrs)
     return out

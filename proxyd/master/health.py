@@ -71,7 +71,7 @@ class HealthManager:
             name = cfg.name
             seen.add(name)
             hosts = []
-            for ip, port, _w, _hn in endpoints.get(name, []):
+            for ip, port, *_ in endpoints.get(name, []):
                 addr = "[%s]:%d" % (ip, port) if ":" in ip else "%s:%d" % (ip, port)
                 hosts.append((addr, ip, port))
             status = eds_status.get(name, {})

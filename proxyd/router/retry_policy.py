@@ -192,17 +192,18 @@ class RetryState:
         ms = int(interval * 1000)
         return min(random.randrange(ms) if ms > 0 else 0, int(p.max_interval * 1000)) / 1000.0
 
-    def choose_host(self, cluster, downstream=None, headers=None):
-        """The host for a retry: the load balancer's pick, picked again while the
-        previous_hosts predicate rejects it (host_selection_retry_max_attempts times)."""
-        host = cluster.choose_host(downstream, headers)
+    def choose_host(self, cluster, ctx=None):
+        """The host for a retry: the load balancer re-picks while the previous_hosts
+        predicate rejects its pick (host_selection_retry_max_attempts times); `ctx`: the
+        request's lb.LbContext (its hash key)."""
         p = self.policy
         if p.previous_hosts:
-            for _ in range(p.host_selection_attempts):
-                if host is None or host not in self.tried:
-                    break
-                host = cluster.choose_host(downstream, headers)
-        return host
+            if ctx is None:
+                from proxyd.upstream.lb import LbContext
+                ctx = LbContext()
+            ctx.tried = self.tried
+            ctx.selection_attempts = p.host_selection_attempts
+        return cluster.choose_host(ctx)
 
     def release(self) -> None:
         """Give back the retry circuit breaker slot the last retry held."""

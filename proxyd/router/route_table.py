@@ -32,6 +32,8 @@ from proxyd.http.headers import Headers
 from proxyd.http.message import RequestHead
 from proxyd.http.per_filter_config import merge as merge_filter_levels
 from proxyd.router.header_mutation import HeaderMutation, apply_all
+from proxyd.router import shadow
+from proxyd.router.hash_policy import HashPolicy
 from proxyd.router.retry_policy import RetryPolicy
 from proxyd.router.matchers import (
     ascii_lower, header_getter, header_matcher, port_start, regex_matcher, wire,
@@ -90,6 +92,8 @@ class RouteEntry:
         "_request_mutations", "_response_mutations", "_redirect",
         "per_filter_config", "per_filter_levels", "disabled_filters",
         "cors_policies",   # the deprecated RouteAction.cors, VirtualHost.cors (compiled)
+        "hash_policy",     # proxyd.router.hash_policy.HashPolicy or None
+        "mirror_policies",  # proxyd.router.shadow.MirrorPolicy, most specific level's
     )
 
     def cluster_for(self, req: RequestHead) -> str:
@@ -351,6 +355,7 @@ class RouteTable:
         global_resp = HeaderMutation(cfg.response_headers_to_add, cfg.response_headers_to_remove,
                                      "", "response_headers_to_add", "response_headers_to_remove")
 
+        rc_mirror = shadow.compile_policies(cfg.request_mirror_policies, "")
         self._exact: dict[str, _VirtualHost] = {}
         suffix: dict[int, dict[str, _VirtualHost]] = {}
         prefix: dict[int, dict[str, _VirtualHost]] = {}
@@ -375,6 +380,8 @@ class RouteTable:
             vh_level = self._filter_level(vh_cfg, vpath)
             vh_retry = (RetryPolicy(vh_cfg.retry_policy, f"{vpath}.retry_policy")
                         if vh_cfg.HasField("retry_policy") else None)
+            vh_mirror = (shadow.compile_policies(vh_cfg.request_mirror_policies, vpath)
+                         or rc_mirror)
             routes = []
             for ri, r_cfg in enumerate(vh_cfg.routes):
                 rpath = f"{vpath}.routes[{ri}]"
@@ -395,6 +402,8 @@ class RouteTable:
                 e = route.entry
                 if e.retry_policy is None:  # the route's own policy replaces the vhost's
                     e.retry_policy = vh_retry
+                if not e.mirror_policies:  # the most specific non-empty list, not merged
+                    e.mirror_policies = vh_mirror
                 e.attempt_count_in_response = vh_cfg.include_attempt_count_in_response
                 e.attempt_count_in_request = vh_cfg.include_request_attempt_count
                 levels = [lv for lv in (rc_level, vh_level, self._filter_level(r_cfg, rpath))
@@ -459,6 +468,8 @@ class RouteTable:
         e.max_grpc_timeout = None  # set: gRPC requests' grpc-timeout is the deadline
         e.grpc_timeout_offset = 0.0
         e.retry_policy = None
+        e.hash_policy = None
+        e.mirror_policies = ()
         e.attempt_count_in_response = e.attempt_count_in_request = False
         e.auto_host_rewrite = False
         e.append_x_forwarded_host = False
@@ -561,6 +572,10 @@ class RouteTable:
             e.timeout = t
         if a.HasField("retry_policy"):
             e.retry_policy = RetryPolicy(a.retry_policy, f"{path}.retry_policy")
+        if a.hash_policy:
+            e.hash_policy = HashPolicy(a.hash_policy, f"{path}.hash_policy")
+        if a.request_mirror_policies:
+            e.mirror_policies = shadow.compile_policies(a.request_mirror_policies, path)
         if a.HasField("max_grpc_timeout"):
             e.max_grpc_timeout = _seconds(a.max_grpc_timeout)
         if a.HasField("grpc_timeout_offset"):

@@ -16,6 +16,8 @@ import gevent
 from proxyd.http import grpc, local_reply
 from proxyd.http.blocking_terminal import BlockingTerminalFilter
 from proxyd.http.headers import HOP_BY_HOP
+from proxyd.router import shadow
+from proxyd.router.hash_policy import lb_context
 from proxyd.router.retry_policy import RetryState, request_policy
 from proxyd.router.upstream_request import (PerTryTimeout, Retry, RouteTimeout,  # noqa: F401
                                             UpstreamRequest, cluster_local_reply)
@@ -32,6 +34,7 @@ class Router(BlockingTerminalFilter):
 
     def __init__(self, ctx):
         self.ctx = ctx
+        self.lb_context = None  # the request's lb.LbContext, once a cluster is chosen
 
     def serve(self) -> None:
         stream = self
@@ -63,7 +66,8 @@ class Router(BlockingTerminalFilter):
             stream.local_reply(route.cluster_not_found_status, *local_reply.NO_CLUSTER[1:])
             return False
         info.upstream_cluster = cluster.name
-        host = cluster.choose_host(stream.fm.stream.conn, req.headers)
+        self.lb_context = lb_context(stream, route)
+        host = cluster.choose_host(self.lb_context)
         if host is None:
             cluster.stats.upstream_cx_none_healthy.inc()
             cluster_local_reply(stream, cluster.stats, local_reply.NO_HEALTHY_UPSTREAM)
@@ -107,6 +111,8 @@ def forward(stream, route, cluster, host) -> None:
         internal = stream.hcm.is_internal(req, stream.fm.stream.conn.remote_ip)
         policy = request_policy(policy, req.headers, internal, timeout)
     headers = _upstream_headers(stream, route, host)
+    if route.mirror_policies:
+        shadow.mirror(stream, route, headers)
     if policy is None:
         UpstreamRequest(stream, route, cluster, host, timeout, headers, None).run()
         return
@@ -132,7 +138,7 @@ def forward(stream, route, cluster, host) -> None:
                     cluster_local_reply(stream, cluster.stats, local_reply.ROUTE_TIMEOUT)
                     return
             gevent.sleep(delay)
-            host = retry.choose_host(cluster, stream.fm.stream.conn, stream.request.headers)
+            host = retry.choose_host(cluster, stream.lb_context)
             if host is None:
                 cluster.stats.upstream_cx_none_healthy.inc()
                 cluster_local_reply(stream, cluster.stats, local_reply.NO_HEALTHY_UPSTREAM)

@@ -334,6 +334,10 @@ class UpstreamRequest:
         h.set("x-envoy-upstream-service-time", str(int((now - self.t0) * 1000)))
         if self.route.attempt_count_in_response:
             h.set("x-envoy-attempt-count", str(stream.info.attempt_count))
+        lb_ctx = getattr(stream, "lb_context", None)
+        if lb_ctx is not None and lb_ctx.set_cookies:  # a hash policy's generated cookie
+            for cookie in lb_ctx.set_cookies:
+                h.add("set-cookie", cookie)
         # The upstream's head goes on downstream; its framing fields described the
         # upstream hop.
         resp.version = "HTTP/1.1"

@@ -42,7 +42,13 @@ class ClusterStats:
                  "retry_or_shadow_abandoned",
                  "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
                  "membership_change", "upstream_cx_none_healthy",
-                 "upstream_cx_connect_attempts_exceeded", "original_dst_host_invalid")
+                 "upstream_cx_connect_attempts_exceeded", "original_dst_host_invalid",
+                 # Envoy's load-balancer counters (zone-aware routing needs a local cluster,
+                 # which proxyd has not: those stay 0, as in Envoy without one)
+                 "lb_healthy_panic", "lb_local_cluster_not_ok", "lb_recalculate_zone_structures",
+                 "lb_zone_cluster_too_small", "lb_zone_no_capacity_left",
+                 "lb_zone_routing_all_directly",
+                 "lb_zone_routing_cross_zone", "lb_zone_routing_sampled")
     _GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
                "membership_total",
                "membership_healthy")
@@ -111,8 +117,7 @@ class Cluster:
         self.outlier = (outlier.Config(config.outlier_detection)
                         if config.HasField("outlier_detection") else None)
         self.hosts: list[Host] = []
-        self._balancer = lb.for_policy(config.lb_policy)
-        self.lb = self._balancer([])
+        self.lb = lb.ClusterLb(config, [], store, self.stats, membership)
         self.original_dst = None
         if config.type == config.ORIGINAL_DST:
             from proxyd.upstream.original_dst import OriginalDstHosts
@@ -130,7 +135,8 @@ class Cluster:
             h.outlier = outlier.HostReporter(self._store, self.name, h.addr_str, self.outlier)
         return h
 
-    def set_hosts(self, hosts: list, changed: bool) -> None:
+    def set_hosts(self, hosts: list, changed: bool, placed: list | None = None) -> None:
+        """`placed`: (host, priority, locality) of each host, all priority 0 if None."""
         if self.membership:
             if changed:
                 self.stats.membership_change.inc()
@@ -139,16 +145,19 @@ class Cluster:
                 self.stats.membership_healthy.set(
                     sum(1 for h in hosts if not h.health_flags() & health.NOT_COUNTED_HEALTHY))
         self.hosts = hosts
-        self.lb = self._balancer(hosts)
+        self.lb.update(placed if placed is not None else [(h, 0, None) for h in hosts])
 
     def update_hosts(self, endpoints: list) -> None:
         """Swap membership; pools of hosts that stay are kept, removed hosts' idle
-        connections close (in-flight ones finish on their own)."""
+        connections close (in-flight ones finish on their own). An endpoint is
+        (ip, port, weight, hostname[, priority, locality]): see proxyd.master.endpoints."""
         if self.original_dst is not None:
             return          # its hosts come from connections, not from endpoints
         old = {h.key: h for h in self.hosts}
         hosts = []
-        for ip, port, weight, hostname in endpoints:
+        placed = []
+        for ep in endpoints:
+            ip, port, weight, hostname = ep[:4]
             key = ((ip, port), weight, hostname)
             h = old.pop(key, None)
             if h is None:
@@ -156,18 +165,22 @@ class Cluster:
             if h.health is None:  # the master made it before sending this snapshot, if any
                 h.health = health.find(self._store, self.name, h.addr_str, create=False)
             hosts.append(h)
+            placed.append((h, ep[4] if len(ep) > 4 else 0, ep[5] if len(ep) > 5 else None))
         for h in old.values():
             h.pool.close_idle()
             if h.h2pool is not None:
                 h.h2pool.close_idle()
-        self.set_hosts(hosts, bool(old) or len(hosts) != len(self.hosts))
+        self.set_hosts(hosts, bool(old) or len(hosts) != len(self.hosts), placed)
 
-    def choose_host(self, downstream=None, headers=None):
-        """The load balancer's pick. An ORIGINAL_DST cluster picks from the downstream
-        connection (its restored local address) or the request `headers`."""
+    def choose_host(self, ctx=None):
+        """The load balancer's pick for a request (`ctx`: its lb.LbContext: hash key,
+        hosts a retry predicate rejects, the downstream connection and request headers),
+        or None (503 UH). An ORIGINAL_DST cluster picks from the downstream connection
+        (its restored local address) or the request headers."""
         if self.original_dst is not None:
-            return self.original_dst.choose(downstream, headers)
-        return self.lb.choose()
+            return self.original_dst.choose(ctx.downstream if ctx else None,
+                                            ctx.headers if ctx else None)
+        return self.lb.choose(ctx)
 
     def connect(self, host, final: bool = False):
         """A new TCP connection to `host` within connect_timeout; counts Envoy's stats.

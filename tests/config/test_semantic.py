@@ -146,7 +146,7 @@ def test_static_cluster_needs_ip_literals(config):
 def test_all_check_kinds_reported_together(config):
     cfg = config(replace={'address: 10.0.0.2': 'address: backend.local',
                           'connect_timeout: 0.25s': 'connect_timeout: 0s',
-                          'lb_policy: ROUND_ROBIN': 'lb_policy: RANDOM'})
+                          'lb_policy: ROUND_ROBIN': 'lb_policy: LOAD_BALANCING_POLICY_CONFIG'})
     assert [e.split(': ', 2)[1].rsplit('.', 1)[-1] for e in cfg.errors()] == [
         'connect_timeout', 'lb_policy', 'address']
 

@@ -97,3 +97,28 @@ def test_readme_table_is_current():
     with open(os.path.join(ROOT, 'README.md')) as f:
         readme = f.read()
     assert readme.split('<!-- supported-table -->\n', 1)[1] == out
+
+
+def test_load_balancing_options_not_implemented_are_named(config):
+    """What the balancers do not implement is refused by name, not ignored."""
+    cfg = config(replace={'lb_policy: ROUND_ROBIN': (
+        'lb_policy: RING_HASH\n'
+        '    common_lb_config:\n'
+        '      healthy_panic_threshold: {value: 30}\n'
+        '      update_merge_window: 2s\n'
+        '      consistent_hashing_lb_config: {use_hostname_for_hashing: true, '
+        'hash_balance_factor: 150}\n'
+        '    least_request_lb_config: {slow_start_config: {}}')})
+    assert sorted(e.split(': ', 2)[1] for e in cfg.errors()) == [
+        'static_resources.clusters[0].common_lb_config.consistent_hashing_lb_config'
+        '.hash_balance_factor',
+        'static_resources.clusters[0].common_lb_config.update_merge_window',
+        'static_resources.clusters[0].least_request_lb_config.slow_start_config']
+
+
+def test_maglev_table_size_must_be_prime(config):
+    cfg = config(replace={'lb_policy: ROUND_ROBIN': 'lb_policy: MAGLEV\n'
+                                                    '    maglev_lb_config: {table_size: 1000}'})
+    assert [e.split(': ', 2)[1:] for e in cfg.errors()] == [[
+        'static_resources.clusters[0].maglev_lb_config.table_size',
+        'The table size of maglev must be prime number']]

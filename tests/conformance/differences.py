@@ -51,10 +51,10 @@ KNOWN = (
          "envoy has it, proxyd lacks it")),
     Difference(
         "load_balancer_features", "stats",
-        "stats of load-balancer features proxyd does not implement: subsets, zone-aware "
-        "routing, the panic threshold (lb_healthy_panic), host weights",
-        "not implemented: proxyd balances round robin over all hosts",
-        lacks("cluster.*.lb_*", "cluster.*.max_host_weight",
+        "stats of load-balancer features proxyd does not implement: subsets, "
+        "the max_host_weight gauge",
+        "not implemented: no subset load balancer",
+        lacks("cluster.*.lb_subsets_*", "cluster.*.max_host_weight",
               "cluster.*.default.total_match_count")),
     Difference(
         "circuit_breaker_and_retry_stats", "stats",

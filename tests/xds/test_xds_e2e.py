@@ -132,6 +132,26 @@ def test_ads_sotw_end_to_end_and_ack_sequence(env):
     assert st["cluster.svc.update_success"] >= 1
 
 
+def test_eds_priorities_and_overprovisioning_factor_reach_the_balancer(env):
+    """A CLA's priorities and its policy's overprovisioning_factor: at 50 each healthy
+    level is only 50 % available, so the load splits between priority 0 and 1."""
+    u1, u2 = env.upstream("u1"), env.upstream("u2")
+    port = H.free_port()
+    env.proxy.start(wait=False)
+    publish_basic(env.server, port, u1)
+    env.proxy.wait_live(timeout=20)
+    cla = B.cla("svc", [u1.address])
+    p1 = cla.endpoints.add(priority=1)
+    sa = p1.lb_endpoints.add().endpoint.address.socket_address
+    sa.address, sa.port_value = u2.address
+    env.server.set(R.ENDPOINT, "2", [cla])
+    wait(lambda: served_by(port, "u1"), what="priority 0 serving")
+    assert all(served_by(port, "u1") for _ in range(10))   # factor 140: P0 takes it all
+    cla.policy.overprovisioning_factor.value = 50
+    env.server.set(R.ENDPOINT, "3", [cla])
+    wait(lambda: served_by(port, "u2"), what="load spilling to priority 1")
+
+
 def test_routes_and_endpoints_change_under_load_without_errors(env):
     u1, u2 = env.upstream("u1"), env.upstream("u2")
     port = H.free_port()

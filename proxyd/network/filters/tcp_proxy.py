@@ -20,6 +20,7 @@ from proxyd.network.filter import FilterStatus
 from proxyd.network.splice import PumpError, copy_pump, splice_pump
 from proxyd.transport.tls import is_tls, shutdown_write
 from proxyd.upstream.cluster import UpstreamConnectError
+from proxyd.upstream.lb import LbContext
 from proxyd.upstream.pool_http1 import UpstreamConnection
 
 DEFAULT_IDLE_TIMEOUT = 3600.0
@@ -107,8 +108,9 @@ class TcpProxy:
             info.response_flags.append("NR")
             return None
         info.upstream_cluster = name
+        ctx = LbContext(None, conn)
         for _ in range(self.max_connect_attempts):
-            host = cluster.choose_host(conn)
+            host = cluster.choose_host(ctx)
             if host is None:
                 cluster.stats.upstream_cx_none_healthy.inc()
                 info.response_flags.append("UH")
