@@ -66,6 +66,14 @@ _MODULES: dict[str, tuple[str, str]] = {
     "envoy.extensions.filters.http.rbac.v3.RBACPerRoute":
         (HTTP_ROUTE_CONFIG, "proxyd.http.filters.rbac"),
     "envoy.config.route.v3.FilterConfig": (HTTP_ROUTE_CONFIG, "proxyd.http.per_filter_config"),
+    "envoy.extensions.filters.http.ratelimit.v3.RateLimit":
+        (HTTP_FILTER, "proxyd.http.filters.ratelimit"),
+    "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute":
+        (HTTP_ROUTE_CONFIG, "proxyd.http.filters.ratelimit"),
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz":
+        (HTTP_FILTER, "proxyd.http.filters.ext_authz"),
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute":
+        (HTTP_ROUTE_CONFIG, "proxyd.http.filters.ext_authz"),
     "envoy.extensions.filters.http.cors.v3.Cors": (HTTP_FILTER, "proxyd.http.filters.cors"),
     "envoy.extensions.filters.http.cors.v3.CorsPolicy":
         (HTTP_ROUTE_CONFIG, "proxyd.http.filters.cors"),

@@ -32,6 +32,7 @@ from proxyd.http.message import RequestHead
 from proxyd.http.per_filter_config import merge as merge_filter_levels
 from proxyd.router.header_mutation import HeaderMutation, apply_all
 from proxyd.router.retry_policy import RetryPolicy
+from proxyd.router.rate_limits import NONE as NO_RATE_LIMITS, compile_policies, compile_route
 from proxyd.router.matchers import (
     ascii_lower, header_getter, header_matcher, port_start, regex_matcher, wire,
 )
@@ -59,7 +60,7 @@ SUPPORTED_FIELDS: dict[str, frozenset[str]] = {
         "ignore_path_parameters_in_path_matching") + _HEADER_LISTS),
     "envoy.config.route.v3.VirtualHost": frozenset(
         ("name", "domains", "routes", "typed_per_filter_config", "cors", "retry_policy",
-         "include_attempt_count_in_response", "include_request_attempt_count")
+         "include_attempt_count_in_response", "include_request_attempt_count", "rate_limits")
         + _HEADER_LISTS),
     "envoy.config.route.v3.Route": frozenset(
         ("name", "match", "route", "redirect", "direct_response", "typed_per_filter_config")
@@ -70,7 +71,7 @@ SUPPORTED_FIELDS: dict[str, frozenset[str]] = {
         "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code",
         "prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite",
         "append_x_forwarded_host", "timeout", "max_grpc_timeout", "grpc_timeout_offset",
-        "cors", "retry_policy")),
+        "cors", "retry_policy", "rate_limits", "include_vh_rate_limits")),
     "envoy.config.route.v3.RetryPolicy": frozenset((
         "retry_on", "num_retries", "per_try_timeout", "retry_back_off",
         "retriable_status_codes", "retriable_headers", "retry_host_predicate",
@@ -164,6 +165,7 @@ class RouteEntry:
         "_request_mutations", "_response_mutations", "_redirect",
         "per_filter_config", "per_filter_levels", "disabled_filters",
         "cors_policies",   # the deprecated RouteAction.cors, VirtualHost.cors (compiled)
+        "rate_limits",     # RouteRateLimits (router/rate_limits.py), for the ratelimit filter
     )
 
     def cluster_for(self, req: RequestHead) -> str:
@@ -450,6 +452,7 @@ class RouteTable:
             vh_level = self._filter_level(vh_cfg, vpath)
             vh_retry = (RetryPolicy(vh_cfg.retry_policy, f"{vpath}.retry_policy")
                         if vh_cfg.HasField("retry_policy") else None)
+            vh_limits = compile_policies(vh_cfg.rate_limits, vpath)
             routes = []
             for ri, r_cfg in enumerate(vh_cfg.routes):
                 rpath = f"{vpath}.routes[{ri}]"
@@ -477,6 +480,8 @@ class RouteTable:
                 e.per_filter_config, e.per_filter_levels, e.disabled_filters = (
                     merge_filter_levels(levels) if levels else _NO_FILTER_CONFIG)
                 e.cors_policies = _legacy_cors(r_cfg, rpath, vh_cfg, vpath)
+                e.rate_limits = compile_route(r_cfg.route if r_cfg.HasField("route") else None,
+                                              vh_limits, rpath + ".route")
                 routes.append(route)
             vh = _VirtualHost(vh_cfg.name, tuple(routes))
             self._vhosts.append(vh)
@@ -528,6 +533,7 @@ class RouteTable:
 
         e = RouteEntry()
         e.cors_policies = ()
+        e.rate_limits = NO_RATE_LIMITS
         e.name = r.name or None
         e.virtual_host_name = vh_name
         e.timeout = DEFAULT_TIMEOUT
