@@ -37,6 +37,10 @@ _MODULES: dict[str, tuple[str, str]] = {
         (NETWORK_FILTER, "proxyd.network.filters.local_ratelimit"),
     "envoy.extensions.filters.network.rbac.v3.RBAC":
         (NETWORK_FILTER, "proxyd.network.filters.rbac"),
+    "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz":
+        (NETWORK_FILTER, "proxyd.network.filters.ext_authz"),
+    "envoy.extensions.filters.network.ratelimit.v3.RateLimit":
+        (NETWORK_FILTER, "proxyd.network.filters.ratelimit"),
     "envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy":
         (NETWORK_FILTER, "proxyd.network.filters.mongo_proxy"),
     "envoy.extensions.filters.network.thrift_proxy.v3.ThriftProxy":

@@ -335,6 +335,8 @@ for _name, _more in {  # ext_authz (http/filters/ext_authz.py): envoy_grpc and r
     _CORE + 'RuntimeFractionalPercent': 'default_value runtime_key',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+_FIELDS['envoy.extensions.filters.network.ext_authz.v3.ExtAuthz'] = \
+    'stat_prefix grpc_service failure_mode_allow transport_api_version'
 _RLA = _ROUTE + 'RateLimit.Action'
 for _name, _more in {  # global rate limits (http/filters/ratelimit.py, router/rate_limits.py)
     _HTTP + 'ratelimit.v3.RateLimit': 'domain stage request_type timeout failure_mode_deny '
@@ -399,6 +401,8 @@ ENUMS = {
     ('envoy.config.rbac.v3.RBAC', 'action'): frozenset({'ALLOW', 'DENY'}),
     (_CORE + 'ApiConfigSource', 'transport_api_version'): frozenset({'V3'}),
     (_HTTP + 'ext_authz.v3.ExtAuthz', 'transport_api_version'): frozenset({'V3'}),
+    ('envoy.extensions.filters.network.ext_authz.v3.ExtAuthz', 'transport_api_version'):
+        frozenset({'V3'}),
     ('envoy.config.ratelimit.v3.RateLimitServiceConfig', 'transport_api_version'):
         frozenset({'V3'}),
 }
