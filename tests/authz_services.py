@@ -34,7 +34,9 @@ decision := {"allow": true, "headers": {"x-authz-user": user},
              "metadata": {"user": user}} if { user == "alice" }
 
 decision := {"allow": false, "status": 401, "body": "bob is not welcome",
-             "headers": {"x-deny-reason": "bob"}} if { user == "bob" }
+             "headers": {"x-deny-reason": "bob", "content-type": "application/json"}} if {
+    user == "bob"
+}
 
 decision := {"allow": true, "headers": {"x-ctx": input.attributes.context_extensions.tier}} if {
     user == "carol"

@@ -181,7 +181,8 @@ def _outcome(r):
         echo = {k.lower(): v for k, v in r.json()["headers"]}
         seen = {k: echo.get(k) for k in UPSTREAM_SEEN}
     return (r.status, r.body if r.status != 200 else b"", r.header("x-authz-said"),
-            r.header("x-deny-reason"), r.header("www-authenticate"), seen)
+            r.header("x-deny-reason"), r.header("www-authenticate"),
+            r.header_all("content-type") if r.status != 200 else None, seen)
 
 
 def _exchange(side):

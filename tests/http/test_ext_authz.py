@@ -124,6 +124,7 @@ def test_grpc_authorization_with_a_rego_policy(px, authz):
     bob = http(port, "GET", "/b", headers=[("x-user", "bob")])
     assert (bob.status, bob.body, bob.header("x-deny-reason")) == (401, b"bob is not welcome",
                                                                     "bob")
+    assert bob.header_all("content-type") == ["application/json"]   # the service's wins
     nobody = http(port, "GET", "/c")
     assert (nobody.status, nobody.body) == (403, b"")
     assert http(port, "GET", "/public/x").status == 200     # per-route disabled: no call
