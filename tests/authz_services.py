@@ -38,6 +38,11 @@ decision := {"allow": false, "status": 401, "body": "bob is not welcome",
     user == "bob"
 }
 
+decision := {"allow": true, "headers": {
+    "x-body": object.get(input.attributes.request.http, "body", "-"),
+    "x-partial": object.get(input.attributes.request.http.headers, "x-envoy-auth-partial-body", "-"),
+}} if { user == "dave" }
+
 decision := {"allow": true, "headers": {"x-ctx": input.attributes.context_extensions.tier}} if {
     user == "carol"
 }

@@ -121,6 +121,60 @@ static_resources:
                   allowed_client_headers: {patterns: [{exact: www-authenticate}, {exact: x-deny-reason}]}
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  - name: body
+    address: {socket_address: {address: 127.0.0.1, port_value: $body_listener}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ing_body
+          route_config:
+            virtual_hosts:
+            - name: vh
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/nobuf"}
+                route: {cluster: upstream}
+                typed_per_filter_config:
+                  envoy.filters.http.ext_authz:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute
+                    check_settings: {disable_request_body_buffering: true}
+              - match: {prefix: "/"}
+                route: {cluster: upstream}
+          http_filters:
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              with_request_body: {max_request_bytes: 8, allow_partial_message: true}
+              grpc_service: {envoy_grpc: {cluster_name: authz}, timeout: 0.5s}
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  - name: deny_disabled
+    address: {socket_address: {address: 127.0.0.1, port_value: $off_listener}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ing_off
+          route_config:
+            virtual_hosts:
+            - name: vh
+              domains: ["*"]
+              routes: [{match: {prefix: "/"}, route: {cluster: upstream}}]
+          http_filters:
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              status_on_error: {code: 503}
+              filter_enabled: {default_value: {numerator: 0}, runtime_key: authz_off2}
+              deny_at_disable: {default_value: true, runtime_key: authz_deny_off}
+              grpc_service: {envoy_grpc: {cluster_name: authz}}
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
   - name: dead
     address: {socket_address: {address: 127.0.0.1, port_value: $dead_listener}}
     filter_chains:
@@ -158,9 +212,9 @@ GRPC_REQUESTS = [("/a", [("x-user", "alice"), ("x-secret", "s")]),
                  ("/ctx", [("x-user", "carol")]), ("/slow", [("x-user", "alice")])]
 HTTP_REQUESTS = [("/p?q=1", [("x-user", "alice"), ("x-secret", "s")]), ("/d", []),
                  ("/error", [])]
-STATS = ("http.ing.ext_authz.", "http.ing_http.ext_authz.", "http.ing_dead.ext_authz.",
+STATS = ("http.ing_body.ext_authz.", "http.ing_off.ext_authz.", "http.ing.ext_authz.", "http.ing_http.ext_authz.", "http.ing_dead.ext_authz.",
          "cluster.upstream.ext_authz.", "cluster.upstream.upstream_rq_4")
-UPSTREAM_SEEN = ("x-authz-user", "x-secret", "x-ctx", "x-authz-extra",
+UPSTREAM_SEEN = ("x-body", "x-partial", "x-authz-user", "x-secret", "x-ctx", "x-authz-extra",
                  "x-envoy-auth-failure-mode-allowed")
 
 
@@ -189,6 +243,12 @@ def _exchange(side):
     out = [_outcome(side.http(p, headers=h)) for p, h in GRPC_REQUESTS]
     out += [_outcome(side.http(p, port="http_listener", headers=h)) for p, h in HTTP_REQUESTS]
     out.append(_outcome(side.http("/f", port="dead_listener")))
+    dave = [("x-user", "dave")]
+    for path, body in (("/short", b"hello"), ("/long", b"0123456789abc"), ("/get", None),
+                       ("/nobuf", b"hello")):
+        out.append(_outcome(side.http(path, port="body_listener", method="POST" if body
+                                      else "GET", headers=dave, body=body)))
+    out.append(_outcome(side.http("/o", port="off_listener")))
     return out
 
 
@@ -210,7 +270,7 @@ def _stats(side):
 def test_ext_authz_matches_envoy(pair):
     envoy, proxyd = pair.both(_exchange)
     assert proxyd == envoy
-    assert sorted({e[0] for e in envoy}) == [200, 401, 403]
+    assert sorted({e[0] for e in envoy}) == [200, 401, 403, 503]
     for name, n in (("grpc.log", len(GRPC_REQUESTS)), ("http.log", len(HTTP_REQUESTS))):
         envoy_log, proxyd_log = pair.both(lambda s: _lines(s, name, n))
         assert proxyd_log == envoy_log, name
