@@ -78,6 +78,21 @@ static_resources:
                 route:
                   cluster: upstream
                   rate_limits: [{actions: [{generic_key: {descriptor_value: broken}}]}]
+              - match: {prefix: "/both"}
+                route:
+                  cluster: upstream
+                  rate_limits: [{actions: [{generic_key: {descriptor_value: both}}]}]
+                typed_per_filter_config:
+                  envoy.filters.http.ratelimit:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute
+                    vh_rate_limits: INCLUDE
+                    domain: other
+              - match: {prefix: "/novh"}
+                route: {cluster: upstream}
+                typed_per_filter_config:
+                  envoy.filters.http.ratelimit:
+                    "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute
+                    vh_rate_limits: IGNORE
               - match: {prefix: "/stage1"}
                 route:
                   cluster: upstream
@@ -130,10 +145,11 @@ static_resources:
 LIMITS = {("web", "generic_key=api"): (2, "MINUTE"),
           ("web", "generic_key=user|user=carol"): (1, "HOUR"),
           ("web", "header_match=admin"): (5, "HOUR"),
-          ("web", "generic_key=vhost"): (1, "HOUR")}
+          ("web", "generic_key=vhost"): (1, "HOUR"),
+          ("other", "generic_key=both"): (1, "HOUR"), ("other", "generic_key=vhost"): (5, "HOUR")}
 REQUESTS = [("/api/1", []), ("/api/2", []), ("/api/3", []), ("/user", [("x-user", "carol")]),
             ("/user", [("x-user", "carol"), ("x-admin", "1")]), ("/user", []),
-            ("/broken", []), ("/stage1", []), ("/other", []), ("/other", [])]
+            ("/broken", []), ("/both", []), ("/novh", []), ("/stage1", []), ("/other", []), ("/other", [])]
 STATS = ("cluster.upstream.ratelimit.", "cluster.upstream.upstream_rq_4",
          "cluster.upstream.upstream_rq_5", "cluster.rls.upstream_rq_total")
 
