@@ -7,7 +7,7 @@ EXPIRE on the window's key, as envoyproxy/ratelimit does).
 
 Limits are keyed by (domain, "k=v|k=v" of the descriptor's entries). A descriptor with an
 entry `generic_key=slow` makes the call sleep (`slow` seconds); `generic_key=broken`
-fails it (UNAVAILABLE). `seen` records every (domain, [[(k, v)...]...], hits_addend).
+fails it (UNAVAILABLE). `seen` records every (domain, [[(k, v)...]...], hits_addend, [descriptor hits_addend]).
 """
 from __future__ import annotations
 
@@ -65,16 +65,19 @@ class _Servicer(pb_grpc.RateLimitServiceServicer):
     def ShouldRateLimit(self, request, context):
         o = self.owner
         descs = [[(e.key, e.value) for e in d.entries] for d in request.descriptors]
-        o.seen.append((request.domain, descs, request.hits_addend))
+        o.seen.append((request.domain, descs, request.hits_addend,
+                       [d.hits_addend.value if d.HasField("hits_addend") else None
+                        for d in request.descriptors]))
         flat = {kv for d in descs for kv in d}
         if ("generic_key", "slow") in flat:
             time.sleep(o.slow)
         if ("generic_key", "broken") in flat:
             context.abort(grpc.StatusCode.UNAVAILABLE, "broken on purpose")
-        hits = request.hits_addend or 1
         resp = pb.RateLimitResponse(overall_code=pb.RateLimitResponse.OK)
         now = int(time.time())
-        for d in descs:
+        for d, dmsg in zip(descs, request.descriptors):
+            hits = (dmsg.hits_addend.value if dmsg.HasField("hits_addend") else 0) \
+                or request.hits_addend or 1
             st = resp.statuses.add(code=pb.RateLimitResponse.OK)
             key = "|".join("%s=%s" % kv for kv in d)
             limit = o.limits.get((request.domain, key))

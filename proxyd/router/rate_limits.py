@@ -4,24 +4,23 @@ a request produces for the global rate-limit filter, as Envoy's RateLimitPolicyE
 Each RateLimit entry yields one descriptor, its entries in action order, or nothing when
 any action cannot produce its entry (a missing header without `skip_if_absent`, a
 header_value_match that does not match as expected). Actions implemented:
-source_cluster, destination_cluster, request_headers, remote_address, generic_key,
-header_value_match; the others are refused by `proxyd check`.
+source_cluster, destination_cluster, request_headers, remote_address,
+masked_remote_address, generic_key, header_value_match; the others are refused by `proxyd check`.
 """
 from __future__ import annotations
+
+import ipaddress
 
 from proxyd.router.matchers import header_getter, header_matcher
 
 
 class RateLimitPolicy:
     """One RateLimit entry, compiled."""
-    __slots__ = ("stage", "disable_key", "actions", "hits_addend")
+    __slots__ = ("stage", "disable_key", "actions")
 
     def __init__(self, msg, path: str):
         self.stage = msg.stage.value if msg.HasField("stage") else 0
         self.disable_key = msg.disable_key
-        self.hits_addend = (msg.hits_addend.number.value
-                            if msg.HasField("hits_addend") and msg.hits_addend.HasField("number")
-                            else 0)
         if not msg.actions:
             raise ValueError(f"{path}.actions: value must contain at least 1 item(s)")
         self.actions = tuple(_action(a, "%s.actions[%d]" % (path, i))
@@ -50,6 +49,24 @@ def _action(a, path: str):
         return lambda req, ip, rc, lc: ("destination_cluster", rc)
     if which == "remote_address":
         return lambda req, ip, rc, lc: ("remote_address", ip) if ip else None
+    if which == "masked_remote_address":
+        m = a.masked_remote_address
+        v4 = m.v4_prefix_mask_len.value if m.HasField("v4_prefix_mask_len") else 32
+        v6 = m.v6_prefix_mask_len.value if m.HasField("v6_prefix_mask_len") else 128
+        if v4 > 32 or v6 > 128:
+            raise ValueError(f"{path}.masked_remote_address: prefix length out of range")
+
+        def masked(req, ip, rc, lc):
+            if not ip:
+                return None
+            try:
+                addr = ipaddress.ip_address(ip)
+            except ValueError:
+                return None
+            net = ipaddress.ip_network("%s/%d" % (ip, v6 if addr.version == 6 else v4),
+                                       strict=False)
+            return ("masked_remote_address", str(net))
+        return masked
     if which == "generic_key":
         g = a.generic_key
         if not g.descriptor_value:

@@ -31,6 +31,12 @@ static_resources:
       cluster_name: rls
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address:
         {address: 127.0.0.1, port_value: RLS_PORT}}}}]}]
+  - name: soft
+    connect_timeout: 1s
+    load_assignment:
+      cluster_name: soft
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address:
+        {address: 127.0.0.1, port_value: $upstream}}}}]}]
   - name: rls_dead
     connect_timeout: 1s
     typed_extension_protocol_options:
@@ -93,6 +99,12 @@ static_resources:
                   envoy.filters.http.ratelimit:
                     "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute
                     vh_rate_limits: IGNORE
+              - match: {prefix: "/masked"}
+                route:
+                  cluster: upstream
+                  rate_limits:
+                  - actions: [{masked_remote_address: {v4_prefix_mask_len: 24}}]
+                    hits_addend: {number: 3}
               - match: {prefix: "/stage1"}
                 route:
                   cluster: upstream
@@ -106,6 +118,36 @@ static_resources:
               domain: web
               timeout: 1s
               enable_x_ratelimit_headers: DRAFT_VERSION_03
+              response_headers_to_add: [{header: {key: x-limited-by, value: web}}]
+              rate_limit_service:
+                transport_api_version: V3
+                grpc_service: {envoy_grpc: {cluster_name: rls}}
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  - name: soft
+    address: {socket_address: {address: 127.0.0.1, port_value: $soft_listener}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ing_soft
+          route_config:
+            virtual_hosts:
+            - name: vh
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/"}
+                route:
+                  cluster: soft
+                  rate_limits: [{actions: [{generic_key: {descriptor_value: soft}}]}]
+          http_filters:
+          - name: envoy.filters.http.ratelimit
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ratelimit.v3.RateLimit
+              domain: web
+              timeout: 1s
+              filter_enforced: {default_value: {numerator: 0}, runtime_key: rl_soft}
               rate_limit_service:
                 transport_api_version: V3
                 grpc_service: {envoy_grpc: {cluster_name: rls}}
@@ -146,11 +188,12 @@ LIMITS = {("web", "generic_key=api"): (2, "MINUTE"),
           ("web", "generic_key=user|user=carol"): (1, "HOUR"),
           ("web", "header_match=admin"): (5, "HOUR"),
           ("web", "generic_key=vhost"): (1, "HOUR"),
-          ("other", "generic_key=both"): (1, "HOUR"), ("other", "generic_key=vhost"): (5, "HOUR")}
+          ("web", "masked_remote_address=127.0.0.0/24"): (4, "HOUR"),
+          ("other", "generic_key=both"): (1, "HOUR"), ("web", "generic_key=soft"): (1, "HOUR"), ("other", "generic_key=vhost"): (5, "HOUR")}
 REQUESTS = [("/api/1", []), ("/api/2", []), ("/api/3", []), ("/user", [("x-user", "carol")]),
             ("/user", [("x-user", "carol"), ("x-admin", "1")]), ("/user", []),
-            ("/broken", []), ("/both", []), ("/novh", []), ("/stage1", []), ("/other", []), ("/other", [])]
-STATS = ("cluster.upstream.ratelimit.", "cluster.upstream.upstream_rq_4",
+            ("/broken", []), ("/masked", []), ("/masked", []), ("/both", []), ("/novh", []), ("/stage1", []), ("/other", []), ("/other", [])]
+STATS = ("cluster.soft.ratelimit.", "cluster.upstream.ratelimit.", "cluster.upstream.upstream_rq_4",
          "cluster.upstream.upstream_rq_5", "cluster.rls.upstream_rq_total")
 
 
@@ -179,8 +222,10 @@ def _exchange(side, rls):
             seen = {"x-rls-checked": echo.get("x-rls-checked")}
         out.append((path, r.status, r.body if r.status != 200 else b"",
                     r.header("x-envoy-ratelimited"), r.header("x-rls-said"),
+                    r.header("x-limited-by"),
                     r.header("x-ratelimit-limit"), r.header("x-ratelimit-remaining"),
                     r.header("x-ratelimit-reset") is not None, seen))
+    out += [side.http("/s", port="soft_listener").status for _ in range(2)]
     d = side.http("/x", port="deny_listener")
     out.append((d.status, d.body, d.header("x-envoy-ratelimited")))
     return out, list(rls.seen)
@@ -205,7 +250,7 @@ def test_global_rate_limit_matches_envoy(pair, rls):
     envoy, proxyd = pair.both(lambda s: _exchange(s, rls))
     assert proxyd[0] == envoy[0]
     assert proxyd[1] == envoy[1]           # the same descriptors, in the same order
-    assert {e[1] for e in envoy[0][:-1]} == {200, 429}
+    assert {e[1] for e in envoy[0][:len(REQUESTS)]} == {200, 429}
     envoy_log, proxyd_log = pair.both(lambda s: _lines(s, len(REQUESTS)))
     assert proxyd_log == envoy_log
     envoy_stats, proxyd_stats = pair.both(_stats)

@@ -98,7 +98,8 @@ def test_limit_holds_across_workers_and_errors_fail_open(px, rls):
     rls.reset()
     codes = [http(px.ports[0], "GET", "/a%d" % i).status for i in range(8)]  # new connections
     assert codes == [200] * 5 + [429] * 3
-    assert rls.seen[0] == ("web", [[("generic_key", "api"), ("remote_address", "127.0.0.1")]], 0)
+    assert rls.seen[0] == ("web", [[("generic_key", "api"), ("remote_address", "127.0.0.1")]], 0,
+                           [None])
     grpc = http(px.ports[0], "POST", "/pkg.Svc/M", body=b"",
                 headers=[("content-type", "application/grpc")])
     assert grpc.header("grpc-status") == "8"               # RESOURCE_EXHAUSTED

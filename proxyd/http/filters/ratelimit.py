@@ -20,13 +20,17 @@ As Envoy 1.40's filter:
 - an error (timeout, no host, a failed call): `ratelimit.error`; with
   `failure_mode_deny` the request gets `status_on_error` (500), flag RLSE, details
   `rate_limiter_error`; otherwise `ratelimit.failure_mode_allowed` and it goes on.
-Runtime `ratelimit.http_filter_enabled` (default 100 %) turns the filter off.
+`filter_enabled` / `filter_enforced` (else runtime `ratelimit.http_filter_enabled` /
+`ratelimit.http_filter_enforcing`, default 100 %) turn the filter or its enforcement off;
+`response_headers_to_add` go on limited responses only.
 """
 from __future__ import annotations
 
 from proxyd.http.filter import FilterHeadersStatus, StreamFilter
+from proxyd.http.headers import Headers
 from proxyd.observability.logging import get_logger
 from proxyd.router import rate_limits as rl
+from proxyd.router.header_mutation import HeaderMutation
 
 _log = get_logger("http.ratelimit")
 METHOD = "/envoy.service.ratelimit.v3.RateLimitService/ShouldRateLimit"
@@ -60,8 +64,11 @@ def should_rate_limit(client, domain: str, descriptors: list, hits_addend: int =
     from envoy.service.ratelimit.v3 import rls_pb2
     from proxyd.upstream.grpc_client import GrpcError
     req = rls_pb2.RateLimitRequest(domain=domain, hits_addend=hits_addend)
-    for entries in descriptors:
+    for item in descriptors:
+        entries, hits = item if isinstance(item, tuple) else (item, 0)
         d = req.descriptors.add()
+        if hits:
+            d.hits_addend.value = hits
         for k, v in entries:
             e = d.entries.add()
             e.key, e.value = k, v
@@ -128,6 +135,11 @@ class RateLimitConfig:
         self.limited_status = code if code >= 400 else 429
         code = msg.status_on_error.code if msg.HasField("status_on_error") else 0
         self.status_on_error = code if code >= 400 else 500
+        self.filter_enabled = _fraction(msg, "filter_enabled", "ratelimit.http_filter_enabled")
+        self.filter_enforced = _fraction(msg, "filter_enforced",
+                                         "ratelimit.http_filter_enforcing")
+        self.limited_headers = HeaderMutation(msg.response_headers_to_add, (), path,
+                                              "response_headers_to_add", "")
         self.store = ctx.worker.stats if ctx is not None else None
         self.node_cluster = ""
         self.client = None
@@ -148,6 +160,20 @@ class RateLimitConfig:
             s = self._cluster_stats[name] = {n: c("cluster.%s.ratelimit.%s" % (name, n))
                                              for n in COUNTERS}
         return s
+
+
+def _fraction(msg, field: str, fallback_key: str):
+    """(runtime key, numerator, denominator) of a RuntimeFractionalPercent field, or the
+    runtime key Envoy falls back to (100 % by default) when it is unset."""
+    if not msg.HasField(field):
+        return (fallback_key, 100, 100)
+    f = getattr(msg, field)
+    d = f.default_value
+    return (f.runtime_key, d.numerator, {0: 100, 1: 10000, 2: 1000000}.get(d.denominator, 100))
+
+
+def _on(runtime, fraction) -> bool:
+    return runtime.fractional_percent_enabled(*fraction)
 
 
 class PerRoute:
@@ -173,15 +199,13 @@ class RateLimitFilter(StreamFilter):
         if option == VH_INCLUDE or (option == VH_OVERRIDE and not limits.route):
             policies += [p for p in limits.vhost if p.stage == stage]
         out = []
-        hits = 0
         ip = (self.decoder_callbacks.stream_info.downstream_remote_address or "").rpartition(":")[0]
         ip = ip.strip("[]")
         for p in policies:
             d = p.descriptor(head, ip, self.cluster or "", self.cfg.node_cluster)
-            if d is not None:
+            if d is not None:   # hits_addend is not sent: Envoy 1.40 sends none either
                 out.append(d)
-                hits = hits or p.hits_addend
-        return out, hits
+        return out, 0
 
     def decode_headers(self, headers, end_stream: bool):
         cb = self.decoder_callbacks
@@ -189,7 +213,7 @@ class RateLimitFilter(StreamFilter):
         route = cb.route()
         if route is None or route.kind != "cluster" or route.rate_limits is rl.NONE:
             return FilterHeadersStatus.CONTINUE
-        if not cb.runtime.feature_enabled("ratelimit.http_filter_enabled", 100):
+        if not _on(cb.runtime, cfg.filter_enabled):
             return FilterHeadersStatus.CONTINUE
         if cfg.request_type != "both":
             internal = headers.headers.get("x-envoy-internal") == "true"
@@ -227,7 +251,7 @@ class RateLimitFilter(StreamFilter):
             extra += x_ratelimit_headers(dec.statuses)
         if dec.code == OVER_LIMIT:
             stats["over_limit"].inc()
-            if cb.runtime.feature_enabled("ratelimit.http_filter_enforcing", 100):
+            if _on(cb.runtime, cfg.filter_enforced):
                 status = cfg.limited_status
                 c = cfg.store.counter
                 p = "cluster.%s." % self.cluster
@@ -236,6 +260,10 @@ class RateLimitFilter(StreamFilter):
                 c(p + "upstream_rq_completed").inc()
                 if cfg.x_envoy_header:
                     extra.append(("x-envoy-ratelimited", "true"))
+                if cfg.limited_headers:
+                    h = Headers(extra)
+                    cfg.limited_headers.apply(h, cb.stream_info)
+                    extra = h.items
                 cb.stream_info.response_flags.append("RL")
                 cb.send_local_reply(status, dec.body, "request_rate_limited", extra,
                                     RESOURCE_EXHAUSTED if cfg.as_resource_exhausted else None)
