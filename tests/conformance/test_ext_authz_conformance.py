@@ -175,6 +175,32 @@ static_resources:
               grpc_service: {envoy_grpc: {cluster_name: authz}}
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
+  - name: reroute
+    address: {socket_address: {address: 127.0.0.1, port_value: $reroute_listener}}
+    filter_chains:
+    - filters:
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: ing_reroute
+          route_config:
+            virtual_hosts:
+            - name: vh
+              domains: ["*"]
+              routes:
+              - match: {prefix: "/", headers: [{name: x-authz-user, string_match: {exact: alice}}]}
+                direct_response: {status: 202, body: {inline_string: rerouted}}
+              - match: {prefix: "/"}
+                route: {cluster: upstream}
+          http_filters:
+          - name: envoy.filters.http.ext_authz
+            typed_config:
+              "@type": type.googleapis.com/envoy.extensions.filters.http.ext_authz.v3.ExtAuthz
+              transport_api_version: V3
+              clear_route_cache: true
+              grpc_service: {envoy_grpc: {cluster_name: authz}, timeout: 0.5s}
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
   - name: dead
     address: {socket_address: {address: 127.0.0.1, port_value: $dead_listener}}
     filter_chains:
@@ -212,7 +238,7 @@ GRPC_REQUESTS = [("/a", [("x-user", "alice"), ("x-secret", "s")]),
                  ("/ctx", [("x-user", "carol")]), ("/slow", [("x-user", "alice")])]
 HTTP_REQUESTS = [("/p?q=1", [("x-user", "alice"), ("x-secret", "s")]), ("/d", []),
                  ("/error", [])]
-STATS = ("http.ing_body.ext_authz.", "http.ing_off.ext_authz.", "http.ing.ext_authz.", "http.ing_http.ext_authz.", "http.ing_dead.ext_authz.",
+STATS = ("http.ing_reroute.ext_authz.", "http.ing_body.ext_authz.", "http.ing_off.ext_authz.", "http.ing.ext_authz.", "http.ing_http.ext_authz.", "http.ing_dead.ext_authz.",
          "cluster.upstream.ext_authz.", "cluster.upstream.upstream_rq_4")
 UPSTREAM_SEEN = ("x-body", "x-partial", "x-authz-user", "x-secret", "x-ctx", "x-authz-extra",
                  "x-envoy-auth-failure-mode-allowed")
@@ -249,6 +275,8 @@ def _exchange(side):
         out.append(_outcome(side.http(path, port="body_listener", method="POST" if body
                                       else "GET", headers=dave, body=body)))
     out.append(_outcome(side.http("/o", port="off_listener")))
+    r = side.http("/r", port="reroute_listener", headers=[("x-user", "alice")])
+    out.append((r.status, r.body))       # the authz-added header re-matched the route
     return out
 
 
@@ -270,7 +298,7 @@ def _stats(side):
 def test_ext_authz_matches_envoy(pair):
     envoy, proxyd = pair.both(_exchange)
     assert proxyd == envoy
-    assert sorted({e[0] for e in envoy}) == [200, 401, 403, 503]
+    assert sorted({e[0] for e in envoy}) == [200, 202, 401, 403, 503]
     for name, n in (("grpc.log", len(GRPC_REQUESTS)), ("http.log", len(HTTP_REQUESTS))):
         envoy_log, proxyd_log = pair.both(lambda s: _lines(s, name, n))
         assert proxyd_log == envoy_log, name
