@@ -38,6 +38,10 @@ _MODULES: dict[str, tuple[str, str]] = {
         (NETWORK_FILTER, "proxyd.network.filters.local_ratelimit"),
     "envoy.extensions.filters.network.rbac.v3.RBAC":
         (NETWORK_FILTER, "proxyd.network.filters.rbac"),
+    "envoy.extensions.filters.network.ext_authz.v3.ExtAuthz":
+        (NETWORK_FILTER, "proxyd.network.filters.ext_authz"),
+    "envoy.extensions.filters.network.ratelimit.v3.RateLimit":
+        (NETWORK_FILTER, "proxyd.network.filters.ratelimit"),
     "envoy.extensions.filters.network.mongo_proxy.v3.MongoProxy":
         (NETWORK_FILTER, "proxyd.network.filters.mongo_proxy"),
     "envoy.extensions.filters.network.thrift_proxy.v3.ThriftProxy":
@@ -73,6 +77,14 @@ _MODULES: dict[str, tuple[str, str]] = {
     "envoy.extensions.filters.http.rbac.v3.RBACPerRoute":
         (HTTP_ROUTE_CONFIG, "proxyd.http.filters.rbac"),
     "envoy.config.route.v3.FilterConfig": (HTTP_ROUTE_CONFIG, "proxyd.http.per_filter_config"),
+    "envoy.extensions.filters.http.ratelimit.v3.RateLimit":
+        (HTTP_FILTER, "proxyd.http.filters.ratelimit"),
+    "envoy.extensions.filters.http.ratelimit.v3.RateLimitPerRoute":
+        (HTTP_ROUTE_CONFIG, "proxyd.http.filters.ratelimit"),
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthz":
+        (HTTP_FILTER, "proxyd.http.filters.ext_authz"),
+    "envoy.extensions.filters.http.ext_authz.v3.ExtAuthzPerRoute":
+        (HTTP_ROUTE_CONFIG, "proxyd.http.filters.ext_authz"),
     "envoy.extensions.filters.http.cors.v3.Cors": (HTTP_FILTER, "proxyd.http.filters.cors"),
     "envoy.extensions.filters.http.cors.v3.CorsPolicy":
         (HTTP_ROUTE_CONFIG, "proxyd.http.filters.cors"),

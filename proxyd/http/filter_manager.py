@@ -778,7 +778,7 @@ def _local_response(request, status: int, body: bytes | None, headers, grpc_stat
     if grpc.is_grpc(request):
         return grpc.local_reply_head(request, status, body, grpc_status), b""
     h = Headers(list(headers) if headers else [])
-    if body:
+    if body and "content-type" not in h:  # a filter's own (ext_authz's denial) wins
         h.add("content-type", "text/plain")
     if body or request.version != "HTTP/2":  # Envoy 1.40: no "0" over HTTP/2
         h.add("content-length", str(len(body) if body else 0))

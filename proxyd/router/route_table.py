@@ -35,6 +35,7 @@ from proxyd.router.header_mutation import HeaderMutation, apply_all
 from proxyd.router import shadow
 from proxyd.router.hash_policy import HashPolicy
 from proxyd.router.retry_policy import RetryPolicy
+from proxyd.router.rate_limits import NONE as NO_RATE_LIMITS, compile_policies, compile_route
 from proxyd.router.matchers import (
     ascii_lower, header_getter, header_matcher, port_start, regex_matcher, wire,
 )
@@ -94,6 +95,7 @@ class RouteEntry:
         "cors_policies",   # the deprecated RouteAction.cors, VirtualHost.cors (compiled)
         "hash_policy",     # proxyd.router.hash_policy.HashPolicy or None
         "mirror_policies",  # proxyd.router.shadow.MirrorPolicy, most specific level's
+        "rate_limits",     # RouteRateLimits (router/rate_limits.py), for the ratelimit filter
     )
 
     def cluster_for(self, req: RequestHead) -> str:
@@ -382,6 +384,7 @@ class RouteTable:
                         if vh_cfg.HasField("retry_policy") else None)
             vh_mirror = (shadow.compile_policies(vh_cfg.request_mirror_policies, vpath)
                          or rc_mirror)
+            vh_limits = compile_policies(vh_cfg.rate_limits, vpath)
             routes = []
             for ri, r_cfg in enumerate(vh_cfg.routes):
                 rpath = f"{vpath}.routes[{ri}]"
@@ -411,6 +414,8 @@ class RouteTable:
                 e.per_filter_config, e.per_filter_levels, e.disabled_filters = (
                     merge_filter_levels(levels) if levels else _NO_FILTER_CONFIG)
                 e.cors_policies = _legacy_cors(r_cfg, rpath, vh_cfg, vpath)
+                e.rate_limits = compile_route(r_cfg.route if r_cfg.HasField("route") else None,
+                                              vh_limits, rpath + ".route")
                 routes.append(route)
             vh = _VirtualHost(vh_cfg.name, tuple(routes))
             self._vhosts.append(vh)
@@ -462,6 +467,7 @@ class RouteTable:
 
         e = RouteEntry()
         e.cors_policies = ()
+        e.rate_limits = NO_RATE_LIMITS
         e.name = r.name or None
         e.virtual_host_name = vh_name
         e.timeout = DEFAULT_TIMEOUT

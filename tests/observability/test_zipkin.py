@@ -19,6 +19,8 @@ from proxyd.http.headers import Headers
 from proxyd.observability.tracing import b3, zipkin
 from proxyd.observability.tracing.zipkin import build_tracer
 
+from side_services import Worker, cluster_config
+
 from .conftest import FakeStats, make_info
 
 ZIPKIN_TYPE = "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig"
@@ -29,33 +31,20 @@ class Node:
     cluster = "front"
 
 
-class Host:
-    def __init__(self, address):
-        self.address = address
-
-
-class Cluster:
-    def __init__(self, address):
-        self.host = Host(address) if address else None
-
-    def choose_host(self):
-        return self.host
-
-
-class ClusterManager:
-    def __init__(self, clusters):
-        self.clusters = clusters
-
-    def get(self, name):
-        return self.clusters.get(name)
-
-
 class Ctx:
+    """Zipkin counters in a dict; the collector cluster is a real one (a real cluster
+    manager over a real stats file: the reporter posts through the async client)."""
+    _workers: list = []
+
     def __init__(self, collector=None):
         self.stats = FakeStats()
         self.node = Node()
-        self.cluster_manager = ClusterManager(
-            {"zipkin": Cluster(collector)} if collector else {})
+        w = Worker()
+        Ctx._workers.append(w)
+        self.worker = w
+        if collector:
+            w.set_clusters(cluster_config("zipkin", collector[1]))
+        self.cluster_manager = w.cluster_manager
 
 
 def tracing(**zk):
@@ -74,6 +63,8 @@ def fresh_reporters():
     zipkin._reporters.clear()
     yield
     zipkin._reporters.clear()
+    while Ctx._workers:
+        Ctx._workers.pop().close()
 
 
 def test_no_provider_means_no_tracer():
@@ -290,6 +281,9 @@ def test_batches_flush_at_min_flush_spans_on_one_kept_alive_connection():
         wait_for(lambda: len(col.spans()) == 12, timeout=2.0)
         assert ctx.stats["tracing.zipkin.reports_sent"] == 2
         assert ctx.stats["tracing.zipkin.timer_flushed"] == 0
+        # through the collector cluster's pool: its stats, one kept-alive connection
+        assert ctx.worker.value("cluster.zipkin.upstream_rq_202") == 2
+        assert ctx.worker.value("cluster.zipkin.upstream_cx_total") == 1
     finally:
         col.close()
 

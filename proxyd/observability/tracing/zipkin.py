@@ -12,7 +12,8 @@ whose parent is the caller's span.
 
 Finished spans go to a per-process Reporter (one per collector cluster + endpoint),
 which a background greenlet drains: every `flush_interval` or once `min_flush_spans`
-are waiting, it POSTs one JSON array over a kept-alive gevent socket. A dead or slow
+are waiting, it POSTs one JSON array through the async client
+(`proxyd/upstream/async_client.py`: the collector cluster's pool, TLS and stats). A dead or slow
 collector only moves counters under `tracing.zipkin.`; the buffer is bounded and the
 request path never waits for it.
 """
@@ -23,9 +24,7 @@ import time
 
 import gevent
 import gevent.event
-import gevent.lock
 import orjson
-from gevent import socket as gsocket
 
 from proxyd.proto import unpack
 from proxyd.observability.tracing import b3
@@ -273,9 +272,7 @@ class Reporter:
         self.pending: list[dict] = []
         self._wake = gevent.event.Event()
         self._greenlet: gevent.Greenlet | None = None
-        self._sock = None
-        self._sock_addr = None
-        self._lock = gevent.lock.Semaphore()   # one POST at a time on the kept-alive socket
+        self._client = None   # the async client over the worker's cluster manager
 
     def add(self, spans: list[dict]) -> None:
         if len(self.pending) + len(spans) > self.max_pending:
@@ -297,104 +294,37 @@ class Reporter:
                 self.flush()
 
     def flush(self) -> None:
+        """POST what is pending through the async client: the collector cluster's own
+        pool, TLS and `cluster.<collector>.*` stats, as Envoy's reporter does."""
         batch, self.pending = self.pending, []
         if not batch:
             return
         cm = getattr(self.ctx, "cluster_manager", None)
-        cluster = cm.get(self.cluster) if cm is not None else None
-        host = cluster.choose_host() if cluster is not None else None
-        if host is None:
+        if cm is None or cm.get(self.cluster) is None:
             self.c_skipped.inc()
             return
-        body = orjson.dumps(batch)
+        from proxyd.upstream.async_client import (NO_HEALTHY_UPSTREAM, AsyncClient,
+                                                  AsyncClientError)
+        client = self._client
+        if client is None or client.cluster_manager is not cm:
+            client = self._client = AsyncClient(cm)
         try:
-            with self._lock, gevent.Timeout(self.timeout):
-                status = self._post(host.address, body)
-        except (OSError, ValueError, gevent.Timeout):
-            self._close()
-            self.c_reports_failed.inc()
+            resp = client.send(self.cluster, "POST", self.endpoint, _REPORT_HEADERS,
+                               orjson.dumps(batch), self.timeout, self.hostname)
+        except AsyncClientError as e:
+            if e.reason == NO_HEALTHY_UPSTREAM:
+                self.c_skipped.inc()
+            else:
+                self.c_reports_failed.inc()
             return
-        if 200 <= status < 300:
+        if 200 <= resp.status < 300:
             self.c_reports_sent.inc()
             self.c_spans_sent.inc(len(batch))
         else:
             self.c_reports_dropped.inc()
 
-    def _close(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            except OSError:
-                pass
-        self._sock = None
 
-    def _post(self, address, body: bytes) -> int:
-        head = (f"POST {self.endpoint} HTTP/1.1\r\nHost: {self.hostname}\r\n"
-                f"Content-Type: application/json\r\nContent-Length: {len(body)}\r\n"
-                f"User-Agent: proxyd\r\n\r\n").encode("latin-1")
-        for attempt in (0, 1):
-            fresh = self._sock is None or self._sock_addr != address
-            if fresh:
-                self._close()
-                self._sock = gsocket.create_connection(address, timeout=self.timeout)
-                self._sock_addr = address
-            try:
-                self._sock.sendall(head + body)
-                status, keep = _read_response(self._sock)
-            except (OSError, ValueError):
-                self._close()
-                if fresh or attempt:
-                    raise
-                continue    # a kept-alive connection the collector had closed: retry once
-            if not keep:
-                self._close()
-            return status
-        raise OSError("unreachable")
-
-
-def _read_response(sock) -> tuple[int, bool]:
-    """Status and whether the connection can be reused; the body is read and ignored."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ValueError("collector closed the connection")
-        buf += chunk
-        if len(buf) > 65536:
-            raise ValueError("collector response head too large")
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split()
-    if len(parts) < 2 or not parts[1].isdigit():
-        raise ValueError("bad collector status line")
-    status = int(parts[1])
-    hdrs = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        hdrs[k.strip().lower()] = v.strip().lower()
-    keep = parts[0] == "HTTP/1.1" and hdrs.get("connection") != "close"
-    if status in (204, 304) or 100 <= status < 200:
-        return status, keep
-    if "content-length" in hdrs:
-        need = int(hdrs["content-length"]) - len(rest)
-        while need > 0:
-            chunk = sock.recv(min(need, 65536))
-            if not chunk:
-                raise ValueError("collector closed the connection")
-            need -= len(chunk)
-        return status, keep
-    if hdrs.get("transfer-encoding") == "chunked":
-        while not rest.endswith(b"0\r\n\r\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ValueError("collector closed the connection")
-            rest += chunk
-        return status, keep
-    while sock.recv(65536):
-        pass
-    return status, False
-
-
+_REPORT_HEADERS = (("content-type", "application/json"), ("user-agent", "proxyd"))
 _reporters: dict[tuple, Reporter] = {}
 
 
