@@ -10,8 +10,9 @@ tracked cluster's membership_healthy.
 
 Workers crashing changes nothing here (the master owns the state). A hot-restarted
 master finds the words in the stats file it inherits: a host keeps its flags, its
-checks continue without a "first check", and an ejection still in force is timed out
-by the new master's detector from the moment it took over.
+checks continue without a "first check", and an ejection still in force keeps its
+start time, ejection count and back-off (shared words beside the flags), so the new
+master's detector unejects it when the old one would have.
 """
 from __future__ import annotations
 

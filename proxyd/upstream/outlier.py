@@ -108,7 +108,11 @@ class Config:
 
 def _names(cluster: str, addr: str) -> dict:
     p = "%s%s:%s:" % (INTERNAL, cluster, addr)
-    return {k: p + k for k in ("c5xx", "cgw", "clo", "rq", "ok", "lrq", "lok", "t5xx", "tgw", "tlo")}
+    return {k: p + k for k in ("c5xx", "cgw", "clo", "rq", "ok", "lrq", "lok", "t5xx", "tgw", "tlo",
+                               "ejected_ns", "num_ejections", "backoff")}
+
+
+_KEPT = ("ejected_ns", "num_ejections", "backoff")  # the master's bookkeeping, for a successor
 
 
 _SHARED = ("c5xx", "cgw", "clo")
@@ -215,21 +219,34 @@ _AS_HTTP = {EXT_SUCCESS: 200, CONNECT_SUCCESS_FINAL: 200, TIMEOUT: 504, CONNECT_
 
 class _HostState:
     __slots__ = ("addr", "word", "shared", "totals", "last", "num_ejections", "backoff",
-                 "last_ejection", "last_unejection", "jitter_ms", "sr", "lo_sr")
+                 "last_ejection", "last_unejection", "jitter_ms", "sr", "lo_sr", "kept")
 
-    def __init__(self, addr, word, shared, totals):
+    def __init__(self, addr, word, shared, totals, kept):
         self.addr = addr
         self.word = word        # HealthWord
         self.shared = shared    # (view, row, fd, offset) of c5xx, cgw, clo
         self.totals = totals    # {name: total_view}
+        self.kept = kept        # {name: (view, row)}: ejection bookkeeping in the stats file
         self.last = {k: sum(v) for k, v in totals.items()}
-        self.num_ejections = 0
-        self.backoff = 0
-        self.last_ejection = None
+        # a predecessor master's ejection carries on (CLOCK_MONOTONIC is machine-wide)
+        self.num_ejections = self._get("num_ejections")
+        self.backoff = self._get("backoff")
+        ns = self._get("ejected_ns")
+        self.last_ejection = ns / 1e9 if ns and self.ejected() else None
         self.last_unejection = None
         self.jitter_ms = 0
         self.sr = -1.0
         self.lo_sr = -1.0
+
+    def _get(self, k: str) -> int:
+        v, r = self.kept[k]
+        return v[r]
+
+    def save(self) -> None:
+        for k, value in (("num_ejections", self.num_ejections), ("backoff", self.backoff),
+                         ("ejected_ns", int(self.last_ejection * 1e9) if self.last_ejection else 0)):
+            v, r = self.kept[k]
+            v[r] = value
 
     def ejected(self) -> bool:
         return bool(self.word.get() & H.FAILED_OUTLIER_CHECK)
@@ -264,7 +281,8 @@ class Detector:
                 names = _names(self.cluster, addr)
                 shared = [self._store.shared_word(names[k]) for k in _SHARED]
                 totals = {k: self._store.total_view(self._store.counter(names[k])) for k in _SLOT}
-                st = _HostState(addr, words[addr], shared, totals)
+                kept = {k: self._store.shared_word(names[k])[:2] for k in _KEPT}
+                st = _HostState(addr, words[addr], shared, totals, kept)
             keep[addr] = st
         self.hosts = keep
         self.ejections_active.set(sum(1 for s in keep.values() if s.ejected()))
@@ -334,6 +352,7 @@ class Detector:
         st.jitter_ms = int(self._rand() * (jmax + 1)) if jmax else 0
         if st.backoff * cfg.base_ejection_ms < cfg.max_ejection_ms + cfg.base_ejection_ms:
             st.backoff += 1
+        st.save()
         self.ejections_active.set(self._active())
         self._log_eject(st, kind, True)
         if self.on_change is not None:
@@ -343,6 +362,7 @@ class Detector:
         st.word.set(st.word.get() & ~H.FAILED_OUTLIER_CHECK)
         self._reset(st, (0, 1, 2))
         st.last_unejection = self._clock()
+        st.save()
         self.ejections_active.set(self._active())
         self._log(st, "UNEJECT", st.last_ejection, {})
         if self.on_change is not None:
@@ -363,9 +383,10 @@ class Detector:
                 span = min(cfg.base_ejection_ms * st.backoff, cfg.max_ejection_ms) + st.jitter_ms
                 if span <= (now - st.last_ejection) * 1000.0:
                     self.uneject(st)
-            elif st.ejected():      # ejected by a predecessor master: time it from now
+            elif st.ejected():      # ejected before this master kept the time: from now
                 st.last_ejection = now
                 st.backoff = max(st.backoff, 1)
+                st.save()
         buckets = {}
         for st in self.hosts.values():
             cur = {k: sum(st.totals[k]) for k in ("rq", "ok", "lrq", "lok")}
@@ -378,6 +399,7 @@ class Detector:
             if not st.ejected() and st.last_unejection is not None and \
                     (now - st.last_unejection) * 1000.0 >= cfg.interval_ms and st.backoff:
                 st.backoff -= 1
+                st.save()
 
     def _success_rate(self, buckets, total_key, ok_key, local: bool) -> None:
         cfg = self.cfg

@@ -156,3 +156,25 @@ def test_success_rate_ejects_the_outlier(proxyd_factory, flaky_factory):
     assert s[P + "ejections_detected_success_rate"] == "1"
     assert s[P + "ejections_success_rate"] == "1"
     assert clusters(admin)[("upstream", "127.0.0.1:%d" % bad)] == "/failed_outlier_check"
+
+
+def test_an_ejection_carries_over_a_hot_restart(proxyd_factory, flaky_factory, tmp_path):
+    from harness import run_cli
+    up = flaky_factory(2)
+    bad, good = up.ports
+    px, admin = _start(proxyd_factory, up.addresses,
+                       {"consecutive_5xx": 2, "interval": "0.2s", "base_ejection_time": "20s",
+                        "max_ejection_percent": 50}, concurrency=1, tmp_path=tmp_path)
+    up.set(bad, status=503)
+    wait_for(lambda: (http(px.port, path="/x"),
+                      stats(admin)[P + "ejections_active"] == "1")[1], what="an ejection")
+    up.set(bad, status=200)
+    cp = run_cli("reload", "--runtime-dir", px.runtime_dir, timeout=60)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    # the new master keeps the ejection (flag, time, count) and ends it itself
+    assert clusters(admin)[("upstream", "127.0.0.1:%d" % bad)] == "/failed_outlier_check"
+    assert stats(admin)[P + "ejections_active"] == "1"
+    assert {http(px.port, path="/x").json()["port"] for _ in range(6)} == {good}
+    wait_for(lambda: stats(admin)[P + "ejections_active"] == "0", timeout=60, what="the unejection")
+    events = [json.loads(line) for line in (tmp_path / "od_events.log").read_text().splitlines()]
+    assert [(e["action"], e["num_ejections"]) for e in events] == [("EJECT", 1), ("UNEJECT", 1)]
