@@ -178,3 +178,33 @@ def test_an_ejection_carries_over_a_hot_restart(proxyd_factory, flaky_factory, t
     wait_for(lambda: stats(admin)[P + "ejections_active"] == "0", timeout=60, what="the unejection")
     events = [json.loads(line) for line in (tmp_path / "od_events.log").read_text().splitlines()]
     assert [(e["action"], e["num_ejections"]) for e in events] == [("EJECT", 1), ("UNEJECT", 1)]
+
+
+def test_tcp_proxy_connect_failures_eject(proxyd_factory, flaky_factory):
+    """tcp_proxy reports to the detector as Envoy's does: a connect failure is a 5xx to
+    it, a connect a success (LocalOriginConnectSuccessFinal)."""
+    import socket
+    from harness import bootstrap
+    up = flaky_factory(1)
+    dead = closed_port()
+    admin, lport = free_port(), free_port()
+    tcp = {"name": "tcp", "address": {"socket_address": {"address": "127.0.0.1", "port_value": lport}},
+           "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+               "stat_prefix": "tcp", "cluster": "upstream", "max_connect_attempts": 1}}]}]}
+    cfg = bootstrap([tcp], [cluster("upstream", [up.addresses[0], ("127.0.0.1", dead)],
+                                    outlier_detection={"consecutive_5xx": 2, "interval": "0.2s",
+                                                       "max_ejection_percent": 50})], admin)
+    proxyd_factory(cfg, concurrency=1)
+
+    def one():
+        try:
+            with socket.create_connection(("127.0.0.1", lport), timeout=5) as s:
+                s.sendall(b"GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+                return s.recv(100)
+        except OSError:  # the upstream connect failed: tcp_proxy closes the client's
+            return b""
+    wait_for(lambda: (one(), stats(admin)[P + "ejections_active"] == "1")[1],
+             what="the dead host ejected")
+    assert clusters(admin)[("upstream", "127.0.0.1:%d" % dead)] == "/failed_outlier_check"
+    assert all(one().startswith(b"HTTP/1.1 200") for _ in range(6))
