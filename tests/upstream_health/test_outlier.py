@@ -208,3 +208,40 @@ def test_tcp_proxy_connect_failures_eject(proxyd_factory, flaky_factory):
              what="the dead host ejected")
     assert clusters(admin)[("upstream", "127.0.0.1:%d" % dead)] == "/failed_outlier_check"
     assert all(one().startswith(b"HTTP/1.1 200") for _ in range(6))
+
+
+def test_grpc_status_in_headers_counts_as_its_http_mapping(proxyd_factory):
+    """A trailers-only gRPC answer UNAVAILABLE is a 503 to the detector (Envoy's router
+    maps grpc-status in response headers), although its HTTP status is 200."""
+    import os
+    import sys
+    from concurrent import futures
+
+    import grpc
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "http2"))
+    from h2_helpers import H2_OPTIONS
+
+    def unavailable(request, context):
+        context.abort(grpc.StatusCode.UNAVAILABLE, "down")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.S", {
+        "M": grpc.unary_unary_rpc_method_handler(unavailable)}),))
+    gport = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        px, admin = _start(proxyd_factory, [("127.0.0.1", gport)],
+                           {"consecutive_5xx": 2, "interval": "0.2s", "always_eject_one_host": True},
+                           concurrency=1, typed_extension_protocol_options=H2_OPTIONS)
+        with grpc.insecure_channel("127.0.0.1:%d" % px.port) as ch:
+            for _ in range(2):
+                try:
+                    ch.unary_unary("/t.S/M")(b"x", timeout=5)
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.UNAVAILABLE
+        wait_for(lambda: stats(admin)[P + "ejections_active"] == "1", what="the ejection")
+        s = stats(admin)
+        assert s[P + "ejections_enforced_consecutive_5xx"] == "1"
+        assert s["cluster.upstream.upstream_rq_200"] == "2"   # the HTTP status is still 200
+    finally:
+        server.stop(0)

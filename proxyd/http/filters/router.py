@@ -415,7 +415,7 @@ def _exchange(stream, conn, head_bytes: bytes, cstats, host, t0: float, read_bod
                         continue  # interim 1xx: proxyd sent its own 100 Continue
                     resp = payload
                     if host.outlier is not None:
-                        host.outlier.http_status(resp.status)
+                        host.outlier.http_status(grpc.outlier_status(req, resp))
                     if host.hc_fail is not None and IMMEDIATE_FAIL_HEADER in resp.headers:
                         host.hc_fail.inc()  # Envoy: the host fails its active health check at once
                     if retry is not None and retry_response(retry, stream, cstats, host, resp):

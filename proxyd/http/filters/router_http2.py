@@ -12,7 +12,7 @@ import time
 
 import gevent
 
-from proxyd.http import local_reply
+from proxyd.http import grpc, local_reply
 from proxyd.http.codec import http2 as h2c
 from proxyd.http.filters.router import (PerTryTimeout, RouteTimeout, _complete, _Retry,
                                         _send_response_head, attempt_count,
@@ -202,7 +202,7 @@ def _relay_response(stream, us, cstats, host, t0: float, retry, attempts: int) -
         elif kind == h2c.HEADERS:
             resp = _response_head(ev[2])
             if host.outlier is not None:
-                host.outlier.http_status(resp.status)
+                host.outlier.http_status(grpc.outlier_status(stream.request, resp))
             if host.hc_fail is not None and IMMEDIATE_FAIL_HEADER in resp.headers:
                 host.hc_fail.inc()  # Envoy: the host fails its active health check at once
             if retry is not None and retry_response(retry, stream, cstats, host, resp):
