@@ -117,6 +117,15 @@ _KEPT = ("ejected_ns", "num_ejections", "backoff")  # the master's bookkeeping, 
 
 _SHARED = ("c5xx", "cgw", "clo")
 _SLOT = ("rq", "ok", "lrq", "lok", "t5xx", "tgw", "tlo")
+_LOCAL = frozenset(("clo", "lrq", "lok", "tlo"))  # rows only with split_external_local_origin_errors
+
+
+def _shared_keys(split: bool):
+    return _SHARED if split else tuple(k for k in _SHARED if k not in _LOCAL)
+
+
+def _slot_keys(split: bool):
+    return _SLOT if split else tuple(k for k in _SLOT if k not in _LOCAL)
 
 
 class HostReporter:
@@ -128,12 +137,13 @@ class HostReporter:
 
     def __init__(self, store, cluster: str, addr: str, cfg: Config):
         names = _names(cluster, addr)
-        views = [store.shared_word(names[k]) for k in _SHARED]
+        views = [store.shared_word(names[k]) for k in _shared_keys(cfg.split)]
         self._w = views[0][0]
-        self._r5, self._rg, self._rl = (v[1] for v in views)
+        self._r5, self._rg = views[0][1], views[1][1]
+        self._rl = views[2][1] if cfg.split else None
         self._fd, self._lock_off = views[0][2], views[0][3]  # the c5xx word's lock guards all three
         for k in _SLOT:
-            setattr(self, k, store.counter(names[k]))
+            setattr(self, k, store.counter(names[k]) if k in _slot_keys(cfg.split) else None)
         self._n5, self._ng, self._nl = (cfg.consecutive_5xx, cfg.consecutive_gateway_failure,
                                         cfg.consecutive_local_origin_failure)
         self._split = cfg.split
@@ -279,8 +289,10 @@ class Detector:
             st = self.hosts.get(addr)
             if st is None:
                 names = _names(self.cluster, addr)
-                shared = [self._store.shared_word(names[k]) for k in _SHARED]
-                totals = {k: self._store.total_view(self._store.counter(names[k])) for k in _SLOT}
+                split = self.cfg.split
+                shared = [self._store.shared_word(names[k]) for k in _shared_keys(split)]
+                totals = {k: self._store.total_view(self._store.counter(names[k]))
+                          for k in _slot_keys(split)}
                 kept = {k: self._store.shared_word(names[k])[:2] for k in _KEPT}
                 st = _HostState(addr, words[addr], shared, totals, kept)
             keep[addr] = st
@@ -296,8 +308,9 @@ class Detector:
             fcntl.lockf(fd, fcntl.LOCK_EX, 8, off)
         try:
             for i in which:
-                v, r = st.shared[i][0], st.shared[i][1]
-                v[r] = 0
+                if i < len(st.shared):
+                    v, r = st.shared[i][0], st.shared[i][1]
+                    v[r] = 0
         finally:
             if fd is not None:
                 fcntl.lockf(fd, fcntl.LOCK_UN, 8, off)
@@ -308,6 +321,8 @@ class Detector:
             for key, kind, idx in (("tgw", CONSECUTIVE_GATEWAY_FAILURE, 1),
                                    ("t5xx", CONSECUTIVE_5XX, 0),
                                    ("tlo", CONSECUTIVE_LOCAL_ORIGIN_FAILURE, 2)):
+                if key not in st.totals:
+                    continue
                 total = sum(st.totals[key])
                 fired = total - st.last[key]
                 if fired <= 0:
@@ -389,12 +404,13 @@ class Detector:
                 st.save()
         buckets = {}
         for st in self.hosts.values():
-            cur = {k: sum(st.totals[k]) for k in ("rq", "ok", "lrq", "lok")}
+            cur = {k: sum(st.totals[k]) for k in ("rq", "ok", "lrq", "lok") if k in st.totals}
             buckets[st.addr] = {k: cur[k] - st.last[k] for k in cur}
             st.last.update(cur)
             st.sr = st.lo_sr = -1.0
         self._success_rate(buckets, "rq", "ok", False)
-        self._success_rate(buckets, "lrq", "lok", True)
+        if self.cfg.split:
+            self._success_rate(buckets, "lrq", "lok", True)
         for st in self.hosts.values():
             if not st.ejected() and st.last_unejection is not None and \
                     (now - st.last_unejection) * 1000.0 >= cfg.interval_ms and st.backoff:
