@@ -50,8 +50,11 @@ def test_http_check_fails_a_host_at_once_and_needs_healthy_threshold_to_return(
     up.set(sick, hc=503)
     # a 503 is not an expected status: unhealthy on the first failure
     wait_for(lambda: _flags(admin, sick) == "/failed_active_hc", what="the failed check")
+    # membership_healthy follows on the master's next poll (every 50 ms)
+    wait_for(lambda: stats(admin)["cluster.upstream.membership_healthy"] == "1",
+             what="membership_healthy")
     s = stats(admin)
-    assert s[P + "healthy"] == "1" and s["cluster.upstream.membership_healthy"] == "1"
+    assert s[P + "healthy"] == "1"
     assert int(s[P + "failure"]) >= 1 and s[P + "network_failure"] == "0"
     assert {http(px.port, path="/x").json()["port"] for _ in range(12)} == {well}
     up.set(sick, hc=200)
