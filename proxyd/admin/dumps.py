@@ -99,6 +99,8 @@ def _health_status(flags: str) -> clusters_pb2.HostHealthStatus:
             status.excluded_via_immediate_hc_fail = True
         elif flag == "active_hc_timeout":
             status.active_hc_timeout = True
+        elif flag == "eds_status_draining":
+            status.eds_health_status = health_check_pb2.DRAINING
     return status
 
 
@@ -130,6 +132,9 @@ def clusters_json(clusters: list[dict], host_stat) -> bytes:
             for stat in HOST_GAUGES:
                 hs.stats.add(name=stat, type=metrics_pb2.SimpleMetric.GAUGE,
                              value=max(0, host_stat(cluster["name"], host["address"], stat)))
+            for field in ("success_rate", "local_origin_success_rate"):  # set once valid
+                if host.get(field, -1) >= 0:
+                    getattr(hs, field).value = host[field]
     return to_json(out)
 
 

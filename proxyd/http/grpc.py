@@ -34,6 +34,22 @@ def status_from_http(status: int) -> int:
     return _FROM_HTTP.get(status, UNKNOWN)
 
 
+# Envoy Grpc::Utility::grpcToHttpStatus
+_TO_HTTP = (200, 499, 500, 400, 504, 404, 409, 403, 429, 400, 409, 400, 501, 500, 503, 500, 401)
+
+
+def outlier_status(req, resp) -> int:
+    """What the outlier detector hears of a response (Envoy's router): a gRPC request's
+    grpc-status in the response headers (a trailers-only answer) as its HTTP mapping,
+    else the HTTP status. A grpc-status in trailers is not looked at, as in Envoy."""
+    if is_grpc(req):
+        g = resp.headers.get("grpc-status")
+        if g is not None and g.isdigit():
+            n = int(g)
+            return _TO_HTTP[n] if n < len(_TO_HTTP) else 500
+    return resp.status
+
+
 def parse_timeout(value: str | None) -> float | None:
     """`grpc-timeout` ("100m", "5S", at most 8 digits and a unit) in seconds; None if
     absent or malformed (then it is ignored, as Envoy does)."""

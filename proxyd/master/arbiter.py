@@ -185,8 +185,8 @@ class Master:
         path = cm.outlier_detection.event_log_path if cm.HasField("outlier_detection") else ""
         self.health = HealthManager(self.stats, path, self.log)
         self._sync_health()
-        self.health.start()
-        if self.predecessor is None:
+        if self.predecessor is None:  # else once live: the old master checks until then
+            self.health.start()
             self.health.wait_initial(self.health.initial_timeout() + 0.5)
 
     def _sync_health(self) -> None:
@@ -437,6 +437,8 @@ class Master:
                     (self.dynamic is None or self.dynamic.initialized):
                 self.state = "LIVE"
                 self.live.set()
+                if self.health is not None:
+                    self.health.start()
                 for sock in self.spare_sockets.values():
                     sock.close()
                 self.spare_sockets = {}

@@ -10,8 +10,9 @@ tracked cluster's membership_healthy.
 
 Workers crashing changes nothing here (the master owns the state). A hot-restarted
 master finds the words in the stats file it inherits: a host keeps its flags, its
-checks continue without a "first check", and an ejection still in force is timed out
-by the new master's detector from the moment it took over.
+checks continue without a "first check", and an ejection still in force keeps its
+start time, ejection count and back-off (shared words beside the flags), so the new
+master's detector unejects it when the old one would have.
 """
 from __future__ import annotations
 
@@ -51,6 +52,13 @@ class HealthManager:
         self.stopped = False
 
     def start(self) -> None:
+        """Run the checks and the detectors. A hot-restarted master calls this once live:
+        until then its predecessor still checks and ejects, and the two would both count."""
+        if self._loop is not None:
+            return
+        for m in self.clusters.values():
+            if m.checker is not None:
+                m.checker.activate()
         self._loop = gevent.spawn(self._poll_loop)
 
     def stop(self) -> None:
@@ -93,6 +101,8 @@ class HealthManager:
                 if cfg.health_checks:
                     on_ok = m.detector.hc_succeeded if m.detector is not None else None
                     m.checker = ClusterChecker(cfg, self.store, on_success=on_ok)
+                    if self._loop is not None:
+                        m.checker.activate()
                 m.membership_healthy = self.store.gauge("cluster.%s.membership_healthy" % name)
                 self.clusters[name] = m
             words, carried = {}, set()

@@ -20,7 +20,7 @@ import time
 
 import gevent
 
-from proxyd.http import local_reply
+from proxyd.http import grpc, local_reply
 from proxyd.http.headers import HOP_BY_HOP
 from proxyd.http.http2_transport import ConnectionClosed
 from proxyd.http.stream_errors import DownstreamGone
@@ -288,7 +288,7 @@ class UpstreamRequest:
                 resp = ev[1]
                 host = self.host
                 if host.outlier is not None:
-                    host.outlier.http_status(resp.status)
+                    host.outlier.http_status(grpc.outlier_status(self.stream.request, resp))
                 if host.hc_fail is not None and IMMEDIATE_FAIL_HEADER in resp.headers:
                     host.hc_fail.inc()  # Envoy: the host fails its active health check at once
                 if retry is not None and self._retry_response(resp):

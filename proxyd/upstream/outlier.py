@@ -108,11 +108,24 @@ class Config:
 
 def _names(cluster: str, addr: str) -> dict:
     p = "%s%s:%s:" % (INTERNAL, cluster, addr)
-    return {k: p + k for k in ("c5xx", "cgw", "clo", "rq", "ok", "lrq", "lok", "t5xx", "tgw", "tlo")}
+    return {k: p + k for k in ("c5xx", "cgw", "clo", "rq", "ok", "lrq", "lok", "t5xx", "tgw", "tlo",
+                               "ejected_ns", "num_ejections", "backoff")}
+
+
+_KEPT = ("ejected_ns", "num_ejections", "backoff")  # the master's bookkeeping, for a successor
 
 
 _SHARED = ("c5xx", "cgw", "clo")
 _SLOT = ("rq", "ok", "lrq", "lok", "t5xx", "tgw", "tlo")
+_LOCAL = frozenset(("clo", "lrq", "lok", "tlo"))  # rows only with split_external_local_origin_errors
+
+
+def _shared_keys(split: bool):
+    return _SHARED if split else tuple(k for k in _SHARED if k not in _LOCAL)
+
+
+def _slot_keys(split: bool):
+    return _SLOT if split else tuple(k for k in _SLOT if k not in _LOCAL)
 
 
 class HostReporter:
@@ -124,12 +137,13 @@ class HostReporter:
 
     def __init__(self, store, cluster: str, addr: str, cfg: Config):
         names = _names(cluster, addr)
-        views = [store.shared_word(names[k]) for k in _SHARED]
+        views = [store.shared_word(names[k]) for k in _shared_keys(cfg.split)]
         self._w = views[0][0]
-        self._r5, self._rg, self._rl = (v[1] for v in views)
+        self._r5, self._rg = views[0][1], views[1][1]
+        self._rl = views[2][1] if cfg.split else None
         self._fd, self._lock_off = views[0][2], views[0][3]  # the c5xx word's lock guards all three
         for k in _SLOT:
-            setattr(self, k, store.counter(names[k]))
+            setattr(self, k, store.counter(names[k]) if k in _slot_keys(cfg.split) else None)
         self._n5, self._ng, self._nl = (cfg.consecutive_5xx, cfg.consecutive_gateway_failure,
                                         cfg.consecutive_local_origin_failure)
         self._split = cfg.split
@@ -215,21 +229,34 @@ _AS_HTTP = {EXT_SUCCESS: 200, CONNECT_SUCCESS_FINAL: 200, TIMEOUT: 504, CONNECT_
 
 class _HostState:
     __slots__ = ("addr", "word", "shared", "totals", "last", "num_ejections", "backoff",
-                 "last_ejection", "last_unejection", "jitter_ms", "sr", "lo_sr")
+                 "last_ejection", "last_unejection", "jitter_ms", "sr", "lo_sr", "kept")
 
-    def __init__(self, addr, word, shared, totals):
+    def __init__(self, addr, word, shared, totals, kept):
         self.addr = addr
         self.word = word        # HealthWord
         self.shared = shared    # (view, row, fd, offset) of c5xx, cgw, clo
         self.totals = totals    # {name: total_view}
+        self.kept = kept        # {name: (view, row)}: ejection bookkeeping in the stats file
         self.last = {k: sum(v) for k, v in totals.items()}
-        self.num_ejections = 0
-        self.backoff = 0
-        self.last_ejection = None
+        # a predecessor master's ejection carries on (CLOCK_MONOTONIC is machine-wide)
+        self.num_ejections = self._get("num_ejections")
+        self.backoff = self._get("backoff")
+        ns = self._get("ejected_ns")
+        self.last_ejection = ns / 1e9 if ns and self.ejected() else None
         self.last_unejection = None
         self.jitter_ms = 0
         self.sr = -1.0
         self.lo_sr = -1.0
+
+    def _get(self, k: str) -> int:
+        v, r = self.kept[k]
+        return v[r]
+
+    def save(self) -> None:
+        for k, value in (("num_ejections", self.num_ejections), ("backoff", self.backoff),
+                         ("ejected_ns", int(self.last_ejection * 1e9) if self.last_ejection else 0)):
+            v, r = self.kept[k]
+            v[r] = value
 
     def ejected(self) -> bool:
         return bool(self.word.get() & H.FAILED_OUTLIER_CHECK)
@@ -262,9 +289,12 @@ class Detector:
             st = self.hosts.get(addr)
             if st is None:
                 names = _names(self.cluster, addr)
-                shared = [self._store.shared_word(names[k]) for k in _SHARED]
-                totals = {k: self._store.total_view(self._store.counter(names[k])) for k in _SLOT}
-                st = _HostState(addr, words[addr], shared, totals)
+                split = self.cfg.split
+                shared = [self._store.shared_word(names[k]) for k in _shared_keys(split)]
+                totals = {k: self._store.total_view(self._store.counter(names[k]))
+                          for k in _slot_keys(split)}
+                kept = {k: self._store.shared_word(names[k])[:2] for k in _KEPT}
+                st = _HostState(addr, words[addr], shared, totals, kept)
             keep[addr] = st
         self.hosts = keep
         self.ejections_active.set(sum(1 for s in keep.values() if s.ejected()))
@@ -278,8 +308,9 @@ class Detector:
             fcntl.lockf(fd, fcntl.LOCK_EX, 8, off)
         try:
             for i in which:
-                v, r = st.shared[i][0], st.shared[i][1]
-                v[r] = 0
+                if i < len(st.shared):
+                    v, r = st.shared[i][0], st.shared[i][1]
+                    v[r] = 0
         finally:
             if fd is not None:
                 fcntl.lockf(fd, fcntl.LOCK_UN, 8, off)
@@ -290,6 +321,8 @@ class Detector:
             for key, kind, idx in (("tgw", CONSECUTIVE_GATEWAY_FAILURE, 1),
                                    ("t5xx", CONSECUTIVE_5XX, 0),
                                    ("tlo", CONSECUTIVE_LOCAL_ORIGIN_FAILURE, 2)):
+                if key not in st.totals:
+                    continue
                 total = sum(st.totals[key])
                 fired = total - st.last[key]
                 if fired <= 0:
@@ -334,6 +367,7 @@ class Detector:
         st.jitter_ms = int(self._rand() * (jmax + 1)) if jmax else 0
         if st.backoff * cfg.base_ejection_ms < cfg.max_ejection_ms + cfg.base_ejection_ms:
             st.backoff += 1
+        st.save()
         self.ejections_active.set(self._active())
         self._log_eject(st, kind, True)
         if self.on_change is not None:
@@ -343,6 +377,7 @@ class Detector:
         st.word.set(st.word.get() & ~H.FAILED_OUTLIER_CHECK)
         self._reset(st, (0, 1, 2))
         st.last_unejection = self._clock()
+        st.save()
         self.ejections_active.set(self._active())
         self._log(st, "UNEJECT", st.last_ejection, {})
         if self.on_change is not None:
@@ -363,21 +398,24 @@ class Detector:
                 span = min(cfg.base_ejection_ms * st.backoff, cfg.max_ejection_ms) + st.jitter_ms
                 if span <= (now - st.last_ejection) * 1000.0:
                     self.uneject(st)
-            elif st.ejected():      # ejected by a predecessor master: time it from now
+            elif st.ejected():      # ejected before this master kept the time: from now
                 st.last_ejection = now
                 st.backoff = max(st.backoff, 1)
+                st.save()
         buckets = {}
         for st in self.hosts.values():
-            cur = {k: sum(st.totals[k]) for k in ("rq", "ok", "lrq", "lok")}
+            cur = {k: sum(st.totals[k]) for k in ("rq", "ok", "lrq", "lok") if k in st.totals}
             buckets[st.addr] = {k: cur[k] - st.last[k] for k in cur}
             st.last.update(cur)
             st.sr = st.lo_sr = -1.0
         self._success_rate(buckets, "rq", "ok", False)
-        self._success_rate(buckets, "lrq", "lok", True)
+        if self.cfg.split:
+            self._success_rate(buckets, "lrq", "lok", True)
         for st in self.hosts.values():
             if not st.ejected() and st.last_unejection is not None and \
                     (now - st.last_unejection) * 1000.0 >= cfg.interval_ms and st.backoff:
                 st.backoff -= 1
+                st.save()
 
     def _success_rate(self, buckets, total_key, ok_key, local: bool) -> None:
         cfg = self.cfg

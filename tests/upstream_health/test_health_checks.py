@@ -228,3 +228,23 @@ def test_http2_check_reuses_its_connection(proxyd_factory):
         assert int(stats(admin2)[P + "network_failure"]) >= 1
     finally:
         srv.stop()
+
+
+def test_no_traffic_interval_until_the_cluster_has_had_a_connection(proxyd_factory, flaky_factory):
+    """Envoy's pitfall kept: before any connection, checks run at no_traffic_interval
+    (here 60 s: only the first check), then at `interval`."""
+    import urllib.request
+    up = flaky_factory(1)
+    port = up.ports[0]
+    px, admin = _start(proxyd_factory, up.addresses, [_hc({"http_health_check": {"path": "/hc"}},
+                                                          no_traffic_interval="60s")], concurrency=1)
+    time.sleep(1.0)  # five intervals of 0.2 s: none runs without traffic
+    assert stats(admin)[P + "attempt"] == "1" and up.state(port)["hc_requests"] == 1
+    assert http(px.port, path="/x").status == 200
+    # the first check after traffic is still the one scheduled at 60 s; a failure shows
+    # the checker is not stuck: the JSON /clusters says so too
+    doc = json.loads(urllib.request.urlopen(
+        "http://127.0.0.1:%d/clusters?format=json" % admin, timeout=5).read())
+    hs = doc["cluster_statuses"][0]["host_statuses"][0]
+    assert hs["health_status"]["eds_health_status"] == "HEALTHY"
+    assert not hs["health_status"].get("failed_active_health_check")

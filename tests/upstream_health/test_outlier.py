@@ -156,3 +156,92 @@ def test_success_rate_ejects_the_outlier(proxyd_factory, flaky_factory):
     assert s[P + "ejections_detected_success_rate"] == "1"
     assert s[P + "ejections_success_rate"] == "1"
     assert clusters(admin)[("upstream", "127.0.0.1:%d" % bad)] == "/failed_outlier_check"
+
+
+def test_an_ejection_carries_over_a_hot_restart(proxyd_factory, flaky_factory, tmp_path):
+    from harness import run_cli
+    up = flaky_factory(2)
+    bad, good = up.ports
+    px, admin = _start(proxyd_factory, up.addresses,
+                       {"consecutive_5xx": 2, "interval": "0.2s", "base_ejection_time": "20s",
+                        "max_ejection_percent": 50}, concurrency=1, tmp_path=tmp_path)
+    up.set(bad, status=503)
+    wait_for(lambda: (http(px.port, path="/x"),
+                      stats(admin)[P + "ejections_active"] == "1")[1], what="an ejection")
+    up.set(bad, status=200)
+    cp = run_cli("reload", "--runtime-dir", px.runtime_dir, timeout=60)
+    assert cp.returncode == 0, cp.stdout + cp.stderr
+    # the new master keeps the ejection (flag, time, count) and ends it itself
+    assert clusters(admin)[("upstream", "127.0.0.1:%d" % bad)] == "/failed_outlier_check"
+    assert stats(admin)[P + "ejections_active"] == "1"
+    assert {http(px.port, path="/x").json()["port"] for _ in range(6)} == {good}
+    wait_for(lambda: stats(admin)[P + "ejections_active"] == "0", timeout=60, what="the unejection")
+    events = [json.loads(line) for line in (tmp_path / "od_events.log").read_text().splitlines()]
+    assert [(e["action"], e["num_ejections"]) for e in events] == [("EJECT", 1), ("UNEJECT", 1)]
+
+
+def test_tcp_proxy_connect_failures_eject(proxyd_factory, flaky_factory):
+    """tcp_proxy reports to the detector as Envoy's does: a connect failure is a 5xx to
+    it, a connect a success (LocalOriginConnectSuccessFinal)."""
+    import socket
+    from harness import bootstrap
+    up = flaky_factory(1)
+    dead = closed_port()
+    admin, lport = free_port(), free_port()
+    tcp = {"name": "tcp", "address": {"socket_address": {"address": "127.0.0.1", "port_value": lport}},
+           "filter_chains": [{"filters": [{"name": "envoy.filters.network.tcp_proxy", "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy",
+               "stat_prefix": "tcp", "cluster": "upstream", "max_connect_attempts": 1}}]}]}
+    cfg = bootstrap([tcp], [cluster("upstream", [up.addresses[0], ("127.0.0.1", dead)],
+                                    outlier_detection={"consecutive_5xx": 2, "interval": "0.2s",
+                                                       "max_ejection_percent": 50})], admin)
+    proxyd_factory(cfg, concurrency=1)
+
+    def one():
+        try:
+            with socket.create_connection(("127.0.0.1", lport), timeout=5) as s:
+                s.sendall(b"GET /x HTTP/1.1\r\nhost: a\r\nconnection: close\r\n\r\n")
+                return s.recv(100)
+        except OSError:  # the upstream connect failed: tcp_proxy closes the client's
+            return b""
+    wait_for(lambda: (one(), stats(admin)[P + "ejections_active"] == "1")[1],
+             what="the dead host ejected")
+    assert clusters(admin)[("upstream", "127.0.0.1:%d" % dead)] == "/failed_outlier_check"
+    assert all(one().startswith(b"HTTP/1.1 200") for _ in range(6))
+
+
+def test_grpc_status_in_headers_counts_as_its_http_mapping(proxyd_factory):
+    """A trailers-only gRPC answer UNAVAILABLE is a 503 to the detector (Envoy's router
+    maps grpc-status in response headers), although its HTTP status is 200."""
+    import os
+    import sys
+    from concurrent import futures
+
+    import grpc
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "http2"))
+    from h2_helpers import H2_OPTIONS
+
+    def unavailable(request, context):
+        context.abort(grpc.StatusCode.UNAVAILABLE, "down")
+
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("t.S", {
+        "M": grpc.unary_unary_rpc_method_handler(unavailable)}),))
+    gport = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        px, admin = _start(proxyd_factory, [("127.0.0.1", gport)],
+                           {"consecutive_5xx": 2, "interval": "0.2s", "always_eject_one_host": True},
+                           concurrency=1, typed_extension_protocol_options=H2_OPTIONS)
+        with grpc.insecure_channel("127.0.0.1:%d" % px.port) as ch:
+            for _ in range(2):
+                try:
+                    ch.unary_unary("/t.S/M")(b"x", timeout=5)
+                except grpc.RpcError as e:
+                    assert e.code() == grpc.StatusCode.UNAVAILABLE
+        wait_for(lambda: stats(admin)[P + "ejections_active"] == "1", what="the ejection")
+        s = stats(admin)
+        assert s[P + "ejections_enforced_consecutive_5xx"] == "1"
+        assert s["cluster.upstream.upstream_rq_200"] == "2"   # the HTTP status is still 200
+    finally:
+        server.stop(0)

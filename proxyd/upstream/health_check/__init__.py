@@ -215,6 +215,7 @@ class ClusterChecker:
         self.sessions: dict[tuple, Session] = {}   # (check index, addr) -> Session
         self.words: dict[str, object] = {}
         self.on_success = on_success
+        self.active = False        # sessions run once activate() is called
         self._passive: dict = {}   # addr -> [total view of its immediate_fail counter, last total]
         self._logs = {}
         for s in self.settings_list:
@@ -241,13 +242,22 @@ class ClusterChecker:
                 sess = self.sessions.pop(key, None)
                 if sess is None:
                     sess = Session(view, addr, ip, port, words[addr], addr in carried)
-                    sess.start()
+                    if self.active:
+                        sess.start()
                 wanted[key] = sess
         for sess in self.sessions.values():
             sess.stop()
         self.sessions = wanted
         self.words = words
         self._update_gauge()
+
+    def activate(self) -> None:
+        """Start checking (a hot-restarted master does once it is live, so the two
+        masters do not both check, nor count, in the overlap)."""
+        if not self.active:
+            self.active = True
+            for sess in self.sessions.values():
+                sess.start()
 
     def poll_passive(self) -> None:
         """Responses with x-envoy-immediate-health-check-fail that workers counted since
