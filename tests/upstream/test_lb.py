@@ -1,13 +1,13 @@
 """The balancer's priority, panic and locality arithmetic (Envoy's load_balancer_impl.cc),
-driven through `lb.usable` the way a health source will drive it: hosts are flipped
-unhealthy in process (no health checker exists yet to do it over the network), and
-the picks are counted over many calls."""
+driven through `lb.usable` the way the health sources drive it: a host's shared health
+word (proxyd/upstream/health.py) is written here as the master's health checker would
+write it, and the picks are counted over many calls."""
 import collections
 
 from envoy.config.cluster.v3 import cluster_pb2
 
 from proxyd.stats import StatsStore
-from proxyd.upstream import lb
+from proxyd.upstream import health, lb
 from proxyd.upstream.cluster import ClusterStats
 from proxyd.upstream.host import Host
 
@@ -29,7 +29,15 @@ def _balancer(store, placed, policy=lb.ROUND_ROBIN, **cfg):
 
 
 def _hosts(store, n, start=0):
-    return [Host("127.0.0.1", 20000 + start + i, 1, "", store, "c") for i in range(n)]
+    hosts = [Host("127.0.0.1", 20000 + start + i, 1, "", store, "c") for i in range(n)]
+    for h in hosts:
+        h.health = health.find(store, "c", h.addr_str, create=True)
+    return hosts
+
+
+def _set_healthy(value: bool, *hosts) -> None:
+    for h in hosts:
+        h.health.set(0 if value else health.FAILED_ACTIVE_HC)
 
 
 def _count(b, n=4000, ctx=None):
@@ -41,7 +49,7 @@ def test_load_spills_to_the_next_priority_by_the_overprovisioned_health(tmp_path
     p0, p1 = _hosts(store, 4), _hosts(store, 2, start=10)
     b, stats = _balancer(store, [(h, 0, None) for h in p0] + [(h, 1, None) for h in p1])
     assert set(_count(b)) == {0, 1, 2, 3}                # all healthy: P0 takes it all
-    p0[0].healthy = p0[1].healthy = False                  # 50 % healthy: 140 * 2 / 4 = 70
+    _set_healthy(False, p0[0], p0[1])                  # 50 % healthy: 140 * 2 / 4 = 70
     lb.health_changed()
     counts = _count(b)
     share = (counts[2] + counts[3]) / 4000
@@ -55,11 +63,11 @@ def test_panic_uses_every_host_and_counts(tmp_path):
     hosts = _hosts(store, 4)
     b, stats = _balancer(store, [(h, 0, None) for h in hosts])
     for h in hosts[:3]:
-        h.healthy = False                                  # 25 % < 50 %: panic
+        _set_healthy(False, h)                             # 25 % < 50 %: panic
         lb.health_changed()
     assert set(_count(b, 400)) == {0, 1, 2, 3}
     assert stats.lb_healthy_panic.value() == 400
-    hosts[0].healthy = hosts[1].healthy = True             # 75 %: no panic
+    _set_healthy(True, hosts[0], hosts[1])             # 75 %: no panic
     lb.health_changed()
     assert set(_count(b, 400)) == {0, 1, 3}
     assert stats.lb_healthy_panic.value() == 400
@@ -70,7 +78,7 @@ def test_a_zero_panic_threshold_never_panics(tmp_path):
     hosts = _hosts(store, 2)
     b, stats = _balancer(store, [(h, 0, None) for h in hosts], panic=0)
     for h in hosts:
-        h.healthy = False
+        _set_healthy(False, h)
         lb.health_changed()
     assert b.choose() is None                              # 503 UH
     assert stats.lb_healthy_panic.value() == 0
@@ -81,7 +89,7 @@ def test_every_priority_in_panic_splits_by_host_count(tmp_path):
     p0, p1 = _hosts(store, 1), _hosts(store, 3, start=10)
     b, stats = _balancer(store, [(h, 0, None) for h in p0] + [(h, 1, None) for h in p1])
     for h in p0 + p1:
-        h.healthy = False
+        _set_healthy(False, h)
         lb.health_changed()
     counts = _count(b)
     assert 0.2 < counts[0] / 4000 < 0.3, counts            # 1 host of 4: 25 %
@@ -93,7 +101,7 @@ def test_localities_by_weight_and_availability(tmp_path):
     placed = ([(h, 0, ("", "a", "", 1)) for h in a] + [(h, 0, ("", "b", "", 1)) for h in bb])
     b, _ = _balancer(store, placed, localities=True)
     assert sum(v for k, v in _count(b).items() if k < 10) == 2000   # 1:1
-    a[0].healthy = False   # locality a: 50 % healthy, min(1, 1.4 * 0.5) = 0.7 of its weight
+    _set_healthy(False, a[0])   # locality a: 50 % healthy, min(1, 1.4 * 0.5) = 0.7 of its weight
     lb.health_changed()
     counts = _count(b, 3400)
     assert abs(counts[1] - 1400) <= 1 and counts[0] == 0, counts  # 0.7 : 1 of 3400 picks
