@@ -89,6 +89,10 @@ _MODULES: dict[str, tuple[str, str]] = {
         (HTTP_ROUTE_CONFIG, "proxyd.http.filters.buffer"),
     "envoy.extensions.filters.http.health_check.v3.HealthCheck":
         (HTTP_FILTER, "proxyd.http.filters.health_check"),
+    "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb":
+        (HTTP_FILTER, "proxyd.http.filters.grpc_web"),
+    "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config":
+        (HTTP_FILTER, "proxyd.http.filters.grpc_http1_bridge"),
     "envoy.extensions.compression.gzip.decompressor.v3.Gzip":
         (DECOMPRESSOR_LIBRARY, "proxyd.http.compression.gzip"),
     "envoy.extensions.compression.brotli.decompressor.v3.Brotli":

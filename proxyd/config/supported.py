@@ -299,6 +299,8 @@ for _name, _more in {  # edge HTTP filters: CORS, fault injection, compression
     _HTTP + 'health_check.v3.HealthCheck': 'pass_through_mode cache_time '
                                            'cluster_min_healthy_percentages headers',
     _HTTP + 'health_check.v3.HealthCheck.ClusterMinHealthyPercentagesEntry': 'key value',
+    _HTTP + 'grpc_web.v3.GrpcWeb': '',
+    _HTTP + 'grpc_http1_bridge.v3.Config': '',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 _LRL = 'envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit'
