@@ -35,11 +35,11 @@ def test_unsupported_enum_value(config):
 
 def test_unsupported_extension(config):
     cfg = config(replace={'envoy.extensions.filters.http.router.v3.Router':
-                          'envoy.extensions.filters.http.csrf.v3.CsrfPolicy'})
+                          'envoy.extensions.filters.http.kill_request.v3.KillRequest'})
     errors = cfg.errors()
     line, reason = cfg.error(HCM_PATH + '.http_filters[0].typed_config')
-    assert line == cfg.line('csrf.v3.CsrfPolicy') - 1  # the typed_config key
-    assert reason == ('extension type.googleapis.com/envoy.extensions.filters.http.csrf.v3.CsrfPolicy '
+    assert line == cfg.line('kill_request.v3.KillRequest') - 1  # the typed_config key
+    assert reason == ('extension type.googleapis.com/envoy.extensions.filters.http.kill_request.v3.KillRequest '
                       'is not supported by proxyd')
     assert len(errors) == 2  # and: the last HTTP filter must be the router
 
