@@ -300,6 +300,11 @@ for _name, _more in {  # edge HTTP filters: CORS, fault injection, compression
                                            'cluster_min_healthy_percentages headers',
     _HTTP + 'health_check.v3.HealthCheck.ClusterMinHealthyPercentagesEntry': 'key value',
     _HTTP + 'grpc_web.v3.GrpcWeb': '',
+    _ROUTE + 'Route': 'decorator',
+    _HCM: 'add_user_agent via',
+    _ROUTE + 'Decorator': 'operation propagate',
+    _ROUTE + 'RouteMatch': 'grpc',
+    _ROUTE + 'RouteMatch.GrpcRouteMatchOptions': '',
     _HTTP + 'grpc_http1_bridge.v3.Config': '',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()

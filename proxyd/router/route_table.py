@@ -62,10 +62,11 @@ SUPPORTED_FIELDS: dict[str, frozenset[str]] = {
          "include_attempt_count_in_response", "include_request_attempt_count")
         + _HEADER_LISTS),
     "envoy.config.route.v3.Route": frozenset(
-        ("name", "match", "route", "redirect", "direct_response", "typed_per_filter_config")
-        + _HEADER_LISTS),
+        ("name", "match", "route", "redirect", "direct_response", "typed_per_filter_config",
+         "decorator") + _HEADER_LISTS),
     "envoy.config.route.v3.RouteMatch": frozenset((
-        "prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers")),
+        "prefix", "path", "safe_regex", "path_separated_prefix", "case_sensitive", "headers",
+        "grpc")),
     "envoy.config.route.v3.RouteAction": frozenset((
         "cluster", "cluster_header", "weighted_clusters", "cluster_not_found_response_code",
         "prefix_rewrite", "regex_rewrite", "host_rewrite_literal", "auto_host_rewrite",
@@ -149,6 +150,14 @@ def _seconds(duration) -> float:
     return duration.seconds + duration.nanos / 1e9
 
 
+def _is_grpc_request(req) -> bool:
+    """Envoy's Grpc::Common::isGrpcRequestHeaders: content-type application/grpc, or
+    application/grpc+<codec> / ;<params> (gRPC-Web is not gRPC here)."""
+    ct = req.headers.get("content-type")
+    return ct is not None and (ct == "application/grpc" or
+                               ct.startswith(("application/grpc+", "application/grpc;")))
+
+
 class RouteEntry:
     """What a matched route tells the connection manager and the router filter.
 
@@ -164,6 +173,7 @@ class RouteEntry:
         "_request_mutations", "_response_mutations", "_redirect",
         "per_filter_config", "per_filter_levels", "disabled_filters",
         "cors_policies",   # the deprecated RouteAction.cors, VirtualHost.cors (compiled)
+        "decorator",       # Route.decorator: (operation, propagate) or None
     )
 
     def cluster_for(self, req: RequestHead) -> str:
@@ -525,9 +535,19 @@ class RouteTable:
             fn, desc = header_matcher(hm, f"{path}.match.headers[{hi}]")
             headers.append(fn)
             header_desc.append(desc)
+        if r.match.HasField("grpc"):   # RouteMatch.grpc: gRPC requests only
+            headers.append(_is_grpc_request)
+            header_desc.append("grpc")
 
         e = RouteEntry()
         e.cors_policies = ()
+        e.decorator = None
+        if r.HasField("decorator"):
+            if not r.decorator.operation:
+                raise ValueError(f"{path}.decorator.operation: value length must be at least "
+                                 f"1 characters")
+            e.decorator = (r.decorator.operation, r.decorator.propagate.value
+                           if r.decorator.HasField("propagate") else True)
         e.name = r.name or None
         e.virtual_host_name = vh_name
         e.timeout = DEFAULT_TIMEOUT
