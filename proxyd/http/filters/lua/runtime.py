@@ -1,0 +1,50 @@
+"""One Lua state per script (LuaJIT through `lupa`, as Envoy runs LuaJIT), made in the
+worker that builds the config: Envoy's per-worker Lua state. Lua reaches Python only
+through the handle objects it is given: no `python` module, no builtins, and attribute
+access limited to the names the API uses."""
+from __future__ import annotations
+
+try:
+    from lupa import luajit21 as _lua
+except ImportError:  # a lupa build without LuaJIT: the same API on Lua 5.1
+    from lupa import lua51 as _lua
+
+from .prelude import PRELUDE as _PRELUDE
+# what Lua may read on a Python object (the handle API in prelude.lua)
+ALLOWED = frozenset((
+    "get", "num_values", "at_index", "add", "replace", "remove", "items", "length",
+    "get_bytes", "set_bytes", "headers", "body_done", "body", "trailers", "metadata",
+    "respond", "log", "protocol", "dynamic_get", "dynamic_set", "ssl"))
+
+
+def _filter(obj, attr, is_setting):
+    if is_setting or not isinstance(attr, str) or attr not in ALLOWED:
+        raise AttributeError("not accessible from Lua: %r" % (attr,))
+    return attr
+
+
+class Script:
+    """A script's state: its envoy_on_request / envoy_on_response (None when absent)."""
+
+    def __init__(self, code: str, name: str = "inline_code"):
+        self.lua = _lua.LuaRuntime(register_eval=False, register_builtins=False,
+                                   unpack_returned_tuples=True, attribute_filter=_filter)
+        self.lua.execute(_PRELUDE)
+        g = self.lua.globals()
+        self.run = g["__proxyd_run"]
+        try:
+            self.lua.execute(code)
+        except _lua.LuaError as e:
+            raise ValueError("%s: the Lua script does not load: %s" % (name, e)) from None
+        self.on_request = g.envoy_on_request
+        self.on_response = g.envoy_on_response
+
+    def start(self, fn, handle):
+        """A coroutine running `fn(handle)`; `send(None)` runs it to its next yield:
+        "body" (it waits for the whole body), "respond" or "done"."""
+        return self.run.coroutine(fn, handle)
+
+    def table(self, *items):
+        return self.lua.table(*items)
+
+    LuaError = _lua.LuaError
