@@ -29,6 +29,8 @@ class Script:
     def __init__(self, code: str, name: str = "inline_code"):
         self.lua = _lua.LuaRuntime(register_eval=False, register_builtins=False,
                                    unpack_returned_tuples=True, attribute_filter=_filter)
+        # lupa registers a `python` module even without eval and builtins: take it away
+        self.lua.execute("python = nil; package.loaded.python = nil")
         self.lua.execute(_PRELUDE)
         g = self.lua.globals()
         self.run = g["__proxyd_run"]
