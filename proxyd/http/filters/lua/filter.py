@@ -37,76 +37,14 @@ _LEVELS = ("debug", "debug", "info", "warning", "error", "critical")
 _PSEUDO_REQ = (":method", ":path", ":authority", ":scheme")
 
 
-class LuaHeaders:
-    """headers() of a request or response head (pseudo-headers included)."""
-
-    def __init__(self, head, script, pseudo):
-        self.head, self.script, self.pseudo = head, script, pseudo
-
-    def get(self, k):
-        k = str(k).lower()
-        v = self.head.get(k)
-        if v is None or k.startswith(":"):
-            return v
-        vals = self.head.get_all(k)
-        return ",".join(vals) if len(vals) > 1 else v
-
-    def num_values(self, k):
-        k = str(k).lower()
-        return 1 if k.startswith(":") and self.head.get(k) is not None else \
-            len(self.head.get_all(k))
-
-    def at_index(self, k, i):
-        vals = self.head.get_all(str(k).lower())
-        return vals[int(i)] if 0 <= int(i) < len(vals) else None
-
-    def add(self, k, v):
-        k = str(k).lower()
-        if k.startswith(":"):
-            self.head.set(k, str(v))
-        else:
-            self.head.add(k, str(v))
-
-    def replace(self, k, v):
-        self.head.set(str(k).lower(), str(v))
-
-    def remove(self, k):
-        self.head.remove(str(k).lower())
-
-    def items(self):
-        pairs = [(k, self.head.get(k)) for k in self.pseudo if self.head.get(k) is not None]
-        pairs += list(self.head.headers.items)
-        return self.script.table(*[self.script.table(k, v) for k, v in pairs])
-
-
-class LuaTrailers(LuaHeaders):
-    def get(self, k):
-        return self.head.get(str(k).lower())
-
-    def items(self):
-        return self.script.table(*[self.script.table(k, v) for k, v in self.head.items])
-
-
-class LuaBody:
-    def __init__(self, side):
-        self.side = side
-
-    def length(self):
-        return len(self.side.buf)
-
-    def get_bytes(self, i, n):
-        i, n = int(i), int(n)
-        return bytes(self.side.buf[i:i + n])
-
-    def set_bytes(self, s):
-        b = s.encode("latin-1") if isinstance(s, str) else bytes(s)
-        self.side.buf = bytearray(b)
-        self.side.buf_changed = True
-        return len(b)
+def _header_pairs(head, pseudo) -> list:
+    pairs = [(k, head.get(k)) for k in pseudo if head.get(k) is not None]
+    return pairs + list(head.headers.items)
 
 
 class _Side:
-    """One direction's script state: the stream handle Lua calls back into."""
+    """One direction's script state, and the one callable Lua calls back into:
+    `side(op, kind, a, b)`, kind "h" (the head) or "t" (trailers)."""
 
     def __init__(self, f, script, head, pseudo, callbacks, request: bool):
         self.f, self.script, self.head, self.cb = f, script, head, callbacks
@@ -118,31 +56,92 @@ class _Side:
         self.buf = bytearray()   # the body the script sees
         self.body_changed = False
         self.trailers_head = None
+        self._pairs = None
 
-    # -- what Lua calls (names in runtime.ALLOWED) ---------------------------------------
-    def headers(self):
-        return LuaHeaders(self.head, self.script, self.pseudo)
+    def __call__(self, op, kind=None, a=None, b=None, c=None):
+        return getattr(self, "op_" + op)(kind, a, b, c)
 
-    def body_done(self):
+    # -- headers and trailers -------------------------------------------------------------
+    def _map(self, kind):
+        return self.head if kind == "h" else self.trailers_head
+
+    def op_get(self, kind, k, _b, _c):
+        k = str(k).lower()
+        m = self._map(kind)
+        if kind == "t":
+            return m.get(k)
+        v = m.get(k)
+        if v is None or k.startswith(":"):
+            return v
+        vals = m.get_all(k)
+        return ",".join(vals) if len(vals) > 1 else v
+
+    def op_num_values(self, kind, k, _b, _c):
+        k = str(k).lower()
+        m = self._map(kind)
+        if k.startswith(":"):
+            return 1 if m.get(k) is not None else 0
+        return len(m.get_all(k))
+
+    def op_at_index(self, kind, k, i, _c):
+        vals = self._map(kind).get_all(str(k).lower())
+        i = int(i)
+        return vals[i] if 0 <= i < len(vals) else None
+
+    def op_add(self, kind, k, v, _c):
+        k = str(k).lower()
+        m = self._map(kind)
+        if k.startswith(":"):
+            m.set(k, str(v))
+        else:
+            m.add(k, str(v))
+
+    def op_replace(self, kind, k, v, _c):
+        self._map(kind).set(str(k).lower(), str(v))
+
+    def op_remove(self, kind, k, _b, _c):
+        self._map(kind).remove(str(k).lower())
+
+    def op_count(self, kind, _a, _b, _c):
+        m = self._map(kind)
+        self._pairs = _header_pairs(m, self.pseudo) if kind == "h" else list(m.items)
+        return len(self._pairs)
+
+    def op_key(self, kind, i, _b, _c):
+        return self._pairs[int(i) - 1][0]
+
+    def op_value(self, kind, i, _b, _c):
+        return self._pairs[int(i) - 1][1]
+
+    def op_has_trailers(self, _k, _a, _b, _c):
+        return self.trailers_head is not None
+
+    # -- body -----------------------------------------------------------------------------
+    def op_body_done(self, _k, _a, _b, _c):
         return self.body_complete
 
-    def body(self, always_wrap=False):
-        if not self.buf and not always_wrap:
-            return None
-        return LuaBody(self)
+    def op_has_body(self, _k, always_wrap, _b, _c):
+        return bool(self.buf) or bool(always_wrap)
 
-    def trailers(self):
-        return LuaTrailers(self.trailers_head, self.script, ()) \
-            if self.trailers_head is not None else None
+    def op_length(self, _k, _a, _b, _c):
+        return len(self.buf)
 
-    def metadata(self):
-        return _NoMetadata()
+    def op_get_bytes(self, _k, i, n, _c):
+        i, n = int(i), int(n)
+        return bytes(self.buf[i:i + n])
 
-    def respond(self, headers, body):
+    def op_set_bytes(self, _k, data, _b, _c):
+        b = data.encode("latin-1") if isinstance(data, str) else bytes(data)
+        self.buf = bytearray(b)
+        self.body_changed = True
+        return len(b)
+
+    # -- the rest -------------------------------------------------------------------------
+    def op_respond(self, _k, flat, body, _c):
         if not self.request:
             raise RuntimeError("respond() is not supported in envoy_on_response")
-        items = [(str(k).lower(), str(v)) for k, v in headers.items()] \
-            if headers is not None else []
+        vals = list(flat.values()) if flat is not None else []
+        items = [(str(vals[i]).lower(), str(vals[i + 1])) for i in range(0, len(vals) - 1, 2)]
         status = next((v for k, v in items if k == ":status"), None)
         if status is None or not status.isdigit():
             raise RuntimeError(":status must be specified and a valid unsigned long")
@@ -151,28 +150,24 @@ class _Side:
         self.cb.send_local_reply(int(status), body, "lua_respond",
                                  headers=[kv for kv in items if not kv[0].startswith(":")])
 
-    def log(self, level, msg):
+    def op_log(self, _k, level, msg, _c):
         getattr(_log, _LEVELS[int(level)])("script log", message=str(msg))
 
-    def protocol(self):
-        v = self.cb.request.version
-        return {"HTTP/1.0": "HTTP/1.0", "HTTP/1.1": "HTTP/1.1", "HTTP/2": "HTTP/2"}.get(v, v)
+    def op_protocol(self, _k, _a, _b, _c):
+        return self.cb.request.version
 
-    def dynamic_get(self, ns):
+    def op_dynamic_get(self, _k, ns, _b, _c):
         d = self.cb.stream_info.dynamic_metadata.get(str(ns))
-        return self.script.table(**{str(k): v for k, v in d.items()}) if d else None
+        return self.script.table_from({str(k): v for k, v in d.items()}) if d else None
 
-    def dynamic_set(self, ns, k, v):
+    def op_dynamic_set(self, _k, ns, k, v):
         self.cb.stream_info.set_dynamic_metadata(str(ns), {str(k): v})
-
-    def ssl(self):
-        return None
 
     # -- driving -------------------------------------------------------------------------
     def start(self, fn) -> str:
         self.f.config.stats.executions.inc()
         self.done = False
-        self.co = self.script.start(fn, self)
+        self.co = self.script.start(fn, self.__call__)
         return self.step()
 
     def step(self) -> str:
@@ -187,11 +182,6 @@ class _Side:
             self.done = True
         self.waiting = r == "body"
         return r
-
-
-class _NoMetadata:
-    def get(self, k):
-        return None
 
 
 class LuaFilter(StreamFilter):

@@ -1,9 +1,10 @@
-"""Envoy's Lua handle API, the Lua side (run in every script's state before the script)."""
+"""Envoy's Lua handle API, the Lua side (run in every script's state before the script).
+
+Handles are tables with shared metatables (no closures per request); the Python side is
+one callable per stream side, `py(op, kind, a, b)`."""
 
 PRELUDE = r"""
--- Envoy's Lua handle API over a Python stream object `py` (method calls with ':' on
--- tables made here, so Python never sees Lua's implicit self).
-local yield = coroutine.yield
+local yield, setmetatable, getmetatable, error = coroutine.yield, setmetatable, getmetatable, error
 local raw_pairs = pairs
 -- LuaJIT 5.1 has no __pairs; Envoy builds it with the 5.2 extensions that honour it
 function pairs(t)
@@ -12,104 +13,100 @@ function pairs(t)
   return raw_pairs(t)
 end
 
--- Objects handed out before the script yields are dead after it (Envoy's markDead)
-local function live(state, gen)
-  if state.gen ~= gen then error("object used outside of proper scope", 3) end
+-- Objects handed out before the script yields are dead after it (Envoy's markDead).
+-- `py` is the stream side's one Python callable: py(op, kind, a, b) (one crossing per
+-- call; Python objects themselves never cross, which costs ~10 us each in lupa).
+local function live(o)
+  if o.h.gen ~= o.g then error("object used outside of proper scope", 3) end
+  return o.h.py
 end
 
-local function wrap_headers(py, state)
-  local t, g = {}, state.gen
-  function t:get(k) live(state, g) return py.get(k) end
-  function t:getNumValues(k) live(state, g) return py.num_values(k) end
-  function t:getAtIndex(k, i) live(state, g) return py.at_index(k, i) end
-  function t:add(k, v) live(state, g) py.add(k, v) end
-  function t:replace(k, v) live(state, g) py.replace(k, v) end
-  function t:remove(k) live(state, g) py.remove(k) end
-  function t:setHttp1ReasonPhrase(r) end
-  return setmetatable(t, {__pairs = function()
-    live(state, g)
-    local items, i = py.items(), 0
-    return function()
-      i = i + 1
-      local kv = items[i]
-      if kv then return kv[1], kv[2] end
-    end
-  end})
+local Headers = {}
+Headers.__index = Headers
+Headers.__pairs = function(o)
+  local py, kind = live(o), o.kind
+  local n, i = py("count", kind), 0
+  return function()
+    i = i + 1
+    if i <= n then return py("key", kind, i), py("value", kind, i) end
+  end
 end
+function Headers:get(k) return live(self)("get", self.kind, k) end
+function Headers:getNumValues(k) return live(self)("num_values", self.kind, k) end
+function Headers:getAtIndex(k, i) return live(self)("at_index", self.kind, k, i) end
+function Headers:add(k, v) live(self)("add", self.kind, k, v) end
+function Headers:replace(k, v) live(self)("replace", self.kind, k, v) end
+function Headers:remove(k) live(self)("remove", self.kind, k) end
+function Headers:setHttp1ReasonPhrase(r) end
 
-local function wrap_body(py)
-  if py == nil then return nil end
-  local b = {}
-  function b:length() return py.length() end
-  function b:getBytes(i, n) return py.get_bytes(i, n) end
-  function b:setBytes(s) return py.set_bytes(s) end
-  return b
-end
+local Body = {}
+Body.__index = Body
+function Body:length() return live(self)("length") end
+function Body:getBytes(i, n) return live(self)("get_bytes", nil, i, n) end
+function Body:setBytes(s) return live(self)("set_bytes", nil, s) end
 
-local function wrap_metadata(py)
-  local m = {}
-  function m:get(k) return py.get(k) end
-  return m
-end
+local Metadata = {}
+Metadata.__index = Metadata
+function Metadata:get(k) return nil end
 
-function __proxyd_handle(py)
-  local h, state = {}, {gen = 0}
-  local function wait()
-    state.gen = state.gen + 1
-    yield("body")
-  end
-  function h:headers() return wrap_headers(py.headers(), state) end
-  function h:body(always_wrap)
-    if not py.body_done() then wait() end
-    return wrap_body(py.body(always_wrap))
-  end
-  function h:bodyChunks()
-    local done = false
-    return function()
-      if done then return nil end
-      if not py.body_done() then wait() end
-      done = true
-      return wrap_body(py.body(true))
-    end
-  end
-  function h:trailers()
-    if not py.body_done() then wait() end
-    local t = py.trailers()
-    if t == nil then return nil end
-    return wrap_headers(t, state)
-  end
-  function h:metadata() return wrap_metadata(py.metadata()) end
-  function h:respond(headers, body)
-    py.respond(headers, body)
-    yield("respond")
-  end
-  function h:logTrace(m) py.log(0, m) end
-  function h:logDebug(m) py.log(1, m) end
-  function h:logInfo(m) py.log(2, m) end
-  function h:logWarn(m) py.log(3, m) end
-  function h:logErr(m) py.log(4, m) end
-  function h:logCritical(m) py.log(5, m) end
-  function h:streamInfo()
-    local s = {}
-    function s:protocol() return py.protocol() end
-    function s:dynamicMetadata()
-      local d = {}
-      function d:get(ns) return py.dynamic_get(ns) end
-      function d:set(ns, k, v) py.dynamic_set(ns, k, v) end
-      return d
-    end
-    return s
-  end
-  function h:connection()
-    local c = {}
-    function c:ssl() return py.ssl() end
-    return c
-  end
-  return h
+local Dynamic = {}
+Dynamic.__index = Dynamic
+function Dynamic:get(ns) return self.h.py("dynamic_get", nil, ns) end
+function Dynamic:set(ns, k, v) self.h.py("dynamic_set", nil, ns, k, v) end
+
+local StreamInfo = {}
+StreamInfo.__index = StreamInfo
+function StreamInfo:protocol() return self.h.py("protocol") end
+function StreamInfo:dynamicMetadata() return setmetatable({h = self.h}, Dynamic) end
+
+local Connection = {}
+Connection.__index = Connection
+function Connection:ssl() return nil end
+
+local Handle = {}
+Handle.__index = Handle
+local function wait(h)
+  h.gen = h.gen + 1
+  yield("body")
 end
+function Handle:headers() return setmetatable({h = self, g = self.gen, kind = "h"}, Headers) end
+function Handle:body(always_wrap)
+  if not self.py("body_done") then wait(self) end
+  if not self.py("has_body", nil, always_wrap) then return nil end
+  return setmetatable({h = self, g = self.gen}, Body)
+end
+function Handle:bodyChunks()
+  local done, h = false, self
+  return function()
+    if done then return nil end
+    if not h.py("body_done") then wait(h) end
+    done = true
+    return setmetatable({h = h, g = h.gen}, Body)
+  end
+end
+function Handle:trailers()
+  if not self.py("body_done") then wait(self) end
+  if not self.py("has_trailers") then return nil end
+  return setmetatable({h = self, g = self.gen, kind = "t"}, Headers)
+end
+function Handle:metadata() return setmetatable({}, Metadata) end
+function Handle:respond(headers, body)
+  local flat = {}
+  for k, v in raw_pairs(headers or {}) do flat[#flat + 1] = k; flat[#flat + 1] = v end
+  self.py("respond", nil, flat, body)
+  yield("respond")
+end
+function Handle:logTrace(m) self.py("log", nil, 0, m) end
+function Handle:logDebug(m) self.py("log", nil, 1, m) end
+function Handle:logInfo(m) self.py("log", nil, 2, m) end
+function Handle:logWarn(m) self.py("log", nil, 3, m) end
+function Handle:logErr(m) self.py("log", nil, 4, m) end
+function Handle:logCritical(m) self.py("log", nil, 5, m) end
+function Handle:streamInfo() return setmetatable({h = self}, StreamInfo) end
+function Handle:connection() return setmetatable({}, Connection) end
 
 function __proxyd_run(fn, py)
-  fn(__proxyd_handle(py))
+  fn(setmetatable({py = py, gen = 0}, Handle))
   return "done"
 end
 """

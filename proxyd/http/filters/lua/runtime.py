@@ -1,7 +1,7 @@
 """One Lua state per script (LuaJIT through `lupa`, as Envoy runs LuaJIT), made in the
 worker that builds the config: Envoy's per-worker Lua state. Lua reaches Python only
-through the handle objects it is given: no `python` module, no builtins, and attribute
-access limited to the names the API uses."""
+through one callable per stream side: no `python` module, no builtins, no attributes of
+Python objects."""
 from __future__ import annotations
 
 try:
@@ -10,17 +10,9 @@ except ImportError:  # a lupa build without LuaJIT: the same API on Lua 5.1
     from lupa import lua51 as _lua
 
 from .prelude import PRELUDE as _PRELUDE
-# what Lua may read on a Python object (the handle API in prelude.lua)
-ALLOWED = frozenset((
-    "get", "num_values", "at_index", "add", "replace", "remove", "items", "length",
-    "get_bytes", "set_bytes", "headers", "body_done", "body", "trailers", "metadata",
-    "respond", "log", "protocol", "dynamic_get", "dynamic_set", "ssl"))
-
-
 def _filter(obj, attr, is_setting):
-    if is_setting or not isinstance(attr, str) or attr not in ALLOWED:
-        raise AttributeError("not accessible from Lua: %r" % (attr,))
-    return attr
+    """Lua gets Python callables only (each stream side's dispatcher): no attributes."""
+    raise AttributeError("not accessible from Lua: %r" % (attr,))
 
 
 class Script:
@@ -46,7 +38,7 @@ class Script:
         "body" (it waits for the whole body), "respond" or "done"."""
         return self.run.coroutine(fn, handle)
 
-    def table(self, *items):
-        return self.lua.table(*items)
+    def table_from(self, d):
+        return self.lua.table_from(d)
 
     LuaError = _lua.LuaError
