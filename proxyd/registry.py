@@ -96,6 +96,8 @@ _MODULES: dict[str, tuple[str, str]] = {
     "envoy.extensions.filters.http.lua.v3.Lua": (HTTP_FILTER, "proxyd.http.filters.lua"),
     "envoy.extensions.filters.http.lua.v3.LuaPerRoute":
         (HTTP_ROUTE_CONFIG, "proxyd.http.filters.lua"),
+    "envoy.extensions.filters.http.header_to_metadata.v3.Config":
+        (HTTP_FILTER, "proxyd.http.filters.header_to_metadata"),
     "envoy.extensions.compression.gzip.decompressor.v3.Gzip":
         (DECOMPRESSOR_LIBRARY, "proxyd.http.compression.gzip"),
     "envoy.extensions.compression.brotli.decompressor.v3.Brotli":
