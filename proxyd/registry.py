@@ -107,6 +107,15 @@ _MODULES: dict[str, tuple[str, str]] = {
         (HTTP_ROUTE_CONFIG, "proxyd.http.filters.buffer"),
     "envoy.extensions.filters.http.health_check.v3.HealthCheck":
         (HTTP_FILTER, "proxyd.http.filters.health_check"),
+    "envoy.extensions.filters.http.grpc_web.v3.GrpcWeb":
+        (HTTP_FILTER, "proxyd.http.filters.grpc_web"),
+    "envoy.extensions.filters.http.grpc_http1_bridge.v3.Config":
+        (HTTP_FILTER, "proxyd.http.filters.grpc_http1_bridge"),
+    "envoy.extensions.filters.http.lua.v3.Lua": (HTTP_FILTER, "proxyd.http.filters.lua"),
+    "envoy.extensions.filters.http.lua.v3.LuaPerRoute":
+        (HTTP_ROUTE_CONFIG, "proxyd.http.filters.lua"),
+    "envoy.extensions.filters.http.header_to_metadata.v3.Config":
+        (HTTP_FILTER, "proxyd.http.filters.header_to_metadata"),
     "envoy.extensions.compression.gzip.decompressor.v3.Gzip":
         (DECOMPRESSOR_LIBRARY, "proxyd.http.compression.gzip"),
     "envoy.extensions.compression.brotli.decompressor.v3.Brotli":

@@ -345,6 +345,21 @@ for _name, _more in {  # edge HTTP filters: CORS, fault injection, compression
     _HTTP + 'health_check.v3.HealthCheck': 'pass_through_mode cache_time '
                                            'cluster_min_healthy_percentages headers',
     _HTTP + 'health_check.v3.HealthCheck.ClusterMinHealthyPercentagesEntry': 'key value',
+    _HTTP + 'grpc_web.v3.GrpcWeb': '',
+    _HTTP + 'header_to_metadata.v3.Config': 'request_rules response_rules',
+    _HTTP + 'header_to_metadata.v3.Config.Rule': 'header cookie on_header_present '
+                                                 'on_header_missing remove',
+    _HTTP + 'header_to_metadata.v3.Config.KeyValuePair': 'metadata_namespace key value '
+                                                         'regex_value_rewrite type encode',
+    _HTTP + 'lua.v3.Lua': 'inline_code source_codes default_source_code stat_prefix',
+    _HTTP + 'lua.v3.Lua.SourceCodesEntry': 'key value',
+    _HTTP + 'lua.v3.LuaPerRoute': 'disabled name source_code',
+    _ROUTE + 'Route': 'decorator',
+    _HCM: 'add_user_agent via',
+    _ROUTE + 'Decorator': 'operation propagate',
+    _ROUTE + 'RouteMatch': 'grpc',
+    _ROUTE + 'RouteMatch.GrpcRouteMatchOptions': '',
+    _HTTP + 'grpc_http1_bridge.v3.Config': '',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 _LRL = 'envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit'

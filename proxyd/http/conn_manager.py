@@ -192,6 +192,12 @@ class HttpConnectionManager:
             for c in config.internal_address_config.cidr_ranges)
         self.server_name = config.server_name or "envoy"
         self.server_health = server_health(ctx.stats)
+        self.via = config.via
+        node = getattr(ctx, "node", None)
+        # add_user_agent: the local cluster names this hop (Envoy's userAgent())
+        self.user_agent = (node.cluster if node is not None else "") \
+            if _opt_bool(config, "add_user_agent", False) else None
+        self.node_id = node.id if node is not None else ""
         self.access_logs = build_access_logs(config.access_log, ctx) if config.access_log else []
         self.tracer = build_tracer(config.tracing, ctx) if config.HasField("tracing") else None
 

@@ -485,6 +485,27 @@ class FilterManager:
     def clear_route_cache(self) -> None:
         self._route = _UNSET
 
+    decorated = None   # the route decorator's operation, for the response (ingress)
+
+    def decorate(self, span) -> None:
+        """Envoy's traceRequest for an ingress span (tracing on): an incoming
+        x-envoy-decorator-operation names the span and goes no further; else the route's
+        Route.decorator names it and, with `propagate`, the response carries it."""
+        headers = self.stream.request.headers
+        op = headers.get("x-envoy-decorator-operation")
+        if op is not None:
+            headers.remove("x-envoy-decorator-operation")
+            if op and span is not None:
+                span.name = op
+            return
+        route = self.route()
+        d = route.decorator if route is not None else None
+        if d is not None:
+            if span is not None:
+                span.name = d[0]
+            if d[1]:
+                self.decorated = d[0]
+
     # -- driving (the stream's greenlet) ---------------------------------------------------
 
     def post(self, fn) -> None:
@@ -660,6 +681,12 @@ class FilterManager:
         stream = self.stream
         if route is not None:
             route.apply_response_headers(resp.headers, stream.info)
+        if self.decorated is not None:
+            resp.headers.set("x-envoy-decorator-operation", self.decorated)
+        via = stream.hcm.via
+        if via:
+            v = resp.headers.get("via")
+            resp.headers.set("via", "%s, %s" % (v, via) if v else via)
         enc = self.enc
         if enc.entries or enc.aborted:
             enc.headers(0, resp, end_stream)

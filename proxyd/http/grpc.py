@@ -96,3 +96,39 @@ def local_reply_head(request, status: int, body: bytes | None,
     resp = ResponseHead(200, h)
     resp.content_length = 0
     return resp
+
+
+def service_and_method(path: str | None) -> tuple[str, str] | None:
+    """("pkg.Service", "Method") of a gRPC path `/pkg.Service/Method` (query ignored),
+    else None (Envoy's Grpc::Common::resolveServiceAndMethod)."""
+    if not path or not path.startswith("/"):
+        return None
+    parts = path.split("?", 1)[0][1:].split("/")
+    if len(parts) != 2 or not parts[0] or not parts[1]:
+        return None
+    return parts[0], parts[1]
+
+
+class GrpcStats:
+    """Envoy's per-cluster gRPC call stats (Grpc::Context::chargeStat):
+    `cluster.<name>.<protocol>.<service>.<method>.{<grpc-status>,success,failure,total}`,
+    `protocol` "grpc" or "grpc-web". Names are made on first use and kept."""
+
+    def __init__(self, store, protocol: str):
+        self.store = store
+        self.protocol = protocol
+        self._handles: dict = {}
+
+    def _counter(self, name: str):
+        h = self._handles.get(name)
+        if h is None:
+            h = self._handles[name] = self.store.counter(name)
+        return h
+
+    def charge(self, cluster: str, names: tuple[str, str], grpc_status: str | None) -> None:
+        if grpc_status is None or not cluster:
+            return
+        p = "cluster.%s.%s.%s.%s." % (cluster, self.protocol, names[0], names[1])
+        self._counter(p + grpc_status).inc()
+        self._counter(p + ("success" if grpc_status == "0" else "failure")).inc()
+        self._counter(p + "total").inc()

@@ -515,8 +515,11 @@ class Http2Stream(Stream):
         self.info.response_trailers = trailers
         drop = h2c.CONNECTION_SPECIFIC
         self.response_complete = True
-        self.h2.codec.send_headers(self.sid, [kv for kv in trailers.items if kv[0] not in drop],
-                                   True)
+        items = [kv for kv in trailers.items if kv[0] not in drop]
+        if items:
+            self.h2.codec.send_headers(self.sid, items, True)
+        else:   # a filter emptied them (grpc_web): the stream ends with an empty DATA frame
+            self.h2.codec.end_stream(self.sid)
         self.last_active = self.h2.loop.now()
 
     def flush(self) -> None:

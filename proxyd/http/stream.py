@@ -87,8 +87,18 @@ class Stream:
                 headers.set("x-forwarded-proto", req.scheme)
             elif "x-forwarded-proto" not in headers:
                 headers.add("x-forwarded-proto", req.scheme)
+            if hcm.user_agent is not None:   # HCM add_user_agent (Envoy's mutateRequestHeaders)
+                headers.set("x-envoy-downstream-service-cluster", hcm.user_agent)
+                if not headers.get("user-agent"):
+                    headers.set("user-agent", hcm.user_agent)
+                if hcm.node_id:
+                    headers.set("x-envoy-downstream-service-node", hcm.node_id)
+            if hcm.via:
+                via = headers.get("via")
+                headers.set("via", "%s, %s" % (via, hcm.via) if via else hcm.via)
             if hcm.tracer is not None:
                 hcm.tracer.start(info, req)
+                fm.decorate(info.trace)
             fm.create_filter_chain(hcm.filters)
             fm.start(req, self.request_complete)
         except LocalReplySent:

@@ -78,6 +78,14 @@ def _seconds(duration) -> float:
     return duration.seconds + duration.nanos / 1e9
 
 
+def _is_grpc_request(req) -> bool:
+    """Envoy's Grpc::Common::isGrpcRequestHeaders: content-type application/grpc, or
+    application/grpc+<codec> / ;<params> (gRPC-Web is not gRPC here)."""
+    ct = req.headers.get("content-type")
+    return ct is not None and (ct == "application/grpc" or
+                               ct.startswith(("application/grpc+", "application/grpc;")))
+
+
 class RouteEntry:
     """What a matched route tells the connection manager and the router filter.
 
@@ -96,6 +104,7 @@ class RouteEntry:
         "hash_policy",     # proxyd.router.hash_policy.HashPolicy or None
         "mirror_policies",  # proxyd.router.shadow.MirrorPolicy, most specific level's
         "rate_limits",     # RouteRateLimits (router/rate_limits.py), for the ratelimit filter
+        "decorator",       # Route.decorator: (operation, propagate) or None
     )
 
     def cluster_for(self, req: RequestHead) -> str:
@@ -464,10 +473,20 @@ class RouteTable:
             fn, desc = header_matcher(hm, f"{path}.match.headers[{hi}]")
             headers.append(fn)
             header_desc.append(desc)
+        if r.match.HasField("grpc"):   # RouteMatch.grpc: gRPC requests only
+            headers.append(_is_grpc_request)
+            header_desc.append("grpc")
 
         e = RouteEntry()
         e.cors_policies = ()
         e.rate_limits = NO_RATE_LIMITS
+        e.decorator = None
+        if r.HasField("decorator"):
+            if not r.decorator.operation:
+                raise ValueError(f"{path}.decorator.operation: value length must be at least "
+                                 f"1 characters")
+            e.decorator = (r.decorator.operation, r.decorator.propagate.value
+                           if r.decorator.HasField("propagate") else True)
         e.name = r.name or None
         e.virtual_host_name = vh_name
         e.timeout = DEFAULT_TIMEOUT

@@ -39,6 +39,7 @@ class _Routes:
 class _Hcm:
     route_table = _Routes()
     stream_idle_timeout = 1.0
+    via = ""                 # HttpConnectionManager.via (none)
 
     def __init__(self):
         self.stats = _Stats()
