@@ -158,3 +158,23 @@ def test_no_route(px):
     s.close()
     assert wait_stat(px, "udp.none.downstream_sess_no_route", 1) == "1"
     assert stats(px)["udp.none.downstream_sess_total"] == "0"
+
+
+def test_udp_listener_survives_a_hot_restart(px, peers):
+    """`proxyd reload`: the new master inherits the UDP socket (udp://ip:port) and its
+    worker 0 answers; the port never stops being bound."""
+    from harness import run_cli
+    port = px.udp["l_echo"]
+    a = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    assert ask(a, port, b"before").startswith(b"echo:before")
+    cp = run_cli("reload", "--runtime-dir", px.runtime_dir, timeout=90)
+    assert cp.returncode == 0, cp.stderr
+    end = time.monotonic() + 20
+    reply = None
+    while reply is None and time.monotonic() < end:
+        try:
+            reply = ask(a, port, b"after", timeout=0.5)
+        except socket.timeout:
+            pass
+    assert reply is not None and reply.startswith(b"echo:after")
+    a.close()
