@@ -25,6 +25,7 @@ RESOURCE_MONITOR = "resource monitor"
 COMPRESSOR_LIBRARY = "compressor library"
 DECOMPRESSOR_LIBRARY = "decompressor library"
 RETRY_HOST_PREDICATE = "retry host predicate"
+UDP_PROXY_ROUTE = "UDP proxy route action"
 
 # type URL (without prefix) -> (kind, module defining `create(config, ctx)`); modules are
 # imported on first use. `proxyd.config.supported.EXTENSIONS` is derived from this table,
@@ -64,6 +65,11 @@ _MODULES: dict[str, tuple[str, str]] = {
         (LISTENER_FILTER, "proxyd.listener.filters.http_inspector"),
     "envoy.extensions.filters.listener.original_dst.v3.OriginalDst":
         (LISTENER_FILTER, "proxyd.listener.filters.original_dst"),
+    # a UDP listener's filter (listener/udp.py; config/semantic.py keeps it to UDP listeners)
+    "envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig":
+        (LISTENER_FILTER, "proxyd.listener.filters.udp_proxy"),
+    "envoy.extensions.filters.udp.udp_proxy.v3.Route":
+        (UDP_PROXY_ROUTE, "proxyd.listener.filters.udp_proxy"),
     "envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext":
         (TRANSPORT_SOCKET, "proxyd.transport.tls"),
     "envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext":

@@ -1,6 +1,7 @@
 """Load-time checks Envoy makes beyond PGV: uniqueness, references, filter order, regexes,
 endpoint addresses. Same ``(path, reason)`` output as the other checks."""
 import ipaddress
+import os
 
 from envoy.config.core.v3 import base_pb2
 
@@ -83,6 +84,13 @@ def _bootstrap(bs, path, out):
                     'Too many admin layers specified in LayeredRuntime, at most one may be '
                     'specified'))
     for i, layer in enumerate(bs.layered_runtime.layers):
+        if layer.HasField('disk_layer'):
+            # Envoy watches the symlink root's directory for the swap: it must exist
+            root = layer.disk_layer.symlink_root
+            if not os.path.isdir(os.path.dirname(root.rstrip('/')) or '.'):
+                out.append((path + ('layered_runtime', 'layers', i, 'disk_layer', 'symlink_root'),
+                            f'unable to add filesystem watch for file {root}: No such file or '
+                            f'directory'))
         if layer.HasField('static_layer'):
             _runtime_layer(layer.static_layer, path + ('layered_runtime', 'layers', i, 'static_layer'),
                            '', out)
@@ -102,13 +110,39 @@ def _runtime_layer(struct, path, prefix, out):
                 _runtime_layer(v.struct_value, path + (key,), name + '.', out)
 
 
+UDP_PROXY_URL = 'type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig'
+
+
 def _listener(listener, path, clusters, out):
     if not listener.HasField('address'):  # Envoy 1.40: "address is necessary"
         out.append((path + ('address',), 'a listener needs an address'))
     udp = listener.address.socket_address.protocol == listener.address.socket_address.UDP
     if not listener.filter_chains and not listener.HasField('default_filter_chain') and not udp:
-        # (A UDP listener has listener filters only; that it is UDP is the error to report.)
         out.append((path + ('filter_chains',), 'a listener needs at least one filter chain'))
+    udp_filters = [i for i, f in enumerate(listener.listener_filters)
+                   if f.typed_config.type_url == UDP_PROXY_URL]
+    if udp:
+        if listener.filter_chains or listener.HasField('default_filter_chain'):
+            out.append((path + ('filter_chains',), 'proxyd serves a UDP listener with its '
+                        'udp_proxy listener filter only (filter chains are for QUIC)'))
+        if len(listener.listener_filters) != 1 or not udp_filters:
+            out.append((path + ('listener_filters',), 'a UDP listener needs exactly one listener '
+                        'filter, envoy.filters.udp_listener.udp_proxy'))
+        else:
+            cfg = loader.unpack(listener.listener_filters[0].typed_config)
+            fpath = path + ('listener_filters', 0, 'typed_config')
+            if cfg.HasField('matcher'):
+                m = cfg.matcher
+                if m.HasField('matcher_list') or m.HasField('matcher_tree') or \
+                        not m.on_no_match.HasField('action'):
+                    out.append((fpath + ('matcher',), 'proxyd implements a udp_proxy matcher with '
+                                'only on_no_match.action (one route for every datagram)'))
+            elif not cfg.cluster:
+                out.append((fpath, 'udp_proxy needs a route: cluster or matcher'))
+            # an unknown cluster is not an error: sessions count downstream_sess_no_route
+    elif udp_filters:
+        out.append((path + ('listener_filters', udp_filters[0]),
+                    'udp_proxy is a UDP listener filter: the listener address needs protocol UDP'))
     from proxyd.observability.config_check import check_access_logs
     out += check_access_logs(listener.access_log, path + ('access_log',))
     out.extend(filter_chain.problems(listener, path))

@@ -433,6 +433,18 @@ for _name, _more in {
     _LF + 'proxy_protocol.v3.ProxyProtocol.KeyValuePair': 'metadata_namespace key',
     _LF + 'http_inspector.v3.HttpInspector': '',
     _LF + 'original_dst.v3.OriginalDst': '',
+    # UDP listeners and udp_proxy (listener/udp.py, listener/filters/udp_proxy.py): a route
+    # by cluster or a matcher with only on_no_match; no hashing, tunnels, session filters
+    'envoy.config.listener.v3.Listener': 'udp_listener_config',
+    'envoy.config.listener.v3.UdpListenerConfig': 'downstream_socket_config',
+    _CORE + 'UdpSocketConfig': 'max_rx_datagram_size',
+    'envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig': 'stat_prefix cluster matcher '
+                                                                'idle_timeout '
+                                                                'upstream_socket_config',
+    'xds.type.matcher.v3.Matcher': 'on_no_match',
+    'xds.type.matcher.v3.Matcher.OnMatch': 'action',
+    'xds.core.v3.TypedExtensionConfig': 'name typed_config',
+    'envoy.extensions.filters.udp.udp_proxy.v3.Route': 'cluster',
     # ORIGINAL_DST clusters (upstream/original_dst.py): no metadata_key
     'envoy.config.cluster.v3.Cluster': 'original_dst_lb_config cleanup_interval',
     'envoy.config.cluster.v3.Cluster.OriginalDstLbConfig': 'use_http_header http_header_name '
@@ -520,7 +532,7 @@ ENUMS = {
                                                           'COMPACT'}),
     (_THRIFT + 'v3.ThriftProtocolOptions', 'protocol'): frozenset({'AUTO_PROTOCOL', 'BINARY',
                                                                    'LAX_BINARY', 'COMPACT'}),
-    (_CORE + 'SocketAddress', 'protocol'): frozenset({'TCP'}),
+    (_CORE + 'SocketAddress', 'protocol'): frozenset({'TCP', 'UDP'}),
     ('envoy.config.cluster.v3.Cluster', 'type'): frozenset({'STATIC', 'STRICT_DNS', 'LOGICAL_DNS',
                                                             'EDS', 'ORIGINAL_DST'}),
     # RING_HASH and MAGLEV hash a route's hash_policy (and redis_proxy's keys); without
@@ -571,6 +583,8 @@ SLOTS = {
     (_ROUTE + 'Route', 'typed_per_filter_config'): registry.HTTP_ROUTE_CONFIG,
     (_ROUTE + 'FilterConfig', 'config'): registry.HTTP_ROUTE_CONFIG,
     (_ROUTE + 'RetryPolicy.RetryHostPredicate', 'typed_config'): registry.RETRY_HOST_PREDICATE,
+    # only udp_proxy's matcher uses xds matchers here (its on_no_match action)
+    ('xds.core.v3.TypedExtensionConfig', 'typed_config'): registry.UDP_PROXY_ROUTE,
 }
 """(message, Any field) -> the kind of extension that field takes."""
 

@@ -15,6 +15,8 @@ from proxyd.http.message import StreamInfo
 from proxyd.listener.acceptor import RESOURCE_ERRORS, Acceptor
 from proxyd.listener.filter_chain import Selector
 from proxyd.listener.limits import ListenerLimits
+from proxyd.listener.udp import UdpListener
+from proxyd.master.sockets import is_udp
 from proxyd.network.connection import FilterChainConnection
 from proxyd.observability.access_log import build_access_logs
 from proxyd.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, peer_has_certificate, server_tls
@@ -338,6 +340,13 @@ class ListenerManager:
             if cur is None:
                 sock = sockets.get(cfg.name)
                 if sock is None:
+                    continue
+                if is_udp(cfg.address.socket_address):
+                    if self.ctx.worker_index != 0:   # listener/udp.py: one worker reads it
+                        sock.close()
+                        continue
+                    self.listeners[cfg.name] = UdpListener(cfg, sock, self.ctx,
+                                                           listener_stat_name(cfg))
                     continue
                 self.listeners[cfg.name] = ActiveListener(cfg, sock, self.ctx)
             elif cur.config != cfg:

@@ -29,7 +29,7 @@ from proxyd.ipc import ORPHAN_SIGNAL, Channel, die_with_parent
 from proxyd.master import endpoints as eps
 from proxyd.master import config_check, hot_restart, orphans, sdnotify, watchdog
 from proxyd.master.control import CONTROL_SOCK, PID_FILE, ControlServer
-from proxyd.master.sockets import BindError, address_key, bind_tcp
+from proxyd.master.sockets import BindError, address_key, bind_listener, bind_tcp
 from proxyd.observability.logging import get_level, get_logger, set_level
 from proxyd.stats import IncompatibleStatsFile, StatsStore
 
@@ -260,7 +260,7 @@ class Master:
                 how = "inherited" if sock is not None else "bound"
                 if sock is None:
                     try:
-                        sock = bind_tcp(sa.address, sa.port_value)
+                        sock = bind_listener(sa)
                     except BindError as e:
                         raise StartupError("listener %r: %s" % (lst.name, e)) from None
                 self.listen_socks[key] = sock

@@ -30,7 +30,7 @@ from envoy.extensions.filters.network.http_connection_manager.v3 import (
     http_connection_manager_pb2 as hcm_pb2)
 
 from proxyd.master import endpoints as eps
-from proxyd.master.sockets import BindError, address_key, bind_tcp
+from proxyd.master.sockets import BindError, address_key, bind_listener
 from proxyd.master.xds_client import AgentProcess
 from proxyd.observability.logging import get_logger
 from proxyd.xds import resources as R
@@ -347,8 +347,7 @@ class DynamicConfig:
         spare = getattr(self.m, "spare_sockets", None) or {}
         if key in spare:             # inherited from a predecessor on hot restart
             return spare.pop(key)
-        sa = lst.address.socket_address
-        return bind_tcp(sa.address, sa.port_value)
+        return bind_listener(lst.address.socket_address)
 
     def _release(self, key: str, sock) -> None:
         if self.m.listen_socks.get(key) is sock:

@@ -10,9 +10,37 @@ class BindError(Exception):
     pass
 
 
+def is_udp(socket_address) -> bool:
+    return socket_address.protocol == socket_address.UDP
+
+
 def address_key(socket_address) -> str:
-    """'tcp://ip:port', the key a hot restart uses to hand a socket over (as Envoy)."""
-    return "tcp://%s:%d" % (socket_address.address, socket_address.port_value)
+    """'tcp://ip:port' or 'udp://ip:port', the key a hot restart uses to hand a socket
+    over (as Envoy)."""
+    return "%s://%s:%d" % ("udp" if is_udp(socket_address) else "tcp",
+                           socket_address.address, socket_address.port_value)
+
+
+def bind_listener(socket_address) -> socket.socket:
+    """The socket for a listener's address: TCP listening, or UDP bound."""
+    if is_udp(socket_address):
+        return bind_udp(socket_address.address, socket_address.port_value)
+    return bind_tcp(socket_address.address, socket_address.port_value)
+
+
+def bind_udp(address: str, port: int) -> socket.socket:
+    """A non-inheritable bound UDP socket (a UDP listener's; the workers read from it)."""
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, port))
+    except OSError as e:
+        sock.close()
+        raise BindError("cannot bind udp %s:%d: %s" % (address, port, e.strerror or e)) from None
+    return sock
 
 
 def bind_unix(path: str, backlog: int) -> socket.socket:

@@ -145,7 +145,7 @@ def test_contrib_extensions_are_named_as_such(config, url, extension):
                       f"in Envoy's contrib build only) that proxyd does not implement")
 
 
-def test_udp_listener_reports_the_cause_first(config):
+def test_udp_listener_of_envoys_example_loads(config):
     """Envoy's udp example: a UDP listener has listener filters and no filter chains."""
     cfg = config('''\
         static_resources:
@@ -169,11 +169,34 @@ def test_udp_listener_reports_the_cause_first(config):
                         '@type': type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.Route
                         cluster: service_udp
         ''')
-    errors = cfg.errors()
-    assert errors[0].endswith('static_resources.listeners[0].address.socket_address.protocol: '
-                              'value UDP of envoy.config.core.v3.SocketAddress.protocol is not '
-                              'supported by proxyd (supported: TCP)')
-    assert not any('filter chain' in e for e in errors)
+    bs = load_bootstrap(cfg.path)
+    assert bs.static_resources.listeners[0].address.socket_address.protocol == 1   # UDP
+
+
+def test_udp_listener_takes_only_udp_proxy(config):
+    cfg = config('''\
+        static_resources:
+          listeners:
+          - name: u
+            address: {socket_address: {protocol: UDP, address: 127.0.0.1, port_value: 10000}}
+            listener_filters:
+            - name: tls
+              typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector}
+          - name: t
+            address: {socket_address: {address: 127.0.0.1, port_value: 10001}}
+            listener_filters:
+            - name: udp
+              typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.udp.udp_proxy.v3.UdpProxyConfig,
+                             stat_prefix: s, cluster: c}
+            filter_chains:
+            - filters:
+              - name: echo
+                typed_config: {'@type': type.googleapis.com/envoy.extensions.filters.network.echo.v3.Echo}
+        ''')
+    assert cfg.error('static_resources.listeners[0].listener_filters')[1] == (
+        'a UDP listener needs exactly one listener filter, envoy.filters.udp_listener.udp_proxy')
+    assert cfg.error('static_resources.listeners[1].listener_filters[0]')[1] == (
+        'udp_proxy is a UDP listener filter: the listener address needs protocol UDP')
 
 
 def test_unclosed_flow_mapping_is_reported_where_it_opens(config):

@@ -98,6 +98,8 @@ TCP_CASES = [
     ("v2-tlv", v2("9.8.7.6", "5.4.3.2", 3333, 4444, tlvs=b"\xe0\x00\x03abc\xe1\x00\x01z") + REQ),
     ("v2-local", v2("9.8.7.6", "5.4.3.2", 3333, 4444, cmd=0x20) + REQ),
     ("v1-unknown", b"PROXY UNKNOWN\r\n" + REQ),
+    ("v2-unix", b"\r\n\r\n\x00\r\nQUIT\n\x21\x31\x00\xd8" + b"\x00" * 216 + REQ),
+    ("v2-unspec", b"\r\n\r\n\x00\r\nQUIT\n\x21\x00\x00\x00" + REQ),
     ("none", REQ),
     ("bad-v1", b"PROXY TCP4 1.2.3.4 x 1 2\r\n" + REQ),
     ("bad-v1-family", b"PROXY TCP4 ::1 ::2 1 2\r\n" + REQ),

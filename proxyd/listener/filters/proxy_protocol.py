@@ -4,8 +4,9 @@ carries the connection's remote and local addresses (what access logs, RBAC's re
 X-Forwarded-For with use_remote_address and an ORIGINAL_DST cluster see); the physical
 peer stays the *direct* remote address.
 
-As in Envoy 1.40 (observed): a v1 `UNKNOWN` or v2 `LOCAL` header (or a v2 family that is
-not IPv4/IPv6) is consumed and leaves the addresses as they are; a malformed header
+As in Envoy 1.40 (observed): a v1 `UNKNOWN` or v2 `LOCAL` header is consumed and leaves
+the addresses as they are; a v2 `PROXY` header for other than TCP/UDP over IPv4/IPv6
+(AF_UNSPEC, AF_UNIX) is an error, as is any malformed header: it
 closes the connection (counted under `versions.<v>.error` and the legacy
 `downstream_cx_proxy_proto_error`); a connection without a header is closed
 (`not_found_disallowed`, and the legacy counter too) unless `allow_requests_without_proxy_protocol`
@@ -121,9 +122,7 @@ def _parse_v2(data: bytes):
         src = (socket.inet_ntop(socket.AF_INET6, body[0:16]), struct.unpack("!H", body[32:34])[0])
         dst = (socket.inet_ntop(socket.AF_INET6, body[16:32]), struct.unpack("!H", body[34:36])[0])
         tlvs = _tlvs(body[36:])
-    elif af in (0, 3) or transport == 0:
-        return Header(total, 2)                  # UNSPEC / UNIX: addresses left alone
-    else:
+    else:   # a PROXY header for UNSPEC or UNIX addresses: refused (Envoy 1.40, observed)
         raise ProxyProtocolError(2, "unsupported v2 address family")
     return Header(total, 2, src, dst, tlvs)
 
