@@ -197,6 +197,13 @@ for _name, _more in {  # redis_proxy, and the consistent-hash balancers it hashe
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 _UPH = 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions'
+for _name, _more in {  # upgrades (WebSocket over HTTP/1.1)
+    _HCM: 'upgrade_configs',
+    _HCM + '.UpgradeConfig': 'upgrade_type enabled',
+    _ROUTE + 'RouteAction': 'upgrade_configs',
+    _ROUTE + 'RouteAction.UpgradeConfig': 'upgrade_type enabled',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 for _name, _more in {  # HTTP/2 both ways, gRPC deadlines
     _HCM: 'http2_protocol_options drain_timeout',
     _CORE + 'Http2ProtocolOptions': 'max_concurrent_streams initial_stream_window_size '

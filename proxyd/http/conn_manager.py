@@ -55,9 +55,10 @@ class HcmStats:
                  "downstream_rq_response_before_rq_complete", "rq_total",
                  "downstream_rq_header_timeout", "downstream_rq_too_many_premature_resets",
                  "downstream_rq_too_large", "rs_too_large", "no_route", "no_cluster", "rq_direct_response",
-                 "rq_redirect", "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total")
+                 "rq_redirect", "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total",
+                 "downstream_cx_upgrades_total", "downstream_rq_ws_on_non_ws_route")
     _GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_cx_http2_active",
-               "downstream_rq_active")
+               "downstream_rq_active", "downstream_cx_upgrades_active")
 
     def __init__(self, store, prefix: str):
         p = "http.%s." % prefix
@@ -198,6 +199,9 @@ class HttpConnectionManager:
         self.user_agent = (node.cluster if node is not None else "") \
             if _opt_bool(config, "add_user_agent", False) else None
         self.node_id = node.id if node is not None else ""
+        # upgrade_configs: {upgrade type (lower case): allowed}; routes may override
+        self.upgrades = {u.upgrade_type.lower(): _opt_bool(u, "enabled", True)
+                         for u in config.upgrade_configs}
         self.access_logs = build_access_logs(config.access_log, ctx) if config.access_log else []
         self.tracer = build_tracer(config.tracing, ctx) if config.HasField("tracing") else None
 

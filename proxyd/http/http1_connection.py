@@ -238,6 +238,15 @@ class Http1Stream(Stream):
         status = resp.status
         no_body = self._no_body = (req.method == "HEAD" or status in (204, 304)
                                    or 100 <= status < 200)
+        if req.upgrade is not None:
+            # the bytes after an upgrade request are not HTTP/1: the connection ends with
+            # this response (or, after a 101, with the tunnel)
+            self._keep_alive = False
+            self.closing = True
+            if status == 101:
+                self._out.append(encode_response_head(status, h, "HTTP/1.1"))
+                self.headers_sent = True
+                return
         if self.conn.draining or self.hcm.server_health.failed():   # Envoy's drainClose()
             self.hcm.stats.downstream_cx_drain_close.inc()
             self._keep_alive = False

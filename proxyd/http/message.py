@@ -56,7 +56,7 @@ class RequestHead(_HeaderMap):
                ":scheme": "scheme"}
     _CHUNKED_WITHOUT_LENGTH = True
     __slots__ = ("method", "path", "authority", "scheme", "version", "headers",
-                 "keep_alive", "expect_continue", "chunked", "content_length")
+                 "keep_alive", "expect_continue", "chunked", "content_length", "upgrade")
 
     def __init__(self, method: str, path: str, authority: str, scheme: str, version: str,
                  headers: Headers):
@@ -70,6 +70,9 @@ class RequestHead(_HeaderMap):
         self.expect_continue = False
         self.chunked = False
         self.content_length: int | None = None
+        # an HTTP/1.1 upgrade the codec saw (the Upgrade value, or "CONNECT"): the bytes
+        # after the head belong to the upgraded protocol, not to a next request
+        self.upgrade: str | None = None
 
     @property
     def has_body(self) -> bool:

@@ -96,7 +96,7 @@ class RouteEntry:
         "grpc_timeout_offset", "auto_host_rewrite", "retry_policy", "attempt_count_in_response",
         "attempt_count_in_request",
         "append_x_forwarded_host", "host_rewrite", "prefix_rewrite", "regex_rewrite",
-        "cluster_not_found_status", "direct_status", "direct_body", "_cluster",
+        "cluster_not_found_status", "upgrades", "direct_status", "direct_body", "_cluster",
         "_cluster_header", "_weights", "_cum_weights", "_total_weight", "_matched_len",
         "_request_mutations", "_response_mutations", "_redirect",
         "per_filter_config", "per_filter_levels", "disabled_filters",
@@ -502,6 +502,7 @@ class RouteTable:
         e.prefix_rewrite = ""
         e.regex_rewrite = None  # (Regex, substitution)
         e.cluster_not_found_status = 503
+        e.upgrades = None  # RouteAction.upgrade_configs: {type (lower case): enabled}
         e.direct_status = 0
         e.direct_body = None
         e._cluster = None
@@ -590,6 +591,9 @@ class RouteTable:
             raise ValueError(f"{path}.cluster_not_found_response_code: "
                              f"value must be one of the defined enum values")
         e.cluster_not_found_status = status
+        if a.upgrade_configs:
+            e.upgrades = {u.upgrade_type.lower(): u.enabled.value if u.HasField("enabled")
+                          else True for u in a.upgrade_configs}
         if a.HasField("timeout"):
             t = _seconds(a.timeout)
             if t < 0:

@@ -17,6 +17,7 @@ from proxyd.http import grpc, local_reply
 from proxyd.http.blocking_terminal import BlockingTerminalFilter
 from proxyd.http.headers import HOP_BY_HOP
 from proxyd.router import shadow
+from proxyd.router import upgrade as upgrades
 from proxyd.router.hash_policy import lb_context
 from proxyd.router.retry_policy import RetryState, request_policy
 from proxyd.router.upstream_request import (PerTryTimeout, Retry, RouteTimeout,  # noqa: F401
@@ -38,8 +39,19 @@ class Router(BlockingTerminalFilter):
 
     def serve(self) -> None:
         stream = self
-        stream.hcm.stats.rq_total.inc()  # every request that reaches the router (Envoy)
         route = stream.route
+        upgrade = stream.request.upgrade
+        if upgrade is not None and not upgrades.allowed(
+                stream.hcm.upgrades, route.upgrades if route is not None else None, upgrade):
+            # Envoy refuses an upgrade no upgrade_configs allows before its router runs
+            stream.hcm.stats.downstream_rq_ws_on_non_ws_route.inc()
+            if route is not None and route.kind == "cluster":
+                name = route.cluster_for(stream.request)
+                if self.ctx.cluster_manager.get(name) is not None:
+                    stream.info.upstream_cluster = name
+            stream.local_reply(403, b"", "upgrade_failed")
+            return False
+        stream.hcm.stats.rq_total.inc()  # every request that reaches the router (Envoy)
         if route is None:
             stream.hcm.stats.no_route.inc()
             stream.local_reply(*local_reply.NO_ROUTE)
@@ -89,6 +101,9 @@ def _upstream_headers(stream, route, host):
         h.items.insert(0, ("host", req.authority))  # HTTP/2 downstream: from :authority
     if req.chunked:
         h.add("transfer-encoding", "chunked")
+    if req.upgrade is not None and req.upgrade != "CONNECT":  # an allowed upgrade goes on
+        h.set("upgrade", req.headers.get("upgrade"))
+        h.set("connection", "upgrade")
     timeout = route.timeout
     if timeout:
         ms = _timeout_ms.get(timeout)

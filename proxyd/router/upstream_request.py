@@ -24,6 +24,7 @@ from proxyd.http import grpc, local_reply
 from proxyd.http.headers import HOP_BY_HOP
 from proxyd.http.http2_transport import ConnectionClosed
 from proxyd.http.stream_errors import DownstreamGone
+from proxyd.router import upgrade as upgrades
 from proxyd.router.retry_policy import (CONNECT_FAILURE, PER_TRY_TIMEOUT, REFUSED_STREAM,
                                         RESET, RetryState)
 from proxyd.upstream import outlier
@@ -103,7 +104,7 @@ class UpstreamRequest:
     reply), or raises Retry for the router to try again."""
 
     __slots__ = ("stream", "route", "cluster", "host", "timeout", "headers", "retry", "us",
-                 "t0")
+                 "t0", "timer")
 
     def __init__(self, stream, route, cluster, host, timeout: float, headers, retry):
         self.stream = stream
@@ -115,13 +116,15 @@ class UpstreamRequest:
         self.retry = retry        # RetryState, or None without a retry policy
         self.us = None            # the pool's UpstreamStream
         self.t0 = 0.0
+        self.timer = _NO_TIMER    # the route timeout's
 
     def pool(self):
         """The host's pool for this request: HTTP/2 when the cluster always speaks it,
         or mirrors the downstream protocol and the request came over HTTP/2."""
         host = self.host
-        if host.h2pool is not None and (self.cluster.http2_mode == "h2"
-                                        or self.stream.request.version == "HTTP/2"):
+        req = self.stream.request
+        if host.h2pool is not None and req.upgrade is None and (
+                self.cluster.http2_mode == "h2" or req.version == "HTTP/2"):
             return host.h2pool
         return host.pool
 
@@ -145,7 +148,7 @@ class UpstreamRequest:
         info.upstream_host = host.addr_str
         self.t0 = time.monotonic()
         expired = RouteTimeout()
-        timer = _start_timer(self.timeout, expired) if self.timeout else _NO_TIMER
+        timer = self.timer = _start_timer(self.timeout, expired) if self.timeout else _NO_TIMER
         per_try = None
         try_timer = _NO_TIMER
         if retry is not None:
@@ -298,6 +301,9 @@ class UpstreamRequest:
                     else:
                         us.reset(False)
                     raise Retry()
+                if resp.status == 101 and stream.request.upgrade is not None:
+                    self._tunnel(us, resp)
+                    return
                 ended = ev[2]
                 self._send_response_head(resp, ended)
             elif kind == TRAILERS:
@@ -313,6 +319,57 @@ class UpstreamRequest:
             if not us.pending():
                 stream.flush()
 
+    def _tunnel(self, us, resp) -> None:
+        """The upstream accepted the upgrade: its 101 goes downstream, then both
+        connections carry the upgraded protocol until they close (neither goes back to a
+        pool; the downstream connection closes after it)."""
+        stream = self.stream
+        self.timer.close()  # the route timeout ends with the response head, as in Envoy
+        h = resp.headers
+        self._send_response_head(resp, False, (h.get("upgrade"), h.get("connection")))
+        stream.flush()
+        hcm = stream.hcm
+        down = stream.fm.stream       # the downstream HTTP/1 stream
+        h1 = down.h1
+        rest = h1.parser.upgrade_rest or b""
+        h1.parser.upgrade_rest = b""
+        up_sock, up_rest = us.detach()
+        down_sock = h1.sock
+        down_sock.settimeout(None)    # the tunnel's own idle timer watches both sides
+        cstats = self.cluster.stats
+        hstats = hcm.stats
+        hstats.downstream_cx_upgrades_total.inc()
+        hstats.downstream_cx_upgrades_active.inc()
+        info = stream.info
+
+        def down_rx(n: int) -> None:
+            hstats.downstream_cx_rx_bytes_total.inc(n)
+            cstats.upstream_cx_tx_bytes_total.inc(n)
+            info.bytes_received += n
+
+        def up_rx(n: int) -> None:
+            cstats.upstream_cx_rx_bytes_total.inc(n)
+            hstats.downstream_cx_tx_bytes_total.inc(n)
+            info.bytes_sent += n
+
+        try:
+            why = upgrades.tunnel(down_sock, rest, up_sock, up_rest, hcm.stream_idle_timeout,
+                                  down_rx, up_rx)
+        finally:
+            hstats.downstream_cx_upgrades_active.dec()
+        if why == "idle":
+            hstats.downstream_rq_idle_timeout.inc()
+            info.response_flags.append("SI")
+        elif why == "upstream_closed":  # Envoy 1.40 logs the upstream's close this way
+            info.response_flags.append("UC")
+        down.closing = True
+        us.done()
+        stream.send_data(b"", True)
+        self._complete(resp)
+        if why == "upstream_closed":
+            info.response_code_details = ("upstream_reset_after_response_started"
+                                          "{connection_termination}")
+
     def _retry_response(self, resp) -> bool:
         """Whether this response head is retried rather than sent downstream; a retried
         one is counted in the cluster's retry.upstream_rq_<code> tree only."""
@@ -326,12 +383,19 @@ class UpstreamRequest:
             self.host.rq_error.inc()
         return True
 
-    def _send_response_head(self, resp, end_stream: bool) -> None:
+    def _send_response_head(self, resp, end_stream: bool, upgrade=None) -> None:
         stream = self.stream
         now = stream.info.response_start_mono = time.monotonic()  # first upstream byte
         h = resp.headers = resp.headers.without_hop_by_hop(
             HOP_BY_HOP if resp.content_length is not None else _NOT_RELAYED_UNFRAMED)
-        h.set("x-envoy-upstream-service-time", str(int((now - self.t0) * 1000)))
+        if upgrade is not None:
+            # a 101 keeps the upstream's Upgrade and Connection as they were, and gets
+            # no x-envoy-upstream-service-time (Envoy 1.40)
+            for name, value in zip(("upgrade", "connection"), upgrade):
+                if value is not None:
+                    h.add(name, value)
+        else:
+            h.set("x-envoy-upstream-service-time", str(int((now - self.t0) * 1000)))
         if self.route.attempt_count_in_response:
             h.set("x-envoy-attempt-count", str(stream.info.attempt_count))
         lb_ctx = getattr(stream, "lb_context", None)

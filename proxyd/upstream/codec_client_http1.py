@@ -79,7 +79,7 @@ class Http1Stream:
                 return ev
             if kind == HEAD:
                 resp = ev[1]
-                if resp.status < 200:
+                if resp.status < 200 and resp.status != 101:
                     continue  # interim 1xx: proxyd sent its own 100 Continue
                 self._keep_alive = resp.keep_alive
                 return (HEAD, resp, self._parser.done and len(events) == 1)
@@ -129,6 +129,11 @@ class Http1Stream:
             conn.close()
             self.stats.upstream_cx_destroy_local.inc()
         self.done()
+
+    def detach(self):
+        """After a 101: (the connection's socket, the bytes that followed the 101 head).
+        The connection stays this stream's, and closes with `done()`."""
+        return self.conn.sock, self._parser.upgrade_rest or b""
 
     # -- ending ----------------------------------------------------------------------------
 

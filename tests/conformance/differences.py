@@ -117,18 +117,17 @@ KNOWN = (
         "internal redirects are not implemented", lacks("*internal_redirect*")),
     Difference(
         "hcm_features", "stats",
-        "HCM stats of features proxyd lacks: HTTP/3, upgrades, TLS connection counts, "
+        "HCM stats of features proxyd lacks: HTTP/3, TLS connection counts, "
         "overload manager, path normalisation, max duration/requests, header timeout, IP "
         "detection, premature resets, tracing decisions, rs_too_large",
-        "not implemented (upgrades and TLS counts belong to their features' work)",
+        "not implemented (TLS counts belong to their feature's work)",
         lacks("http.ingress_http.downstream_cx_delayed_close_timeout", "http.ingress_http.*_active_rq",
               "http.ingress_http.*soft_drain", "http.ingress_http.*http3*",
               "http.ingress_http.*max_duration_reached", "http.ingress_http.*max_requests_reached",
-              "http.ingress_http.*overload*", "http.ingress_http.*ssl*", "http.ingress_http.*upgrades*",
+              "http.ingress_http.*overload*", "http.ingress_http.*ssl*",
               "http.ingress_http.*path_normalization", "http.ingress_http.*header_timeout",
               "http.ingress_http.*non_relative_path", "http.ingress_http.*normalized_path",
               "http.ingress_http.*ip_detection", "http.ingress_http.*premature_resets",
-              "http.ingress_http.*ws_on_non_ws_route",
               "http.ingress_http.rs_too_large", "http.ingress_http.tracing.*",
               "http.ingress_http.rq_reset_after_downstream_response_started")),
     Difference(

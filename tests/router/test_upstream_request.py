@@ -260,3 +260,92 @@ def test_connect_failure_is_raised_by_new_stream(env):
         assert e.value.reason == "connection refused"
     finally:
         gone.close()
+
+
+# -- HTTP/2 codec client -----------------------------------------------------------------
+
+class H2Server:
+    """Server side of one upstream HTTP/2 connection, driven by the test through
+    proxyd's own sans-IO codec (server role)."""
+
+    def __init__(self, sock):
+        from proxyd.http.codec import http2 as h2c
+        self.h2c = h2c
+        self.sock = sock
+        self.codec = h2c.Http2Codec(False)
+        self.flush()
+
+    def flush(self):
+        data = self.codec.data_to_send()
+        if data:
+            self.sock.sendall(data)
+            self.codec.written()
+
+    def until(self, kind):
+        """Read until an event of `kind` arrives; returns it."""
+        with gevent.Timeout(5):
+            while True:
+                data = self.sock.recv(65536)
+                assert data
+                for ev in self.codec.receive(data):
+                    if ev[0] == kind:
+                        self.flush()
+                        return ev
+                self.flush()
+
+
+def _h2_cluster(env):
+    cluster, server, store = env
+    from envoy.config.core.v3 import protocol_pb2  # noqa: F401 (the Any's type)
+    config = cluster_pb2.Cluster(name="h2")
+    config.http2_protocol_options.SetInParent()
+    return Cluster(config, [("127.0.0.1", server.port, 1, "")], store)
+
+
+def test_http2_stream_relays_events_and_acknowledges_after_the_next_ask(env):
+    _, server, store = env
+    cluster = _h2_cluster(env)
+    try:
+        pool = cluster.hosts[0].h2pool
+        us = pool.new_stream()
+        assert us.multiplexed is True
+        req = get("/h2")
+        req.headers.add("te", "trailers")
+        us.encode_headers(req, Headers([("host", "h"), ("x-a", "1")]), True)
+        srv = H2Server(server.conn())
+        h2c = srv.h2c
+        ev = srv.until(h2c.HEADERS)
+        sid, head = ev[1], dict(ev[2])
+        assert head[":method"] == "GET" and head[":path"] == "/h2" and head[":authority"] == "h"
+        assert head["x-a"] == "1" and head["te"] == "trailers" and "host" not in head
+        srv.codec.send_headers(sid, [(":status", "200"), ("content-length", "3")], False)
+        srv.codec.send_data(sid, b"abc", False)
+        srv.codec.send_headers(sid, [("grpc-status", "0")], True)
+        srv.flush()
+        ev = us.next_event()
+        assert ev[0] == HEAD and ev[1].status == 200 and ev[1].content_length == 3
+        assert us.next_event() == (DATA, b"abc")
+        ev = us.next_event()  # acknowledges the DATA before waiting for more
+        assert ev[0] == 3 and ev[1].get("grpc-status") == "0"  # TRAILERS
+        assert us.next_event()[0] == END
+        us.done()
+        assert sum(cluster.resources.requests._total) == 0
+    finally:
+        cluster.close()
+
+
+def test_http2_stream_reset_by_the_upstream(env):
+    _, server, _ = env
+    cluster = _h2_cluster(env)
+    try:
+        us = cluster.hosts[0].h2pool.new_stream()
+        us.encode_headers(get(), Headers([("host", "h")]), True)
+        srv = H2Server(server.conn())
+        sid = srv.until(srv.h2c.HEADERS)[1]
+        srv.codec.reset(sid, srv.h2c.REFUSED_STREAM)
+        srv.flush()
+        with pytest.raises(StreamReset) as e:
+            us.next_event()
+        assert e.value.code == srv.h2c.REFUSED_STREAM and e.value.replayable
+    finally:
+        cluster.close()

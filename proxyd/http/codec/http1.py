@@ -47,7 +47,7 @@ class RequestParser:
     __slots__ = ("_p", "events", "_url", "_headers", "_head_bytes", "_in_head",
                  "_window", "_pos", "_max_head", "_max_headers", "_scheme",
                  "_content_length", "_te", "_hosts", "_host", "_expect", "_valid_authority",
-                 "error")
+                 "error", "upgrade_rest")
 
     def __init__(self, max_header_bytes: int = 60 * 1024, max_headers: int = 100,
                  scheme: str = "http"):
@@ -61,6 +61,7 @@ class RequestParser:
         self._pos = 0
         self._valid_authority = None  # the last Host that passed _AUTHORITY (keep-alive repeats it)
         self.error: ProtocolError | None = None
+        self.upgrade_rest = None  # after an upgrade request: the bytes that followed it
         self._reset()
 
     def _reset(self) -> None:
@@ -91,6 +92,9 @@ class RequestParser:
         before a malformed one are still answered in order, as Envoy does."""
         if self.error is not None:
             raise self.error
+        if self.upgrade_rest is not None:  # the connection is the upgraded protocol's now
+            self.upgrade_rest += data
+            return
         try:
             self._feed(data)
         except ProtocolError as e:
@@ -111,8 +115,18 @@ class RequestParser:
             self._pos = 0
         try:
             self._p.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            raise ProtocolError(403, "upgrade_failed") from None
+        except httptools.HttpParserUpgrade as e:
+            # Upgrade (with Connection: upgrade) or CONNECT: its head (and END) are
+            # queued; what follows is no longer HTTP/1 (the router decides about it)
+            events = self.events
+            if not events or events[-1][0] != END:
+                raise ProtocolError(403, "upgrade_failed") from None
+            req = next(ev[1] for ev in reversed(events) if ev[0] == HEAD)
+            req.upgrade = ("CONNECT" if req.method == "CONNECT"
+                           else req.headers.get("upgrade") or "")
+            offset = e.args[0] if e.args else len(data)
+            self.upgrade_rest = data[offset:]
+            self._in_head = False
         except httptools.HttpParserCallbackError as e:
             cause = e.__context__
             if isinstance(cause, ProtocolError):
@@ -240,7 +254,7 @@ class ResponseParser:
     """
 
     __slots__ = ("_p", "events", "_headers", "_head_only", "head", "done", "extra",
-                 "_reason", "_until_close", "_max_head", "_head_bytes")
+                 "_reason", "_until_close", "_max_head", "_head_bytes", "upgrade_rest")
 
     def __init__(self, head_only: bool = False, max_header_bytes: int = 80 * 1024):
         self._p = httptools.HttpResponseParser(self)
@@ -254,6 +268,7 @@ class ResponseParser:
         self.done = False
         self.extra = False  # bytes arrived beyond the end of the response
         self._until_close = False
+        self.upgrade_rest = None  # after a 101: the upgraded protocol's first bytes
 
     def feed(self, data: bytes) -> None:
         """Raises ProtocolError(502) on a malformed response. Bytes past the end of the
@@ -264,6 +279,11 @@ class ResponseParser:
             return
         try:
             self._p.feed_data(data)
+        except httptools.HttpParserUpgrade as e:
+            # 101 Switching Protocols: the head ended the response (its END is queued)
+            offset = e.args[0] if e.args else len(data)
+            self.upgrade_rest = data[offset:]
+            self.done = True
         except httptools.HttpParserCallbackError as e:
             if not isinstance(e.__context__, _BeyondResponse):
                 raise ProtocolError(502, "upstream_protocol_error") from e
