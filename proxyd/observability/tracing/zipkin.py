@@ -108,6 +108,14 @@ class ZipkinTracer:
                                      config.collector_endpoint or "/api/v2/spans",
                                      config.collector_hostname or config.collector_cluster, ctx)
 
+    max_path_tag_length = 0         # 0: http.url carries the whole path
+    upstream_operation = None       # HCM tracing.upstream_operation, compiled
+
+    def configure(self, hcm_tracer) -> None:
+        """Called by the HCM side (hcm.HcmTracer), which decides and supplies custom tags."""
+        self.max_path_tag_length = hcm_tracer.max_path_tag_length
+        self.upstream_operation = hcm_tracer.upstream_operation
+
     # -- request path ---------------------------------------------------------------
     def _decide(self, headers) -> bool:
         if "x-envoy-force-trace" in headers:
@@ -119,7 +127,7 @@ class ZipkinTracer:
         return decided and (self.overall_sampling >= 100.0
                             or _random() * 100.0 < self.overall_sampling)
 
-    def start(self, info, request_head) -> Span | None:
+    def start(self, info, request_head, traced: bool | None = None) -> Span | None:
         """The SERVER span for this request, or None when it is not sampled (incoming B3
         headers are then forwarded untouched, so `x-b3-sampled: 0` still propagates)."""
         headers = request_head.headers
@@ -128,6 +136,8 @@ class ZipkinTracer:
                                            or "x-b3-flags" in headers) else None
         if incoming is not None and incoming.sampled is not None:
             sampled = incoming.sampled
+        elif traced is not None:
+            sampled = traced        # the HCM's decision (hcm.py)
         else:
             sampled = self._decide(headers)
         if not sampled:
@@ -159,7 +169,7 @@ class ZipkinTracer:
         span.clients.append([child, now, None])
         b3.inject(b3.SpanContext(span.trace_id, child, span.id, True, span.debug), headers)
 
-    def finish(self, span: Span | None, info) -> None:
+    def finish(self, span: Span | None, info, custom_tags=()) -> None:
         if span is None:
             return
         end = info.end_mono if info.end_mono is not None else time.monotonic()
@@ -180,7 +190,10 @@ class ZipkinTracer:
             "response_size": str(info.bytes_sent),
         }
         if req is not None:
-            url = f"{req.scheme}://{req.authority}{req.path}"
+            path = req.path
+            if self.max_path_tag_length and len(path) > self.max_path_tag_length:
+                path = path[:self.max_path_tag_length]
+            url = f"{req.scheme}://{req.authority}{path}"
             tags["http.method"] = req.method
             tags["http.url"] = url
             tags["http.protocol"] = info.protocol or req.version
@@ -192,6 +205,7 @@ class ZipkinTracer:
                 tags["guid:x-request-id"] = rid
         if error:
             tags["error"] = "true"
+        tags.update(custom_tags)
         server = {
             "traceId": span.trace_id,
             "id": span.id,
@@ -230,7 +244,8 @@ class ZipkinTracer:
                 "traceId": span.trace_id,
                 "id": child,
                 "parentId": span.id,
-                "name": f"router {cluster} egress",
+                "name": (self.upstream_operation(info) if self.upstream_operation
+                         else f"router {cluster} egress"),
                 "kind": "CLIENT",
                 "timestamp": start_us + round((c_start - info.start_mono) * 1e6),
                 "duration": max(1, round((c_end - c_start) * 1e6)),
