@@ -58,9 +58,11 @@ build_otelcol() {
             "go.opentelemetry.io/collector/otelcol@$OTELCOL_VERSION" \
             "go.opentelemetry.io/collector/component@$OTELCOL_PDATA_VERSION" \
             "go.opentelemetry.io/collector/confmap@$OTELCOL_PDATA_VERSION" \
+            "go.opentelemetry.io/collector/confmap/provider/envprovider@$OTELCOL_PDATA_VERSION" \
             "go.opentelemetry.io/collector/confmap/provider/fileprovider@$OTELCOL_PDATA_VERSION" \
             "go.opentelemetry.io/collector/confmap/provider/yamlprovider@$OTELCOL_PDATA_VERSION" \
             "go.opentelemetry.io/collector/receiver/otlpreceiver@$OTELCOL_VERSION" \
+            "go.opentelemetry.io/collector/service@$OTELCOL_VERSION" \
             "go.opentelemetry.io/collector/exporter/debugexporter@$OTELCOL_VERSION" \
             "go.opentelemetry.io/collector/exporter/otlphttpexporter@$OTELCOL_VERSION"
         "$GO" mod tidy
