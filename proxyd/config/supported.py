@@ -68,6 +68,8 @@ _FIELDS = {
     'EnvironmentResourceDetectorConfig': '',
     'envoy.extensions.tracers.opentelemetry.resource_detectors.v3.'
     'StaticConfigResourceDetectorConfig': 'attributes',
+    'envoy.extensions.tracers.opentelemetry.resource_detectors.v3.'
+    'StaticConfigResourceDetectorConfig.AttributesEntry': 'key value',
     'envoy.extensions.tracers.opentelemetry.samplers.v3.AlwaysOnSamplerConfig': '',
     'envoy.extensions.tracers.opentelemetry.samplers.v3.ParentBasedSamplerConfig':
         'wrapped_sampler',

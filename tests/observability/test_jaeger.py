@@ -192,7 +192,7 @@ def test_forced_request_is_traced_with_sampling_off(jaeger, mesh):
     assert r.status == 200
     saw1 = {k.lower(): v for k, v in r.json()["service1_saw"].items()}
     rid = saw1["x-request-id"]
-    assert rid[14] == "a" and saw1["x-b3-sampled"] == "1"                        # the trace reason: forced
+    assert rid[14] == "a" and saw1["x-b3-sampled"] == "1"     # the trace reason: forced
     trace = wait_trace(jaeger, saw1["x-b3-traceid"], 6)
     check_chain(trace, rid)
 

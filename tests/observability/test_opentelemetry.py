@@ -14,7 +14,6 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from harness import bootstrap, cluster, free_port, http, listener
 from peers.go_peers import Collector
-from proxyd.config.semantic import check as semantic_check  # noqa: F401
 from proxyd.observability.config_check import check_tracing
 from proxyd.observability.tracing import hcm, otlp, w3c
 from proxyd.runtime import Runtime, flatten
