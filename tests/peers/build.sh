@@ -15,6 +15,9 @@ OTELCOL_VERSION=v0.165.0
 OTELCOL_PDATA_VERSION=v1.71.0
 
 here="$(cd "$(dirname "$0")" && pwd)"
+# Go keeps its module and build caches under $HOME: give it one when the caller has none
+[ -n "${HOME:-}" ] || HOME="$(getent passwd "$(id -u)" | cut -d: -f6)"
+export HOME
 out="${PROXYD_PEERS_DIR:-$HOME/.cache/proxyd-peers}"
 GO="${GO:-$(command -v go || echo /usr/local/go/bin/go)}"
 if [ ! -x "$GO" ] && ! command -v "$GO" >/dev/null 2>&1; then
