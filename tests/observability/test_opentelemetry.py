@@ -192,3 +192,26 @@ def test_spans_go_through_a_real_opentelemetry_collector(upstream, proxyd_factor
     finally:
         col.stop()
         rx.close()
+
+
+def test_hcm_zipkin_unsampled_request_tells_the_next_hop_not_to_sample():
+    """Envoy 1.40's Zipkin tracer on an unsampled request (observed): x-b3-traceid,
+    x-b3-spanid (the same 64-bit id) and x-b3-sampled: 0 go upstream; nothing is reported."""
+    from envoy.config.trace.v3 import zipkin_pb2  # noqa: F401
+    from proxyd.http.headers import Headers
+    t = json_format.ParseDict({"random_sampling": {"value": 0}, "provider": {
+        "name": "envoy.tracers.zipkin", "typed_config": {
+            "@type": "type.googleapis.com/envoy.config.trace.v3.ZipkinConfig",
+            "collector_cluster": "zipkin", "collector_endpoint": "/api/v2/spans",
+            "collector_endpoint_version": "HTTP_JSON"}}},
+        hcm_pb2.HttpConnectionManager.Tracing())
+    tracer = hcm.build_tracer(t, Ctx(), "ing")
+    info = make_info()
+    span = tracer.start(info, info.request)
+    up = Headers()
+    tracer.inject(span, up)
+    assert up.get("x-b3-sampled") == "0"
+    assert up.get("x-b3-traceid") == up.get("x-b3-spanid") and len(up.get("x-b3-spanid")) == 16
+    assert up.get("x-b3-parentspanid") is None
+    tracer.finish(span, info)
+    assert tracer.driver.reporter.pending == []

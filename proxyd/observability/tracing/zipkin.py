@@ -65,7 +65,7 @@ class Span:
     """A span being recorded; `trace_id` is also what %TRACE_ID% prints."""
 
     __slots__ = ("trace_id", "id", "parent_id", "shared", "debug", "start_mono",
-                 "clients", "name")
+                 "clients", "name", "sampled")
 
     def __init__(self, trace_id, span_id, parent_id, shared, debug, start_mono, name):
         self.trace_id = trace_id
@@ -76,6 +76,7 @@ class Span:
         self.start_mono = start_mono
         self.clients: list[list] = []   # [span id, start mono, end mono | None]
         self.name = name
+        self.sampled = True             # False: only propagates `x-b3-sampled: 0`
 
     @property
     def context(self) -> b3.SpanContext:
@@ -129,7 +130,9 @@ class ZipkinTracer:
 
     def start(self, info, request_head, traced: bool | None = None) -> Span | None:
         """The SERVER span for this request, or None when it is not sampled (incoming B3
-        headers are then forwarded untouched, so `x-b3-sampled: 0` still propagates)."""
+        headers are then forwarded untouched, so `x-b3-sampled: 0` still propagates). With
+        the HCM's decision (`traced`) and no incoming B3, an unsampled request gets an
+        unsampled span that sends `x-b3-sampled: 0` (and ids) upstream, as Envoy does."""
         headers = request_head.headers
         incoming = b3.extract(headers) if ("b3" in headers or "x-b3-traceid" in headers
                                            or "x-b3-sampled" in headers
@@ -141,6 +144,14 @@ class ZipkinTracer:
         else:
             sampled = self._decide(headers)
         if not sampled:
+            if traced is not None and incoming is None:
+                # Envoy (HCM decision, nothing came in): the next hop is told not to sample
+                span_id = _new_id()
+                trace_id = _new_id() + span_id if self.trace_id_128bit else span_id
+                span = Span(trace_id, span_id, None, False, False, info.start_mono, "ingress")
+                span.sampled = False
+                info.trace = span
+                return span
             return None
         debug = incoming.debug if incoming is not None else False
         if incoming is not None and incoming.trace_id is not None:
@@ -162,6 +173,9 @@ class ZipkinTracer:
         `headers` (replacing any incoming B3 headers)."""
         if span is None:
             return
+        if not span.sampled:
+            b3.inject(b3.SpanContext(span.trace_id, span.id, None, False), headers)
+            return
         now = time.monotonic()
         if span.clients and span.clients[-1][2] is None:
             span.clients[-1][2] = now            # the previous attempt ended here
@@ -170,7 +184,7 @@ class ZipkinTracer:
         b3.inject(b3.SpanContext(span.trace_id, child, span.id, True, span.debug), headers)
 
     def finish(self, span: Span | None, info, custom_tags=()) -> None:
-        if span is None:
+        if span is None or not span.sampled:
             return
         end = info.end_mono if info.end_mono is not None else time.monotonic()
         start_us = int(info.start_time * 1e6)
