@@ -215,3 +215,33 @@ def test_hcm_zipkin_unsampled_request_tells_the_next_hop_not_to_sample():
     assert up.get("x-b3-parentspanid") is None
     tracer.finish(span, info)
     assert tracer.driver.reporter.pending == []
+
+
+def test_custom_tags_path_length_and_operation_name_reach_the_span():
+    class Exporter:
+        def __init__(self):
+            self.batches = []
+
+        def add(self, spans):
+            self.batches.append(spans)
+
+    t = json_format.ParseDict({
+        "random_sampling": {"value": 100}, "max_path_tag_length": 5,
+        "operation": "op %REQ(:METHOD)%",
+        "custom_tags": [{"tag": "lit", "literal": {"value": "v"}},
+                        {"tag": "md", "metadata": {"kind": {"request": {}}, "metadata_key": {
+                            "key": "ns", "path": [{"key": "a"}, {"key": "b"}]}}}],
+        "provider": {"name": "envoy.tracers.opentelemetry", "typed_config": {
+            "@type": OTEL, "service_name": "s"}}}, hcm_pb2.HttpConnectionManager.Tracing())
+    tracer = hcm.build_tracer(t, Ctx(), "ing")
+    tracer.driver.exporter = ex = Exporter()
+    info = make_info()
+    info.set_dynamic_metadata("ns", {"a": {"b": 7.0}})
+    span = tracer.start(info, info.request)
+    tracer.finish(span, info)
+    [[raw]] = ex.batches
+    [s] = flat(ExportTraceServiceRequest.FromString(
+        otlp.export_request([], "proxyd", "1", [raw])))
+    assert s["name"] == "op POST"
+    assert s["attributes"]["http.url"] == "https://svc.example.com/api/"
+    assert (s["attributes"]["lit"], s["attributes"]["md"]) == ("v", "7")
