@@ -28,7 +28,7 @@ FORWARDED = ("x-request-id", "x-b3-traceid", "x-b3-spanid", "x-b3-parentspanid",
 
 
 def tracing(random_sampling):
-    return {"random_sampling": {"value": random_sampling},
+    return {"random_sampling": {"value": random_sampling}, "spawn_upstream_span": True,
             "provider": {"name": "envoy.tracers.zipkin", "typed_config": {
                 "@type": ZIPKIN, "collector_cluster": "jaeger",
                 "collector_endpoint": "/api/v2/spans",

@@ -245,3 +245,31 @@ def test_custom_tags_path_length_and_operation_name_reach_the_span():
     assert s["name"] == "op POST"
     assert s["attributes"]["http.url"] == "https://svc.example.com/api/"
     assert (s["attributes"]["lit"], s["attributes"]["md"]) == ("v", "7")
+
+
+@pytest.mark.parametrize("spawn", [False, True])
+def test_hcm_zipkin_upstream_span_id_as_envoy(spawn):
+    """Envoy 1.40 (observed): without spawn_upstream_span the SERVER span's own id goes
+    upstream; with it, a CLIENT child's id, its parent the SERVER span."""
+    from envoy.config.trace.v3 import zipkin_pb2  # noqa: F401
+    from proxyd.http.headers import Headers
+    t = json_format.ParseDict({"random_sampling": {"value": 100}, "spawn_upstream_span": spawn,
+                               "provider": {"name": "envoy.tracers.zipkin", "typed_config": {
+                                   "@type": "type.googleapis.com/envoy.config.trace.v3."
+                                            "ZipkinConfig",
+                                   "collector_cluster": "zipkin",
+                                   "collector_endpoint_version": "HTTP_JSON"}}},
+                              hcm_pb2.HttpConnectionManager.Tracing())
+    tracer = hcm.build_tracer(t, Ctx(), "ing")
+    info = make_info()
+    span = tracer.start(info, info.request)
+    up = Headers()
+    tracer.inject(span, up)
+    assert up.get("x-b3-sampled") == "1" and up.get("x-b3-traceid") == span.trace_id
+    if spawn:
+        assert up.get("x-b3-spanid") != span.id and up.get("x-b3-parentspanid") == span.id
+    else:
+        assert up.get("x-b3-spanid") == span.id and up.get("x-b3-parentspanid") is None
+    tracer.finish(span, info)
+    kinds = [s["kind"] for s in tracer.driver.reporter.pending]
+    assert kinds == (["SERVER", "CLIENT"] if spawn else ["SERVER"])

@@ -111,11 +111,16 @@ class ZipkinTracer:
 
     max_path_tag_length = 0         # 0: http.url carries the whole path
     upstream_operation = None       # HCM tracing.upstream_operation, compiled
+    # A CLIENT span per upstream attempt, its id sent upstream. Through the HCM this is
+    # its spawn_upstream_span (Envoy's default: false, the SERVER span's own id goes
+    # upstream); a tracer used on its own keeps the child spans.
+    spawn_upstream_span = True
 
     def configure(self, hcm_tracer) -> None:
         """Called by the HCM side (hcm.HcmTracer), which decides and supplies custom tags."""
         self.max_path_tag_length = hcm_tracer.max_path_tag_length
         self.upstream_operation = hcm_tracer.upstream_operation
+        self.spawn_upstream_span = hcm_tracer.spawn_upstream_span
 
     # -- request path ---------------------------------------------------------------
     def _decide(self, headers) -> bool:
@@ -175,6 +180,10 @@ class ZipkinTracer:
             return
         if not span.sampled:
             b3.inject(b3.SpanContext(span.trace_id, span.id, None, False), headers)
+            return
+        if not self.spawn_upstream_span:
+            b3.inject(b3.SpanContext(span.trace_id, span.id, span.parent_id, True, span.debug),
+                      headers)
             return
         now = time.monotonic()
         if span.clients and span.clients[-1][2] is None:
