@@ -26,6 +26,8 @@ COMPRESSOR_LIBRARY = "compressor library"
 DECOMPRESSOR_LIBRARY = "decompressor library"
 RETRY_HOST_PREDICATE = "retry host predicate"
 UDP_PROXY_ROUTE = "UDP proxy route action"
+OTEL_SAMPLER = "OpenTelemetry sampler"
+OTEL_RESOURCE_DETECTOR = "OpenTelemetry resource detector"
 
 # type URL (without prefix) -> (kind, module defining `create(config, ctx)`); modules are
 # imported on first use. `proxyd.config.supported.EXTENSIONS` is derived from this table,
@@ -141,6 +143,18 @@ _MODULES: dict[str, tuple[str, str]] = {
     "envoy.extensions.access_loggers.stream.v3.StderrAccessLog":
         (ACCESS_LOGGER, "proxyd.observability.access_log.loggers"),
     "envoy.config.trace.v3.ZipkinConfig": (TRACER, "proxyd.observability.tracing.zipkin"),
+    "envoy.config.trace.v3.OpenTelemetryConfig": (TRACER,
+                                                  "proxyd.observability.tracing.opentelemetry"),
+    "envoy.extensions.tracers.opentelemetry.samplers.v3.AlwaysOnSamplerConfig":
+        (OTEL_SAMPLER, "proxyd.observability.tracing.opentelemetry"),
+    "envoy.extensions.tracers.opentelemetry.samplers.v3.ParentBasedSamplerConfig":
+        (OTEL_SAMPLER, "proxyd.observability.tracing.opentelemetry"),
+    "envoy.extensions.tracers.opentelemetry.resource_detectors.v3."
+    "EnvironmentResourceDetectorConfig":
+        (OTEL_RESOURCE_DETECTOR, "proxyd.observability.tracing.opentelemetry"),
+    "envoy.extensions.tracers.opentelemetry.resource_detectors.v3."
+    "StaticConfigResourceDetectorConfig":
+        (OTEL_RESOURCE_DETECTOR, "proxyd.observability.tracing.opentelemetry"),
     "envoy.extensions.upstreams.http.v3.HttpProtocolOptions":
         (UPSTREAM_PROTOCOL_OPTIONS, "proxyd.upstream.pool_http2"),
     "envoy.extensions.resource_monitors.downstream_connections.v3.DownstreamConnectionsConfig":

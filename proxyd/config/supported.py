@@ -52,7 +52,31 @@ _FIELDS = {
           'max_request_headers_kb generate_request_id preserve_external_request_id '
           'always_set_request_id_in_response use_remote_address server_name '
           'stream_idle_timeout request_timeout rds access_log tracing',
-    _HCM + '.Tracing': 'client_sampling random_sampling overall_sampling provider',
+    _HCM + '.Tracing': 'client_sampling random_sampling overall_sampling provider custom_tags '
+                       'max_path_tag_length verbose spawn_upstream_span operation '
+                       'upstream_operation',
+    'envoy.type.tracing.v3.CustomTag': 'tag literal environment request_header metadata',
+    'envoy.type.tracing.v3.CustomTag.Literal': 'value',
+    'envoy.type.tracing.v3.CustomTag.Environment': 'name default_value',
+    'envoy.type.tracing.v3.CustomTag.Header': 'name default_value',
+    'envoy.type.tracing.v3.CustomTag.Metadata': 'kind metadata_key default_value',
+    'envoy.type.metadata.v3.MetadataKind': 'request',
+    'envoy.type.metadata.v3.MetadataKind.Request': '',
+    'envoy.type.metadata.v3.MetadataKey': 'key path',
+    'envoy.type.metadata.v3.MetadataKey.PathSegment': 'key',
+    'envoy.config.trace.v3.OpenTelemetryConfig': 'http_service service_name resource_detectors '
+                                                 'sampler max_cache_size',
+    _CORE + 'HttpService': 'http_uri request_headers_to_add',
+    _CORE + 'HttpUri': 'uri cluster timeout',
+    'envoy.extensions.tracers.opentelemetry.resource_detectors.v3.'
+    'EnvironmentResourceDetectorConfig': '',
+    'envoy.extensions.tracers.opentelemetry.resource_detectors.v3.'
+    'StaticConfigResourceDetectorConfig': 'attributes',
+    'envoy.extensions.tracers.opentelemetry.resource_detectors.v3.'
+    'StaticConfigResourceDetectorConfig.AttributesEntry': 'key value',
+    'envoy.extensions.tracers.opentelemetry.samplers.v3.AlwaysOnSamplerConfig': '',
+    'envoy.extensions.tracers.opentelemetry.samplers.v3.ParentBasedSamplerConfig':
+        'wrapped_sampler',
     'envoy.type.v3.Percent': 'value',
     'envoy.config.trace.v3.Tracing.Http': 'name typed_config',
     'envoy.config.trace.v3.ZipkinConfig': 'collector_cluster collector_endpoint trace_id_128bit '

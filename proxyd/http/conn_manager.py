@@ -15,7 +15,7 @@ from random import getrandbits
 from proxyd import registry
 from proxyd.proto import extension_config
 from proxyd.observability.access_log import build_access_logs
-from proxyd.observability.tracing.zipkin import build_tracer
+from proxyd.observability.tracing.hcm import REASONS as TRACE_REASONS, build_tracer
 from proxyd.http.codec.http2 import Http2Options
 from proxyd.http.filter_manager import FilterSpec
 from proxyd.http.per_filter_config import PerFilterCompiler
@@ -203,7 +203,11 @@ class HttpConnectionManager:
         self.upgrades = {u.upgrade_type.lower(): _opt_bool(u, "enabled", True)
                          for u in config.upgrade_configs}
         self.access_logs = build_access_logs(config.access_log, ctx) if config.access_log else []
-        self.tracer = build_tracer(config.tracing, ctx) if config.HasField("tracing") else None
+        self.tracer = (build_tracer(config.tracing, ctx, config.stat_prefix, self)
+                       if config.HasField("tracing") else None)
+        if self.tracer is None:     # Envoy keeps http.<sp>.tracing.* on every HCM
+            for reason in TRACE_REASONS:
+                ctx.stats.counter("http.%s.tracing.%s" % (config.stat_prefix, reason))
 
     def is_internal(self, request, remote_ip: str) -> bool:
         """Envoy's internal request: the peer (use_remote_address) or else the only

@@ -71,7 +71,10 @@ class Stream:
         fm = self.fm = FilterManager(self)
         try:
             headers = req.headers
-            looked_up = hcm.preserve_external_request_id or not hcm.use_remote_address
+            # Envoy regenerates x-request-id only for an external request at the edge
+            looked_up = (hcm.preserve_external_request_id or not hcm.use_remote_address
+                         or (hcm.internal_networks
+                             and hcm.is_internal(req, self.conn.remote_ip)))
             rid = headers.get("x-request-id") if looked_up else None
             if rid is None and hcm.generate_request_id:
                 rid = hcm.new_request_id()

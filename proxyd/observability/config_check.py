@@ -57,10 +57,33 @@ def check_tracing(tracing, path=(), clusters=None) -> list[tuple[tuple, str]]:
         cfg = unpack(tc)
     except ValueError:
         return []
-    if not isinstance(cfg, ZipkinConfig):
-        return []
     p = path + ("provider", "typed_config")
     out = []
+    if cfg.DESCRIPTOR.full_name == "envoy.config.trace.v3.OpenTelemetryConfig":
+        if cfg.HasField("grpc_service"):
+            out.append((p + ("grpc_service",), "OTLP over gRPC is not supported by proxyd "
+                        "(its workers have no gRPC client): use http_service"))
+        if cfg.HasField("http_service"):
+            cl = cfg.http_service.http_uri.cluster
+            if not cl:
+                out.append((p + ("http_service", "http_uri", "cluster"), "required"))
+            elif clusters is not None and cl not in clusters:
+                out.append((p + ("http_service", "http_uri", "cluster"),
+                            f"unknown collector cluster '{cl}'"))
+        try:
+            from proxyd.observability.tracing.opentelemetry import OpenTelemetryTracer
+            OpenTelemetryTracer.check(cfg)
+        except ValueError as e:
+            out.append((p, str(e)))
+    if tracing.custom_tags:
+        from proxyd.observability.tracing.hcm import CustomTag
+        for i, t in enumerate(tracing.custom_tags):
+            try:
+                CustomTag(t)
+            except ValueError as e:
+                out.append((path + ("custom_tags", i), str(e)))
+    if not isinstance(cfg, ZipkinConfig):
+        return out
     if cfg.collector_endpoint_version not in (0, 1):
         out.append((p + ("collector_endpoint_version",),
                     "only HTTP_JSON is supported by proxyd"))

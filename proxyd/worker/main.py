@@ -26,6 +26,7 @@ from proxyd.listener import limits  # noqa: E402
 from proxyd.listener.manager import ListenerManager  # noqa: E402
 from proxyd.master import watchdog  # noqa: E402
 from proxyd.observability import access_log  # noqa: E402
+from proxyd.observability.tracing import opentelemetry as otel_tracing  # noqa: E402
 from proxyd.observability.tracing import zipkin  # noqa: E402
 from proxyd.observability.logging import configure_logging, get_logger, set_level  # noqa: E402
 from proxyd import regex  # noqa: E402
@@ -93,6 +94,7 @@ class Worker:
         self.stopped.wait()
         access_log.flush_all()
         zipkin.flush_all()
+        otel_tracing.flush_all()
         return 0
 
     def _control_loop(self) -> None:

@@ -119,7 +119,7 @@ KNOWN = (
         "hcm_features", "stats",
         "HCM stats of features proxyd lacks: HTTP/3, TLS connection counts, "
         "overload manager, path normalisation, max duration/requests, header timeout, IP "
-        "detection, premature resets, tracing decisions, rs_too_large",
+        "detection, premature resets, rs_too_large",
         "not implemented (TLS counts belong to their feature's work)",
         lacks("http.ingress_http.downstream_cx_delayed_close_timeout", "http.ingress_http.*_active_rq",
               "http.ingress_http.*soft_drain", "http.ingress_http.*http3*",
@@ -128,7 +128,7 @@ KNOWN = (
               "http.ingress_http.*path_normalization", "http.ingress_http.*header_timeout",
               "http.ingress_http.*non_relative_path", "http.ingress_http.*normalized_path",
               "http.ingress_http.*ip_detection", "http.ingress_http.*premature_resets",
-              "http.ingress_http.rs_too_large", "http.ingress_http.tracing.*",
+              "http.ingress_http.rs_too_large",
               "http.ingress_http.rq_reset_after_downstream_response_started")),
     Difference(
         "delayed_close", ("stats", "prometheus"),

@@ -231,7 +231,7 @@ def test_workers_sharing_one_file_never_interleave(upstream, proxyd_factory, tmp
 
 
 def tracing():
-    return {"random_sampling": {"value": 100},
+    return {"random_sampling": {"value": 100}, "spawn_upstream_span": True,
             "provider": {"name": "envoy.tracers.zipkin", "typed_config": {
                 "@type": ZIPKIN, "collector_cluster": "zipkin",
                 "collector_endpoint": "/api/v2/spans",

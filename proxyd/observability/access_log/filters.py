@@ -70,7 +70,7 @@ def compile_filter(msg, ctx=None, path: str = "filter") -> Filter:
     if which == "not_health_check_filter":
         return lambda info: not info.is_health_check
     if which == "traceable_filter":
-        return lambda info: info.trace is not None
+        return lambda info: info.trace is not None and getattr(info.trace, "sampled", True)
     if which == "runtime_filter":
         rf = msg.runtime_filter
         denom = _DENOMINATORS.get(rf.percent_sampled.denominator)

@@ -65,7 +65,7 @@ class Span:
     """A span being recorded; `trace_id` is also what %TRACE_ID% prints."""
 
     __slots__ = ("trace_id", "id", "parent_id", "shared", "debug", "start_mono",
-                 "clients", "name")
+                 "clients", "name", "sampled")
 
     def __init__(self, trace_id, span_id, parent_id, shared, debug, start_mono, name):
         self.trace_id = trace_id
@@ -76,6 +76,7 @@ class Span:
         self.start_mono = start_mono
         self.clients: list[list] = []   # [span id, start mono, end mono | None]
         self.name = name
+        self.sampled = True             # False: only propagates `x-b3-sampled: 0`
 
     @property
     def context(self) -> b3.SpanContext:
@@ -108,6 +109,19 @@ class ZipkinTracer:
                                      config.collector_endpoint or "/api/v2/spans",
                                      config.collector_hostname or config.collector_cluster, ctx)
 
+    max_path_tag_length = 0         # 0: http.url carries the whole path
+    upstream_operation = None       # HCM tracing.upstream_operation, compiled
+    # A CLIENT span per upstream attempt, its id sent upstream. Through the HCM this is
+    # its spawn_upstream_span (Envoy's default: false, the SERVER span's own id goes
+    # upstream); a tracer used on its own keeps the child spans.
+    spawn_upstream_span = True
+
+    def configure(self, hcm_tracer) -> None:
+        """Called by the HCM side (hcm.HcmTracer), which decides and supplies custom tags."""
+        self.max_path_tag_length = hcm_tracer.max_path_tag_length
+        self.upstream_operation = hcm_tracer.upstream_operation
+        self.spawn_upstream_span = hcm_tracer.spawn_upstream_span
+
     # -- request path ---------------------------------------------------------------
     def _decide(self, headers) -> bool:
         if "x-envoy-force-trace" in headers:
@@ -119,18 +133,30 @@ class ZipkinTracer:
         return decided and (self.overall_sampling >= 100.0
                             or _random() * 100.0 < self.overall_sampling)
 
-    def start(self, info, request_head) -> Span | None:
+    def start(self, info, request_head, traced: bool | None = None) -> Span | None:
         """The SERVER span for this request, or None when it is not sampled (incoming B3
-        headers are then forwarded untouched, so `x-b3-sampled: 0` still propagates)."""
+        headers are then forwarded untouched, so `x-b3-sampled: 0` still propagates). With
+        the HCM's decision (`traced`) and no incoming B3, an unsampled request gets an
+        unsampled span that sends `x-b3-sampled: 0` (and ids) upstream, as Envoy does."""
         headers = request_head.headers
         incoming = b3.extract(headers) if ("b3" in headers or "x-b3-traceid" in headers
                                            or "x-b3-sampled" in headers
                                            or "x-b3-flags" in headers) else None
         if incoming is not None and incoming.sampled is not None:
             sampled = incoming.sampled
+        elif traced is not None:
+            sampled = traced        # the HCM's decision (hcm.py)
         else:
             sampled = self._decide(headers)
         if not sampled:
+            if traced is not None and incoming is None:
+                # Envoy (HCM decision, nothing came in): the next hop is told not to sample
+                span_id = _new_id()
+                trace_id = _new_id() + span_id if self.trace_id_128bit else span_id
+                span = Span(trace_id, span_id, None, False, False, info.start_mono, "ingress")
+                span.sampled = False
+                info.trace = span
+                return span
             return None
         debug = incoming.debug if incoming is not None else False
         if incoming is not None and incoming.trace_id is not None:
@@ -152,6 +178,13 @@ class ZipkinTracer:
         `headers` (replacing any incoming B3 headers)."""
         if span is None:
             return
+        if not span.sampled:
+            b3.inject(b3.SpanContext(span.trace_id, span.id, None, False), headers)
+            return
+        if not self.spawn_upstream_span:
+            b3.inject(b3.SpanContext(span.trace_id, span.id, span.parent_id, True, span.debug),
+                      headers)
+            return
         now = time.monotonic()
         if span.clients and span.clients[-1][2] is None:
             span.clients[-1][2] = now            # the previous attempt ended here
@@ -159,8 +192,8 @@ class ZipkinTracer:
         span.clients.append([child, now, None])
         b3.inject(b3.SpanContext(span.trace_id, child, span.id, True, span.debug), headers)
 
-    def finish(self, span: Span | None, info) -> None:
-        if span is None:
+    def finish(self, span: Span | None, info, custom_tags=()) -> None:
+        if span is None or not span.sampled:
             return
         end = info.end_mono if info.end_mono is not None else time.monotonic()
         start_us = int(info.start_time * 1e6)
@@ -180,7 +213,10 @@ class ZipkinTracer:
             "response_size": str(info.bytes_sent),
         }
         if req is not None:
-            url = f"{req.scheme}://{req.authority}{req.path}"
+            path = req.path
+            if self.max_path_tag_length and len(path) > self.max_path_tag_length:
+                path = path[:self.max_path_tag_length]
+            url = f"{req.scheme}://{req.authority}{path}"
             tags["http.method"] = req.method
             tags["http.url"] = url
             tags["http.protocol"] = info.protocol or req.version
@@ -192,6 +228,7 @@ class ZipkinTracer:
                 tags["guid:x-request-id"] = rid
         if error:
             tags["error"] = "true"
+        tags.update(custom_tags)
         server = {
             "traceId": span.trace_id,
             "id": span.id,
@@ -230,7 +267,8 @@ class ZipkinTracer:
                 "traceId": span.trace_id,
                 "id": child,
                 "parentId": span.id,
-                "name": f"router {cluster} egress",
+                "name": (self.upstream_operation(info) if self.upstream_operation
+                         else f"router {cluster} egress"),
                 "kind": "CLIENT",
                 "timestamp": start_us + round((c_start - info.start_mono) * 1e6),
                 "duration": max(1, round((c_end - c_start) * 1e6)),
