@@ -35,8 +35,6 @@ from urllib.parse import unquote, urlsplit
 
 import gevent
 import gevent.event
-import gevent.lock
-from gevent import socket as gsocket
 
 from proxyd.observability.tracing import otlp, w3c
 
@@ -344,9 +342,7 @@ class Exporter:
         self.pending: list[bytes] = []
         self._wake = gevent.event.Event()
         self._greenlet = None
-        self._sock = None
-        self._sock_addr = None
-        self._lock = gevent.lock.Semaphore()
+        self._client = None   # AsyncClient, made on the first flush
 
     def _runtime_int(self, key: str, default: int) -> int:
         rt = getattr(self.ctx, "runtime", None)
@@ -376,99 +372,28 @@ class Exporter:
                 self.flush()
 
     def flush(self) -> None:
+        """POST what is pending (OTLP/HTTP protobuf) through the async client: the
+        collector cluster's own pool, TLS and `cluster.<collector>.*` stats."""
         batch, self.pending = self.pending, []
         if not batch:
             return
         cm = getattr(self.ctx, "cluster_manager", None)
-        cluster = cm.get(self.cluster) if cm is not None else None
-        host = cluster.choose_host() if cluster is not None else None
-        if host is None:
+        if cm is None or cm.get(self.cluster) is None:
             return
+        from proxyd.upstream.async_client import AsyncClient, AsyncClientError
+        client = self._client
+        if client is None or client.cluster_manager is not cm:
+            client = self._client = AsyncClient(cm)
         body = otlp.export_request(self.resource, SCOPE_NAME, self.version, batch)
+        headers = (("content-type", "application/x-protobuf"),
+                   ("user-agent", "OTel-OTLP-Exporter-proxyd/%s" % self.version)) + self.headers
         try:
-            with self._lock, gevent.Timeout(self.timeout):
-                status = self._post(host.address, body)
-        except (OSError, ValueError, gevent.Timeout):
-            self._close()
+            resp = client.send(self.cluster, "POST", self.path, headers, body, self.timeout,
+                               self.hostname)
+        except AsyncClientError:
             return
-        if 200 <= status < 300:
+        if 200 <= resp.status < 300:
             self.c_spans_sent.inc(len(batch))
-
-    def _close(self) -> None:
-        if self._sock is not None:
-            try:
-                self._sock.close()
-            except OSError:
-                pass
-        self._sock = None
-
-    def _post(self, address, body: bytes) -> int:
-        extra = "".join(f"{k}: {v}\r\n" for k, v in self.headers)
-        head = (f"POST {self.path} HTTP/1.1\r\nHost: {self.hostname}\r\n"
-                f"Content-Type: application/x-protobuf\r\nContent-Length: {len(body)}\r\n"
-                f"User-Agent: OTel-OTLP-Exporter-proxyd/{self.version}\r\n{extra}\r\n"
-                ).encode("latin-1")
-        for attempt in (0, 1):
-            fresh = self._sock is None or self._sock_addr != address
-            if fresh:
-                self._close()
-                self._sock = gsocket.create_connection(address, timeout=self.timeout)
-                self._sock_addr = address
-            try:
-                self._sock.sendall(head + body)
-                status, keep = _read_response(self._sock)
-            except (OSError, ValueError):
-                self._close()
-                if fresh or attempt:
-                    raise
-                continue    # a kept-alive connection the collector had closed: retry once
-            if not keep:
-                self._close()
-            return status
-        raise OSError("unreachable")
-
-
-def _read_response(sock) -> tuple[int, bool]:
-    """Status and whether the connection can be reused; the body is read and ignored."""
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ValueError("collector closed the connection")
-        buf += chunk
-        if len(buf) > 65536:
-            raise ValueError("collector response head too large")
-    head, _, rest = buf.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    parts = lines[0].split()
-    if len(parts) < 2 or not parts[1].isdigit():
-        raise ValueError("bad collector status line")
-    status = int(parts[1])
-    hdrs = {}
-    for line in lines[1:]:
-        k, _, v = line.partition(":")
-        hdrs[k.strip().lower()] = v.strip().lower()
-    keep = parts[0] == "HTTP/1.1" and hdrs.get("connection") != "close"
-    if status in (204, 304) or 100 <= status < 200:
-        return status, keep
-    if "content-length" in hdrs:
-        need = int(hdrs["content-length"]) - len(rest)
-        while need > 0:
-            chunk = sock.recv(min(need, 65536))
-            if not chunk:
-                raise ValueError("collector closed the connection")
-            need -= len(chunk)
-        return status, keep
-    if hdrs.get("transfer-encoding") == "chunked":
-        while not rest.endswith(b"0\r\n\r\n"):
-            chunk = sock.recv(65536)
-            if not chunk:
-                raise ValueError("collector closed the connection")
-            rest += chunk
-        return status, keep
-    while sock.recv(65536):
-        pass
-    return status, False
 
 
 _exporters: dict[tuple, Exporter] = {}
