@@ -64,7 +64,8 @@ _FIELDS = {
     'envoy.type.metadata.v3.MetadataKind.Request': '',
     'envoy.type.metadata.v3.MetadataKey': 'key path',
     'envoy.type.metadata.v3.MetadataKey.PathSegment': 'key',
-    'envoy.config.trace.v3.OpenTelemetryConfig': 'http_service service_name resource_detectors '
+    'envoy.config.trace.v3.OpenTelemetryConfig': 'grpc_service http_service service_name '
+                                                 'resource_detectors '
                                                  'sampler max_cache_size',
     _CORE + 'HttpService': 'http_uri request_headers_to_add',
     _CORE + 'HttpUri': 'uri cluster timeout',

@@ -61,8 +61,12 @@ def check_tracing(tracing, path=(), clusters=None) -> list[tuple[tuple, str]]:
     out = []
     if cfg.DESCRIPTOR.full_name == "envoy.config.trace.v3.OpenTelemetryConfig":
         if cfg.HasField("grpc_service"):
-            out.append((p + ("grpc_service",), "OTLP over gRPC is not supported by proxyd "
-                        "(its workers have no gRPC client): use http_service"))
+            gs = cfg.grpc_service
+            if gs.WhichOneof("target_specifier") != "envoy_grpc":
+                out.append((p + ("grpc_service",), "only envoy_grpc is supported by proxyd"))
+            elif clusters is not None and gs.envoy_grpc.cluster_name not in clusters:
+                out.append((p + ("grpc_service", "envoy_grpc", "cluster_name"),
+                            f"unknown collector cluster '{gs.envoy_grpc.cluster_name}'"))
         if cfg.HasField("http_service"):
             cl = cfg.http_service.http_uri.cluster
             if not cl:

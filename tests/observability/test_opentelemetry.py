@@ -14,6 +14,8 @@ from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTrace
 
 from harness import bootstrap, cluster, free_port, http, listener
 from peers.go_peers import Collector
+from real_envoy import admin_stats
+from side_services import H2_OPTIONS
 from proxyd.observability.config_check import check_tracing
 from proxyd.observability.tracing import hcm, otlp, w3c
 from proxyd.runtime import Runtime, flatten
@@ -134,10 +136,15 @@ def test_runtime_keys_override_the_configured_sampling():
 def test_unsupported_settings_are_named_errors():
     t = hcm_tracing()
     t.provider.typed_config.Pack(json_format.ParseDict(
-        {"grpc_service": {"envoy_grpc": {"cluster_name": "otlp"}}},
+        {"grpc_service": {"google_grpc": {"target_uri": "otel:4317", "stat_prefix": "o"}}},
         opentelemetry_pb2.OpenTelemetryConfig()))
     errors = check_tracing(t, ("tracing",), {"otlp"})
-    assert any("gRPC" in msg for _p, msg in errors), errors
+    assert any("only envoy_grpc" in msg for _p, msg in errors), errors
+    t.provider.typed_config.Pack(json_format.ParseDict(
+        {"grpc_service": {"envoy_grpc": {"cluster_name": "nowhere"}}},
+        opentelemetry_pb2.OpenTelemetryConfig()))
+    errors = check_tracing(t, ("tracing",), {"otlp"})
+    assert any("unknown collector cluster 'nowhere'" in msg for _p, msg in errors), errors
     t = json_format.ParseDict({"custom_tags": [{"tag": "x", "metadata": {
         "kind": {"route": {}}, "metadata_key": {"key": "ns", "path": [{"key": "k"}]}}}]},
         hcm_tracing())
@@ -189,6 +196,40 @@ def test_spans_go_through_a_real_opentelemetry_collector(upstream, proxyd_factor
         # what reached the receiver came from the collector, which took proxyd's OTLP in
         assert all(h.get("user-agent", "").startswith("OpenTelemetry Collector for proxyd")
                    for _p, h, _m in rx.requests), [h for _p, h, _m in rx.requests]
+    finally:
+        col.stop()
+        rx.close()
+
+
+def test_spans_go_to_a_real_collector_over_otlp_grpc(upstream, proxyd_factory, tmp_path):
+    """grpc_service (envoy_grpc): unary TraceService/Export calls through the internal
+    gRPC client to the collector's OTLP/gRPC port, counted in its cluster's stats."""
+    rx = Receiver()
+    col = Collector(tmp_path, f"http://127.0.0.1:{rx.port}")
+    try:
+        port, admin = free_port(), free_port()
+        tracing = otel_tracing()
+        otel = tracing["provider"]["typed_config"]
+        del otel["http_service"]
+        otel["grpc_service"] = {"envoy_grpc": {"cluster_name": "otlp"}, "timeout": "2s",
+                                "initial_metadata": [{"key": "x-tenant", "value": "t1"}]}
+        bs = bootstrap([listener(port, tracing=tracing)],
+                       [cluster("upstream", [("127.0.0.1", upstream.port)]),
+                        cluster("otlp", [("127.0.0.1", col.grpc_port)],
+                                typed_extension_protocol_options=H2_OPTIONS)], admin)
+        bs["layered_runtime"] = {"layers": [{"name": "s", "static_layer": {
+            "tracing.opentelemetry.flush_interval_ms": 200}}]}
+        proxyd_factory(bs)
+        sent = [http(port, path=f"/g/{i}").json()["headers"] for i in range(3)]
+        spans = rx.wait_spans(3, timeout=30)
+        ids = {s["span_id"] for s in spans}
+        for h in sent:
+            traceparent = {k.lower(): v for k, v in h}["traceparent"]
+            assert traceparent.split("-")[2] in ids
+        assert all(s["resource"]["service.name"] == "front-svc" for s in spans)
+        st = admin_stats(admin)   # proxyd's admin /stats, read as Envoy's
+        assert st["cluster.otlp.upstream_rq_200"] >= 1
+        assert st["tracing.opentelemetry.spans_sent"] >= 3
     finally:
         col.stop()
         rx.close()

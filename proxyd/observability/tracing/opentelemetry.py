@@ -23,8 +23,8 @@ As Envoy 1.40 (observed on the wire):
   (5) are waiting or every `tracing.opentelemetry.flush_interval_ms` (5000); at most
   `max_cache_size` (1024) wait, the rest count `tracing.opentelemetry.spans_dropped`.
   Stats: `tracing.opentelemetry.{spans_sent,spans_dropped,timer_flushed}` (the ones
-  Envoy 1.40 shows). OTLP over gRPC (`grpc_service`) is refused: proxyd's workers have no
-  gRPC client yet.
+  Envoy 1.40 shows). With `grpc_service` (envoy_grpc) the same request goes as a unary
+  `TraceService/Export` call through the internal gRPC client.
 """
 from __future__ import annotations
 
@@ -127,9 +127,6 @@ def _sampler(config):
 
 class OpenTelemetryTracer:
     def __init__(self, config, ctx):
-        if config.HasField("grpc_service"):
-            raise ValueError("grpc_service: OTLP over gRPC is not supported by proxyd "
-                             "(use http_service)")
         node = getattr(ctx, "node", None)
         self.node_id = node.id if node is not None else ""
         self.zone = node.locality.zone if node is not None and node.HasField("locality") else ""
@@ -155,7 +152,19 @@ class OpenTelemetryTracer:
         self.spawn_upstream_span = False
         self.upstream_operation = None
         self.exporter = None
-        if config.HasField("http_service"):
+        cache = config.max_cache_size.value if config.HasField("max_cache_size") \
+            else MAX_CACHE_SIZE
+        if config.HasField("grpc_service"):
+            gs = config.grpc_service
+            if gs.WhichOneof("target_specifier") != "envoy_grpc":
+                raise ValueError("grpc_service: only envoy_grpc is supported by proxyd")
+            timeout = (gs.timeout.seconds + gs.timeout.nanos / 1e9
+                       if gs.HasField("timeout") else 5.0)
+            metadata = tuple((h.key.lower(), h.value) for h in gs.initial_metadata)
+            eg = gs.envoy_grpc
+            self.exporter = get_exporter(eg.cluster_name, None, eg.authority or eg.cluster_name,
+                                         timeout, metadata, cache, self.resource, version, ctx)
+        elif config.HasField("http_service"):
             hs = config.http_service
             uri = hs.http_uri
             if not uri.cluster:
@@ -170,10 +179,8 @@ class OpenTelemetryTracer:
             for h in hs.request_headers_to_add:
                 headers.append((h.header.key, h.header.value))
             self.exporter = get_exporter(uri.cluster, path, parts.netloc or uri.cluster,
-                                         timeout, tuple(headers),
-                                         config.max_cache_size.value
-                                         if config.HasField("max_cache_size") else MAX_CACHE_SIZE,
-                                         self.resource, version, ctx)
+                                         timeout, tuple(headers), cache, self.resource,
+                                         version, ctx)
 
     @staticmethod
     def check(config) -> None:
@@ -321,8 +328,10 @@ class OpenTelemetryTracer:
 
 
 class Exporter:
-    """Batches encoded spans for one collector and POSTs ExportTraceServiceRequests from a
-    background greenlet; a dead or slow collector never holds a request up."""
+    """Batches encoded spans for one collector and sends ExportTraceServiceRequests from a
+    background greenlet, POSTed to `path` (OTLP/HTTP) or, with `path` None, as gRPC
+    `TraceService/Export` calls (`headers`: the call's initial metadata); a dead or slow
+    collector never holds a request up."""
 
     def __init__(self, cluster, path, hostname, timeout, headers, max_cache_size, resource,
                  version, ctx):
@@ -380,11 +389,14 @@ class Exporter:
         cm = getattr(self.ctx, "cluster_manager", None)
         if cm is None or cm.get(self.cluster) is None:
             return
+        body = otlp.export_request(self.resource, SCOPE_NAME, self.version, batch)
+        if self.path is None:
+            self._export_grpc(cm, body, len(batch))
+            return
         from proxyd.upstream.async_client import AsyncClient, AsyncClientError
         client = self._client
         if client is None or client.cluster_manager is not cm:
             client = self._client = AsyncClient(cm)
-        body = otlp.export_request(self.resource, SCOPE_NAME, self.version, batch)
         headers = (("content-type", "application/x-protobuf"),
                    ("user-agent", "OTel-OTLP-Exporter-proxyd/%s" % self.version)) + self.headers
         try:
@@ -394,6 +406,34 @@ class Exporter:
             return
         if 200 <= resp.status < 300:
             self.c_spans_sent.inc(len(batch))
+
+    def _export_grpc(self, cm, body: bytes, n: int) -> None:
+        from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
+            ExportTraceServiceResponse)
+        from proxyd.upstream.grpc_client import GrpcClient, GrpcError
+        client = self._client
+        if client is None or client.http.cluster_manager is not cm:
+            client = self._client = GrpcClient(cm, self.cluster, self.hostname, self.timeout,
+                                               self.headers)
+        try:
+            client.unary(EXPORT_METHOD, _Encoded(body), ExportTraceServiceResponse)
+        except GrpcError:
+            return
+        self.c_spans_sent.inc(n)
+
+
+EXPORT_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+
+
+class _Encoded:
+    """An already encoded message, as the gRPC client's framing asks for one."""
+    __slots__ = ("data",)
+
+    def __init__(self, data: bytes):
+        self.data = data
+
+    def SerializeToString(self) -> bytes:  # noqa: N802 - protobuf's name
+        return self.data
 
 
 _exporters: dict[tuple, Exporter] = {}
