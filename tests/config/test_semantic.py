@@ -152,11 +152,12 @@ def test_all_check_kinds_reported_together(config):
 
 
 def test_validate_resource_cluster():
-    c = Cluster(name='c', lb_policy=Cluster.LEAST_REQUEST)
+    c = Cluster(name='c', lb_policy=Cluster.LOAD_BALANCING_POLICY_CONFIG)
     c.load_assignment.cluster_name = 'c'
     assert validate_resource(c, 'clusters[0]') == [
-        'clusters[0].lb_policy: value LEAST_REQUEST of envoy.config.cluster.v3.Cluster.lb_policy is '
-        'not supported by proxyd (supported: CLUSTER_PROVIDED, MAGLEV, RING_HASH, ROUND_ROBIN)']
+        'clusters[0].lb_policy: value LOAD_BALANCING_POLICY_CONFIG of '
+        'envoy.config.cluster.v3.Cluster.lb_policy is not supported by proxyd (supported: '
+        'CLUSTER_PROVIDED, LEAST_REQUEST, MAGLEV, RANDOM, RING_HASH, ROUND_ROBIN)']
     c = Cluster(name='c', type=Cluster.LOGICAL_DNS)
     c.load_assignment.cluster_name = 'c'
     assert validate_resource(c, 'clusters[0]') == [   # Envoy 1.40's words
