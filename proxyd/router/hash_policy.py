@@ -18,8 +18,9 @@ from __future__ import annotations
 
 import xxhash
 
-from proxyd.router.matchers import _PSEUDO, regex_matcher
 from proxyd import regex
+from proxyd.router.matchers import _PSEUDO, regex_matcher
+from proxyd.upstream.lb import LbContext
 
 _M64 = (1 << 64) - 1
 _xxh64 = xxhash.xxh64_intdigest
@@ -232,7 +233,6 @@ def lb_context(stream, route):
     """The load-balancer context of a routed request (what the router hands
     Cluster.choose_host): its hash from the route's hash_policy, computed if a hash
     balancer asks for it."""
-    from proxyd.upstream.lb import LbContext
     policy = route.hash_policy
     req, conn = stream.request, stream.fm.stream.conn
     if policy is None:

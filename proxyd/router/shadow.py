@@ -17,8 +17,10 @@ Envoy's shadowing (RouteAction / VirtualHost / RouteConfiguration
 
 A request body is copied as the router reads it (up to the retry buffer limit, 1 MiB;
 past it the copy is abandoned and `retry_or_shadow_abandoned` counts it, as in Envoy
-before streaming shadows), and the copy leaves once the body is complete. proxyd sends
-shadows over HTTP/1.1 whatever the shadow cluster's protocol options.
+before streaming shadows), and the copy leaves once the body is complete: a request
+that fails before the router read all of its body sends no shadow (Envoy 1.40 streams
+its shadows and would). proxyd sends shadows over HTTP/1.1 whatever the shadow
+cluster's protocol options.
 
 The router's hook is one call, `mirror(stream, route, headers)`, after it chose the
 primary host (no primary cluster, no shadow: as Envoy since 1.13).

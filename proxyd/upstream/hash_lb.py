@@ -121,37 +121,43 @@ class Maglev:
                  use_hostname: bool = False):
         self._size = table_size
         self.min_entries = self.max_entries = 0
-        table = [None] * table_size if weights else []
-        entries = []
+        M = table_size
+        table = [None] * M if weights else []
+        hosts, cursor, skips, ws, targets, counts = [], [], [], [], [], []
         # Envoy sorts the hosts by their hash key first, so the fill order (and the
         # table) does not depend on the host set's order
         for key, host, weight in sorted(((hash_key(h, use_hostname), h, w) for h, w in weights),
                                         key=lambda e: e[0]):
-            # [host, offset, skip, weight, target weight, next, count]
-            entries.append([host, xxhash.xxh64_intdigest(key, 0) % table_size,
-                            xxhash.xxh64_intdigest(key, 1) % (table_size - 1) + 1, weight, 0.0,
-                            0, 0])
-        top = max((w for _h, w in weights), default=0.0)
+            hosts.append(host)
+            cursor.append(xxhash.xxh64_intdigest(key, 0) % M)  # (offset + skip * next) % M
+            skips.append(xxhash.xxh64_intdigest(key, 1) % (M - 1) + 1)
+            ws.append(weight)
+            targets.append(0.0)
+            counts.append(0)
+        top = max(ws, default=0.0)
+        taken = bytearray(M)
+        n = len(hosts)
         filled, iteration = 0, 1
-        while entries and filled < table_size:
-            for e in entries:
-                if filled >= table_size:
+        while n and filled < M:
+            for i in range(n):
+                if filled >= M:
                     break
-                host, offset, skip, weight, target, nxt, _count = e
-                if iteration * weight < target:
+                if iteration * ws[i] < targets[i]:
                     continue
-                e[4] = target + top
-                c = (offset + skip * nxt) % table_size
-                while table[c] is not None:
-                    nxt += 1
-                    c = (offset + skip * nxt) % table_size
-                table[c] = host
-                e[5] = nxt + 1
-                e[6] += 1
+                targets[i] += top
+                c, skip = cursor[i], skips[i]
+                while taken[c]:  # the next slot of this host's permutation
+                    c += skip
+                    if c >= M:
+                        c -= M
+                taken[c] = 1
+                table[c] = hosts[i]
+                c += skip
+                cursor[i] = c - M if c >= M else c
+                counts[i] += 1
                 filled += 1
             iteration += 1
-        if entries:
-            counts = [e[6] for e in entries]
+        if n:
             self.min_entries, self.max_entries = min(counts), max(counts)
         self._table = table
 

@@ -198,6 +198,15 @@ class ClusterLb:
         self._fast = None
         self._epoch = -1
         self._recheck_at = 0.0
+        if self.hashing and self.hosts:
+            # build the tables now, not on a request, and publish their gauges at once
+            # as Envoy does
+            self._epoch = _health_epoch[0]
+            self._recheck_at = _monotonic() + HEALTH_RECHECK_S
+            self._refresh(tuple(map(usable, self.hosts)))
+            for lv in self.levels:
+                if lv.table is None and lv.hosts:
+                    self._build_table(lv)
 
     def _refresh(self, health: tuple) -> None:
         """Envoy's recalculatePerPriorityState and recalculatePerPriorityPanic."""

@@ -1,6 +1,6 @@
-"""RING_HASH and MAGLEV clusters (accepted for redis_proxy's key placement) serve HTTP
-requests, which carry no hash key here, the way Envoy does: a random host in proportion
-to its weight, not a fixed rotation."""
+"""RING_HASH and MAGLEV clusters serve HTTP requests that carry no hash key (a route
+without hash_policy) the way Envoy does: a random point on the table, so a random host
+in proportion to its weight, not a fixed rotation."""
 import collections
 
 import pytest
