@@ -38,6 +38,7 @@ class _Managed:
 class HealthManager:
     def __init__(self, store, od_event_log_path: str = "", log=None):
         self.store = store
+        H.epoch_word(store, create=True)   # before any worker builds a balancer
         self.log = log
         self.clusters: dict[str, _Managed] = {}
         self.eds_words: dict[tuple, object] = {}

@@ -68,25 +68,54 @@ def tracks_health(config) -> bool:
 class HealthWord:
     """A host's shared flags word, as the worker's load balancer reads it."""
 
-    __slots__ = ("_v", "_i")
+    __slots__ = ("_v", "_i", "epoch")
 
-    def __init__(self, view, row: int):
+    def __init__(self, view, row: int, epoch=None):
         self._v = view
         self._i = row
+        self.epoch = epoch  # the family's epoch word (HealthWord) a change bumps
 
     def get(self) -> int:
         return self._v[self._i]
 
     def set(self, flags: int) -> None:
-        """Master only: the word has one writer."""
-        self._v[self._i] = flags
+        """Master only: the word has one writer. A change also bumps the family's
+        health epoch, which tells every worker's balancers to re-read health now."""
+        v, i = self._v, self._i
+        if v[i] != flags:
+            v[i] = flags
+            e = self.epoch
+            if e is not None:
+                e._v[e._i] += 1
 
 
 def find(store, cluster: str, addr_str: str, create: bool):
     """The HealthWord of a host, or None when it has none (always healthy). Only the
     master creates words (``create``); a worker finds those the master made before it
     sent the snapshot naming the host."""
-    name = word_name(cluster, addr_str)
+    word = _word(store, word_name(cluster, addr_str), create)
+    if word is not None:
+        word.epoch = epoch_word(store, create)
+    return word
+
+
+EPOCH_NAME = INTERNAL + "epoch"
+
+
+def epoch_word(store, create: bool = False):
+    """The family's health epoch: a shared counter the master bumps whenever it changes
+    a host's flags, so a worker's balancer sees an ejection at its next pick instead of
+    polling every host's word (proxyd.upstream.lb). None until the master made it."""
+    cached = getattr(store, "health_epoch", None)
+    if cached is not None:
+        return cached
+    word = _word(store, EPOCH_NAME, create)
+    if word is not None:
+        store.health_epoch = word
+    return word
+
+
+def _word(store, name: str, create: bool):
     if not create and store.catalog.lookup(name) is None:
         return None
     view, row, fd, _off = store.shared_word(name)

@@ -23,7 +23,9 @@
   random `h`, as Envoy).
 
 Health is read through `usable(host)` only: a pick re-reads it for every host after
-`health_changed()` or HEALTH_RECHECK_S (0.1 s) since the last reading, and the per-level
+`health_changed()`, after the master changed any host's flags (the family's shared
+health epoch, proxyd.upstream.health.epoch_word), or HEALTH_RECHECK_S (0.1 s) since
+the last reading, and the per-level
 state is rebuilt when the answer changed for any host, so a health source (health checks,
 outlier detection, EDS health) needs to change nothing here but `usable` (and may call
 `health_changed()` to be seen at once).
@@ -41,7 +43,7 @@ import time
 
 from envoy.config.cluster.v3 import cluster_pb2
 
-from proxyd.upstream import hash_lb
+from proxyd.upstream import hash_lb, health
 
 _C = cluster_pb2.Cluster
 ROUND_ROBIN, LEAST_REQUEST, RANDOM = _C.ROUND_ROBIN, _C.LEAST_REQUEST, _C.RANDOM
@@ -198,10 +200,14 @@ class ClusterLb:
         self._fast = None
         self._epoch = -1
         self._recheck_at = 0.0
+        # the master bumps it on every health flag change (proxyd.upstream.health); it
+        # makes it at start-up, before any worker builds a balancer
+        self._shared_epoch = (health.epoch_word(self._store) if self._store is not None
+                              else None)
         if self.hashing and self.hosts:
             # build the tables now, not on a request, and publish their gauges at once
             # as Envoy does
-            self._epoch = _health_epoch[0]
+            self._epoch = self._current_epoch()
             self._recheck_at = _monotonic() + HEALTH_RECHECK_S
             self._refresh(tuple(map(usable, self.hosts)))
             for lv in self.levels:
@@ -286,6 +292,11 @@ class ClusterLb:
 
     # -- picking ------------------------------------------------------------------------
 
+    def _current_epoch(self) -> int:
+        """This process's health_changed() count plus the family's shared epoch."""
+        e = self._shared_epoch
+        return _health_epoch[0] + (e.get() if e is not None else 0)
+
     def choose(self, ctx: LbContext | None = None):
         hosts = self.hosts
         if not hosts:
@@ -294,9 +305,10 @@ class ClusterLb:
                 self._panic()
             return None
         now = _monotonic()
-        if now >= self._recheck_at or self._epoch != _health_epoch[0]:
+        epoch = self._current_epoch()
+        if now >= self._recheck_at or self._epoch != epoch:
             self._recheck_at = now + HEALTH_RECHECK_S
-            self._epoch = _health_epoch[0]
+            self._epoch = epoch
             health = tuple(map(usable, hosts))
             if health != self._health:
                 self._refresh(health)
