@@ -118,16 +118,6 @@ class UpstreamRequest:
         self.t0 = 0.0
         self.timer = _NO_TIMER    # the route timeout's
 
-    def pool(self):
-        """The host's pool for this request: HTTP/2 when the cluster always speaks it,
-        or mirrors the downstream protocol and the request came over HTTP/2."""
-        host = self.host
-        req = self.stream.request
-        if host.h2pool is not None and req.upgrade is None and (
-                self.cluster.http2_mode == "h2" or req.version == "HTTP/2"):
-            return host.h2pool
-        return host.pool
-
     def run(self) -> None:
         stream = self.stream
         route = self.route
@@ -137,7 +127,13 @@ class UpstreamRequest:
         cstats = self.cluster.stats
         if retry is not None:
             retry.tried.add(host)
-        pool = self.pool()
+        req = stream.request
+        # HTTP/2 when the cluster always speaks it, or mirrors the downstream protocol and
+        # the request came over HTTP/2 (an upgrade goes over HTTP/1.1)
+        pool = host.h2pool
+        if pool is None or req.upgrade is not None or not (
+                self.cluster.http2_mode == "h2" or req.version == "HTTP/2"):
+            pool = host.pool
         pump = None
         # counted as started (the `finally` ends it), then the route timeout armed; the
         # timer raises this very instance, so a nested one is told apart
@@ -178,10 +174,19 @@ class UpstreamRequest:
                     return
                 info.upstream_local_address = us.local_address
                 info.upstream_start_mono = time.monotonic()
-                end = self._ends_with_head(us)
+                # whether the head is all there is to send (HTTP/2: a retry replays a
+                # buffered body as DATA even when the downstream is done)
+                if us.multiplexed:
+                    end = stream.request_complete and (retry is None or not retry.chunks)
+                else:
+                    end = not req.has_body
                 try:
-                    self._send_request(us, read_body, end)
-                    if not end and us.multiplexed:
+                    us.encode_headers(req, self.headers, end)
+                    if not us.multiplexed:
+                        if not end:
+                            self._send_body(us, read_body)
+                        info.request_end_mono = time.monotonic()
+                    elif not end:
                         pump = gevent.spawn(_pump, stream, us, read_body)
                     self._relay(us)
                     return
@@ -251,30 +256,14 @@ class UpstreamRequest:
         if self.us is not None:
             self.us.reset(cancel)
 
-    def _ends_with_head(self, us) -> bool:
-        """Whether the request head is all there is to send."""
-        stream = self.stream
-        if us.multiplexed:
-            retry = self.retry
-            # a retry replays a buffered body as DATA even when the downstream is done
-            return stream.request_complete and (retry is None or not retry.chunks)
-        return not stream.request.has_body
-
-    def _send_request(self, us, read_body, end: bool) -> None:
-        """Send the head, and over HTTP/1 the body (over HTTP/2 a pump greenlet sends
-        it, see `run`)."""
-        stream = self.stream
-        us.encode_headers(stream.request, self.headers, end)
-        if us.multiplexed:
-            return
-        if not end:
-            while True:
-                data = read_body()
-                if data is None:
-                    us.encode_data(b"", True)
-                    break
-                us.encode_data(data, False)
-        stream.info.request_end_mono = time.monotonic()
+    def _send_body(self, us, read_body) -> None:
+        """The request body, inline before the response is read (HTTP/1)."""
+        while True:
+            data = read_body()
+            if data is None:
+                us.encode_data(b"", True)
+                break
+            us.encode_data(data, False)
 
     def _relay(self, us) -> None:
         stream = self.stream
@@ -296,7 +285,7 @@ class UpstreamRequest:
                     host.hc_fail.inc()  # Envoy: the host fails its active health check at once
                 if retry is not None and self._retry_response(resp):
                     # Envoy resets the upstream request unless its response is complete
-                    if ev[2] and us.pending():
+                    if ev[2] and us.events:
                         us.next_event()
                     else:
                         us.reset(False)
@@ -316,7 +305,7 @@ class UpstreamRequest:
                 stream.flush()
                 self._complete(resp)
                 return
-            if not us.pending():
+            if not us.events:
                 stream.flush()
 
     def _tunnel(self, us, resp) -> None:

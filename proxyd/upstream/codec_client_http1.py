@@ -41,7 +41,12 @@ class Http1Stream:
         self._chunked = request.chunked
         p = self._parser = ResponseParser(head_only=request.method == "HEAD")
         self.events = p.events
-        self._send(encode_request_head(request, headers))
+        data = encode_request_head(request, headers)
+        try:
+            send_all(self.conn.sock, data)
+        except OSError:
+            raise self._gone() from None
+        self.stats.upstream_cx_tx_bytes_total.inc(len(data))
 
     def encode_data(self, data: bytes, end_stream: bool) -> None:
         if self._chunked:
@@ -72,7 +77,23 @@ class Http1Stream:
         events = self.events
         while True:
             while not events:
-                self._read()
+                # one recv, inline (the hot path): feed the parser
+                parser = self._parser
+                try:
+                    data = self.conn.sock.recv(RECV_SIZE)
+                except OSError:
+                    data = b""
+                if data:
+                    n = len(data)
+                    self._rx += n
+                    self.stats.upstream_cx_rx_bytes_total.inc(n)
+                    try:
+                        parser.feed(data)
+                    except ProtocolError as e:
+                        self._close()
+                        raise UpstreamProtocolError(str(e)) from None
+                elif not parser.feed_eof():
+                    raise self._gone()
             ev = events.popleft()
             kind = ev[0]
             if kind == DATA:
@@ -85,25 +106,6 @@ class Http1Stream:
                 return (HEAD, resp, self._parser.done and len(events) == 1)
             self._finish()
             return ev
-
-    def _read(self) -> None:
-        conn = self.conn
-        parser = self._parser
-        try:
-            data = conn.sock.recv(RECV_SIZE)
-        except OSError:
-            data = b""
-        if data:
-            n = len(data)
-            self._rx += n
-            self.stats.upstream_cx_rx_bytes_total.inc(n)
-            try:
-                parser.feed(data)
-            except ProtocolError as e:
-                self._close()
-                raise UpstreamProtocolError(str(e)) from None
-        elif not parser.feed_eof():
-            raise self._gone()
 
     def _gone(self) -> StreamReset:
         """The upstream closed the connection under the exchange."""

@@ -63,6 +63,8 @@ class UpstreamStream(Protocol):
 
     multiplexed: bool           # request body and response may interleave (HTTP/2)
     local_address: str | None   # %UPSTREAM_LOCAL_ADDRESS%
+    events: object              # truthy while next_event() has something without waiting
+                                # (a deque: the hot path reads it instead of pending())
 
     def encode_headers(self, request, headers, end_stream: bool) -> None:
         """Send the request head: `request` is the RequestHead (method, path, authority,

@@ -174,3 +174,20 @@ def test_an_idle_tunnel_ends_at_the_stream_idle_timeout(proxyd_factory, ws_serve
         s = _wait_stat(admin, "http.ingress_http.downstream_cx_upgrades_active", "0")
     assert s["http.ingress_http.downstream_cx_upgrades_active"] == "0"
     assert s["http.ingress_http.downstream_rq_idle_timeout"] == "1"
+
+
+def test_an_h2c_upgrade_is_served_as_http1(proxyd_factory, upstream):
+    """curl --http2 on plain HTTP asks for h2c: Envoy (and proxyd) answer over HTTP/1.1."""
+    px, port, admin = _proxy(proxyd_factory, upstream.port, upgrade_configs=WS)
+    c = socket.create_connection(("127.0.0.1", port), timeout=10)
+    c.sendall(b"GET /h2c HTTP/1.1\r\nHost: x\r\nConnection: Upgrade, HTTP2-Settings\r\n"
+              b"Upgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n")
+    got = b""
+    while True:
+        d = c.recv(65536)
+        if not d:
+            break
+        got += d
+    c.close()
+    assert got.startswith(b"HTTP/1.1 200 ")
+    assert b"upgrade" not in got.split(b"\r\n\r\n", 1)[0].lower().replace(b"connection: close", b"")

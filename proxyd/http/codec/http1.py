@@ -122,8 +122,14 @@ class RequestParser:
             if not events or events[-1][0] != END:
                 raise ProtocolError(403, "upgrade_failed") from None
             req = next(ev[1] for ev in reversed(events) if ev[0] == HEAD)
-            req.upgrade = ("CONNECT" if req.method == "CONNECT"
-                           else req.headers.get("upgrade") or "")
+            upgrade = "CONNECT" if req.method == "CONNECT" else req.headers.get("upgrade") or ""
+            if upgrade.lower() == "h2c":
+                # Envoy drops an h2c upgrade and serves the request as HTTP/1.1 (its
+                # Upgrade and HTTP2-Settings are hop-by-hop); llhttp parses no further
+                # request on this connection, so it closes after the response
+                req.keep_alive = False
+            else:
+                req.upgrade = upgrade
             offset = e.args[0] if e.args else len(data)
             self.upgrade_rest = data[offset:]
             self._in_head = False
