@@ -487,7 +487,10 @@ class Http2Stream(Stream):
             end_stream = True  # no body follows, whatever the upstream or a local reply has
         if end_stream:
             self.response_complete = True
-        self.h2.codec.send_headers(self.sid, out, end_stream)
+        h2 = self.h2
+        if not h2.drain_notice and self.hcm.server_health.failed():
+            h2.on_drain()   # Envoy's drainClose(): the GOAWAY goes before the header block
+        h2.codec.send_headers(self.sid, out, end_stream)
         self.headers_sent = True
         self.last_active = self.h2.loop.now()
 

@@ -110,6 +110,10 @@ def test_health_check_and_healthcheck_fail(px):
         assert r.header("connection") == "close"
         with H2Client(px.port) as c:
             assert c.get("/healthz").status == 503
+            deadline = time.monotonic() + 5
+            while c.goaway is None:   # the drain close: a GOAWAY notice
+                assert time.monotonic() < deadline
+                c.pump(0.2)
     finally:
         urllib.request.urlopen(urllib.request.Request(px.admin_url + "/healthcheck/ok",
                                                       method="POST"), timeout=5)
