@@ -69,32 +69,38 @@ type streamInfo struct {
 	Delta   bool   `json:"delta"`
 }
 
+// SotW and delta streams are numbered apart by go-control-plane.
+type streamKey struct {
+	delta bool
+	id    int64
+}
+
 type state struct {
 	mu       sync.Mutex
 	requests []record
-	streams  map[int64]*streamInfo
+	streams  map[streamKey]*streamInfo
 }
 
 func (s *state) open(id int64, typeURL string, delta bool) error {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.streams[id] = &streamInfo{Stream: id, TypeURL: typeURL, Delta: delta}
+	s.streams[streamKey{delta, id}] = &streamInfo{Stream: id, TypeURL: typeURL, Delta: delta}
 	return nil
 }
 
-func (s *state) closed(id int64, _ *core.Node) {
+func (s *state) closed(id int64, delta bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.streams, id)
+	delete(s.streams, streamKey{delta, id})
 }
 
 func (s *state) add(id int64, node *core.Node, r record) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	st := s.streams[id]
+	st := s.streams[streamKey{r.Delta, id}]
 	if st == nil {
-		st = &streamInfo{Stream: id}
-		s.streams[id] = st
+		st = &streamInfo{Stream: id, Delta: r.Delta}
+		s.streams[streamKey{r.Delta, id}] = st
 	}
 	if node != nil && node.Id != "" {
 		st.Node = node.Id
@@ -149,13 +155,13 @@ func main() {
 	httpAddr := flag.String("http", "127.0.0.1:0", "control API listen address")
 	flag.Parse()
 
-	st := &state{streams: map[int64]*streamInfo{}}
+	st := &state{streams: map[streamKey]*streamInfo{}}
 	snapCache := cache.NewSnapshotCache(true, cache.IDHash{}, nil)
 	cb := server.CallbackFuncs{
 		StreamOpenFunc:        func(_ context.Context, id int64, t string) error { return st.open(id, t, false) },
-		StreamClosedFunc:      st.closed,
+		StreamClosedFunc:      func(id int64, _ *core.Node) { st.closed(id, false) },
 		DeltaStreamOpenFunc:   func(_ context.Context, id int64, t string) error { return st.open(id, t, true) },
-		DeltaStreamClosedFunc: st.closed,
+		DeltaStreamClosedFunc: func(id int64, _ *core.Node) { st.closed(id, true) },
 		StreamRequestFunc: func(id int64, req *discovery.DiscoveryRequest) error {
 			r := record{TypeURL: req.TypeUrl, Version: req.VersionInfo, Nonce: req.ResponseNonce,
 				Names: req.ResourceNames}
