@@ -67,8 +67,15 @@ class HealthManager:
         if self._loop is not None:
             self._loop.kill(block=False)
         for m in self.clusters.values():
+            # this master's shares of the cluster gauges go: a successor sets its own,
+            # and the two would add up while this master drains
+            m.membership_healthy.set(0)
+            if m.detector is not None:
+                m.detector.ejections_active.set(0)
             if m.checker is not None:
                 m.checker.stop()
+                m.checker.healthy_gauge.set(0)
+                m.checker.degraded_gauge.set(0)
         self.clusters = {}
 
     # --- membership ------------------------------------------------------------------

@@ -104,7 +104,16 @@ def _observe(side):
               and (".outlier_detection." in k or ".health_check." in k or k.endswith("membership_healthy"))}
     flags = sorted(line for line in side.admin("/clusters").body.decode().splitlines()
                    if "::health_flags::" in line or "::outlier::" in line)
+    # Envoy writes its event logs through a flushing file: the ejectone and gateway
+    # ejections (enforced, and not) may reach the file after the stats do
+    _until_lines(side, "od.log", 2)
     return out, picked, flags, _events(side, "od.log"), _events(side, "hc.log")
+
+
+def _until_lines(side, name, n, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while len(side.read(name).splitlines()) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 def _events(side, name):
