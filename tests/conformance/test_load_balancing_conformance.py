@@ -273,6 +273,16 @@ def test_balancer_stats_match_envoy(pair):
     assert proxyd == envoy
 
 
+def _until_stat(side, name, value, timeout=10.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        stats = dict(line.split(": ", 1) for line in side.admin("/stats").body.decode()
+                     .splitlines() if ": " in line)
+        if stats.get(name) == value:
+            return
+        time.sleep(0.02)
+
+
 def test_the_shadow_sees_what_envoy_sends_it(pair, hosts):
     shadow = hosts[4]
     keep = ("host", "content-length", "x-forwarded-proto", "x-envoy-expected-rq-timeout-ms",
@@ -281,13 +291,16 @@ def test_the_shadow_sees_what_envoy_sends_it(pair, hosts):
     def observe(side):
         shadow.reset()
         out = []
-        for path, host, body in (("/mirror/a?q=1", "svc.example:8080", None),
-                                 ("/mirror/post", "svc.example", b"z" * 5000),
-                                 ("/mirror-nosuffix/b", "svc.example", None)):
+        for i, (path, host, body) in enumerate((("/mirror/a?q=1", "svc.example:8080", None),
+                                                ("/mirror/post", "svc.example", b"z" * 5000),
+                                                ("/mirror-nosuffix/b", "svc.example", None))):
             r = http(side.ports["listener"], method="POST" if body else "GET", path=path,
                      host=host, body=body, headers=[("x-custom", "1"), ("x-request-id", "r1")]
                      + ([("x-forwarded-for", "10.0.0.1")] if body else []))
             out.append(r.status)
+            # the shadow is answered after the client: the next request reuses its
+            # connection only once it is back in the pool (on both sides)
+            _until_stat(side, "cluster.shadow.upstream_rq_completed", str(i + 1))
         deadline = time.monotonic() + 10
         log = []
         while len(log) < 3 and time.monotonic() < deadline:
