@@ -56,7 +56,9 @@ class HcmStats:
                  "downstream_rq_header_timeout", "downstream_rq_too_many_premature_resets",
                  "downstream_rq_too_large", "rs_too_large", "no_route", "no_cluster", "rq_direct_response",
                  "rq_redirect", "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total",
-                 "downstream_cx_upgrades_total", "downstream_rq_ws_on_non_ws_route")
+                 "downstream_cx_upgrades_total", "downstream_rq_ws_on_non_ws_route",
+                 "downstream_rq_max_duration_reached", "downstream_cx_max_duration_reached",
+                 "downstream_cx_max_requests_reached")
     _GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_cx_http2_active",
                "downstream_rq_active", "downstream_cx_upgrades_active")
 
@@ -174,6 +176,9 @@ class HttpConnectionManager:
                                           if config.HasField("http2_protocol_options") else None)
         self.idle_timeout = _seconds(config.common_http_protocol_options, "idle_timeout",
                                      DEFAULT_IDLE_TIMEOUT) or None
+        common = config.common_http_protocol_options
+        # the HCM's stream duration limit (a route's max_stream_duration replaces it)
+        self.max_stream_duration = _seconds(common, "max_stream_duration", 0.0) or None
         self.request_timeout = _seconds(config, "request_timeout", 0.0) or None
         # from the first byte of a request's headers to the last (Envoy's default: off)
         self.request_headers_timeout = _seconds(config, "request_headers_timeout", 0.0) or None

@@ -226,6 +226,8 @@ class Http1Stream(Stream):
             kind, data = events.popleft()
             if kind == DATA:
                 self.info.bytes_received += len(data)
+                if self.timers is not None:
+                    self.touch()
                 return data
             if kind == END:
                 self.request_complete = True
@@ -303,12 +305,19 @@ class Http1Stream(Stream):
             self.closing = True
             raise DownstreamGone() from None
         self.hcm.stats.downstream_cx_tx_bytes_total.inc(len(data))
+        if self.timers is not None:
+            self.touch()
+
+    def idle_reads_untimed(self) -> None:
+        self.h1.sock.settimeout(None)  # a route's idle_timeout timer bounds them
 
     def reset(self) -> None:
         """Abort: the response cannot be completed (HTTP/1 has no stream reset)."""
         self.closing = True
         self._out.clear()
         self.hcm.stats.downstream_rq_tx_reset.inc()
+        if self.request_complete:  # Envoy's codec reports the reset back (else _complete does)
+            self.hcm.stats.downstream_rq_rx_reset.inc()
         try:
             self.h1.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

@@ -38,6 +38,7 @@ from proxyd.http.headers import Headers
 from proxyd.http.http2_transport import ConnectionClosed, H2Transport  # noqa: F401
 from proxyd.http.message import RequestHead
 from proxyd.http.stream import DownstreamGone, Stream, StreamIdleTimeout
+from proxyd.http.stream_errors import MaxStreamDurationReached
 
 RECV_SIZE = 65536
 # Envoy's runtime keys and defaults for premature-reset accounting (CVE-2023-44487)
@@ -338,7 +339,7 @@ class Http2Connection(H2Transport):
 
 class Http2Stream(Stream):
     __slots__ = ("h2", "sid", "greenlet", "_body", "_body_evt", "trailers", "reset_code",
-                 "response_complete", "started", "last_active", "_idle_timer")
+                 "response_complete", "started", "last_active", "_idle_timer", "idle_after")
 
     def __init__(self, hcm, conn, request, h2: Http2Connection, sid: int):
         super().__init__(hcm, conn, request, "HTTP/2")
@@ -353,6 +354,7 @@ class Http2Stream(Stream):
         self.started = False
         self.last_active = 0.0  # loop time of the last frame in or out (stream_idle_timeout)
         self._idle_timer = None
+        self.idle_after = hcm.stream_idle_timeout  # a route's idle_timeout may replace it
 
     # -- stream_idle_timeout ------------------------------------------------------------
 
@@ -364,6 +366,14 @@ class Http2Stream(Stream):
             self.last_active = self.h2.loop.now()
         t = self._idle_timer = self.h2.loop.timer(after)
         t.start(self._idle_check)
+
+    def set_idle_timeout(self, seconds: float) -> None:
+        """A route's idle_timeout replaces stream_idle_timeout from now on (0: none)."""
+        self.fm.idle_override = seconds or None
+        self.stop_idle_timer()
+        self.idle_after = seconds
+        if seconds:
+            self.arm_idle_timer(seconds)
 
     def stop_idle_timer(self) -> None:
         t = self._idle_timer
@@ -378,7 +388,7 @@ class Http2Stream(Stream):
         if self.response_complete or self.reset_code is not None:
             self._idle_timer = None
             return
-        left = self.last_active + self.hcm.stream_idle_timeout - self.h2.loop.now()
+        left = self.last_active + self.idle_after - self.h2.loop.now()
         if left > 0.001:
             self.arm_idle_timer(left)
             return
@@ -432,7 +442,7 @@ class Http2Stream(Stream):
             h2.flush()
         except DownstreamGone:
             pass
-        except StreamIdleTimeout:
+        except (StreamIdleTimeout, MaxStreamDurationReached):
             # landed outside Stream.run's handlers (say, in a local reply's write)
             if self.reset_code is None and not self.response_complete:
                 self.reset()

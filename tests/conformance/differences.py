@@ -118,12 +118,11 @@ KNOWN = (
     Difference(
         "hcm_features", "stats",
         "HCM stats of features proxyd lacks: HTTP/3, TLS connection counts, "
-        "overload manager, path normalisation, max duration/requests, header timeout, IP "
+        "overload manager, path normalisation, header timeout, IP "
         "detection, premature resets, rs_too_large",
         "not implemented (TLS counts belong to their feature's work)",
         lacks("http.ingress_http.downstream_cx_delayed_close_timeout", "http.ingress_http.*_active_rq",
               "http.ingress_http.*soft_drain", "http.ingress_http.*http3*",
-              "http.ingress_http.*max_duration_reached", "http.ingress_http.*max_requests_reached",
               "http.ingress_http.*overload*", "http.ingress_http.*ssl*",
               "http.ingress_http.*path_normalization", "http.ingress_http.*header_timeout",
               "http.ingress_http.*non_relative_path", "http.ingress_http.*normalized_path",
