@@ -105,7 +105,7 @@ class Http1Connection:
                         if not self.recv_into_parser():
                             break
                     except socket.timeout:
-                        if not draining:
+                        if not draining and not conn.hcm_draining:
                             stats.downstream_cx_idle_timeout.inc()
                         closed_by = "local"
                         break
@@ -251,6 +251,8 @@ class Http1Stream(Stream):
                 return
         if self.conn.draining or self.hcm.server_health.failed():   # Envoy's drainClose()
             self.hcm.stats.downstream_cx_drain_close.inc()
+            self._keep_alive = False
+        elif self.conn.hcm_draining:  # max_requests_per_connection, max_connection_duration
             self._keep_alive = False
         if not no_body and resp.content_length is None:
             if end_stream:

@@ -63,6 +63,7 @@ class Http2Connection(H2Transport):
         self.drain_notice = False  # the GOAWAY notice went out; new streams still served
         self.draining = False      # no new streams (final GOAWAY sent, or the client's)
         self._drain_timer = None
+        self._shut = False         # we ended the read (_shutdown): a local close
         self.idle_since = time.monotonic()
         # premature-reset accounting, as Envoy's HCM: streams closed (not by the
         # connection's end), and those of them that ended early with no response
@@ -79,15 +80,17 @@ class Http2Connection(H2Transport):
     def on_tx(self, n: int) -> None:
         self.hcm.stats.downstream_cx_tx_bytes_total.inc(n)
 
-    def on_drain(self) -> None:
+    def on_drain(self, count: bool = True) -> None:
         """Graceful close (drain, hot restart) as Envoy does it: a GOAWAY notice with
         the largest stream id now (streams the client already sent are still served),
         the final GOAWAY with the last stream id we took after HCM drain_timeout; the
-        streams up to it finish, then the connection closes."""
+        streams up to it finish, then the connection closes. `count`: a drain (not the
+        HCM's max_requests_per_connection / max_connection_duration) counts drain_close."""
         if self.drain_notice or self.draining or self.closed:
             return
         self.drain_notice = True
-        self.hcm.stats.downstream_cx_drain_close.inc()
+        if count:
+            self.hcm.stats.downstream_cx_drain_close.inc()
         self.codec.goaway(MAX_STREAM_ID)
         self.flush()
         self._drain_timer = gevent.spawn_later(self.hcm.drain_timeout, self._final_goaway)
@@ -104,6 +107,7 @@ class Http2Connection(H2Transport):
 
     def _shutdown(self) -> None:
         """End the reader's recv (it then flushes what is queued and closes)."""
+        self._shut = True
         try:
             self.sock.shutdown(socket.SHUT_RD)
         except OSError:
@@ -139,9 +143,13 @@ class Http2Connection(H2Transport):
                         self.flush()
                         closed_by = "local"
                         break
-                    except OSError:
+                    except OSError:  # gevent's shutdown(SHUT_RD) cancels the recv
+                        if self._shut:
+                            closed_by = "local"
                         break
                     if not data:
+                        if self._shut:
+                            closed_by = "local"
                         break
                 stats.downstream_cx_rx_bytes_total.inc(len(data))
                 try:
@@ -374,6 +382,9 @@ class Http2Stream(Stream):
         self.idle_after = seconds
         if seconds:
             self.arm_idle_timer(seconds)
+
+    def drain_connection(self) -> None:
+        self.h2.on_drain(False)
 
     def stop_idle_timer(self) -> None:
         t = self._idle_timer

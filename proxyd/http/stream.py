@@ -71,6 +71,13 @@ class Stream:
             timer = gevent.get_hub().loop.timer(hcm.request_timeout)
             timer.start(lambda: self.request_complete or self.headers_sent
                         or glet.throw(RequestTimeout()))
+        limit = hcm.max_requests_per_connection
+        if limit:
+            conn = self.conn
+            n = conn.http_requests = conn.http_requests + 1
+            if n >= limit:  # Envoy counts every stream from the limit on
+                stats.downstream_cx_max_requests_reached.inc()
+                self.drain_connection()
         fm = self.fm = FilterManager(self)
         if hcm.max_stream_duration:
             self.stream_timers().arm_duration(hcm.max_stream_duration)
@@ -176,6 +183,11 @@ class Stream:
         self.fm.idle_override = None  # the timer below watches the stream's waits too
         self.stream_timers().set_idle(seconds)
         self.idle_reads_untimed()
+
+    def drain_connection(self) -> None:
+        """The HCM drains the connection: HTTP/1 responses say Connection: close from
+        now on (HTTP/2 overrides this: a GOAWAY notice, then the final one)."""
+        self.conn.hcm_draining = True
 
     def idle_reads_untimed(self) -> None:
         """HTTP/1: the stream's timer, not a socket timeout, bounds its reads."""
