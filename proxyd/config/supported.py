@@ -324,6 +324,10 @@ for _name, _more in {
                                               'grpc_timeout_header_offset',
     _CORE + 'HttpProtocolOptions': 'max_stream_duration max_connection_duration '
                                    'max_requests_per_connection',
+    # a cluster's (upstream/cluster.py): idle_timeout, max_stream_duration (UMSDR),
+    # max_requests_per_connection; its max_connection_duration is refused by
+    # config/semantic.py
+    _UPH: 'common_http_protocol_options',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 for _name, _more in {  # hostile clients: slow heads, HTTP/2 floods

@@ -182,6 +182,7 @@ class Http2ClientConnection(H2Transport):
         self.cluster = pool.cluster
         self.streams: dict[int, Http2Stream] = {}
         self.goaway = False
+        self.opened = 0     # streams it carried (the cluster's max_requests_per_connection)
         # until its SETTINGS arrive: what this host said last time, else the RFC's floor
         self.max_streams = min(pool.peer_max_streams, pool.options.max_concurrent_streams)
         self.last_used = time.monotonic()
@@ -209,7 +210,13 @@ class Http2ClientConnection(H2Transport):
         self.streams[sid] = s
         codec.send_headers(sid, headers, end_stream)
         self.flush()
-        if sid >= 0x7FFFFFFF - 2:
+        self.opened += 1
+        limit = self.cluster.max_requests_per_connection
+        if limit and self.opened >= limit:  # no new streams here; it closes when done
+            self.cluster.stats.upstream_cx_max_requests.inc()
+            self.goaway = True
+            self.pool.retire(self)
+        elif sid >= 0x7FFFFFFF - 2:
             self.goaway = True  # stream ids exhausted: no new streams here
             self.pool.retire(self)
 

@@ -29,7 +29,7 @@ _ZERO = bytearray(4)
 
 class UpstreamConnection:
     __slots__ = ("sock", "host", "cluster", "pool", "last_used", "local_address", "reused",
-                 "_watch", "_fionread")
+                 "_watch", "_fionread", "requests")
 
     def __init__(self, sock, host, cluster, pool=None):
         self.sock = sock
@@ -38,6 +38,7 @@ class UpstreamConnection:
         self.pool = pool  # the Http1Pool it belongs to (None for tcp_proxy's)
         self.last_used = time.monotonic()
         self.reused = False
+        self.requests = 0   # exchanges it carried (the cluster's max_requests_per_connection)
         self._watch = None  # read watcher while idle in a pool
         self._fionread = bytearray(4)
         try:
@@ -115,6 +116,10 @@ class Http1Pool:
             self.release(conn)
             raise Overflow()
         requests.inc()
+        conn.requests += 1
+        limit = self.cluster.max_requests_per_connection
+        if limit and conn.requests == limit:  # Envoy counts it when the last one starts
+            self.cluster.stats.upstream_cx_max_requests.inc()
         return Http1Stream(self, conn, requests)
 
     def acquire(self) -> UpstreamConnection:
@@ -162,7 +167,7 @@ class Http1Pool:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if now - conn.last_used < self.idle_timeout:
+            if self.idle_timeout is None or now - conn.last_used < self.idle_timeout:
                 # bytes may have arrived since the loop last polled, or the watcher's
                 # callback may still be pending
                 state = conn.reuse_state()

@@ -79,11 +79,11 @@ KNOWN = (
         "follow that work",
         lacks("cluster.*.upstream_cx_destroy", "cluster.*.upstream_cx_destroy_*_with_active_rq",
               "cluster.*.upstream_cx_destroy_with_active_rq", "cluster.*.upstream_cx_http?_total",
-              "cluster.*.upstream_cx_idle_timeout", "cluster.*.upstream_cx_max_*",
+              "cluster.*.upstream_cx_idle_timeout", "cluster.*.upstream_cx_max_duration_reached",
               "cluster.*.upstream_cx_close_notify",
               "cluster.*.upstream_cx_connect_with_0_rtt", "cluster.*.upstream_cx_preconnect_skipped",
               "cluster.*.upstream_cx_protocol_error", "cluster.*.upstream_rq_cancelled",
-              "cluster.*.upstream_rq_max_duration_reached", "cluster.*.upstream_rq_rx_reset_no_error",
+              "cluster.*.upstream_rq_rx_reset_no_error",
               "cluster.*.upstream_rq_0rtt", "cluster.*.upstream_http3_broken",
               "cluster.*.upstream_queue_overloaded", "cluster.*.upstream_rq_maintenance_mode",
               "cluster.*.bind_errors") + tuple(
