@@ -324,18 +324,6 @@ def _lb_config(c, path, out):
 
 
 def _cluster(c, path, out):
-    uph = c.typed_extension_protocol_options.get(
-        'envoy.extensions.upstreams.http.v3.HttpProtocolOptions')
-    if uph is not None:
-        from proxyd.upstream.pool_http2 import cluster_common_http_options
-        common = cluster_common_http_options(c)
-        if common is not None and common.HasField('max_connection_duration'):
-            out.append((path + ('typed_extension_protocol_options',
-                                MapKey('envoy.extensions.upstreams.http.v3.HttpProtocolOptions'),
-                                'common_http_protocol_options', 'max_connection_duration'),
-                        "field 'max_connection_duration' of envoy.config.core.v3."
-                        "HttpProtocolOptions is not supported by proxyd on a cluster "
-                        "(only on the HTTP connection manager)"))
     if c.HasField('transport_socket'):
         out.extend(tls.problems(c.transport_socket, path + ('transport_socket',), True))
     if c.HasField('outlier_detection'):

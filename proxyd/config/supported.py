@@ -325,8 +325,7 @@ for _name, _more in {
     _CORE + 'HttpProtocolOptions': 'max_stream_duration max_connection_duration '
                                    'max_requests_per_connection',
     # a cluster's (upstream/cluster.py): idle_timeout, max_stream_duration (UMSDR),
-    # max_requests_per_connection; its max_connection_duration is refused by
-    # config/semantic.py
+    # max_requests_per_connection, max_connection_duration (the pools)
     _UPH: 'common_http_protocol_options',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()

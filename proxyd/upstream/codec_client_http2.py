@@ -192,6 +192,10 @@ class Http2ClientConnection(H2Transport):
         except OSError:
             self.local_address = None
         self._accounted = True
+        self._duration = None
+        if self.cluster.max_connection_duration:  # then it drains: no new streams
+            self._duration = gevent.get_hub().loop.timer(self.cluster.max_connection_duration)
+            self._duration.start(self._duration_reached)
         self.flush()
         self._reader = gevent.spawn(self._read_loop)
 
@@ -227,6 +231,15 @@ class Http2ClientConnection(H2Transport):
             if self.goaway and not self.streams:
                 self._shutdown()
 
+    def _duration_reached(self) -> None:
+        self._duration.close()
+        self._duration = None
+        if self.goaway or self.closed:
+            return
+        self.cluster.stats.upstream_cx_max_duration_reached.inc()
+        self.pool.retire(self)
+        self.close()
+
     def on_tx(self, n: int) -> None:
         self.cluster.stats.upstream_cx_tx_bytes_total.inc(n)
 
@@ -255,9 +268,11 @@ class Http2ClientConnection(H2Transport):
                     data = sock.recv(RECV_SIZE)
                 except socket.timeout:
                     remote = False
+                    cstats.upstream_cx_idle_timeout.inc()
                     codec.goaway(0)
                     break
-                except OSError:
+                except OSError:  # gevent's shutdown(SHUT_RD) cancels the recv
+                    remote = not self.goaway
                     break
                 if not data:
                     remote = not self.goaway
@@ -275,6 +290,9 @@ class Http2ClientConnection(H2Transport):
                     remote = False
                     break
         finally:
+            if self._duration is not None:
+                self._duration.close()
+                self._duration = None
             self.goaway = True
             self.pool.retire(self)
             self.stop_writer()

@@ -79,7 +79,6 @@ KNOWN = (
         "follow that work",
         lacks("cluster.*.upstream_cx_destroy", "cluster.*.upstream_cx_destroy_*_with_active_rq",
               "cluster.*.upstream_cx_destroy_with_active_rq", "cluster.*.upstream_cx_http?_total",
-              "cluster.*.upstream_cx_idle_timeout", "cluster.*.upstream_cx_max_duration_reached",
               "cluster.*.upstream_cx_close_notify",
               "cluster.*.upstream_cx_connect_with_0_rtt", "cluster.*.upstream_cx_preconnect_skipped",
               "cluster.*.upstream_cx_protocol_error", "cluster.*.upstream_rq_cancelled",

@@ -54,14 +54,18 @@ static_resources:
               - {match: {prefix: "/msd"}, route: {cluster: msd}}
               - {match: {prefix: "/mrpc"}, route: {cluster: mrpc}}
               - {match: {prefix: "/idle"}, route: {cluster: idle}}
+              - {match: {prefix: "/mcd"}, route: {cluster: mcd}}
           http_filters:
           - name: envoy.filters.http.router
             typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}
-  clusters:%s%s%s
+  clusters:%s%s%s%s
 """ % (_cluster("msd", "{max_stream_duration: 0.3s}"),
        _cluster("mrpc", "{max_requests_per_connection: 2}"),
-       _cluster("idle", "{idle_timeout: 0.4s}"))
+       _cluster("idle", "{idle_timeout: 0.4s}"),
+       _cluster("mcd", "{max_connection_duration: 0.5s}"))
 STATS = ("upstream_rq_max_duration_reached", "upstream_cx_max_requests", "upstream_cx_total",
+         "upstream_cx_max_duration_reached", "upstream_cx_destroy_local",
+         "upstream_cx_idle_timeout",
          "upstream_rq_total", "upstream_rq_504", "upstream_rq_200", "upstream_rq_completed")
 
 
@@ -84,15 +88,23 @@ def _observe(side):
     time.sleep(1.0)
     r = c.request(path="/idle/3")
     out.append(("idle reused after 1 s", r.json()["conn_id"] == first, r.json()["conn_requests"]))
+    # max_connection_duration: an idle connection is closed, a busy one not reused
+    first = c.request(path="/mcd/1").json()["conn_id"]
+    time.sleep(1.0)
+    r = c.request(path="/mcd/2?delay=0.8").json()
+    out.append(("mcd idle reused", r["conn_id"] == first))
+    r2 = c.request(path="/mcd/3").json()
+    out.append(("mcd busy reused", r2["conn_id"] == r["conn_id"], r2["conn_requests"]))
     c.close()
+    time.sleep(1.0)  # the last connections' idle_timeout and max_connection_duration pass
     deadline = time.monotonic() + 10
-    while side.read("access.log").count("\n") < 11 and time.monotonic() < deadline:
+    while side.read("access.log").count("\n") < 14 and time.monotonic() < deadline:
         time.sleep(0.1)
     stats = dict(line.split(": ", 1) for line in side.admin("/stats").body.decode().splitlines()
                  if ": " in line)
     return (out, sorted(side.read("access.log").splitlines()),
             {"%s.%s" % (c, s): stats.get("cluster.%s.%s" % (c, s))
-             for c in ("msd", "mrpc", "idle") for s in STATS})
+             for c in ("msd", "mrpc", "idle", "mcd") for s in STATS})
 
 
 def test_cluster_http_options_match_envoy(pair_factory):

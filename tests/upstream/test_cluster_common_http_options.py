@@ -2,8 +2,9 @@
 on HTTP/1.1 and HTTP/2 upstreams: max_requests_per_connection (a connection carries that
 many requests, then a new one is made; upstream_cx_max_requests), max_stream_duration
 (504 UMSDR, retried as a reset when the route retries resets;
-upstream_rq_max_duration_reached), idle_timeout (an idle connection is not reused past
-it), and max_connection_duration, which proxyd refuses on a cluster by name."""
+upstream_rq_max_duration_reached), idle_timeout (an idle connection closes when it
+passes; upstream_cx_idle_timeout) and max_connection_duration (past it a connection is
+closed when idle, not reused; upstream_cx_max_duration_reached)."""
 from __future__ import annotations
 
 import sys
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from harness import Conn, bootstrap, cluster, free_port, listener, route, run_cli, write_config
+from harness import Conn, bootstrap, cluster, free_port, listener, route
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "http2"))
 from h2server import H2Server  # noqa: E402
@@ -46,7 +47,8 @@ def px(upstream, h2_upstream, proxyd_factory):
     h2 = [("127.0.0.1", h2_upstream.port)]
     routes = [route("/mrpc", "mrpc"), route("/h2mrpc", "h2mrpc"), route("/msd", "msd"),
               route("/retry", "msd", retry_policy={"retry_on": "reset", "num_retries": 1}),
-              route("/h2msd", "h2msd"), route("/idle", "idle")]
+              route("/h2msd", "h2msd"), route("/idle", "idle"), route("/mcd", "mcd"),
+              route("/h2mcd", "h2mcd")]
     clusters = [
         cluster("mrpc", up, typed_extension_protocol_options=_options(
             {"max_requests_per_connection": 3})),
@@ -56,7 +58,11 @@ def px(upstream, h2_upstream, proxyd_factory):
             {"max_stream_duration": "0.3s"})),
         cluster("h2msd", h2, typed_extension_protocol_options=_options(
             {"max_stream_duration": "0.1s"}, h2=True)),
-        cluster("idle", up, typed_extension_protocol_options=_options({"idle_timeout": "0.3s"}))]
+        cluster("idle", up, typed_extension_protocol_options=_options({"idle_timeout": "0.3s"})),
+        cluster("mcd", up, typed_extension_protocol_options=_options(
+            {"max_connection_duration": "0.5s"})),
+        cluster("h2mcd", h2, typed_extension_protocol_options=_options(
+            {"max_connection_duration": "0.5s"}, h2=True))]
     p = proxyd_factory(bootstrap([listener(free_port(), routes=routes)], clusters, admin))
     p.admin = admin
     return p
@@ -103,13 +109,21 @@ def test_upstream_idle_timeout(px):
         time.sleep(0.8)
         d = c.request(path="/idle/3").json()
     assert a["conn_id"] == b["conn_id"] != d["conn_id"] and d["conn_requests"] == 1
+    st = _stats(px.admin)   # closed by its timer, not when next seen
+    assert st["cluster.idle.upstream_cx_idle_timeout"] == "1"
 
 
-def test_cluster_max_connection_duration_is_refused(tmp_path, upstream):
-    cfg = bootstrap([listener(free_port())], [cluster(
-        "upstream", [("127.0.0.1", upstream.port)],
-        typed_extension_protocol_options=_options({"max_connection_duration": "5s"}))])
-    out = run_cli("check", str(write_config(tmp_path, cfg)))
-    assert out.returncode != 0
-    assert "max_connection_duration" in out.stdout + out.stderr
-    assert "not supported by proxyd on a cluster" in out.stdout + out.stderr
+def test_upstream_max_connection_duration(px, upstream, h2_upstream):
+    with Conn(px.port) as c:
+        first = c.request(path="/mcd/1").json()["conn_id"]
+        time.sleep(1.0)                            # idle past 0.5 s: closed, not reused
+        busy = c.request(path="/mcd/2?delay=0.8").json()
+        after = c.request(path="/mcd/3").json()    # busy past it: not reused either
+        assert len({first, busy["conn_id"], after["conn_id"]}) == 3
+        h2 = [c.request(path="/h2mcd/%d" % i).body.split()[0] for i in range(2)]
+        time.sleep(0.8)
+        h2.append(c.request(path="/h2mcd/2").body.split()[0])
+    assert h2[0] == h2[1] != h2[2]
+    st = _stats(px.admin)
+    assert int(st["cluster.mcd.upstream_cx_max_duration_reached"]) >= 2
+    assert st["cluster.h2mcd.upstream_cx_max_duration_reached"] == "1"
