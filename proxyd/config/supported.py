@@ -316,6 +316,19 @@ for _name, _more in {  # circuit breakers: no retry budgets, no per-host thresho
         'track_remaining max_connection_pools',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
+# stream timeouts (http/stream_timers.py): route idle and durations; connection limits
+# (http/conn_manager.py: max_connection_duration, max_requests_per_connection)
+for _name, _more in {
+    _ROUTE + 'RouteAction': 'idle_timeout max_stream_duration',
+    _ROUTE + 'RouteAction.MaxStreamDuration': 'max_stream_duration grpc_timeout_header_max '
+                                              'grpc_timeout_header_offset',
+    _CORE + 'HttpProtocolOptions': 'max_stream_duration max_connection_duration '
+                                   'max_requests_per_connection',
+    # a cluster's (upstream/cluster.py): idle_timeout, max_stream_duration (UMSDR),
+    # max_requests_per_connection, max_connection_duration (the pools)
+    _UPH: 'common_http_protocol_options',
+}.items():
+    _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 for _name, _more in {  # hostile clients: slow heads, HTTP/2 floods
     _HCM: 'request_headers_timeout',
     _CORE + 'Http2ProtocolOptions': 'max_outbound_frames max_outbound_control_frames '

@@ -12,6 +12,8 @@ import socket
 import time
 from random import getrandbits
 
+import gevent
+
 from proxyd import registry
 from proxyd.proto import extension_config
 from proxyd.observability.access_log import build_access_logs
@@ -56,7 +58,9 @@ class HcmStats:
                  "downstream_rq_header_timeout", "downstream_rq_too_many_premature_resets",
                  "downstream_rq_too_large", "rs_too_large", "no_route", "no_cluster", "rq_direct_response",
                  "rq_redirect", "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total",
-                 "downstream_cx_upgrades_total", "downstream_rq_ws_on_non_ws_route")
+                 "downstream_cx_upgrades_total", "downstream_rq_ws_on_non_ws_route",
+                 "downstream_rq_max_duration_reached", "downstream_cx_max_duration_reached",
+                 "downstream_cx_max_requests_reached")
     _GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_cx_http2_active",
                "downstream_rq_active", "downstream_cx_upgrades_active")
 
@@ -174,6 +178,13 @@ class HttpConnectionManager:
                                           if config.HasField("http2_protocol_options") else None)
         self.idle_timeout = _seconds(config.common_http_protocol_options, "idle_timeout",
                                      DEFAULT_IDLE_TIMEOUT) or None
+        common = config.common_http_protocol_options
+        # the HCM's stream duration limit (a route's max_stream_duration replaces it)
+        self.max_stream_duration = _seconds(common, "max_stream_duration", 0.0) or None
+        self.max_connection_duration = _seconds(common, "max_connection_duration", 0.0) or None
+        self.max_requests_per_connection = (common.max_requests_per_connection.value
+                                            if common.HasField("max_requests_per_connection")
+                                            else 0)
         self.request_timeout = _seconds(config, "request_timeout", 0.0) or None
         # from the first byte of a request's headers to the last (Envoy's default: off)
         self.request_headers_timeout = _seconds(config, "request_headers_timeout", 0.0) or None
@@ -242,6 +253,8 @@ class HttpConnectionManager:
         stats.downstream_cx_total.inc()
         stats.downstream_cx_active.inc()
         t0 = time.monotonic()
+        duration = (_ConnectionDuration(self, conn, self.max_connection_duration)
+                    if self.max_connection_duration else None)
         try:
             http2, first = self._pick_codec(conn)
             if http2 is None:
@@ -263,6 +276,8 @@ class HttpConnectionManager:
             finally:
                 stats.downstream_cx_http1_active.dec()
         finally:
+            if duration is not None:
+                duration.close()
             stats.downstream_cx_active.dec()
             stats.downstream_cx_destroy.inc()
             stats.downstream_cx_length_ms.record((time.monotonic() - t0) * 1000.0)
@@ -281,13 +296,53 @@ class HttpConnectionManager:
         try:
             first = _read_until_decided(conn.sock, self.idle_timeout)
         except socket.timeout:
-            self.stats.downstream_cx_idle_timeout.inc()
+            if not conn.hcm_draining:  # else max_connection_duration ended it
+                self.stats.downstream_cx_idle_timeout.inc()
             self.stats.downstream_cx_destroy_local.inc()
             return None, b""
         if first is None:
             self.stats.downstream_cx_destroy_remote.inc()
             return None, b""
         return first.startswith(H2_MAGIC_PREFIX), first
+
+
+class _ConnectionDuration:
+    """HCM max_connection_duration, one loop timer per connection (Envoy's
+    onConnectionDurationTimeout): downstream_cx_max_duration_reached, then the
+    connection drains. HTTP/2: the GOAWAY notice, the final GOAWAY drain_timeout later.
+    HTTP/1: every response from now on says Connection: close, and an idle connection
+    closes drain_timeout later (Envoy's drain timer). No codec yet: it closes now."""
+    __slots__ = ("hcm", "conn", "glet", "timer")
+
+    def __init__(self, hcm, conn, seconds: float):
+        self.hcm = hcm
+        self.conn = conn
+        self.glet = gevent.getcurrent()   # the connection's greenlet
+        self.timer = gevent.get_hub().loop.timer(seconds)
+        self.timer.start(self._reached)
+
+    def close(self) -> None:
+        self.timer.close()
+
+    def _reached(self) -> None:
+        self.timer.close()
+        self.hcm.stats.downstream_cx_max_duration_reached.inc()
+        conn = self.conn
+        conn.hcm_draining = True
+        proto = conn.protocol
+        if proto is None:   # still choosing the codec
+            self.glet.throw(socket.timeout("max connection duration"))
+        elif getattr(proto, "on_drain", None) is not None:  # HTTP/2
+            proto.on_drain(False)
+        else:
+            self.timer = gevent.get_hub().loop.timer(self.hcm.drain_timeout)
+            self.timer.start(self._drain_timeout)
+
+    def _drain_timeout(self) -> None:
+        self.timer.close()
+        proto = self.conn.protocol
+        if proto is not None and proto.idle:  # blocked waiting for a next request
+            self.glet.throw(socket.timeout("max connection duration"))
 
 
 def _read_until_decided(sock, timeout) -> bytes | None:

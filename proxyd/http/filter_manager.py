@@ -432,6 +432,7 @@ class FilterManager:
     response_started = False   # headers entered the encoder chain
     done = False               # the response ended (or the stream was reset)
     error_logged = False
+    idle_override = _UNSET     # a route's idle_timeout replaced stream_idle_timeout (None: off)
 
     def __init__(self, stream):
         self.stream = stream
@@ -480,6 +481,8 @@ class FilterManager:
             s = self.stream
             r = self._route = s.hcm.route_table.match(s.request)
             s.info.route_name = r.name if r is not None else None
+            if r is not None and r.stream_timeouts:  # idle_timeout, max_stream_duration
+                s.route_timeouts(r)
         return r
 
     def clear_route_cache(self) -> None:
@@ -532,7 +535,8 @@ class FilterManager:
             ev = self.wake = Event()
         if self.posted or self.raw:
             return
-        if not ev.wait(self.stream.hcm.stream_idle_timeout):
+        idle = self.idle_override
+        if not ev.wait(self.stream.hcm.stream_idle_timeout if idle is _UNSET else idle):
             raise StreamIdleTimeout()
         ev.clear()
 

@@ -105,7 +105,7 @@ class Http1Connection:
                         if not self.recv_into_parser():
                             break
                     except socket.timeout:
-                        if not draining:
+                        if not draining and not conn.hcm_draining:
                             stats.downstream_cx_idle_timeout.inc()
                         closed_by = "local"
                         break
@@ -226,6 +226,8 @@ class Http1Stream(Stream):
             kind, data = events.popleft()
             if kind == DATA:
                 self.info.bytes_received += len(data)
+                if self.timers is not None:
+                    self.touch()
                 return data
             if kind == END:
                 self.request_complete = True
@@ -249,6 +251,8 @@ class Http1Stream(Stream):
                 return
         if self.conn.draining or self.hcm.server_health.failed():   # Envoy's drainClose()
             self.hcm.stats.downstream_cx_drain_close.inc()
+            self._keep_alive = False
+        elif self.conn.hcm_draining:  # max_requests_per_connection, max_connection_duration
             self._keep_alive = False
         if not no_body and resp.content_length is None:
             if end_stream:
@@ -303,12 +307,19 @@ class Http1Stream(Stream):
             self.closing = True
             raise DownstreamGone() from None
         self.hcm.stats.downstream_cx_tx_bytes_total.inc(len(data))
+        if self.timers is not None:
+            self.touch()
+
+    def idle_reads_untimed(self) -> None:
+        self.h1.sock.settimeout(None)  # a route's idle_timeout timer bounds them
 
     def reset(self) -> None:
         """Abort: the response cannot be completed (HTTP/1 has no stream reset)."""
         self.closing = True
         self._out.clear()
         self.hcm.stats.downstream_rq_tx_reset.inc()
+        if self.request_complete:  # Envoy's codec reports the reset back (else _complete does)
+            self.hcm.stats.downstream_rq_rx_reset.inc()
         try:
             self.h1.sock.shutdown(socket.SHUT_RDWR)
         except OSError:

@@ -38,6 +38,7 @@ from proxyd.http.headers import Headers
 from proxyd.http.http2_transport import ConnectionClosed, H2Transport  # noqa: F401
 from proxyd.http.message import RequestHead
 from proxyd.http.stream import DownstreamGone, Stream, StreamIdleTimeout
+from proxyd.http.stream_errors import MaxStreamDurationReached
 
 RECV_SIZE = 65536
 # Envoy's runtime keys and defaults for premature-reset accounting (CVE-2023-44487)
@@ -62,6 +63,7 @@ class Http2Connection(H2Transport):
         self.drain_notice = False  # the GOAWAY notice went out; new streams still served
         self.draining = False      # no new streams (final GOAWAY sent, or the client's)
         self._drain_timer = None
+        self._shut = False         # we ended the read (_shutdown): a local close
         self.idle_since = time.monotonic()
         # premature-reset accounting, as Envoy's HCM: streams closed (not by the
         # connection's end), and those of them that ended early with no response
@@ -78,15 +80,17 @@ class Http2Connection(H2Transport):
     def on_tx(self, n: int) -> None:
         self.hcm.stats.downstream_cx_tx_bytes_total.inc(n)
 
-    def on_drain(self) -> None:
+    def on_drain(self, count: bool = True) -> None:
         """Graceful close (drain, hot restart) as Envoy does it: a GOAWAY notice with
         the largest stream id now (streams the client already sent are still served),
         the final GOAWAY with the last stream id we took after HCM drain_timeout; the
-        streams up to it finish, then the connection closes."""
+        streams up to it finish, then the connection closes. `count`: a drain (not the
+        HCM's max_requests_per_connection / max_connection_duration) counts drain_close."""
         if self.drain_notice or self.draining or self.closed:
             return
         self.drain_notice = True
-        self.hcm.stats.downstream_cx_drain_close.inc()
+        if count:
+            self.hcm.stats.downstream_cx_drain_close.inc()
         self.codec.goaway(MAX_STREAM_ID)
         self.flush()
         self._drain_timer = gevent.spawn_later(self.hcm.drain_timeout, self._final_goaway)
@@ -103,6 +107,7 @@ class Http2Connection(H2Transport):
 
     def _shutdown(self) -> None:
         """End the reader's recv (it then flushes what is queued and closes)."""
+        self._shut = True
         try:
             self.sock.shutdown(socket.SHUT_RD)
         except OSError:
@@ -138,9 +143,13 @@ class Http2Connection(H2Transport):
                         self.flush()
                         closed_by = "local"
                         break
-                    except OSError:
+                    except OSError:  # gevent's shutdown(SHUT_RD) cancels the recv
+                        if self._shut:
+                            closed_by = "local"
                         break
                     if not data:
+                        if self._shut:
+                            closed_by = "local"
                         break
                 stats.downstream_cx_rx_bytes_total.inc(len(data))
                 try:
@@ -338,7 +347,7 @@ class Http2Connection(H2Transport):
 
 class Http2Stream(Stream):
     __slots__ = ("h2", "sid", "greenlet", "_body", "_body_evt", "trailers", "reset_code",
-                 "response_complete", "started", "last_active", "_idle_timer")
+                 "response_complete", "started", "last_active", "_idle_timer", "idle_after")
 
     def __init__(self, hcm, conn, request, h2: Http2Connection, sid: int):
         super().__init__(hcm, conn, request, "HTTP/2")
@@ -353,6 +362,7 @@ class Http2Stream(Stream):
         self.started = False
         self.last_active = 0.0  # loop time of the last frame in or out (stream_idle_timeout)
         self._idle_timer = None
+        self.idle_after = hcm.stream_idle_timeout  # a route's idle_timeout may replace it
 
     # -- stream_idle_timeout ------------------------------------------------------------
 
@@ -364,6 +374,17 @@ class Http2Stream(Stream):
             self.last_active = self.h2.loop.now()
         t = self._idle_timer = self.h2.loop.timer(after)
         t.start(self._idle_check)
+
+    def set_idle_timeout(self, seconds: float) -> None:
+        """A route's idle_timeout replaces stream_idle_timeout from now on (0: none)."""
+        self.fm.idle_override = seconds or None
+        self.stop_idle_timer()
+        self.idle_after = seconds
+        if seconds:
+            self.arm_idle_timer(seconds)
+
+    def drain_connection(self) -> None:
+        self.h2.on_drain(False)
 
     def stop_idle_timer(self) -> None:
         t = self._idle_timer
@@ -378,7 +399,7 @@ class Http2Stream(Stream):
         if self.response_complete or self.reset_code is not None:
             self._idle_timer = None
             return
-        left = self.last_active + self.hcm.stream_idle_timeout - self.h2.loop.now()
+        left = self.last_active + self.idle_after - self.h2.loop.now()
         if left > 0.001:
             self.arm_idle_timer(left)
             return
@@ -432,7 +453,7 @@ class Http2Stream(Stream):
             h2.flush()
         except DownstreamGone:
             pass
-        except StreamIdleTimeout:
+        except (StreamIdleTimeout, MaxStreamDurationReached):
             # landed outside Stream.run's handlers (say, in a local reply's write)
             if self.reset_code is None and not self.response_complete:
                 self.reset()

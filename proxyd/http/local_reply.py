@@ -11,6 +11,12 @@ NO_HEALTHY_UPSTREAM = (503, b"no healthy upstream", "no_healthy_upstream", "UH")
 ROUTE_TIMEOUT = (504, b"upstream request timeout", "response_timeout", "UT")
 PER_TRY_TIMEOUT = (504, b"upstream request timeout", "upstream_per_try_timeout", "UT")
 
+def upstream_max_duration(request_complete: bool):
+    """The cluster's max_stream_duration ended the upstream request (Envoy 1.40)."""
+    return (504 if request_complete else 408, b"upstream max stream duration reached",
+            "upstream_max_stream_duration_reached", "UMSDR")
+
+
 # proxyd's connect-failure reason -> (Envoy's reset reason, its transport failure reason),
 # as Envoy 1.40 words them for a refused connect.
 _CONNECT_RESET = {"connection refused": ("remote connection failure",

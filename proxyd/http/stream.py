@@ -12,8 +12,10 @@ import gevent
 from proxyd.http.filter_manager import FilterManager
 from proxyd.http.headers import Headers
 from proxyd.http.message import ResponseHead, StreamInfo
-from proxyd.http.stream_errors import (DownstreamGone, LocalReplySent, RequestTimeout,
-                                       StreamIdleTimeout)
+from proxyd.http import grpc
+from proxyd.http.stream_errors import (DownstreamGone, LocalReplySent, MaxStreamDurationReached,
+                                       RequestTimeout, StreamIdleTimeout)
+from proxyd.http.stream_timers import StreamTimers
 
 __all__ = ["Stream", "DownstreamGone", "RequestTimeout", "StreamIdleTimeout", "http_date"]
 
@@ -31,7 +33,7 @@ def http_date() -> str:
 
 class Stream:
     __slots__ = ("hcm", "conn", "request", "info", "fm", "headers_sent", "closing",
-                 "request_complete")
+                 "request_complete", "timers")
 
     def __init__(self, hcm, conn, request, protocol: str):
         self.hcm = hcm
@@ -43,6 +45,7 @@ class Stream:
         self.headers_sent = False
         self.closing = False
         self.request_complete = not request.has_body
+        self.timers = None  # StreamTimers, once a duration or a route idle timeout applies
         if self.request_complete:
             info.request_end_mono = info.start_mono
 
@@ -68,42 +71,22 @@ class Stream:
             timer = gevent.get_hub().loop.timer(hcm.request_timeout)
             timer.start(lambda: self.request_complete or self.headers_sent
                         or glet.throw(RequestTimeout()))
+        limit = hcm.max_requests_per_connection
+        if limit:
+            conn = self.conn
+            n = conn.http_requests = conn.http_requests + 1
+            if n >= limit:  # Envoy counts every stream from the limit on
+                stats.downstream_cx_max_requests_reached.inc()
+                self.drain_connection()
         fm = self.fm = FilterManager(self)
+        if hcm.max_stream_duration:
+            self.stream_timers().arm_duration(hcm.max_stream_duration)
         try:
-            headers = req.headers
-            # Envoy regenerates x-request-id only for an external request at the edge
-            looked_up = (hcm.preserve_external_request_id or not hcm.use_remote_address
-                         or (hcm.internal_networks
-                             and hcm.is_internal(req, self.conn.remote_ip)))
-            rid = headers.get("x-request-id") if looked_up else None
-            if rid is None and hcm.generate_request_id:
-                rid = hcm.new_request_id()
-                if looked_up:
-                    headers.add("x-request-id", rid)  # known absent: no second scan
-                else:
-                    headers.set("x-request-id", rid)
-            info.request_id = rid
-            if hcm.use_remote_address:
-                ip = self.conn.remote_ip
-                xff = headers.get("x-forwarded-for")
-                headers.set("x-forwarded-for", "%s, %s" % (xff, ip) if xff else ip)
-                headers.set("x-forwarded-proto", req.scheme)
-            elif "x-forwarded-proto" not in headers:
-                headers.add("x-forwarded-proto", req.scheme)
-            if hcm.user_agent is not None:   # HCM add_user_agent (Envoy's mutateRequestHeaders)
-                headers.set("x-envoy-downstream-service-cluster", hcm.user_agent)
-                if not headers.get("user-agent"):
-                    headers.set("user-agent", hcm.user_agent)
-                if hcm.node_id:
-                    headers.set("x-envoy-downstream-service-node", hcm.node_id)
-            if hcm.via:
-                via = headers.get("via")
-                headers.set("via", "%s, %s" % (via, hcm.via) if via else hcm.via)
-            if hcm.tracer is not None:
-                hcm.tracer.start(info, req)
-                fm.decorate(info.trace)
-            fm.create_filter_chain(hcm.filters)
-            fm.start(req, self.request_complete)
+            try:
+                self._start(fm)
+            finally:  # no timer may throw into the error handlers below
+                if self.timers is not None:
+                    self.timers.close()
         except LocalReplySent:
             pass
         except DownstreamGone:
@@ -120,8 +103,17 @@ class Stream:
         except StreamIdleTimeout:
             stats.downstream_rq_idle_timeout.inc()
             self.closing = True
+            try:  # Envoy: 408 while the request is still arriving, else 504
+                self.local_reply(504 if self.request_complete else 408, b"stream timeout",
+                                 "stream_idle_timeout", "SI")
+            except DownstreamGone:
+                pass
+        except MaxStreamDurationReached:
+            stats.downstream_rq_max_duration_reached.inc()
             try:
-                self.local_reply(408, b"stream timeout", "stream_idle_timeout", "SI")
+                fm.send_local_reply(504 if self.request_complete else 408,
+                                    b"downstream duration timeout", "max_duration_timeout",
+                                    None, None, grpc.DEADLINE_EXCEEDED)
             except DownstreamGone:
                 pass
         finally:
@@ -130,6 +122,81 @@ class Stream:
             fm.destroy()
             self._complete()
             self.fm = None
+
+    def _start(self, fm) -> None:
+        hcm = self.hcm
+        req = self.request
+        info = self.info
+        headers = req.headers
+        # Envoy regenerates x-request-id only for an external request at the edge
+        looked_up = (hcm.preserve_external_request_id or not hcm.use_remote_address
+                     or (hcm.internal_networks
+                         and hcm.is_internal(req, self.conn.remote_ip)))
+        rid = headers.get("x-request-id") if looked_up else None
+        if rid is None and hcm.generate_request_id:
+            rid = hcm.new_request_id()
+            if looked_up:
+                headers.add("x-request-id", rid)  # known absent: no second scan
+            else:
+                headers.set("x-request-id", rid)
+        info.request_id = rid
+        if hcm.use_remote_address:
+            ip = self.conn.remote_ip
+            xff = headers.get("x-forwarded-for")
+            headers.set("x-forwarded-for", "%s, %s" % (xff, ip) if xff else ip)
+            headers.set("x-forwarded-proto", req.scheme)
+        elif "x-forwarded-proto" not in headers:
+            headers.add("x-forwarded-proto", req.scheme)
+        if hcm.user_agent is not None:   # HCM add_user_agent (Envoy's mutateRequestHeaders)
+            headers.set("x-envoy-downstream-service-cluster", hcm.user_agent)
+            if not headers.get("user-agent"):
+                headers.set("user-agent", hcm.user_agent)
+            if hcm.node_id:
+                headers.set("x-envoy-downstream-service-node", hcm.node_id)
+        if hcm.via:
+            via = headers.get("via")
+            headers.set("via", "%s, %s" % (via, hcm.via) if via else hcm.via)
+        if hcm.tracer is not None:
+            hcm.tracer.start(info, req)
+            fm.decorate(info.trace)
+        fm.create_filter_chain(hcm.filters)
+        fm.start(req, self.request_complete)
+
+    def stream_timers(self) -> StreamTimers:
+        t = self.timers
+        if t is None:
+            t = self.timers = StreamTimers(self)
+        return t
+
+    def route_timeouts(self, route) -> None:
+        """A route with idle_timeout or max_stream_duration was resolved (Envoy's
+        refreshIdleTimeout and refreshDurationTimeout)."""
+        if route.idle_timeout is not None:
+            self.set_idle_timeout(route.idle_timeout)
+        if route.stream_duration is not None:
+            self.stream_timers().refresh_duration(route)
+
+    def set_idle_timeout(self, seconds: float) -> None:
+        """The route's idle_timeout replaces stream_idle_timeout (0: none). HTTP/1: one
+        loop timer for the stream (StreamTimers), which the codec's reads and writes
+        keep alive; HTTP/2 overrides this with its stream's own timer."""
+        self.fm.idle_override = None  # the timer below watches the stream's waits too
+        self.stream_timers().set_idle(seconds)
+        self.idle_reads_untimed()
+
+    def drain_connection(self) -> None:
+        """The HCM drains the connection: HTTP/1 responses say Connection: close from
+        now on (HTTP/2 overrides this: a GOAWAY notice, then the final one)."""
+        self.conn.hcm_draining = True
+
+    def idle_reads_untimed(self) -> None:
+        """HTTP/1: the stream's timer, not a socket timeout, bounds its reads."""
+
+    def touch(self) -> None:
+        """Activity on the stream (HTTP/1 reads and writes keep a route idle timer alive)."""
+        t = self.timers
+        if t is not None and t.idle is not None:
+            t.last_active = t.loop.now()
 
     def _complete(self) -> None:
         hcm = self.hcm

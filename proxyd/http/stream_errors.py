@@ -15,9 +15,15 @@ class StreamIdleTimeout(Exception):
     reset once the response started)."""
 
 
+class MaxStreamDurationReached(Exception):
+    """HCM or route max_stream_duration: the stream lived that long (504, or 408 while
+    the request is still arriving; a reset once the response started)."""
+
+
 class LocalReplySent(Exception):
     """A filter answered while the terminal filter was still relaying: its exchange stops."""
 
 
-STREAM_CONTROL = (DownstreamGone, RequestTimeout, StreamIdleTimeout, LocalReplySent)
+STREAM_CONTROL = (DownstreamGone, RequestTimeout, StreamIdleTimeout, MaxStreamDurationReached,
+                  LocalReplySent)
 """Control flow a filter guard must let through (never reported as a filter error)."""

@@ -38,7 +38,7 @@ class DownstreamConnection:
     __slots__ = ("sock", "id", "remote_address", "remote_ip", "local_address", "scheme",
                  "listener", "protocol", "alpn", "transport_protocol", "requested_server_name",
                  "requested_alpn", "local_port", "generation", "direct_remote_address",
-                 "original_dst", "dynamic_metadata")
+                 "original_dst", "dynamic_metadata", "http_requests", "hcm_draining")
 
     def __init__(self, sock, addr, listener):
         self.sock = sock
@@ -61,6 +61,10 @@ class DownstreamConnection:
         self.requested_alpn = ()          # ALPN offered by the client, from tls_inspector
         self.local_port = listener.port
         self.generation = listener.generation  # the listener config it was accepted under
+        self.http_requests = 0       # HCM: streams so far (max_requests_per_connection)
+        # HCM: max_requests_per_connection / max_connection_duration reached: HTTP/1
+        # responses say Connection: close (not a listener drain: no drain_close counted)
+        self.hcm_draining = False
 
     def set_dynamic_metadata(self, namespace: str, values: dict) -> None:
         if self.dynamic_metadata is None:

@@ -78,6 +78,13 @@ def _seconds(duration) -> float:
     return duration.seconds + duration.nanos / 1e9
 
 
+def _nonnegative(duration, path: str) -> float:
+    t = _seconds(duration)
+    if t < 0:
+        raise ValueError(f"{path}: value must be greater than or equal to 0s")
+    return t
+
+
 def _is_grpc_request(req) -> bool:
     """Envoy's Grpc::Common::isGrpcRequestHeaders: content-type application/grpc, or
     application/grpc+<codec> / ;<params> (gRPC-Web is not gRPC here)."""
@@ -93,7 +100,7 @@ class RouteEntry:
     """
     __slots__ = (
         "name", "virtual_host_name", "kind", "timeout", "max_grpc_timeout",
-        "grpc_timeout_offset", "auto_host_rewrite", "retry_policy", "attempt_count_in_response",
+        "grpc_timeout_offset", "idle_timeout", "stream_duration", "stream_timeouts", "auto_host_rewrite", "retry_policy", "attempt_count_in_response",
         "attempt_count_in_request",
         "append_x_forwarded_host", "host_rewrite", "prefix_rewrite", "regex_rewrite",
         "cluster_not_found_status", "upgrades", "direct_status", "direct_body", "_cluster",
@@ -492,6 +499,11 @@ class RouteTable:
         e.timeout = DEFAULT_TIMEOUT
         e.max_grpc_timeout = None  # set: gRPC requests' grpc-timeout is the deadline
         e.grpc_timeout_offset = 0.0
+        e.idle_timeout = None     # RouteAction.idle_timeout: overrides stream_idle_timeout
+        # RouteAction.max_stream_duration, compiled: (max_stream_duration or None,
+        # grpc_timeout_header_max or None, grpc_timeout_header_offset or None); None unset
+        e.stream_duration = None
+        e.stream_timeouts = False  # either is set: the HCM re-arms its stream timers
         e.retry_policy = None
         e.hash_policy = None
         e.mirror_policies = ()
@@ -609,6 +621,22 @@ class RouteTable:
             e.max_grpc_timeout = _seconds(a.max_grpc_timeout)
         if a.HasField("grpc_timeout_offset"):
             e.grpc_timeout_offset = _seconds(a.grpc_timeout_offset)
+        if a.HasField("idle_timeout"):
+            e.idle_timeout = _nonnegative(a.idle_timeout, f"{path}.idle_timeout")
+            e.stream_timeouts = True
+        if a.HasField("max_stream_duration"):
+            # Envoy's "new timeouts": the stream's duration replaces the router's global
+            # timeout, which is then none (route `timeout` and max_grpc_timeout are
+            # ignored and no x-envoy-expected-rq-timeout-ms is sent; Envoy 1.40)
+            m = a.max_stream_duration
+            mp = f"{path}.max_stream_duration"
+            e.stream_duration = tuple(
+                _nonnegative(getattr(m, f), f"{mp}.{f}") if m.HasField(f) else None
+                for f in ("max_stream_duration", "grpc_timeout_header_max",
+                          "grpc_timeout_header_offset"))
+            e.stream_timeouts = True
+            e.timeout = 0.0
+            e.max_grpc_timeout = None
         e.prefix_rewrite = wire(a.prefix_rewrite)
         if a.HasField("regex_rewrite"):
             rp = f"{path}.regex_rewrite"

@@ -47,6 +47,10 @@ class PerTryTimeout(RouteTimeout):
     """The policy's per_try_timeout ended one attempt."""
 
 
+class UpstreamMaxDuration(RouteTimeout):
+    """The cluster's common_http_protocol_options.max_stream_duration ended the attempt."""
+
+
 class Retry(Exception):
     """This attempt failed and is retried; nothing of it went downstream."""
 
@@ -147,6 +151,8 @@ class UpstreamRequest:
         timer = self.timer = _start_timer(self.timeout, expired) if self.timeout else _NO_TIMER
         per_try = None
         try_timer = _NO_TIMER
+        max_duration = None
+        duration_timer = _NO_TIMER
         if retry is not None:
             per_try = PerTryTimeout()
             if retry.policy.per_try_timeout:
@@ -174,6 +180,11 @@ class UpstreamRequest:
                     return
                 info.upstream_local_address = us.local_address
                 info.upstream_start_mono = time.monotonic()
+                if self.cluster.max_stream_duration and max_duration is None:
+                    # from the stream's attach to a connection (Envoy's onPoolReady)
+                    max_duration = UpstreamMaxDuration()
+                    duration_timer = _start_timer(self.cluster.max_stream_duration,
+                                                  max_duration)
                 # whether the head is all there is to send (HTTP/2: a retry replays a
                 # buffered body as DATA even when the downstream is done)
                 if us.multiplexed:
@@ -203,6 +214,24 @@ class UpstreamRequest:
         except RouteTimeout as t:
             if self.us is not None and host.outlier is not None and (t is per_try or t is expired):
                 host.outlier.result(outlier.TIMEOUT)
+            if t is max_duration:
+                # Envoy 1.40: a local reset of the upstream (retried as a reset), else
+                # 504 (408 while the request still arrives) UMSDR, or a downstream
+                # reset once the response started
+                cstats.upstream_rq_max_duration_reached.inc()
+                self._reset()
+                host.rq_error.inc()
+                if should_retry(retry, retry.policy.retry_failure(RESET) if retry else False,
+                                stream):
+                    raise Retry() from None
+                if stream.headers_sent:  # Envoy charged the response's code at its head
+                    code, cls = cstats.response(info.response_code)
+                    code.inc()
+                    cls.inc()
+                    cstats.upstream_rq_completed.inc()
+                # not charged to the cluster (unlike the route timeout's 504)
+                stream.local_reply(*local_reply.upstream_max_duration(stream.request_complete))
+                return
             if t is per_try:
                 cstats.upstream_rq_per_try_timeout.inc()
                 self._reset()
@@ -245,6 +274,7 @@ class UpstreamRequest:
         finally:
             timer.close()
             try_timer.close()
+            duration_timer.close()
             if pump is not None and not pump.dead:
                 pump.kill(block=False)
             if self.us is not None:

@@ -12,7 +12,7 @@ from proxyd.transport.tls import client_tls
 from proxyd.upstream.host import Host
 from proxyd.upstream import health, lb, outlier
 from proxyd.upstream.pool_http1 import Http1Pool
-from proxyd.upstream.pool_http2 import Http2Pool, cluster_http2_options
+from proxyd.upstream.pool_http2 import Http2Pool, cluster_common_http_options, cluster_http2_options
 from proxyd.upstream.resource_manager import resource_managers
 
 DEFAULT_CONNECT_TIMEOUT = 5.0
@@ -43,6 +43,8 @@ class ClusterStats:
                  "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
                  "membership_change", "upstream_cx_none_healthy",
                  "upstream_cx_connect_attempts_exceeded", "original_dst_host_invalid",
+                 "upstream_rq_max_duration_reached", "upstream_cx_max_requests",
+                 "upstream_cx_max_duration_reached", "upstream_cx_idle_timeout",
                  # Envoy's load-balancer counters (zone-aware routing needs a local cluster,
                  # which proxyd has not: those stay 0, as in Envoy without one)
                  "lb_healthy_panic", "lb_local_cluster_not_ok", "lb_recalculate_zone_structures",
@@ -104,7 +106,25 @@ class Cluster:
         ct = config.connect_timeout
         self.connect_timeout = (ct.seconds + ct.nanos / 1e9) if config.HasField("connect_timeout") \
             else DEFAULT_CONNECT_TIMEOUT
-        self.idle_timeout = DEFAULT_IDLE_TIMEOUT
+        self.idle_timeout = DEFAULT_IDLE_TIMEOUT   # None: idle connections never expire
+        self.idle_timer = False   # a configured idle_timeout: HTTP/1 idle connections get a timer
+        self.max_stream_duration = None           # per upstream request (UMSDR)
+        self.max_requests_per_connection = 0      # 0: no limit
+        self.max_connection_duration = None
+        common = cluster_common_http_options(config)
+        if common is not None:  # HttpProtocolOptions.common_http_protocol_options
+            if common.HasField("idle_timeout"):
+                t = common.idle_timeout
+                self.idle_timeout = (t.seconds + t.nanos / 1e9) or None
+                self.idle_timer = self.idle_timeout is not None
+            if common.HasField("max_stream_duration"):
+                t = common.max_stream_duration
+                self.max_stream_duration = (t.seconds + t.nanos / 1e9) or None
+            if common.HasField("max_connection_duration"):
+                t = common.max_connection_duration
+                self.max_connection_duration = (t.seconds + t.nanos / 1e9) or None
+            if common.HasField("max_requests_per_connection"):
+                self.max_requests_per_connection = common.max_requests_per_connection.value
         self.http2_mode, self.http2_options = cluster_http2_options(config)
         self.tls = client_tls(config)
         if self.tls is not None:

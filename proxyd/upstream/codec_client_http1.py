@@ -125,7 +125,9 @@ class Http1Stream:
             self.stats.upstream_cx_protocol_error.inc()
             conn.close()
             self.stats.upstream_cx_destroy_local.inc()
-        elif self._keep_alive and parser.done:
+        elif self._keep_alive and parser.done and not (
+                self.pool.cluster.max_requests_per_connection
+                and conn.requests >= self.pool.cluster.max_requests_per_connection):
             self.pool.release(conn)
         else:
             conn.close()

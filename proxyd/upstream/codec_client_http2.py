@@ -182,6 +182,7 @@ class Http2ClientConnection(H2Transport):
         self.cluster = pool.cluster
         self.streams: dict[int, Http2Stream] = {}
         self.goaway = False
+        self.opened = 0     # streams it carried (the cluster's max_requests_per_connection)
         # until its SETTINGS arrive: what this host said last time, else the RFC's floor
         self.max_streams = min(pool.peer_max_streams, pool.options.max_concurrent_streams)
         self.last_used = time.monotonic()
@@ -191,6 +192,10 @@ class Http2ClientConnection(H2Transport):
         except OSError:
             self.local_address = None
         self._accounted = True
+        self._duration = None
+        if self.cluster.max_connection_duration:  # then it drains: no new streams
+            self._duration = gevent.get_hub().loop.timer(self.cluster.max_connection_duration)
+            self._duration.start(self._duration_reached)
         self.flush()
         self._reader = gevent.spawn(self._read_loop)
 
@@ -209,7 +214,13 @@ class Http2ClientConnection(H2Transport):
         self.streams[sid] = s
         codec.send_headers(sid, headers, end_stream)
         self.flush()
-        if sid >= 0x7FFFFFFF - 2:
+        self.opened += 1
+        limit = self.cluster.max_requests_per_connection
+        if limit and self.opened >= limit:  # no new streams here; it closes when done
+            self.cluster.stats.upstream_cx_max_requests.inc()
+            self.goaway = True
+            self.pool.retire(self)
+        elif sid >= 0x7FFFFFFF - 2:
             self.goaway = True  # stream ids exhausted: no new streams here
             self.pool.retire(self)
 
@@ -219,6 +230,15 @@ class Http2ClientConnection(H2Transport):
             self.last_used = time.monotonic()
             if self.goaway and not self.streams:
                 self._shutdown()
+
+    def _duration_reached(self) -> None:
+        self._duration.close()
+        self._duration = None
+        if self.goaway or self.closed:
+            return
+        self.cluster.stats.upstream_cx_max_duration_reached.inc()
+        self.pool.retire(self)
+        self.close()
 
     def on_tx(self, n: int) -> None:
         self.cluster.stats.upstream_cx_tx_bytes_total.inc(n)
@@ -248,9 +268,11 @@ class Http2ClientConnection(H2Transport):
                     data = sock.recv(RECV_SIZE)
                 except socket.timeout:
                     remote = False
+                    cstats.upstream_cx_idle_timeout.inc()
                     codec.goaway(0)
                     break
-                except OSError:
+                except OSError:  # gevent's shutdown(SHUT_RD) cancels the recv
+                    remote = not self.goaway
                     break
                 if not data:
                     remote = not self.goaway
@@ -268,6 +290,9 @@ class Http2ClientConnection(H2Transport):
                     remote = False
                     break
         finally:
+            if self._duration is not None:
+                self._duration.close()
+                self._duration = None
             self.goaway = True
             self.pool.retire(self)
             self.stop_writer()

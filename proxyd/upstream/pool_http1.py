@@ -29,7 +29,7 @@ _ZERO = bytearray(4)
 
 class UpstreamConnection:
     __slots__ = ("sock", "host", "cluster", "pool", "last_used", "local_address", "reused",
-                 "_watch", "_fionread")
+                 "_watch", "_fionread", "requests", "expired", "_duration", "_idle_timer")
 
     def __init__(self, sock, host, cluster, pool=None):
         self.sock = sock
@@ -38,6 +38,10 @@ class UpstreamConnection:
         self.pool = pool  # the Http1Pool it belongs to (None for tcp_proxy's)
         self.last_used = time.monotonic()
         self.reused = False
+        self.requests = 0   # exchanges it carried (the cluster's max_requests_per_connection)
+        self.expired = False  # the cluster's max_connection_duration passed: no reuse
+        self._duration = None
+        self._idle_timer = None   # a configured idle_timeout, armed while idle in the pool
         self._watch = None  # read watcher while idle in a pool
         self._fionread = bytearray(4)
         try:
@@ -69,8 +73,57 @@ class UpstreamConnection:
         fcntl.ioctl(sock.fileno(), termios.FIONREAD, buf)
         return DATA if buf != _ZERO else QUIET
 
+    def limit_duration(self, seconds: float) -> None:
+        """The cluster's max_connection_duration: past it the connection is not reused;
+        an idle one closes then (Envoy: upstream_cx_max_duration_reached)."""
+        t = self._duration = get_hub().loop.timer(seconds)
+        t.start(self._duration_reached)
+
+    def _duration_reached(self) -> None:
+        self._duration.close()
+        self._duration = None
+        if self.sock is None:
+            return
+        self.expired = True
+        stats = self.cluster.stats
+        stats.upstream_cx_max_duration_reached.inc()
+        pool = self.pool
+        if pool is not None and self in pool._idle:
+            pool._idle.remove(self)
+            self.close()
+            stats.upstream_cx_destroy_local.inc()
+
+    def arm_idle(self, seconds: float) -> None:
+        t = self._idle_timer
+        if t is None:
+            t = self._idle_timer = get_hub().loop.timer(seconds)
+        else:
+            t.stop()
+        t.start(self._idle_expired)
+
+    def disarm_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.stop()
+
+    def _idle_expired(self) -> None:
+        """The cluster's idle_timeout passed with the connection idle in its pool."""
+        pool = self.pool
+        if self.sock is None or pool is None or self not in pool._idle:
+            return
+        pool._idle.remove(self)
+        self.close()
+        stats = self.cluster.stats
+        stats.upstream_cx_idle_timeout.inc()
+        stats.upstream_cx_destroy_local.inc()
+
     def close(self) -> None:
         """Close and account for it; idempotent."""
+        if self._idle_timer is not None:
+            self._idle_timer.close()
+            self._idle_timer = None
+        if self._duration is not None:
+            self._duration.close()
+            self._duration = None
         if self._watch is not None:
             self._watch.close()  # before the fd can be reused by another socket
             self._watch = None
@@ -115,6 +168,10 @@ class Http1Pool:
             self.release(conn)
             raise Overflow()
         requests.inc()
+        conn.requests += 1
+        limit = self.cluster.max_requests_per_connection
+        if limit and conn.requests == limit:  # Envoy counts it when the last one starts
+            self.cluster.stats.upstream_cx_max_requests.inc()
         return Http1Stream(self, conn, requests)
 
     def acquire(self) -> UpstreamConnection:
@@ -148,7 +205,10 @@ class Http1Pool:
                     except BaseException:
                         self._open -= 1
                         raise
-                    return UpstreamConnection(sock, self.host, cluster, self)
+                    conn = UpstreamConnection(sock, self.host, cluster, self)
+                    if cluster.max_connection_duration:
+                        conn.limit_duration(cluster.max_connection_duration)
+                    return conn
                 stats.upstream_cx_overflow.inc()
                 conn = self._wait()
                 if conn is not None:
@@ -162,7 +222,8 @@ class Http1Pool:
         now = time.monotonic()
         while idle:
             conn = idle.pop()
-            if now - conn.last_used < self.idle_timeout:
+            conn.disarm_idle()
+            if self.idle_timeout is None or now - conn.last_used < self.idle_timeout:
                 # bytes may have arrived since the loop last polled, or the watcher's
                 # callback may still be pending
                 state = conn.reuse_state()
@@ -195,6 +256,10 @@ class Http1Pool:
         if self.cluster.removed:
             conn.close()
             return
+        if conn.expired:  # max_connection_duration passed while it was busy
+            conn.close()
+            self.cluster.stats.upstream_cx_destroy_local.inc()
+            return
         conn.last_used = time.monotonic()
         if self._waiters:
             conn.reused = True
@@ -205,6 +270,8 @@ class Http1Pool:
             return
         self._idle.append(conn)
         conn.watch(self._readable)
+        if self.cluster.idle_timer:  # configured: closed when it passes (else when next seen)
+            conn.arm_idle(self.idle_timeout)
 
     def closed(self, conn: UpstreamConnection) -> None:
         """One of this pool's connections closed: a pending request may make a new one."""

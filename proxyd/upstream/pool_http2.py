@@ -37,6 +37,20 @@ def _upstream_options(msg) -> h2c.Http2Options:
     return opts
 
 
+UPSTREAM_HTTP_OPTIONS = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+
+
+def cluster_common_http_options(config):
+    """The cluster's HttpProtocolOptions.common_http_protocol_options (idle_timeout,
+    max_stream_duration, max_requests_per_connection), or None."""
+    any_msg = config.typed_extension_protocol_options.get(UPSTREAM_HTTP_OPTIONS)
+    if any_msg is None:
+        return None
+    opts = unpack(any_msg)
+    return opts.common_http_protocol_options \
+        if opts.HasField("common_http_protocol_options") else None
+
+
 def cluster_http2_options(config):
     """(mode, Http2Options) from a Cluster's typed_extension_protocol_options
     (envoy.extensions.upstreams.http.v3.HttpProtocolOptions) or its deprecated

@@ -79,11 +79,10 @@ KNOWN = (
         "follow that work",
         lacks("cluster.*.upstream_cx_destroy", "cluster.*.upstream_cx_destroy_*_with_active_rq",
               "cluster.*.upstream_cx_destroy_with_active_rq", "cluster.*.upstream_cx_http?_total",
-              "cluster.*.upstream_cx_idle_timeout", "cluster.*.upstream_cx_max_*",
               "cluster.*.upstream_cx_close_notify",
               "cluster.*.upstream_cx_connect_with_0_rtt", "cluster.*.upstream_cx_preconnect_skipped",
               "cluster.*.upstream_cx_protocol_error", "cluster.*.upstream_rq_cancelled",
-              "cluster.*.upstream_rq_max_duration_reached", "cluster.*.upstream_rq_rx_reset_no_error",
+              "cluster.*.upstream_rq_rx_reset_no_error",
               "cluster.*.upstream_rq_0rtt", "cluster.*.upstream_http3_broken",
               "cluster.*.upstream_queue_overloaded", "cluster.*.upstream_rq_maintenance_mode",
               "cluster.*.bind_errors") + tuple(
@@ -118,12 +117,11 @@ KNOWN = (
     Difference(
         "hcm_features", "stats",
         "HCM stats of features proxyd lacks: HTTP/3, TLS connection counts, "
-        "overload manager, path normalisation, max duration/requests, header timeout, IP "
+        "overload manager, path normalisation, header timeout, IP "
         "detection, premature resets, rs_too_large",
         "not implemented (TLS counts belong to their feature's work)",
         lacks("http.ingress_http.downstream_cx_delayed_close_timeout", "http.ingress_http.*_active_rq",
               "http.ingress_http.*soft_drain", "http.ingress_http.*http3*",
-              "http.ingress_http.*max_duration_reached", "http.ingress_http.*max_requests_reached",
               "http.ingress_http.*overload*", "http.ingress_http.*ssl*",
               "http.ingress_http.*path_normalization", "http.ingress_http.*header_timeout",
               "http.ingress_http.*non_relative_path", "http.ingress_http.*normalized_path",
