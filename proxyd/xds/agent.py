@@ -52,6 +52,7 @@ _SERVICES = {
     R.ROUTE: ("envoy.service.route.v3.RouteDiscoveryService", "Routes"),
     R.ENDPOINT: ("envoy.service.endpoint.v3.EndpointDiscoveryService", "Endpoints"),
     R.RUNTIME: ("envoy.service.runtime.v3.RuntimeDiscoveryService", "Runtime"),
+    R.SECRET: ("envoy.service.secret.v3.SecretDiscoveryService", "Secrets"),
 }
 _REST_PATHS = {
     R.LISTENER: "/v3/discovery:listeners",
@@ -59,6 +60,7 @@ _REST_PATHS = {
     R.ROUTE: "/v3/discovery:routes",
     R.ENDPOINT: "/v3/discovery:endpoints",
     R.RUNTIME: "/v3/discovery:runtime",
+    R.SECRET: "/v3/discovery:secrets",
 }
 DEFAULT_REQUEST_TIMEOUT = 1.0
 _API = config_source_pb2.ApiConfigSource

@@ -1,0 +1,224 @@
+"""SDS secrets from the bootstrap (static_resources.secrets) and from a watched file
+(sds_config.path_config_source), proxyd beside real Envoy on the same bootstrap: the
+certificate served, rotation (new connections get the new certificate, an open keep-alive
+connection goes on undrained), a bad secret rejected with the old one kept, Envoy's
+`sds.<name>.*` and `server_ssl_socket_factory.*` stats, and the errors `proxyd check`
+shares with Envoy."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import ssl
+import time
+import urllib.request
+
+import pytest
+
+import real_envoy
+from certs import cn_of
+from harness import Proxyd, free_port, run_cli, write_config
+
+SECRET = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
+DOWNSTREAM_TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
+
+
+def _tls_listener(name, port, sds_ref):
+    hcm = {"@type": "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager."
+                    "v3.HttpConnectionManager",
+           "stat_prefix": name,
+           "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {
+               "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}}],
+           "route_config": {"virtual_hosts": [{"name": "v", "domains": ["*"], "routes": [
+               {"match": {"prefix": "/"},
+                "direct_response": {"status": 200, "body": {"inline_string": name}}}]}]}}
+    return {"name": name,
+            "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+            "filter_chains": [{
+                "transport_socket": {"name": "envoy.transport_sockets.tls", "typed_config": {
+                    "@type": DOWNSTREAM_TLS,
+                    "common_tls_context": {"tls_certificate_sds_secret_configs": [sds_ref]}}},
+                "filters": [{"name": "envoy.filters.network.http_connection_manager",
+                             "typed_config": hcm}]}]}
+
+
+def secret(name, cert_key) -> dict:
+    return {"name": name, "tls_certificate": {"certificate_chain": {"filename": str(cert_key[0])},
+                                              "private_key": {"filename": str(cert_key[1])}}}
+
+
+def write_secret_file(path, name, cert_key=None, bad=False) -> None:
+    """Atomically replace the watched SDS file (a rename onto it, as Envoy watches)."""
+    s = secret(name, cert_key) if cert_key else {"name": name}
+    if bad:
+        s["tls_certificate"] = {"certificate_chain": {"inline_string": "not a certificate"},
+                                "private_key": {"inline_string": "not a key"}}
+    s["@type"] = SECRET
+    tmp = str(path) + ".tmp"
+    with open(tmp, "w") as f:
+        json.dump({"resources": [s]}, f)
+    os.replace(tmp, path)
+
+
+def config(pki, sds_file, admin, ports) -> dict:
+    src = {"path_config_source": {"path": str(sds_file)}, "resource_api_version": "V3"}
+    return {"node": {"id": "n1", "cluster": "c1"},
+            "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+            "static_resources": {
+                "secrets": [secret("staticcert", pki.a)],
+                "listeners": [_tls_listener("filesds", ports[0], {"name": "filecert", "sds_config": src}),
+                              _tls_listener("static", ports[1], {"name": "staticcert"})]}}
+
+
+def connect(port) -> http.client.HTTPSConnection:
+    ctx = ssl._create_unverified_context()
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5, context=ctx)
+    conn.connect()
+    return conn
+
+
+def get(conn) -> tuple[int, bytes, str | None]:
+    conn.request("GET", "/")
+    r = conn.getresponse()
+    return r.status, r.read(), r.getheader("connection")
+
+
+def served_cn(port) -> str:
+    conn = connect(port)
+    try:
+        return cn_of(conn.sock.getpeercert(binary_form=True))
+    finally:
+        conn.close()
+
+
+def wait(pred, timeout=20.0, what="condition"):
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        try:
+            last = pred()
+            if last:
+                return last
+        except OSError as e:
+            last = e
+        time.sleep(0.05)
+    raise AssertionError("timed out waiting for %s (last: %r)" % (what, last))
+
+
+def sds_stats(admin, port) -> dict:
+    """sds.filecert.* counters and the file listener's ssl socket factory counters, with
+    the listener address taken out so proxyd's and Envoy's compare."""
+    st = real_envoy.admin_stats(admin)
+    out = {k: v for k, v in st.items() if k.startswith("sds.filecert.") and
+           not k.endswith(("update_time", ".version"))}
+    p = "listener.127.0.0.1_%d.server_ssl_socket_factory." % port
+    out.update({"listener." + k[len(p):]: v for k, v in st.items() if k.startswith(p)})
+    return out
+
+
+@pytest.fixture
+def pair(pki, tmp_path):
+    """(proxyd, envoy or None) each on its own copy of the same bootstrap and SDS file."""
+    if real_envoy.unusable_reason():
+        pytest.skip(real_envoy.unusable_reason())
+    pki.b = pki.ca.issue("b", ["b.example.com"])
+    nodes = {}
+    for kind in ("proxyd", "envoy"):
+        d = tmp_path / kind
+        d.mkdir()
+        sds_file = d / "sds.json"
+        write_secret_file(sds_file, "filecert", pki.dflt)
+        admin, ports = free_port(), [free_port(), free_port()]
+        cfg = config(pki, sds_file, admin, ports)
+        nodes[kind] = {"admin": admin, "ports": ports, "sds": sds_file, "dir": d, "cfg": cfg}
+    px = Proxyd(write_config(nodes["proxyd"]["dir"], nodes["proxyd"]["cfg"]), concurrency=2)
+    env = real_envoy.Envoy.of(nodes["envoy"]["cfg"], nodes["envoy"]["dir"], nodes["envoy"]["admin"])
+    try:
+        px.start()
+        env.start(timeout=30)
+        nodes["proxyd"]["proc"], nodes["envoy"]["proc"] = px, env
+        yield nodes
+    finally:
+        px.cleanup()
+        env.cleanup()
+
+
+def test_static_and_file_secrets_rotate_like_envoy(pair, pki):
+    for kind, n in pair.items():
+        assert served_cn(n["ports"][0]) == "default.test", kind
+        assert served_cn(n["ports"][1]) == "a.example.com", kind
+    first = {k: sds_stats(n["admin"], n["ports"][0]) for k, n in pair.items()}
+    assert first["proxyd"] == first["envoy"]
+    assert first["proxyd"]["sds.filecert.update_success"] == 1
+    assert first["proxyd"]["listener.ssl_context_update_by_sds"] == 1
+    # an open keep-alive connection across the rotation
+    held = {k: connect(n["ports"][0]) for k, n in pair.items()}
+    for kind, conn in held.items():
+        assert get(conn)[:2] == (200, b"filesds"), kind
+    for n in pair.values():
+        write_secret_file(n["sds"], "filecert", pki.b)
+    for kind, n in pair.items():
+        wait(lambda: served_cn(n["ports"][0]) == "b.example.com", what="%s rotated" % kind)
+        status, body, connection = get(held[kind])
+        assert (status, body) == (200, b"filesds") and connection != "close", (kind, connection)
+        assert cn_of(held[kind].sock.getpeercert(binary_form=True)) == "default.test"
+        assert served_cn(n["ports"][1]) == "a.example.com", kind
+    second = {k: sds_stats(n["admin"], n["ports"][0]) for k, n in pair.items()}
+    assert second["proxyd"] == second["envoy"], second
+    assert second["proxyd"]["listener.ssl_context_update_by_sds"] == 2
+    # a secret that does not load is rejected; the last good one keeps serving
+    for n in pair.values():
+        write_secret_file(n["sds"], "filecert", bad=True)
+    for kind, n in pair.items():
+        wait(lambda: real_envoy.admin_stats(n["admin"])["sds.filecert.update_rejected"] == 1,
+             what="%s rejected the bad secret" % kind)
+        assert served_cn(n["ports"][0]) == "b.example.com", kind
+        status, body, connection = get(held[kind])
+        assert (status, body) == (200, b"filesds") and connection != "close", kind
+    third = {k: sds_stats(n["admin"], n["ports"][0]) for k, n in pair.items()}
+    assert third["proxyd"] == third["envoy"]
+    for conn in held.values():
+        conn.close()
+
+
+def test_config_dump_shows_secrets_redacted(pair):
+    dumps = {}
+    for kind, n in pair.items():
+        with urllib.request.urlopen("http://127.0.0.1:%d/config_dump" % n["admin"], timeout=5) as r:
+            dump = json.load(r)
+        dumps[kind] = [c for c in dump["configs"] if c["@type"].endswith("SecretsConfigDump")][0]
+    for kind, d in dumps.items():
+        static = d["static_secrets"][0]
+        assert static["name"] == "staticcert", kind
+        assert static["secret"]["tls_certificate"]["private_key"] == {"filename": "[redacted]"}, kind
+        active = d["dynamic_active_secrets"][0]
+        assert active["name"] == "filecert" and "last_updated" in active, kind
+        key = active["secret"]["tls_certificate"]["private_key"]
+        assert list(key.values()) in (["[redacted]"], ["W3JlZGFjdGVkXQ=="]), (kind, key)
+
+
+def check_errors(tmp_path, cfg) -> list[str]:
+    r = run_cli("check", "-c", str(write_config(tmp_path, cfg)))
+    assert r.returncode != 0
+    return r.stdout.splitlines() + r.stderr.splitlines()
+
+
+def test_unknown_static_secret_and_missing_node_are_config_errors(pki, tmp_path):
+    if real_envoy.unusable_reason():
+        pytest.skip(real_envoy.unusable_reason())
+    sds_file = tmp_path / "sds.json"
+    write_secret_file(sds_file, "filecert", pki.dflt)
+    cfg = config(pki, sds_file, free_port(), [free_port(), free_port()])
+    cfg["static_resources"]["listeners"][1]["filter_chains"][0]["transport_socket"][
+        "typed_config"]["common_tls_context"]["tls_certificate_sds_secret_configs"][0]["name"] = "nosuch"
+    errors = check_errors(tmp_path, cfg)
+    assert any("Unknown static secret: nosuch" in e for e in errors), errors
+    env = real_envoy.validate(write_config(tmp_path, cfg, "envoy.yaml"))
+    assert "Unknown static secret: nosuch" in env.stdout + env.stderr
+    cfg = config(pki, sds_file, free_port(), [free_port(), free_port()])
+    del cfg["node"]
+    errors = check_errors(tmp_path, cfg)
+    needle = "TlsCertificateSdsApi: node 'id' and 'cluster' are required"
+    assert any(needle in e for e in errors), errors
+    env = real_envoy.validate(write_config(tmp_path, cfg, "envoy.yaml"))
+    assert needle in env.stdout + env.stderr
