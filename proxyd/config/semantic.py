@@ -40,8 +40,6 @@ def check(msg, path=(), clusters=None):
         _route_config(msg, path, clusters, out)
     elif HCM_URL.endswith('/' + kind):
         _hcm(msg, path, clusters, out)
-    elif kind == 'envoy.extensions.transport_sockets.tls.v3.Secret':
-        out.extend(tls.secret_problems(msg, path))
     elif kind == 'envoy.service.runtime.v3.Runtime':
         _runtime_layer(msg.layer, path + ('layer',), '', out)
     rt = None

@@ -90,6 +90,11 @@ def sds_refs(msg) -> list:
     return [(ref.name, ref.sds_config) for _k, ref, _p in S.refs(msg) if ref.HasField("sds_config")]
 
 
+def tls_problems(secret) -> list:
+    from proxyd.transport.tls import secret_problems
+    return secret_problems(secret, ())
+
+
 def listener_stat_name(lst) -> str:
     sa = lst.address.socket_address
     return "listener.%s_%d." % (sa.address, sa.port_value)
@@ -136,6 +141,8 @@ class DynamicConfig:
         self.cla: dict[str, Resource] = {}
         self.runtime: dict[str, Resource] = {}
         self.secrets: dict[str, Resource] = {}
+        self._sds_started: list[str] = []   # secret names in subscription order
+        self._secret_seen: dict[str, bytes] = {}   # name -> last content offered
         self.dns_endpoints: dict[str, list] = {}
         self._dns_greenlets: dict[str, gevent.Greenlet] = {}
         self.versions: dict[str, str] = {}          # type_url -> last accepted version_info
@@ -258,7 +265,10 @@ class DynamicConfig:
         cls = R.MESSAGES[t]
         res = {n: Resource(cls.FromString(b), v or msg["version"], now)
                for n, (v, b) in msg["resources"].items()}
-        prefixes = self._prefixes(t, list(res) or None)
+        # every SDS subscription of a state-of-the-world stream counts each response of its
+        # type, whether or not it holds that secret (Envoy's watch map)
+        names = sorted(set(res) | set(msg.get("watched") or ())) if t == R.SECRET else list(res)
+        prefixes = self._prefixes(t, names or None)
         for p in prefixes:
             self._count(p, "update_attempt")
         try:
@@ -268,21 +278,21 @@ class DynamicConfig:
                 self._apply_clusters(res, msg["removed"], msg["full_state"])
             else:
                 table = self._table(t)
-                if t == R.SECRET:
-                    self._count_rotations(res)
+                changed = self._changed_secrets(res) if t == R.SECRET else res
                 for name in msg["removed"]:
                     if t != R.ROUTE:   # a removed route config keeps serving (see report)
                         table.pop(name, None)
-                for name, r in res.items():
-                    cur = table.get(name)
-                    # an unchanged secret keeps its version and time (Envoy compares hashes)
-                    table[name] = cur if t == R.SECRET and cur is not None and cur.msg == r.msg else r
+                table.update(changed)
+                if t == R.SECRET:
+                    self._count_rotations(changed)
         except Refused as e:
+            if t == R.SECRET:
+                self._count_before_failure(names, getattr(e, "secrets", ()))
             for p in prefixes:
                 self._count(p, "update_rejected")
             self.log.warning("xds_refused", type_url=t, version=msg["version"], error=str(e))
             return str(e)
-        for p in self._prefixes(t, list(res) or None):
+        for p in prefixes:
             self._count(p, "update_success")
             self.m.stats.gauge(p + "version").set(version_hash(msg["version"]))
             if t == R.SECRET:
@@ -577,16 +587,21 @@ class DynamicConfig:
         out: dict = {}
         for msg in list(self._all_listeners()) + list(self._all_clusters()):
             for name, source in sds_refs(msg):
-                if name not in out.get(_src(source), ((),))[0]:
-                    self._sds_stats(name)
+                if name not in self._sds_started:
+                    self._sds_started.append(name)
+                    self._sds_stats(name, counts_start=not source.HasField("path_config_source"))
                 out.setdefault(_src(source), (set(), fetch_timeout(source)))[0].add(name)
         return out
 
-    def _sds_stats(self, name: str) -> None:
+    def _sds_stats(self, name: str, counts_start: bool) -> None:
+        """A secret's stats, at its first subscription: Envoy's gRPC subscription counts
+        an update_attempt when it starts (a watched file does not)."""
         s, p = self.m.stats, "sds.%s." % name
         for n in ("update_attempt", "update_success", "update_rejected", "update_failure",
                   "init_fetch_timeout", "key_rotation_failed"):
             s.counter(p + n)
+        if counts_start:
+            s.counter(p + "update_attempt").inc()
         s.gauge(p + "version")
         s.gauge(p + "update_time")
 
@@ -594,10 +609,37 @@ class DynamicConfig:
         return {R.LISTENER: self.listeners, R.CLUSTER: self.clusters, R.ROUTE: self.routes,
                 R.ENDPOINT: self.cla, R.RUNTIME: self.runtime, R.SECRET: self.secrets}[type_url]
 
-    def _count_rotations(self, res: dict) -> None:
-        """`ssl_context_update_by_sds` of every TLS context (listener or cluster) that
-        names a secret whose content this update changes."""
-        changed = {n for n, r in res.items() if n not in self.secrets or self.secrets[n].msg != r.msg}
+    def _changed_secrets(self, res: dict) -> dict:
+        """The secrets of an update whose content changed, loaded; raises Refused when one
+        does not load. As Envoy's SdsApi, the content's hash is kept before it is loaded:
+        an unchanged one (even one that failed before) keeps what serves, its version
+        and time, and is no rotation."""
+        changed = {}
+        for n, r in res.items():
+            raw = r.msg.SerializeToString(deterministic=True)
+            if self._secret_seen.get(n) != raw:
+                changed[n] = r
+            self._secret_seen[n] = raw
+        errors = ["sds '%s': %s" % (n, reason) for n, r in sorted(changed.items())
+                  for _p, reason in tls_problems(r.msg)]
+        if errors:
+            e = Refused("; ".join(errors))
+            e.secrets = {n for n, r in changed.items() if tls_problems(r.msg)}
+            raise e
+        return changed
+
+    def _count_before_failure(self, names, failed) -> None:
+        """Envoy hands a response to its SDS subscriptions newest first: those before the
+        one whose secret fails to load have counted a success before the whole response
+        is rejected."""
+        for n in reversed(self._sds_started):
+            if n in failed:
+                return
+            if n in names:
+                self._count("sds.%s." % n, "update_attempt")
+                self._count("sds.%s." % n, "update_success")
+
+    def _count_rotations(self, changed: dict) -> None:
         if not changed:
             return
         lsts = {lst.name: lst for lst in self.bs.static_resources.listeners}

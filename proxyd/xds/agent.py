@@ -16,7 +16,8 @@ Master -> agent (ipc.Channel frames):
 Agent -> master:
   {"kind": "update", "id", "type_url", "version", "resources": {name: (version, bytes)},
    "removed": [...], "full_state": bool}
-  {"kind": "rejected", "type_url", "error"}   (NACKed here; the master counts it)
+  {"kind": "rejected", "type_url", "error", "resource": (name, bytes)|None}
+                                              (NACKed here; the master counts it)
   {"kind": "failed", "type_url", "error"}     (a REST fetch failed; the master counts it)
   {"kind": "connected", "stream", "up": bool, "type_urls": [...]}
 """
@@ -166,7 +167,8 @@ class Stream:
             self.log.warning("xds_update_rejected", type_url=resp.type_url,
                              error=nack.error_detail.message)
             self.agent.send({"kind": "rejected", "type_url": resp.type_url,
-                             "error": nack.error_detail.message})
+                             "error": nack.error_detail.message,
+                             "resource": self.session.last_invalid})
             self.q.put(nack)
             return
         if update is None:
@@ -368,7 +370,7 @@ class Agent:
             box = self._waiting[rid] = [threading.Event(), None]
         self.send({"kind": "update", "id": rid, "type_url": update.type_url,
                    "version": update.version, "full_state": update.full_state,
-                   "removed": list(update.removed),
+                   "removed": list(update.removed), "watched": list(update.watched),
                    "resources": {n: (v, m.SerializeToString()) for n, (v, m) in
                                  update.resources.items()}})
         box[0].wait()

@@ -29,10 +29,16 @@ class Update:
     resources: dict = field(default_factory=dict)  # name -> (resource version, message)
     removed: list = field(default_factory=list)    # names deleted (delta)
     full_state: bool = False                       # SotW LDS/CDS: absent names are deleted
+    watched: list = field(default_factory=list)    # SotW by name: every name subscribed
 
 
 class Invalid(Exception):
-    """A response that must be NACKed; the message becomes error_detail.message."""
+    """A response that must be NACKed; the message becomes error_detail.message.
+    `resource`: (name, serialized message) of the resource that failed validation."""
+
+    def __init__(self, message: str, resource=None):
+        super().__init__(message)
+        self.resource = resource
 
 
 def default_validate(type_url: str, name: str, msg) -> list[str]:
@@ -57,7 +63,7 @@ def decode(type_url: str, any_msg, validate) -> tuple[str, object]:
         raise Invalid("a %s resource has no name" % R.SHORT[type_url])
     errors = validate(type_url, name, msg) if validate else []
     if errors:
-        raise Invalid("; ".join(errors))
+        raise Invalid("; ".join(errors), (name, msg.SerializeToString(deterministic=True)))
     return name, msg
 
 
@@ -86,6 +92,7 @@ class Session:
         self.validate = validate
         self.types: dict[str, TypeState] = {}
         self._node_sent = False
+        self.last_invalid = None   # Invalid.resource of the last response NACKed here
 
     # --- subscriptions --------------------------------------------------------------
     def subscribe(self, type_url: str, names=None, version: str = "", versions=None) -> list:
@@ -163,12 +170,14 @@ class Session:
         try:
             update = self._delta_update(st, resp) if self.delta else self._sotw_update(st, resp)
         except Invalid as e:
+            self.last_invalid = e.resource
             return None, self._nack(st, resp.nonce, str(e))
         return update, None
 
     def _sotw_update(self, st: TypeState, resp) -> Update:
         update = Update(resp.type_url, resp.version_info, resp.nonce,
-                        full_state=resp.type_url in R.WILDCARD)
+                        full_state=resp.type_url in R.WILDCARD,
+                        watched=[] if st.wildcard else sorted(st.names))
         for any_msg in resp.resources:
             name, msg = decode(resp.type_url, any_msg, self.validate)
             if name in update.resources:

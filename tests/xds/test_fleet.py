@@ -7,6 +7,13 @@ resyncs; the control plane goes away and comes back. proxyd's NACKs and stats ar
 against Envoy's."""
 from __future__ import annotations
 
+import http.client
+import json
+import os
+import ssl
+import sys
+import urllib.request
+
 import pytest
 
 import harness as H
@@ -15,6 +22,9 @@ import xds_builders as B
 from envoy.extensions.filters.http.router.v3 import router_pb2
 from go_xds_server import GoXdsServer, binary, wait
 from proxyd.xds import resources as R
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "tls"))
+from certs import CA, cn_of  # noqa: E402
 
 pytestmark = pytest.mark.timeout(150)
 
@@ -38,6 +48,7 @@ class Node:
     def __init__(self, name, kind, api_type, tmp_path, xds_port):
         self.name, self.kind, self.api_type = name, kind, api_type
         self.port, self.admin = H.free_port(), H.free_port()
+        self.port2 = H.free_port()
         self.dir = tmp_path / name
         self.dir.mkdir()
         self.cfg = bootstrap(name, xds_port, self.admin, api_type)
@@ -220,3 +231,153 @@ def test_fleet_under_go_control_plane(fleet):
              what="%s reconnected" % n.name)
         wait(lambda: acked(server, n, R.CLUSTER, "4"), timeout=40, what="%s resynced" % n.name)
         assert served_by(n, "u1"), n.name
+
+
+# --- SDS: secrets pushed by the control plane -------------------------------------------
+
+def sds_resources(node: Node, version: str, ups: dict, secrets: dict, second=False,
+                  sds_version=None) -> dict:
+    """l1 (and with `second` l2) terminate TLS with SDS secrets fetched over ADS;
+    `secrets`: {name: (cert PEM, key PEM)} in the snapshot."""
+    lsts = [B.with_sds_tls(B.listener("l1", node.port, rds="r1"), "server_cert")]
+    if second:
+        lsts.append(B.with_sds_tls(B.listener("l2", node.port2, rds="r1", stat_prefix="ingress2"),
+                                   "cert2"))
+    return {R.CLUSTER: (version, [B.eds_cluster("svc")]),
+            R.ENDPOINT: (version, [B.cla("svc", [ups["svc"].address])]),
+            R.LISTENER: (version, lsts),
+            R.ROUTE: (version, [B.route_config("r1", cluster="svc")]),
+            R.SECRET: (sds_version or version,
+                       [B.secret(n, c, k) for n, (c, k) in sorted(secrets.items())])}
+
+
+def https(port) -> http.client.HTTPSConnection:
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=5,
+                                       context=ssl._create_unverified_context())
+    conn.connect()
+    return conn
+
+
+def https_get(conn) -> tuple[int, str | None]:
+    """(status, Connection header) of GET / on an open connection; the body must be u1's."""
+    conn.request("GET", "/", headers={"Host": "example.com"})
+    r = conn.getresponse()
+    body = r.read()
+    assert b"u1" in body, body
+    return r.status, r.getheader("connection")
+
+
+def served_cn(port) -> str:
+    conn = https(port)
+    try:
+        assert https_get(conn)[0] == 200
+        return cn_of(conn.sock.getpeercert(binary_form=True))
+    finally:
+        conn.close()
+
+
+def sds_stats(node: Node) -> dict:
+    """sds.* counters and every listener's server_ssl_socket_factory counters, by listener
+    name (the addresses differ between nodes)."""
+    st = node.stats()
+    out = {k: v for k, v in st.items() if k.startswith("sds.") and
+           not k.endswith(("update_time", ".version"))}
+    for lname, port in (("l1", node.port), ("l2", node.port2)):
+        p = "listener.127.0.0.1_%d.server_ssl_socket_factory." % port
+        out.update({lname + "." + k[len(p):]: v for k, v in st.items() if k.startswith(p)})
+    return out
+
+
+def secrets_dump(node: Node) -> dict:
+    with urllib.request.urlopen("http://127.0.0.1:%d/config_dump" % node.admin, timeout=5) as r:
+        dump = json.load(r)
+    return [c for c in dump["configs"] if c["@type"].endswith("SecretsConfigDump")][0]
+
+
+def test_sds_secrets_from_go_control_plane(fleet, tmp_path):
+    state, nodes, ups = fleet
+    server = state["server"]
+    proxyds = [n for n in nodes if n.kind == "proxyd"]
+    envoy = [n for n in nodes if n.kind == "envoy"][0]
+    ca = CA(tmp_path)
+    pem = {}
+    for stem in ("a", "b", "c"):
+        crt, key = ca.issue(stem, ["%s.sds.test" % stem])
+        pem[stem] = (crt.read_bytes(), key.read_bytes())
+
+    def publish_sds(version, secrets, second=False, sds_version=None):
+        for n in nodes:
+            server.set_snapshot(n.name, sds_resources(n, version, ups, secrets, second, sds_version))
+
+    # v1: l1 with secret server_cert (a); every node serves a.sds.test
+    publish_sds("1", {"server_cert": pem["a"]})
+    for n in nodes:
+        n.start()
+    for n in proxyds:
+        n.proc.wait_live(timeout=30)
+    for n in nodes:
+        wait(lambda: served_cn(n.port) == "a.sds.test", what="%s serves secret v1" % n.name)
+        wait(lambda: acked(server, n, R.SECRET, "1"), what="%s ACKs SDS v1" % n.name)
+    held = {n.name: https(n.port) for n in nodes}
+    for n in nodes:
+        assert https_get(held[n.name]) == (200, None), n.name
+
+    # v2: l2 names cert2, which the control plane does not have: l2 warms on every node.
+    # The secrets keep version 1, so no node hears of SDS before v3 (Envoy counts an SDS
+    # response for every secret subscribed when it lands: no race with l2's subscription).
+    publish_sds("2", {"server_cert": pem["a"]}, second=True, sds_version="1")
+    for n in nodes:
+        wait(lambda: n.stats().get("listener_manager.total_listeners_warming") == 1,
+             what="%s warms l2" % n.name)
+        assert served_cn(n.port) == "a.sds.test", n.name
+    # v3: cert2 arrives: l2 serves b.sds.test
+    publish_sds("3", {"server_cert": pem["a"], "cert2": pem["b"]}, second=True)
+    for n in nodes:
+        wait(lambda: n.stats().get("listener_manager.total_listeners_warming") == 0,
+             what="%s l2 active" % n.name)
+        wait(lambda: served_cn(n.port2) == "b.sds.test", what="%s l2 serves cert2" % n.name)
+
+    # v4 rotates server_cert to c: new connections get c, the held one goes on undrained
+    publish_sds("4", {"server_cert": pem["c"], "cert2": pem["b"]}, second=True)
+    for n in nodes:
+        wait(lambda: served_cn(n.port) == "c.sds.test", what="%s rotated server_cert" % n.name)
+        assert https_get(held[n.name]) == (200, None), n.name
+        assert cn_of(held[n.name].sock.getpeercert(binary_form=True)) == "a.sds.test"
+        assert served_cn(n.port2) == "b.sds.test", n.name
+    for n in nodes:
+        wait(lambda: acked(server, n, R.SECRET, "4"), what="%s ACKs SDS v4" % n.name)
+    got = {n.name: sds_stats(n) for n in nodes}
+    assert got["proxyd-a"] == got[envoy.name], got
+    assert got["proxyd-a"]["l1.ssl_context_update_by_sds"] == 2, got
+
+    # v5: a server_cert that does not load is NACKed by every node; c keeps serving
+    mark = len(server.requests())
+    before = {n.name: n.stats() for n in nodes}
+    publish_sds("5", {"server_cert": (b"not a certificate", b"not a key"), "cert2": pem["b"]},
+                second=True)
+    for n in nodes:
+        got_nack = wait(lambda: nacks(server, n, R.SECRET, mark), what="%s NACKs SDS v5" % n.name)
+        assert got_nack[0]["error"], (n.name, got_nack[0])
+        wait(lambda: n.stats()["sds.server_cert.update_rejected"]
+             > before[n.name]["sds.server_cert.update_rejected"], what="%s sds rejected" % n.name)
+        assert served_cn(n.port) == "c.sds.test", n.name
+        assert https_get(held[n.name]) == (200, None), n.name
+    publish_sds("6", {"server_cert": pem["c"], "cert2": pem["b"]}, second=True)
+    for n in nodes:
+        wait(lambda: acked(server, n, R.SECRET, "6", mark), what="%s ACKs SDS v6" % n.name)
+        assert served_cn(n.port) == "c.sds.test", n.name
+
+    # /config_dump: the same dynamic secrets, versions and redaction on proxyd and Envoy
+    def shape(node):
+        d = secrets_dump(node)
+        return sorted((s["name"], s.get("version_info"),
+                       s["secret"]["tls_certificate"]["certificate_chain"],
+                       s["secret"]["tls_certificate"]["private_key"])
+                      for s in d.get("dynamic_active_secrets", []))
+    got = {n.name: sds_stats(n) for n in nodes}
+    assert got["proxyd-a"] == got[envoy.name], got
+    assert [s[:2] for s in shape(proxyds[0])] == [s[:2] for s in shape(envoy)]
+    assert shape(proxyds[0]) == shape(envoy)
+    assert shape(proxyds[1])[0][3] == shape(envoy)[0][3]   # the key is redacted alike
+    for conn in held.values():
+        conn.close()
