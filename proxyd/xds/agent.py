@@ -15,9 +15,8 @@ Master -> agent (ipc.Channel frames):
   {"kind": "verdict", "id", "error": str|None}
 Agent -> master:
   {"kind": "update", "id", "type_url", "version", "resources": {name: (version, bytes)},
-   "removed": [...], "full_state": bool}
-  {"kind": "rejected", "type_url", "error", "resource": (name, bytes)|None}
-                                              (NACKed here; the master counts it)
+   "removed": [...], "full_state": bool, "watched": [names subscribed] (SotW by name)}
+  {"kind": "rejected", "type_url", "error"}   (NACKed here; the master counts it)
   {"kind": "failed", "type_url", "error"}     (a REST fetch failed; the master counts it)
   {"kind": "connected", "stream", "up": bool, "type_urls": [...]}
 """
@@ -167,8 +166,7 @@ class Stream:
             self.log.warning("xds_update_rejected", type_url=resp.type_url,
                              error=nack.error_detail.message)
             self.agent.send({"kind": "rejected", "type_url": resp.type_url,
-                             "error": nack.error_detail.message,
-                             "resource": self.session.last_invalid})
+                             "error": nack.error_detail.message})
             self.q.put(nack)
             return
         if update is None:

@@ -33,12 +33,7 @@ class Update:
 
 
 class Invalid(Exception):
-    """A response that must be NACKed; the message becomes error_detail.message.
-    `resource`: (name, serialized message) of the resource that failed validation."""
-
-    def __init__(self, message: str, resource=None):
-        super().__init__(message)
-        self.resource = resource
+    """A response that must be NACKed; the message becomes error_detail.message."""
 
 
 def default_validate(type_url: str, name: str, msg) -> list[str]:
@@ -63,7 +58,7 @@ def decode(type_url: str, any_msg, validate) -> tuple[str, object]:
         raise Invalid("a %s resource has no name" % R.SHORT[type_url])
     errors = validate(type_url, name, msg) if validate else []
     if errors:
-        raise Invalid("; ".join(errors), (name, msg.SerializeToString(deterministic=True)))
+        raise Invalid("; ".join(errors))
     return name, msg
 
 
@@ -92,7 +87,6 @@ class Session:
         self.validate = validate
         self.types: dict[str, TypeState] = {}
         self._node_sent = False
-        self.last_invalid = None   # Invalid.resource of the last response NACKed here
 
     # --- subscriptions --------------------------------------------------------------
     def subscribe(self, type_url: str, names=None, version: str = "", versions=None) -> list:
@@ -170,7 +164,6 @@ class Session:
         try:
             update = self._delta_update(st, resp) if self.delta else self._sotw_update(st, resp)
         except Invalid as e:
-            self.last_invalid = e.resource
             return None, self._nack(st, resp.nonce, str(e))
         return update, None
 

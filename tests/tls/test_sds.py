@@ -222,3 +222,62 @@ def test_unknown_static_secret_and_missing_node_are_config_errors(pki, tmp_path)
     assert any(needle in e for e in errors), errors
     env = real_envoy.validate(write_config(tmp_path, cfg, "envoy.yaml"))
     assert needle in env.stdout + env.stderr
+
+
+def test_secret_that_never_comes_refuses_handshakes_like_envoy(pki, tmp_path):
+    """sds_config over gRPC to a control plane that is not there, initial_fetch_timeout 1 s:
+    the server goes LIVE without the secret, and each handshake on the listener is refused
+    and counted as downstream_context_secrets_not_ready, as Envoy does."""
+    if real_envoy.unusable_reason():
+        pytest.skip(real_envoy.unusable_reason())
+    from harness import closed_port
+    src = {"api_config_source": {"api_type": "GRPC", "transport_api_version": "V3",
+                                 "grpc_services": [{"envoy_grpc": {"cluster_name": "sds"}}]},
+           "resource_api_version": "V3", "initial_fetch_timeout": "1s"}
+    nodes = {}
+    for kind in ("proxyd", "envoy"):
+        admin, port = free_port(), free_port()
+        cfg = {"node": {"id": "n1", "cluster": "c1"},
+               "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}},
+               "static_resources": {
+                   "listeners": [_tls_listener("nosecret", port, {"name": "never", "sds_config": src})],
+                   "clusters": [{
+                       "name": "sds", "type": "STATIC", "connect_timeout": "1s",
+                       "typed_extension_protocol_options": {
+                           "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
+                               "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3."
+                                        "HttpProtocolOptions",
+                               "explicit_http_config": {"http2_protocol_options": {}}}},
+                       "load_assignment": {"cluster_name": "sds", "endpoints": [{"lb_endpoints": [
+                           {"endpoint": {"address": {"socket_address": {
+                               "address": "127.0.0.1", "port_value": closed_port()}}}}]}]}}]}}
+        d = tmp_path / kind
+        d.mkdir()
+        nodes[kind] = {"admin": admin, "port": port, "dir": d, "cfg": cfg}
+    px = Proxyd(write_config(nodes["proxyd"]["dir"], nodes["proxyd"]["cfg"]))
+    env = real_envoy.Envoy.of(nodes["envoy"]["cfg"], nodes["envoy"]["dir"], nodes["envoy"]["admin"])
+    try:
+        px.start(timeout=30)
+        env.start(timeout=30)
+        for kind, n in nodes.items():
+            for _ in range(2):
+                with pytest.raises((ssl.SSLError, OSError)):
+                    served_cn(n["port"])
+        got = {}
+        for kind, n in nodes.items():
+            p = "listener.127.0.0.1_%d.server_ssl_socket_factory." % n["port"]
+            wait(lambda: real_envoy.admin_stats(n["admin"]).get(
+                p + "downstream_context_secrets_not_ready") == 2, what="%s not ready x2" % kind)
+            st = real_envoy.admin_stats(n["admin"])
+            got[kind] = {k.replace(p, "listener."): v for k, v in st.items()
+                         if k.startswith((p, "sds.never.")) and
+                         not k.endswith(("update_time", ".version", "update_attempt",
+                                         "update_failure")) and
+                         # Envoy's per-subscription gRPC mux gauges: proxyd has only the
+                         # global control_plane.connected_state
+                         ".control_plane." not in k}
+        assert got["proxyd"] == got["envoy"], got
+        assert got["proxyd"]["sds.never.init_fetch_timeout"] == 1
+    finally:
+        px.cleanup()
+        env.cleanup()
