@@ -281,3 +281,87 @@ def test_secret_that_never_comes_refuses_handshakes_like_envoy(pki, tmp_path):
     finally:
         px.cleanup()
         env.cleanup()
+
+
+class _TlsUpstream:
+    """A TLS HTTP/1.1 server that closes each connection after its response (so every
+    request through proxyd makes a new upstream handshake)."""
+
+    def __init__(self, cert, key):
+        import http.server
+        import threading
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def do_GET(self):
+                self.send_response(200)
+                self.send_header("content-length", "2")
+                self.send_header("connection", "close")
+                self.end_headers()
+                self.wfile.write(b"up")
+                self.close_connection = True
+
+            def log_message(self, *a):
+                pass
+
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        ctx.load_cert_chain(cert, key)
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.socket = ctx.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def stop(self):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_upstream_validation_context_from_sds_rotates(pki, tmp_path):
+    """A cluster's UpstreamTlsContext takes its trusted CA from a watched SDS file: the
+    cluster warms until it is read, a CA that does not sign the upstream's certificate
+    fails new handshakes (503), the right one again succeeds; each change is one
+    client_ssl_socket_factory.ssl_context_update_by_sds."""
+    from certs import CA as _CA
+    from harness import bootstrap, cluster, http, listener
+    up = _TlsUpstream(*pki.up)
+    other = _CA(tmp_path, "other CA")
+    sds_file = tmp_path / "ca.json"
+
+    def write_ca(ca_path):
+        tmp = str(sds_file) + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"resources": [{"@type": SECRET, "name": "upstream_ca", "validation_context": {
+                "trusted_ca": {"filename": str(ca_path)}}}]}, f)
+        os.replace(tmp, sds_file)
+
+    write_ca(pki.ca_path)
+    port = free_port()
+    tls = {"name": "envoy.transport_sockets.tls", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext",
+        "sni": "upstream.test",
+        "common_tls_context": {"validation_context_sds_secret_config": {
+            "name": "upstream_ca",
+            "sds_config": {"path_config_source": {"path": str(sds_file)},
+                           "resource_api_version": "V3"}}}}}
+    cfg = bootstrap([listener(port)], [cluster("upstream", [("127.0.0.1", up.port)],
+                                               transport_socket=tls)])
+    cfg["node"] = {"id": "n1", "cluster": "c1"}
+    px = Proxyd(write_config(tmp_path, cfg))
+    try:
+        px.start(timeout=30)
+        from tlsutil import stats
+        f = "cluster.upstream.client_ssl_socket_factory."
+        assert http(port).status == 200
+        assert stats(px)[f + "ssl_context_update_by_sds"] == 1
+        write_ca(other.cert_path)
+        wait(lambda: http(port).status == 503, what="unrelated CA refuses the upstream")
+        s = stats(px)
+        assert s[f + "ssl_context_update_by_sds"] == 2 and s["cluster.upstream.ssl.connection_error"] >= 1
+        write_ca(pki.ca_path)
+        wait(lambda: http(port).status == 200, what="the right CA again")
+        assert stats(px)[f + "ssl_context_update_by_sds"] == 3
+        assert stats(px)["sds.upstream_ca.update_success"] == 3
+    finally:
+        px.cleanup()
+        up.stop()
