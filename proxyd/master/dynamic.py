@@ -845,7 +845,9 @@ class DynamicConfig:
         es = cd.EndpointsConfigDump()
         for name in sorted(self.cla):
             r = self.cla[name]
-            e = es.dynamic_endpoint_configs.add(version_info=r.version, last_updated=stamp_of(r.updated))
+            # Envoy 1.40 leaves version_info empty here (its EDS dump is the cluster's
+            # load assignment, not the resource received)
+            e = es.dynamic_endpoint_configs.add(last_updated=stamp_of(r.updated))
             e.endpoint_config.Pack(r.msg)
         return [ls, cs, rs, es, self.secrets_dump(stamp_of)]
 

@@ -137,6 +137,57 @@ def fleet(tmp_path):
             u.stop()
 
 
+def config_dump(node: Node, query: str = "") -> dict:
+    with urllib.request.urlopen("http://127.0.0.1:%d/config_dump%s" % (node.admin, query),
+                                timeout=5) as r:
+        return {c["@type"].rsplit(".", 1)[1]: c for c in json.load(r)["configs"]}
+
+
+
+def common(a, b, path=""):
+    """The parts of two JSON values that both show: dicts cut to their shared keys, lists
+    pairwise; (projection of a, projection of b, [keys only one side has])."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        keys = sorted(set(a) & set(b))
+        only = ["%s.%s (%s)" % (path, k, "proxyd" if k in a else "envoy") for k in set(a) ^ set(b)]
+        pa, pb = {}, {}
+        for k in keys:
+            x, y, o = common(a[k], b[k], path + "." + k)
+            pa[k], pb[k] = x, y
+            only += o
+        return pa, pb, only
+    if isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+        out_a, out_b, only = [], [], []
+        for i, (x, y) in enumerate(zip(a, b)):
+            x, y, o = common(x, y, "%s[%d]" % (path, i))
+            out_a.append(x)
+            out_b.append(y)
+            only += o
+        return out_a, out_b, only
+    return a, b, []
+
+
+def dynamic_shape(dump: dict, versions: bool = True) -> dict:
+    """Per section, the dynamic resources as both dump them, with what differs between
+    nodes by construction (listener ports, update times) taken out."""
+    out = {}
+    for section, key, res in (("ClustersConfigDump", "dynamic_active_clusters", "cluster"),
+                              ("ListenersConfigDump", "dynamic_listeners", None),
+                              ("RoutesConfigDump", "dynamic_route_configs", "route_config"),
+                              ("EndpointsConfigDump", "dynamic_endpoint_configs", "endpoint_config")):
+        items = json.loads(json.dumps(dump.get(section, {}).get(key, [])))
+        for item in items:
+            for st in (item, item.get("active_state") or {}):
+                st.pop("last_updated", None)
+                if not versions:
+                    st.pop("version_info", None)
+            lst = (item.get("active_state") or {}).get("listener")
+            if lst:
+                lst["address"]["socket_address"].pop("port_value", None)
+        out[section] = items
+    return out
+
+
 def publish(server, nodes, version, ups, **kw):
     for n in nodes:
         server.set_snapshot(n.name, resources(n, version, ups, **kw))
@@ -203,6 +254,18 @@ def test_fleet_under_go_control_plane(fleet):
             sent = len(nacks(server, n, t, bad_mark))
             wait(lambda: n.stats()[stat] - before[n.name][stat] == sent,
                  what="%s %s == its %d NACKs (%d)" % (n.name, stat, sent, n.stats()[stat]))
+
+    # /config_dump: the resources delivered, as proxyd and Envoy both show them (Envoy's
+    # EDS dump adds the defaults it filled in; a delta node's versions are per resource)
+    dumps = {n.name: dynamic_shape(config_dump(n, "?include_eds"), versions=not n.delta)
+             for n in nodes}
+    for n in proxyds:
+        for section in dumps[n.name]:
+            a, b, only = common(dumps[n.name][section], dumps["envoy-0"][section], section)
+            assert a == b, (n.name, section, a, b)
+            assert [o for o in only if o.endswith("(proxyd)")] == [], (n.name, only)
+            assert len(a) == {"ClustersConfigDump": 2, "ListenersConfigDump": 1,
+                              "RoutesConfigDump": 1, "EndpointsConfigDump": 2}[section], (n.name, a)
 
     # A proxyd restarted from cold resyncs: it asks from version "" and ACKs v4.
     a = proxyds[0]
