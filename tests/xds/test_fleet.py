@@ -12,6 +12,8 @@ import json
 import os
 import ssl
 import sys
+import threading
+import time
 import urllib.request
 
 import pytest
@@ -19,7 +21,9 @@ import pytest
 import harness as H
 import real_envoy
 import xds_builders as B
+from envoy.config.route.v3 import route_pb2
 from envoy.extensions.filters.http.router.v3 import router_pb2
+from google.protobuf import json_format
 from go_xds_server import GoXdsServer, binary, wait
 from proxyd.xds import resources as R
 
@@ -188,6 +192,39 @@ def dynamic_shape(dump: dict, versions: bool = True) -> dict:
     return out
 
 
+class Trickle(threading.Thread):
+    """An upstream answering one request with a chunked body, 1000 bytes every 0.1 s,
+    until `release` is set."""
+
+    def __init__(self):
+        import socket
+        super().__init__(daemon=True)
+        self.lsock = socket.create_server(("127.0.0.1", 0))
+        self.port = self.lsock.getsockname()[1]
+        self.release = threading.Event()
+        self.sent = 0
+        self.start()
+
+    def body(self) -> bytes:
+        return (b"0123456789abcdef" * (self.sent // 16 + 1))[:self.sent]
+
+    def run(self):
+        conn, _ = self.lsock.accept()
+        with conn:
+            f = conn.makefile("rb")
+            while f.readline() not in (b"\r\n", b""):
+                pass
+            conn.sendall(b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n")
+            while not self.release.is_set():
+                data = (b"0123456789abcdef" * ((self.sent + 1000) // 16 + 1))[self.sent:self.sent + 1000]
+                conn.sendall(b"%x\r\n%s\r\n" % (len(data), data))
+                self.sent += len(data)
+                time.sleep(0.1)
+            conn.sendall(b"0\r\n\r\n")
+            f.close()
+        self.lsock.close()
+
+
 def publish(server, nodes, version, ups, **kw):
     for n in nodes:
         server.set_snapshot(n.name, resources(n, version, ups, **kw))
@@ -294,6 +331,40 @@ def test_fleet_under_go_control_plane(fleet):
              what="%s reconnected" % n.name)
         wait(lambda: acked(server, n, R.CLUSTER, "4"), timeout=40, what="%s resynced" % n.name)
         assert served_by(n, "u1"), n.name
+
+    # v5 adds a route /stream to a cluster whose one host trickles a response until told
+    # to finish. A hot restart (`proxyd reload`) of the delta node while it streams: the
+    # stream completes from the old master; the new one resyncs on its own xDS stream.
+    trickle = Trickle()
+    b = proxyds[1]
+    v5 = {R.CLUSTER: ("5", [B.eds_cluster(c) for c in ("svc", "svc2", "trickle")]),
+          R.ENDPOINT: ("5", [B.cla(c, [ups[c].address]) for c in ("svc", "svc2")]
+                       + [B.cla("trickle", [("127.0.0.1", trickle.port)])]),
+          R.LISTENER: ("5", [B.listener("l1", b.port, rds="r1")]),
+          R.ROUTE: ("5", [json_format.ParseDict({"name": "r1", "virtual_hosts": [{
+              "name": "vh", "domains": ["*"], "routes": [
+                  {"match": {"prefix": "/stream"}, "route": {"cluster": "trickle"}},
+                  {"match": {"prefix": "/"}, "route": {"cluster": "svc"}}]}]},
+              route_pb2.RouteConfiguration())])}
+    mark = len(server.requests())
+    server.set_snapshot(b.name, v5)
+    wait(lambda: acked(server, b, R.ROUTE, "5", mark), what="delta node ACKs v5")
+    conn = H.Conn(b.port, timeout=60)
+    conn.request("GET", "/stream", read=False)
+    got = {}
+    reader = threading.Thread(target=lambda: got.update(resp=conn.read_response()), daemon=True)
+    reader.start()
+    wait(lambda: trickle.sent > 0, what="the stream started")
+    mark = len(server.requests())
+    r = H.run_cli("reload", "--runtime-dir", b.proc.runtime_dir, timeout=60)
+    assert r.returncode == 0, (r.stdout, r.stderr)
+    wait(lambda: acked(server, b, R.ROUTE, "5", mark), what="the new master resyncs v5")
+    wait(lambda: served_by(b, "u1"), what="the new master serves")
+    assert "resp" not in got and trickle.sent > 0
+    trickle.release.set()
+    reader.join(30)
+    assert got["resp"].status == 200 and got["resp"].body == trickle.body(), got
+    conn.close()
 
 
 # --- SDS: secrets pushed by the control plane -------------------------------------------
