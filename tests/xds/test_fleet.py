@@ -374,15 +374,18 @@ def sds_resources(node: Node, version: str, ups: dict, secrets: dict, second=Fal
     """l1 (and with `second` l2) terminate TLS with SDS secrets fetched over ADS;
     `secrets`: {name: (cert PEM, key PEM)} in the snapshot."""
     lsts = [B.with_sds_tls(B.listener("l1", node.port, rds="r1"), "server_cert")]
-    if second:
+    clusters = [B.eds_cluster("svc")]
+    if second:   # and a cluster whose UpstreamTlsContext trusts the CA of secret upstream_ca
         lsts.append(B.with_sds_tls(B.listener("l2", node.port2, rds="r1", stat_prefix="ingress2"),
                                    "cert2"))
-    return {R.CLUSTER: (version, [B.eds_cluster("svc")]),
+        clusters.append(B.with_sds_ca(B.static_cluster("tlsc", [ups["svc"].address]), "upstream_ca"))
+    return {R.CLUSTER: (version, clusters),
             R.ENDPOINT: (version, [B.cla("svc", [ups["svc"].address])]),
             R.LISTENER: (version, lsts),
             R.ROUTE: (version, [B.route_config("r1", cluster="svc")]),
             R.SECRET: (sds_version or version,
-                       [B.secret(n, c, k) for n, (c, k) in sorted(secrets.items())])}
+                       [B.secret(n, ca_pem=v) if isinstance(v, bytes) else B.secret(n, *v)
+                        for n, v in sorted(secrets.items())])}
 
 
 def https(port) -> http.client.HTTPSConnection:
@@ -416,8 +419,9 @@ def sds_stats(node: Node) -> dict:
     st = node.stats()
     out = {k: v for k, v in st.items() if k.startswith("sds.") and
            not k.endswith(("update_time", ".version"))}
-    for lname, port in (("l1", node.port), ("l2", node.port2)):
-        p = "listener.127.0.0.1_%d.server_ssl_socket_factory." % port
+    for lname, p in (("l1", "listener.127.0.0.1_%d.server_ssl_socket_factory." % node.port),
+                     ("l2", "listener.127.0.0.1_%d.server_ssl_socket_factory." % node.port2),
+                     ("tlsc", "cluster.tlsc.client_ssl_socket_factory.")):
         out.update({lname + "." + k[len(p):]: v for k, v in st.items() if k.startswith(p)})
     return out
 
@@ -438,6 +442,7 @@ def test_sds_secrets_from_go_control_plane(fleet, tmp_path):
     for stem in ("a", "b", "c"):
         crt, key = ca.issue(stem, ["%s.sds.test" % stem])
         pem[stem] = (crt.read_bytes(), key.read_bytes())
+    ca_pem = ca.cert_path.read_bytes()
 
     def publish_sds(version, secrets, second=False, sds_version=None):
         for n in nodes:
@@ -456,23 +461,30 @@ def test_sds_secrets_from_go_control_plane(fleet, tmp_path):
     for n in nodes:
         assert https_get(held[n.name]) == (200, None), n.name
 
-    # v2: l2 names cert2, which the control plane does not have: l2 warms on every node.
+    # v2: l2 names cert2 and cluster tlsc names upstream_ca, which the control plane does
+    # not have: l2 and tlsc warm on every node.
     # The secrets keep version 1, so no node hears of SDS before v3 (Envoy counts an SDS
     # response for every secret subscribed when it lands: no race with l2's subscription).
     publish_sds("2", {"server_cert": pem["a"]}, second=True, sds_version="1")
     for n in nodes:
         wait(lambda: n.stats().get("listener_manager.total_listeners_warming") == 1,
              what="%s warms l2" % n.name)
+        wait(lambda: n.stats().get("cluster_manager.warming_clusters") == 1,
+             what="%s warms tlsc" % n.name)
         assert served_cn(n.port) == "a.sds.test", n.name
     # v3: cert2 arrives: l2 serves b.sds.test
-    publish_sds("3", {"server_cert": pem["a"], "cert2": pem["b"]}, second=True)
+    publish_sds("3", {"server_cert": pem["a"], "cert2": pem["b"], "upstream_ca": ca_pem},
+                second=True)
     for n in nodes:
         wait(lambda: n.stats().get("listener_manager.total_listeners_warming") == 0,
              what="%s l2 active" % n.name)
+        wait(lambda: n.stats().get("cluster_manager.warming_clusters") == 0,
+             what="%s tlsc active" % n.name)
         wait(lambda: served_cn(n.port2) == "b.sds.test", what="%s l2 serves cert2" % n.name)
 
     # v4 rotates server_cert to c: new connections get c, the held one goes on undrained
-    publish_sds("4", {"server_cert": pem["c"], "cert2": pem["b"]}, second=True)
+    publish_sds("4", {"server_cert": pem["c"], "cert2": pem["b"], "upstream_ca": ca_pem},
+                second=True)
     for n in nodes:
         wait(lambda: served_cn(n.port) == "c.sds.test", what="%s rotated server_cert" % n.name)
         assert https_get(held[n.name]) == (200, None), n.name
@@ -487,8 +499,8 @@ def test_sds_secrets_from_go_control_plane(fleet, tmp_path):
     # v5: a server_cert that does not load is NACKed by every node; c keeps serving
     mark = len(server.requests())
     before = {n.name: n.stats() for n in nodes}
-    publish_sds("5", {"server_cert": (b"not a certificate", b"not a key"), "cert2": pem["b"]},
-                second=True)
+    publish_sds("5", {"server_cert": (b"not a certificate", b"not a key"), "cert2": pem["b"],
+                      "upstream_ca": ca_pem}, second=True)
     for n in nodes:
         got_nack = wait(lambda: nacks(server, n, R.SECRET, mark), what="%s NACKs SDS v5" % n.name)
         assert got_nack[0]["error"], (n.name, got_nack[0])
@@ -496,7 +508,8 @@ def test_sds_secrets_from_go_control_plane(fleet, tmp_path):
              > before[n.name]["sds.server_cert.update_rejected"], what="%s sds rejected" % n.name)
         assert served_cn(n.port) == "c.sds.test", n.name
         assert https_get(held[n.name]) == (200, None), n.name
-    publish_sds("6", {"server_cert": pem["c"], "cert2": pem["b"]}, second=True)
+    publish_sds("6", {"server_cert": pem["c"], "cert2": pem["b"], "upstream_ca": ca_pem},
+                second=True)
     for n in nodes:
         wait(lambda: acked(server, n, R.SECRET, "6", mark), what="%s ACKs SDS v6" % n.name)
         assert served_cn(n.port) == "c.sds.test", n.name
@@ -505,13 +518,15 @@ def test_sds_secrets_from_go_control_plane(fleet, tmp_path):
     def shape(node):
         d = secrets_dump(node)
         return sorted((s["name"], s.get("version_info"),
-                       s["secret"]["tls_certificate"]["certificate_chain"],
-                       s["secret"]["tls_certificate"]["private_key"])
+                       s["secret"].get("tls_certificate", {}).get("certificate_chain"),
+                       s["secret"].get("tls_certificate", {}).get("private_key"),
+                       s["secret"].get("validation_context"))
                       for s in d.get("dynamic_active_secrets", []))
     got = {n.name: sds_stats(n) for n in nodes}
     assert got["proxyd-a"] == got[envoy.name], got
     assert [s[:2] for s in shape(proxyds[0])] == [s[:2] for s in shape(envoy)]
     assert shape(proxyds[0]) == shape(envoy)
+    assert len(shape(envoy)) == 3
     assert shape(proxyds[1])[0][3] == shape(envoy)[0][3]   # the key is redacted alike
     for conn in held.values():
         conn.close()

@@ -97,3 +97,17 @@ def with_sds_tls(lst, secret_name: str, ads: bool = True, initial_fetch_timeout_
     ts.name = "envoy.transport_sockets.tls"
     ts.typed_config.Pack(ctx)
     return lst
+
+
+def with_sds_ca(cluster, secret_name: str):
+    """The cluster talks TLS, trusting the CA of SDS secret `secret_name` (over ADS)."""
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+    ctx = tls_pb2.UpstreamTlsContext()
+    ref = ctx.common_tls_context.validation_context_sds_secret_config
+    ref.name = secret_name
+    ref.sds_config.ads.SetInParent()
+    ref.sds_config.resource_api_version = 2
+    ts = cluster.transport_socket
+    ts.name = "envoy.transport_sockets.tls"
+    ts.typed_config.Pack(ctx)
+    return cluster
