@@ -143,6 +143,8 @@ class DynamicConfig:
         self.secrets: dict[str, Resource] = {}
         self._sds_started: list[str] = []   # secret names in subscription order
         self._secret_seen: dict[str, bytes] = {}   # name -> last content offered
+        # name -> (the secret with its files read, [(path, content)] as last read)
+        self._resolved: dict[str, tuple] = {}
         self.dns_endpoints: dict[str, list] = {}
         self._dns_greenlets: dict[str, gevent.Greenlet] = {}
         self.versions: dict[str, str] = {}          # type_url -> last accepted version_info
@@ -198,6 +200,7 @@ class DynamicConfig:
         self.m.load_runtime()
         self._reconcile()
         gevent.spawn(self._close_loop)
+        gevent.spawn(self._watch_secret_files)
 
     def _check_source(self, source, what: str) -> None:
         if source.HasField("ads") and not self.has_ads:
@@ -620,13 +623,61 @@ class DynamicConfig:
             if self._secret_seen.get(n) != raw:
                 changed[n] = r
             self._secret_seen[n] = raw
-        errors = ["sds '%s': %s" % (n, reason) for n, r in sorted(changed.items())
-                  for _p, reason in tls_problems(r.msg)]
+        errors, failed, resolved = [], set(), {}
+        for n, r in sorted(changed.items()):
+            problems = tls_problems(r.msg)
+            if not problems:
+                try:
+                    resolved[n] = S.resolve(r.msg)
+                except ValueError as e:   # TlsConfigError: a file went away meanwhile
+                    problems = [((), str(e))]
+            if problems:
+                failed.add(n)
+                errors += ["sds '%s': %s" % (n, reason) for _p, reason in problems]
         if errors:
             e = Refused("; ".join(errors))
-            e.secrets = {n for n, r in changed.items() if tls_problems(r.msg)}
+            e.secrets = failed
             raise e
+        self._resolved.update(resolved)
         return changed
+
+    def _watch_secret_files(self) -> None:
+        """Key rotation: the files a dynamic secret names are re-read when they change
+        (Envoy watches them); a new content that does not load counts
+        `sds.<name>.key_rotation_failed` and the last good one keeps serving."""
+        while not self.m.stopping:
+            gevent.sleep(0.5)
+            for name, (_cur, files) in list(self._resolved.items()):
+                r = self.secrets.get(name)
+                if r is None or not files:
+                    continue
+                now = {}
+                for path, _c in files:
+                    try:
+                        with open(path, "rb") as f:
+                            now[path] = f.read()
+                    except OSError:
+                        now[path] = None
+                if now == dict(files):
+                    continue
+                # Envoy has a watch per data source: each one whose file changed re-reads
+                moved = sum(1 for path, content in files if now[path] != content)
+                try:
+                    new = S.resolve(r.msg)
+                    ok = not tls_problems(new[0])
+                except ValueError:
+                    ok = False
+                if not ok:
+                    for _ in range(moved):
+                        self._count("sds.%s." % name, "key_rotation_failed")
+                    self._resolved[name] = (self._resolved[name][0],
+                                            [(path, now[path]) for path, _c in files])
+                    self.log.warning("sds_key_rotation_failed", secret=name)
+                    continue
+                self._resolved[name] = new
+                self._count_rotations({name: r})
+                self.log.info("sds_key_rotated", secret=name)
+                self._reconcile()
 
     def _count_before_failure(self, names, failed) -> None:
         """Envoy hands a response to its SDS subscriptions newest first: those before the
@@ -675,8 +726,8 @@ class DynamicConfig:
     # --- the effective config --------------------------------------------------------------
     def _secret(self, kind, ref):
         if ref.HasField("sds_config"):
-            r = self.secrets.get(ref.name)
-            return r.msg if r is not None else None
+            r = self._resolved.get(ref.name) if ref.name in self.secrets else None
+            return r[0] if r is not None else None
         return self.static_secrets.get(ref.name)
 
     def _compose_listener(self, lst):
@@ -868,7 +919,8 @@ class DynamicConfig:
                 continue
             e = out.dynamic_active_secrets.add(name=name, version_info=r.version,
                                                last_updated=stamp_of(r.updated))
-            e.secret.Pack(r.msg)
+            # as Envoy's: the secret as it serves, its files read (keys redacted by admin)
+            e.secret.Pack(self._resolved.get(name, (r.msg,))[0])
         return out
 
 

@@ -20,6 +20,10 @@ form, read by proxyd/transport/tls.py:
 - `validation_context_sds_secret_config` becomes `combined_validation_context` with the
   secret merged into `default_validation_context`; while the secret is missing it stays a
   bare `validation_context_sds_secret_config`.
+
+A dynamic secret is inlined with the files it names read (`resolve`); the master re-reads
+them when they change (key rotation, `sds.<name>.key_rotation_failed`), as Envoy watches
+them. Static secrets are read by workers when a snapshot is applied, as inline contexts.
 """
 from __future__ import annotations
 
@@ -194,3 +198,29 @@ def inline_static(bootstrap):
         for m in new:
             items.add().CopyFrom(m)
     return out
+
+
+def resolve(secret):
+    """(a copy of a Secret with every `filename` data source read into inline_bytes,
+    [(path, content)] one per such data source): what a dynamic secret serves with, and
+    the files to watch for a key rotation (Envoy watches each data source's file and
+    re-reads them on change). Raises TlsConfigError."""
+    from proxyd.transport.tls import read_data_source
+    out = type(secret)()
+    out.CopyFrom(secret)
+    files = []
+    sources = []
+    if out.HasField("tls_certificate"):
+        c = out.tls_certificate
+        sources += [(c, f, ("tls_certificate", f)) for f in ("certificate_chain", "private_key", "password")
+                    if c.HasField(f)]
+    if out.HasField("validation_context") and out.validation_context.HasField("trusted_ca"):
+        sources.append((out.validation_context, "trusted_ca", ("validation_context", "trusted_ca")))
+    for parent, field, path in sources:
+        ds = getattr(parent, field)
+        if ds.WhichOneof("specifier") == "filename":
+            name = ds.filename
+            data = read_data_source(ds, path)
+            files.append((name, data))
+            ds.inline_bytes = data
+    return out, files

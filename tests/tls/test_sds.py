@@ -194,7 +194,10 @@ def test_config_dump_shows_secrets_redacted(pair):
         active = d["dynamic_active_secrets"][0]
         assert active["name"] == "filecert" and "last_updated" in active, kind
         key = active["secret"]["tls_certificate"]["private_key"]
-        assert list(key.values()) in (["[redacted]"], ["W3JlZGFjdGVkXQ=="]), (kind, key)
+        assert key == {"inline_bytes": "W3JlZGFjdGVkXQ=="}, (kind, key)   # "[redacted]"
+    # the files the secret names are shown read, as Envoy shows them
+    assert dumps["proxyd"]["dynamic_active_secrets"][0]["secret"] == \
+        dumps["envoy"]["dynamic_active_secrets"][0]["secret"]
 
 
 def check_errors(tmp_path, cfg) -> list[str]:
@@ -421,3 +424,63 @@ def test_rotation_under_load_drops_no_handshake(pki, tmp_path):
 def stats_of(px):
     from tlsutil import stats
     return stats(px)
+
+
+def test_key_rotation_of_files_a_secret_names_like_envoy(pki, tmp_path):
+    """A watched-file secret whose certificate and key are one PEM file: replacing that
+    file rotates the certificate served (Envoy re-reads the files an SDS secret names);
+    a replacement that does not load counts key_rotation_failed and changes nothing."""
+    if real_envoy.unusable_reason():
+        pytest.skip(real_envoy.unusable_reason())
+    pki.b = pki.ca.issue("b", ["b.example.com"])
+
+    def write_pem(path, cert_key=None):
+        data = b"garbage\n" if cert_key is None else \
+            open(cert_key[0], "rb").read() + open(cert_key[1], "rb").read()
+        tmp = str(path) + ".tmp"
+        with open(tmp, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+
+    nodes = {}
+    for kind in ("proxyd", "envoy"):
+        d = tmp_path / kind
+        d.mkdir()
+        pem = d / "server.pem"
+        write_pem(pem, pki.dflt)
+        sds_file = d / "sds.json"
+        write_secret_file(sds_file, "filecert", (pem, pem))
+        admin, ports = free_port(), [free_port(), free_port()]
+        nodes[kind] = {"admin": admin, "ports": ports, "pem": pem, "dir": d,
+                       "cfg": config(pki, sds_file, admin, ports)}
+    px = Proxyd(write_config(nodes["proxyd"]["dir"], nodes["proxyd"]["cfg"]), concurrency=2)
+    env = real_envoy.Envoy.of(nodes["envoy"]["cfg"], nodes["envoy"]["dir"], nodes["envoy"]["admin"])
+    try:
+        px.start(timeout=30)
+        env.start(timeout=30)
+        held = {}
+        for kind, n in nodes.items():
+            assert served_cn(n["ports"][0]) == "default.test", kind
+            held[kind] = connect(n["ports"][0])
+            write_pem(n["pem"], pki.b)
+        for kind, n in nodes.items():
+            wait(lambda: served_cn(n["ports"][0]) == "b.example.com", what="%s rotated" % kind)
+            status, body, connection = get(held[kind])
+            assert (status, body) == (200, b"filesds") and connection != "close", kind
+        got = {k: sds_stats(n["admin"], n["ports"][0]) for k, n in nodes.items()}
+        assert got["proxyd"] == got["envoy"], got
+        assert got["proxyd"]["listener.ssl_context_update_by_sds"] == 2
+        for n in nodes.values():
+            write_pem(n["pem"])
+        for kind, n in nodes.items():
+            # one per data source naming the file (certificate_chain and private_key)
+            wait(lambda: real_envoy.admin_stats(n["admin"])["sds.filecert.key_rotation_failed"] == 2,
+                 what="%s key_rotation_failed" % kind)
+            assert served_cn(n["ports"][0]) == "b.example.com", kind
+        got = {k: sds_stats(n["admin"], n["ports"][0]) for k, n in nodes.items()}
+        assert got["proxyd"] == got["envoy"], got
+        for conn in held.values():
+            conn.close()
+    finally:
+        px.cleanup()
+        env.cleanup()
