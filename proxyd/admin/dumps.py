@@ -173,7 +173,10 @@ def _static_sections(boot, when) -> list:
                     if hcm.HasField("route_config"):
                         routes.static_route_configs.add(last_updated=when).route_config.Pack(
                             hcm.route_config)
-    return [clusters, listeners, routes]
+    secrets = config_dump_pb2.SecretsConfigDump()
+    for sec in boot.static_resources.secrets:
+        secrets.static_secrets.add(name=sec.name).secret.Pack(sec)
+    return [clusters, listeners, routes, secrets]
 
 
 def config_dump(bootstrap, updated_at: float, sections=None, include_eds: bool = False) -> bytes:

@@ -57,10 +57,35 @@ def _unique(names, path, what, out):
         seen.setdefault(name, i)
 
 
+def _secrets(bs, base, out):
+    """Static secrets load; every reference without sds_config names one; a fetched one
+    needs node id and cluster (Envoy's words)."""
+    from proxyd.transport import secrets
+    sr = bs.static_resources
+    _unique([s.name for s in sr.secrets], base + ('secrets',), 'secret name', out)
+    for i, sec in enumerate(sr.secrets):
+        out.extend(tls.secret_problems(sec, base + ('secrets', i)))
+    static = {s.name for s in sr.secrets}
+    for field in ('listeners', 'clusters'):
+        for i, msg in enumerate(getattr(sr, field)):
+            for kind, ref, p in secrets.refs(msg):
+                where = base + (field, i) + p
+                if not ref.HasField('sds_config'):
+                    if ref.name not in static:
+                        out.append((where + ('name',), f'Unknown static secret: {ref.name}'))
+                elif not (bs.node.id and bs.node.cluster):
+                    api = 'TlsCertificateSdsApi' if kind == 'tls_certificate' else \
+                        'CertificateValidationContextSdsApi'
+                    out.append((where + ('sds_config',), f"{api}: node 'id' and 'cluster' are "
+                                "required. Set it either in 'node' config or via --service-node "
+                                "and --service-cluster options."))
+
+
 def _bootstrap(bs, path, out):
     sr, base = bs.static_resources, path + ('static_resources',)
     _unique([listener.name for listener in sr.listeners], base + ('listeners',), 'listener name', out)
     _unique([c.name for c in sr.clusters], base + ('clusters',), 'cluster name', out)
+    _secrets(bs, base, out)
     bound = {}
     for i, listener in enumerate(sr.listeners):
         sa = listener.address.socket_address

@@ -35,7 +35,7 @@ _FIELDS = {
     _CORE + 'PathConfigSource': 'path watched_directory',
     _CORE + 'WatchedDirectory': 'path',
     _CORE + 'Http2ProtocolOptions': '',
-    'envoy.config.bootstrap.v3.Bootstrap.StaticResources': 'listeners clusters',
+    'envoy.config.bootstrap.v3.Bootstrap.StaticResources': 'listeners clusters secrets',
     'envoy.config.bootstrap.v3.Admin': 'address',
     _CORE + 'Node': 'id cluster metadata locality',
     _CORE + 'Locality': 'region zone sub_zone',
@@ -170,7 +170,14 @@ for _name, _more in {  # TLS, listener filters, filter chain match, tcp_proxy
     _CORE + 'TransportSocket': 'name typed_config',
     _TLS + 'DownstreamTlsContext': 'common_tls_context require_client_certificate',
     _TLS + 'UpstreamTlsContext': 'common_tls_context sni',
-    _TLS + 'CommonTlsContext': 'tls_params tls_certificates validation_context alpn_protocols',
+    _TLS + 'CommonTlsContext': 'tls_params tls_certificates validation_context alpn_protocols '
+                               'tls_certificate_sds_secret_configs '
+                               'validation_context_sds_secret_config combined_validation_context',
+    # SDS (transport/secrets.py, master/dynamic.py): static, xDS or watched-file secrets
+    _TLS + 'CommonTlsContext.CombinedCertificateValidationContext':
+        'default_validation_context validation_context_sds_secret_config',
+    _TLS + 'SdsSecretConfig': 'name sds_config',
+    _TLS + 'Secret': 'name tls_certificate validation_context',
     _TLS + 'TlsParameters': 'tls_minimum_protocol_version tls_maximum_protocol_version '
                             'cipher_suites',
     _TLS + 'TlsCertificate': 'certificate_chain private_key password',

@@ -19,7 +19,9 @@ from proxyd.listener.udp import UdpListener
 from proxyd.master.sockets import is_udp
 from proxyd.network.connection import FilterChainConnection
 from proxyd.observability.access_log import build_access_logs
-from proxyd.transport.tls import DEFAULT_HANDSHAKE_TIMEOUT, peer_has_certificate, server_tls
+from proxyd.transport import secrets
+from proxyd.transport.tls import (DEFAULT_HANDSHAKE_TIMEOUT, SecretsNotReady, peer_has_certificate,
+                                  server_tls)
 
 _conn_ids = itertools.count(1)
 # A draining keep-alive connection is closed only after this long idle: its client may be
@@ -108,6 +110,10 @@ class SslStats:
         self.connection_error = stats.counter(p + "connection_error")
         self.no_certificate = stats.counter(p + "no_certificate")
         self.fail_verify_no_cert = stats.counter(p + "fail_verify_no_cert")
+        f = prefix + "server_ssl_socket_factory."
+        self.secrets_not_ready = stats.counter(f + "downstream_context_secrets_not_ready")
+        stats.counter(f + "upstream_context_secrets_not_ready")
+        stats.counter(f + "ssl_context_update_by_sds")   # counted by the master (dynamic.py)
 
 
 class ActiveListener:
@@ -148,7 +154,22 @@ class ActiveListener:
     def update(self, config) -> None:
         """New connections use the new filter chains; connections on the old ones drain
         (as Envoy does for a modified listener): Connection: close / GOAWAY on their next
-        response, idle ones closed, the rest closed at the drain deadline."""
+        response, idle ones closed, the rest closed at the drain deadline.
+
+        A change of SDS secrets alone (proxyd/transport/secrets.py) is no listener change:
+        new connections handshake with the new certificates, open ones go on, as Envoy's
+        ssl_context_update_by_sds."""
+        if self.config is not None and secrets.uses_sds(config) and \
+                secrets.strip_material(config) == secrets.strip_material(self.config):
+            chains = list(config.filter_chains)
+            if config.HasField("default_filter_chain"):
+                chains.append(config.default_filter_chain)
+            built = self.chains + ([self.selector.default] if self.selector.default else [])
+            for fc, chain in zip(chains, built):
+                chain.tls = server_tls(fc.transport_socket) if fc.HasField("transport_socket") \
+                    else None
+            self.config = config
+            return
         if self.config is not None:
             self.generation += 1
             gevent.spawn(self._drain_generation, self.generation)
@@ -265,6 +286,9 @@ class ActiveListener:
         ssl_stats = self.ssl_stats
         try:
             ssock = chain.tls.wrap(conn.sock, chain.handshake_timeout)
+        except SecretsNotReady:
+            ssl_stats.secrets_not_ready.inc()
+            return False
         except Exception as e:  # noqa: BLE001 - ssl, socket and timeout errors alike
             ssl_stats.connection_error.inc()
             if "PEER_DID_NOT_RETURN_A_CERTIFICATE" in str(e) or \

@@ -397,11 +397,21 @@ class Master:
         self._sync_health()
         new = [name for name, key in self.listener_keys.items() if name not in w.sent_listeners]
         bootstrap, endpoints = (self.dynamic.snapshot() if self.dynamic is not None
-                                else (self.bootstrap.SerializeToString(), self.endpoints))
+                                else (self._static_bytes(), self.endpoints))
         msg = {"kind": "snapshot", "version": self.version, "bootstrap": bootstrap,
                "endpoints": endpoints, "runtime": self.runtime_entries, "new_listeners": new}
         fds = [self.listen_socks[self.listener_keys[name]].fileno() for name in new]
         return msg, fds, new
+
+    def _static_bytes(self) -> bytes:
+        """The bootstrap workers run when nothing is dynamic: static secrets inlined
+        (proxyd/transport/secrets.py)."""
+        cached = getattr(self, "_static_cache", None)
+        if cached is None or cached[0] is not self.bootstrap:
+            from proxyd.transport.secrets import inline_static
+            cached = self._static_cache = (self.bootstrap,
+                                           inline_static(self.bootstrap).SerializeToString())
+        return cached[1]
 
     def _send_snapshot(self, w: WorkerHandle) -> None:
         msg, fds, new = self._snapshot_message(w)

@@ -8,8 +8,10 @@ replaced by the fetched route_config inline, plus endpoints for EDS clusters. Ea
 update that changes it becomes one worker snapshot (atomic per worker).
 
 Warming (xDS spec): a cluster serves once its endpoints arrived, a listener once all of its
-route configs arrived, or once their initial_fetch_timeout (default 15 s, 0 = forever)
-expired. While a new version warms, the previous one keeps serving. The master is not
+route configs arrived, either once the SDS secrets its TLS contexts name arrived (Envoy's
+init targets), or once their initial_fetch_timeout (default 15 s, 0 = forever)
+expired; a context whose secret never came refuses handshakes (secrets_not_ready).
+Secrets are inlined into the listeners and clusters workers get (proxyd/transport/secrets.py). While a new version warms, the previous one keeps serving. The master is not
 LIVE until the initial LDS/CDS/RTDS fetches are done (or timed out) and nothing warms.
 
 An update is all or nothing: if any resource in it is refused (a static name, a changed
@@ -33,6 +35,7 @@ from proxyd.master import endpoints as eps
 from proxyd.master.sockets import BindError, address_key, bind_listener
 from proxyd.master.xds_client import AgentProcess
 from proxyd.observability.logging import get_logger
+from proxyd.transport import secrets as S
 from proxyd.xds import resources as R
 
 DEFAULT_INITIAL_FETCH_TIMEOUT = 15.0
@@ -82,6 +85,21 @@ def rds_refs(listener):
             for _f, hcm in hcm_filters(listener) if hcm.HasField("rds")]
 
 
+def sds_refs(msg) -> list:
+    """[(secret name, ConfigSource)] a Listener or Cluster fetches over SDS."""
+    return [(ref.name, ref.sds_config) for _k, ref, _p in S.refs(msg) if ref.HasField("sds_config")]
+
+
+def tls_problems(secret) -> list:
+    from proxyd.transport.tls import secret_problems
+    return secret_problems(secret, ())
+
+
+def listener_stat_name(lst) -> str:
+    sa = lst.address.socket_address
+    return "listener.%s_%d." % (sa.address, sa.port_value)
+
+
 def eds_name(cluster) -> str:
     return cluster.eds_cluster_config.service_name or cluster.name
 
@@ -113,6 +131,7 @@ class DynamicConfig:
         self.has_ads = dyn.HasField("ads_config")
         self.static_listeners = {lst.name for lst in self.bs.static_resources.listeners}
         self.static_clusters = {c.name: c for c in self.bs.static_resources.clusters}
+        self.static_secrets = {s.name: s for s in self.bs.static_resources.secrets}
         # latest accepted / version in service
         self.listeners: dict[str, Resource] = {}
         self.active_listeners: dict[str, Resource] = {}
@@ -121,6 +140,11 @@ class DynamicConfig:
         self.routes: dict[str, Resource] = {}
         self.cla: dict[str, Resource] = {}
         self.runtime: dict[str, Resource] = {}
+        self.secrets: dict[str, Resource] = {}
+        self._sds_started: list[str] = []   # secret names in subscription order
+        self._secret_seen: dict[str, bytes] = {}   # name -> last content offered
+        # name -> (the secret with its files read, [(path, content)] as last read)
+        self._resolved: dict[str, tuple] = {}
         self.dns_endpoints: dict[str, list] = {}
         self._dns_greenlets: dict[str, gevent.Greenlet] = {}
         self.versions: dict[str, str] = {}          # type_url -> last accepted version_info
@@ -176,6 +200,7 @@ class DynamicConfig:
         self.m.load_runtime()
         self._reconcile()
         gevent.spawn(self._close_loop)
+        gevent.spawn(self._watch_secret_files)
 
     def _check_source(self, source, what: str) -> None:
         if source.HasField("ads") and not self.has_ads:
@@ -205,7 +230,10 @@ class DynamicConfig:
 
     @property
     def initialized(self) -> bool:
-        return not self.initial_pending and not self.warming_listeners() and not self.warming_clusters()
+        return not self.initial_pending and not self.warming_listeners() and \
+            not self.warming_clusters() and all(
+                self._secrets_ready(m) for m in list(self.bs.static_resources.listeners)
+                + list(self.bs.static_resources.clusters))
 
     # --- messages from the agent ----------------------------------------------------
     def on_message(self, msg):
@@ -240,7 +268,10 @@ class DynamicConfig:
         cls = R.MESSAGES[t]
         res = {n: Resource(cls.FromString(b), v or msg["version"], now)
                for n, (v, b) in msg["resources"].items()}
-        prefixes = self._prefixes(t, list(res) or None)
+        # every SDS subscription of a state-of-the-world stream counts each response of its
+        # type, whether or not it holds that secret (Envoy's watch map)
+        names = sorted(set(res) | set(msg.get("watched") or ())) if t == R.SECRET else list(res)
+        prefixes = self._prefixes(t, names or None)
         for p in prefixes:
             self._count(p, "update_attempt")
         try:
@@ -249,19 +280,26 @@ class DynamicConfig:
             elif t == R.CLUSTER:
                 self._apply_clusters(res, msg["removed"], msg["full_state"])
             else:
-                table = {R.ROUTE: self.routes, R.ENDPOINT: self.cla, R.RUNTIME: self.runtime}[t]
+                table = self._table(t)
+                changed = self._changed_secrets(res) if t == R.SECRET else res
                 for name in msg["removed"]:
                     if t != R.ROUTE:   # a removed route config keeps serving (see report)
                         table.pop(name, None)
-                table.update(res)
+                table.update(changed)
+                if t == R.SECRET:
+                    self._count_rotations(changed)
         except Refused as e:
+            if t == R.SECRET:
+                self._count_before_failure(names, getattr(e, "secrets", ()))
             for p in prefixes:
                 self._count(p, "update_rejected")
             self.log.warning("xds_refused", type_url=t, version=msg["version"], error=str(e))
             return str(e)
-        for p in self._prefixes(t, list(res) or None):
+        for p in prefixes:
             self._count(p, "update_success")
             self.m.stats.gauge(p + "version").set(version_hash(msg["version"]))
+            if t == R.SECRET:
+                self.m.stats.gauge(p + "update_time").set(int(now * 1000))
         self.versions[t] = msg["version"]
         self.updated[t] = now
         self.initial_pending.discard(t)
@@ -274,8 +312,28 @@ class DynamicConfig:
         return None
 
     # --- LDS ----------------------------------------------------------------------
+    def _secret_errors(self, what: str, msg) -> list:
+        """Envoy's load-time errors for the secrets a listener or cluster names."""
+        out = []
+        for _k, ref, _p in S.refs(msg):
+            if not ref.HasField("sds_config"):
+                if ref.name not in self.static_secrets:
+                    out.append("%s: Unknown static secret: %s" % (what, ref.name))
+                continue
+            if not (self.bs.node.id and self.bs.node.cluster):
+                out.append("%s: TlsCertificateSdsApi: node 'id' and 'cluster' are required" % what)
+            try:
+                self._check_source(ref.sds_config, "%s sds_config of secret '%s'" % (what, ref.name))
+            except Refused as e:
+                out.append(str(e))
+        return out
+
     def _apply_listeners(self, res: dict, removed: list, full_state: bool) -> None:
         gone = set(self.listeners) - set(res) if full_state else set(removed) & set(self.listeners)
+        errors = [e for name, r in sorted(res.items())
+                  for e in self._secret_errors("listener '%s'" % name, r.msg)]
+        if errors:
+            raise Refused("; ".join(errors))
         in_use = {address_key(lst.address.socket_address): lst.name
                   for lst in self.bs.static_resources.listeners}
         for name, (key, _s) in self.socks.items():
@@ -374,6 +432,7 @@ class DynamicConfig:
         errors = []
         for name, r in sorted(res.items()):
             c = r.msg
+            errors += self._secret_errors("cluster '%s'" % name, c)
             if name in self.static_clusters:
                 errors.append("cluster '%s' is a static cluster and cannot be changed by CDS" % name)
             elif c.type == _EDS:
@@ -426,7 +485,12 @@ class DynamicConfig:
             gevent.sleep(eps.refresh_rate(cluster))
 
     # --- warming ----------------------------------------------------------------------
+    def _secrets_ready(self, msg) -> bool:
+        return all(n in self.secrets or (R.SECRET, n) in self.timed_out for n, _s in sds_refs(msg))
+
     def _cluster_ready(self, c) -> bool:
+        if not self._secrets_ready(c):
+            return False
         if c.type == _EDS:
             n = eds_name(c)
             return n in self.cla or (R.ENDPOINT, n) in self.timed_out
@@ -435,7 +499,7 @@ class DynamicConfig:
         return True
 
     def _listener_ready(self, lst) -> bool:
-        return all(n in self.routes or (R.ROUTE, n) in self.timed_out for n, _s, _p in rds_refs(lst))
+        return self._secrets_ready(lst) and all(n in self.routes or (R.ROUTE, n) in self.timed_out for n, _s, _p in rds_refs(lst))
 
     def warming_listeners(self) -> list:
         return [n for n, r in self.listeners.items() if self.active_listeners.get(n) is not r]
@@ -450,7 +514,8 @@ class DynamicConfig:
         gevent.spawn_later(timeout, self._fetch_timeout, type_url, name)
 
     def _fetch_timeout(self, type_url: str, name: str) -> None:
-        have = {R.ROUTE: self.routes, R.ENDPOINT: self.cla, R.RUNTIME: self.runtime}.get(type_url)
+        have = {R.ROUTE: self.routes, R.ENDPOINT: self.cla, R.RUNTIME: self.runtime,
+                R.SECRET: self.secrets}.get(type_url)
         if name == "" and type_url in self.initial_pending:
             self.log.warning("xds_initial_fetch_timeout", type_url=type_url)
             self.initial_pending.discard(type_url)
@@ -458,6 +523,8 @@ class DynamicConfig:
             self.log.warning("xds_initial_fetch_timeout", type_url=type_url, name=name)
             self.timed_out.add((type_url, name))
             self.initial_pending.discard("rtds:" + name)
+            if type_url == R.SECRET:
+                self._count("sds.%s." % name, "init_fetch_timeout")
         self._reconcile()
 
     # --- reconcile: warming -> active, subscriptions, snapshot ----------------------------
@@ -502,7 +569,8 @@ class DynamicConfig:
 
     def _subscribe_children(self) -> None:
         """RDS names follow the listeners, EDS names the clusters (per config source)."""
-        for type_url, wanted in ((R.ROUTE, self._route_sources()), (R.ENDPOINT, self._eds_sources())):
+        for type_url, wanted in ((R.ROUTE, self._route_sources()), (R.ENDPOINT, self._eds_sources()),
+                                 (R.SECRET, self._sds_sources())):
             for (src, t), msg in list(self.agent.subscriptions.items()):
                 if t == type_url and src not in wanted:
                     wanted[src] = (set(), None)
@@ -518,6 +586,128 @@ class DynamicConfig:
                 out.setdefault(_src(source), (set(), fetch_timeout(source)))[0].add(name)
         return out
 
+    def _sds_sources(self) -> dict:
+        out: dict = {}
+        for msg in list(self._all_listeners()) + list(self._all_clusters()):
+            for name, source in sds_refs(msg):
+                if name not in self._sds_started:
+                    self._sds_started.append(name)
+                    self._sds_stats(name, counts_start=not source.HasField("path_config_source"))
+                out.setdefault(_src(source), (set(), fetch_timeout(source)))[0].add(name)
+        return out
+
+    def _sds_stats(self, name: str, counts_start: bool) -> None:
+        """A secret's stats, at its first subscription: Envoy's gRPC subscription counts
+        an update_attempt when it starts (a watched file does not)."""
+        s, p = self.m.stats, "sds.%s." % name
+        for n in ("update_attempt", "update_success", "update_rejected", "update_failure",
+                  "init_fetch_timeout", "key_rotation_failed"):
+            s.counter(p + n)
+        if counts_start:
+            s.counter(p + "update_attempt").inc()
+        s.gauge(p + "version")
+        s.gauge(p + "update_time")
+
+    def _table(self, type_url: str) -> dict:
+        return {R.LISTENER: self.listeners, R.CLUSTER: self.clusters, R.ROUTE: self.routes,
+                R.ENDPOINT: self.cla, R.RUNTIME: self.runtime, R.SECRET: self.secrets}[type_url]
+
+    def _changed_secrets(self, res: dict) -> dict:
+        """The secrets of an update whose content changed, loaded; raises Refused when one
+        does not load. As Envoy's SdsApi, the content's hash is kept before it is loaded:
+        an unchanged one (even one that failed before) keeps what serves, its version
+        and time, and is no rotation."""
+        changed = {}
+        for n, r in res.items():
+            raw = r.msg.SerializeToString(deterministic=True)
+            if self._secret_seen.get(n) != raw:
+                changed[n] = r
+            self._secret_seen[n] = raw
+        errors, failed, resolved = [], set(), {}
+        for n, r in sorted(changed.items()):
+            problems = tls_problems(r.msg)
+            if not problems:
+                try:
+                    resolved[n] = S.resolve(r.msg)
+                except ValueError as e:   # TlsConfigError: a file went away meanwhile
+                    problems = [((), str(e))]
+            if problems:
+                failed.add(n)
+                errors += ["sds '%s': %s" % (n, reason) for _p, reason in problems]
+        if errors:
+            e = Refused("; ".join(errors))
+            e.secrets = failed
+            raise e
+        self._resolved.update(resolved)
+        return changed
+
+    def _watch_secret_files(self) -> None:
+        """Key rotation: the files a dynamic secret names are re-read when they change
+        (Envoy watches them); a new content that does not load counts
+        `sds.<name>.key_rotation_failed` and the last good one keeps serving."""
+        while not self.m.stopping:
+            gevent.sleep(0.5)
+            for name, (_cur, files) in list(self._resolved.items()):
+                r = self.secrets.get(name)
+                if r is None or not files:
+                    continue
+                now = {}
+                for path, _c in files:
+                    try:
+                        with open(path, "rb") as f:
+                            now[path] = f.read()
+                    except OSError:
+                        now[path] = None
+                if now == dict(files):
+                    continue
+                # Envoy has a watch per data source: each one whose file changed re-reads
+                moved = sum(1 for path, content in files if now[path] != content)
+                try:
+                    new = S.resolve(r.msg)
+                    ok = not tls_problems(new[0])
+                except ValueError:
+                    ok = False
+                if not ok:
+                    for _ in range(moved):
+                        self._count("sds.%s." % name, "key_rotation_failed")
+                    self._resolved[name] = (self._resolved[name][0],
+                                            [(path, now[path]) for path, _c in files])
+                    self.log.warning("sds_key_rotation_failed", secret=name)
+                    continue
+                self._resolved[name] = new
+                self._count_rotations({name: r})
+                self.log.info("sds_key_rotated", secret=name)
+                self._reconcile()
+
+    def _count_before_failure(self, names, failed) -> None:
+        """Envoy hands a response to its SDS subscriptions newest first: those before the
+        one whose secret fails to load have counted a success before the whole response
+        is rejected."""
+        for n in reversed(self._sds_started):
+            if n in failed:
+                return
+            if n in names:
+                self._count("sds.%s." % n, "update_attempt")
+                self._count("sds.%s." % n, "update_success")
+
+    def _count_rotations(self, changed: dict) -> None:
+        if not changed:
+            return
+        lsts = {lst.name: lst for lst in self.bs.static_resources.listeners}
+        lsts.update((n, r.msg) for n, r in self.listeners.items())
+        for lst in lsts.values():
+            for name, _src_ in sds_refs(lst):
+                if name in changed:
+                    self._count(listener_stat_name(lst) + "server_ssl_socket_factory.",
+                                "ssl_context_update_by_sds")
+        cls = dict(self.static_clusters)
+        cls.update((n, r.msg) for n, r in self.clusters.items())
+        for c in cls.values():
+            for name, _src_ in sds_refs(c):
+                if name in changed:
+                    self._count("cluster.%s.client_ssl_socket_factory." % c.name,
+                                "ssl_context_update_by_sds")
+
     def _eds_sources(self) -> dict:
         out: dict = {}
         for c in self._all_clusters():
@@ -529,13 +719,19 @@ class DynamicConfig:
     def _version_of(self, type_url: str, names):
         """What a (re)started agent resubscribes with: the SotW version and, for delta,
         the versions of the resources held."""
-        table = {R.LISTENER: self.listeners, R.CLUSTER: self.clusters, R.ROUTE: self.routes,
-                 R.ENDPOINT: self.cla, R.RUNTIME: self.runtime}.get(type_url, {})
+        table = self._table(type_url) if type_url in R.MESSAGES else {}
         return self.versions.get(type_url, ""), {
             n: r.version for n, r in table.items() if names is None or n in names}
 
     # --- the effective config --------------------------------------------------------------
+    def _secret(self, kind, ref):
+        if ref.HasField("sds_config"):
+            r = self._resolved.get(ref.name) if ref.name in self.secrets else None
+            return r[0] if r is not None else None
+        return self.static_secrets.get(ref.name)
+
     def _compose_listener(self, lst):
+        lst = S.inline(lst, self._secret)
         refs = rds_refs(lst)
         if not refs:
             return lst
@@ -560,6 +756,10 @@ class DynamicConfig:
             sr.listeners.add().CopyFrom(self._compose_listener(self.active_listeners[name].msg))
         for name in sorted(self.active_clusters):
             sr.clusters.add().CopyFrom(self.active_clusters[name].msg)
+        for i, c in enumerate(sr.clusters):
+            composed = S.inline(c, self._secret)
+            if composed is not c:
+                sr.clusters[i].CopyFrom(composed)
         endpoints = {}
         for c in sr.clusters:
             if c.type == _EDS:
@@ -577,7 +777,7 @@ class DynamicConfig:
     def snapshot(self):
         """(serialized effective Bootstrap, endpoints) for Master._snapshot_message."""
         if self._snapshot is None:
-            return self.bs.SerializeToString(), dict(self.m.endpoints)
+            return self.m._static_bytes(), dict(self.m.endpoints)
         bs_bytes, dyn_eps = self._snapshot
         endpoints = dict(self.m.endpoints)
         endpoints.update(dyn_eps)
@@ -610,6 +810,10 @@ class DynamicConfig:
             return ["cluster_manager.cds."]
         if type_url == R.RUNTIME:
             return ["runtime."]
+        if type_url == R.SECRET:
+            subscribed = {n for (_src_, t), st in self.agent.subscriptions.items() if t == R.SECRET
+                          for n in (st.get("names") or ())} if names is None else set(names)
+            return sorted("sds.%s." % n for n in subscribed)
         out = []
         if type_url == R.ROUTE:
             for lst in self._all_listeners():
@@ -692,9 +896,32 @@ class DynamicConfig:
         es = cd.EndpointsConfigDump()
         for name in sorted(self.cla):
             r = self.cla[name]
-            e = es.dynamic_endpoint_configs.add(version_info=r.version, last_updated=stamp_of(r.updated))
+            # Envoy 1.40 leaves version_info empty here (its EDS dump is the cluster's
+            # load assignment, not the resource received)
+            e = es.dynamic_endpoint_configs.add(last_updated=stamp_of(r.updated))
             e.endpoint_config.Pack(r.msg)
-        return [ls, cs, rs, es]
+        return [ls, cs, rs, es, self.secrets_dump(stamp_of)]
+
+    def secrets_dump(self, stamp_of):
+        """admin.v3 SecretsConfigDump: static secrets, the dynamic ones received (active) and
+        those subscribed to that have not arrived (warming, name only, as Envoy's)."""
+        from envoy.admin.v3 import config_dump_pb2
+        out = config_dump_pb2.SecretsConfigDump()
+        for sec in self.bs.static_resources.secrets:
+            out.static_secrets.add(name=sec.name).secret.Pack(sec)
+        wanted = set()
+        for msg in list(self._all_listeners()) + list(self._all_clusters()):
+            wanted.update(n for n, _s in sds_refs(msg))
+        for name in sorted(wanted | set(self.secrets)):
+            r = self.secrets.get(name)
+            if r is None:
+                out.dynamic_warming_secrets.add(name=name)
+                continue
+            e = out.dynamic_active_secrets.add(name=name, version_info=r.version,
+                                               last_updated=stamp_of(r.updated))
+            # as Envoy's: the secret as it serves, its files read (keys redacted by admin)
+            e.secret.Pack(self._resolved.get(name, (r.msg,))[0])
+        return out
 
 
 def needs_dynamic(bootstrap) -> bool:
@@ -705,6 +932,6 @@ def needs_dynamic(bootstrap) -> bool:
             return True
     if any(layer.HasField("rtds_layer") for layer in bootstrap.layered_runtime.layers):
         return True
-    if any(c.type == _EDS for c in bootstrap.static_resources.clusters):
+    if any(c.type == _EDS or sds_refs(c) for c in bootstrap.static_resources.clusters):
         return True
-    return any(rds_refs(lst) for lst in bootstrap.static_resources.listeners)
+    return any(rds_refs(lst) or sds_refs(lst) for lst in bootstrap.static_resources.listeners)

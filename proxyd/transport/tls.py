@@ -16,6 +16,7 @@ import socket
 import ssl
 
 from proxyd.proto import unpack
+from proxyd.transport import secrets
 
 TLS_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.DownstreamTlsContext"
 UPSTREAM_TLS_URL = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
@@ -106,9 +107,10 @@ def _common(ctx: ssl.SSLContext, common, server: bool) -> None:
     if server and not common.tls_certificates:
         raise TlsConfigError(base + ("tls_certificates",),
                              "a DownstreamTlsContext needs a certificate")
-    vc = common.validation_context
-    if common.HasField("validation_context") and vc.HasField("trusted_ca"):
-        vpath = base + ("validation_context", "trusted_ca")
+    vc = secrets.validation_context(common)
+    if vc is not None and vc.HasField("trusted_ca"):
+        vpath = base + ("validation_context" if common.HasField("validation_context") else
+                        "combined_validation_context", "trusted_ca")
         pem = read_data_source(vc.trusted_ca, vpath)
         try:
             ctx.load_verify_locations(cadata=pem.decode("ascii", "replace"))
@@ -118,17 +120,31 @@ def _common(ctx: ssl.SSLContext, common, server: bool) -> None:
         ctx.set_alpn_protocols(list(common.alpn_protocols))
 
 
+class SecretsNotReady(OSError):
+    """The context names an SDS secret that has not arrived (Envoy's
+    `*_context_secrets_not_ready`): the handshake is refused."""
+
+
+def _has_ca(common) -> bool:
+    vc = secrets.validation_context(common)
+    return vc is not None and vc.HasField("trusted_ca")
+
+
 class ServerTls:
-    """A filter chain's DownstreamTlsContext, built once per snapshot."""
+    """A filter chain's DownstreamTlsContext, built once per snapshot. `context` is None
+    while an SDS secret it names has not arrived."""
 
     __slots__ = ("context", "require_client_cert")
 
     def __init__(self, config):
+        self.require_client_cert = config.require_client_certificate.value
+        if secrets.not_ready(config.common_tls_context):
+            self.context = None
+            return
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
         ctx.options |= ssl.OP_NO_COMPRESSION
         _common(ctx, config.common_tls_context, server=True)
-        has_ca = config.common_tls_context.validation_context.HasField("trusted_ca")
-        self.require_client_cert = config.require_client_certificate.value
+        has_ca = _has_ca(config.common_tls_context)
         if self.require_client_cert and not has_ca:
             raise TlsConfigError(("require_client_certificate",),
                                  "require_client_certificate needs "
@@ -143,6 +159,9 @@ class ServerTls:
         """Server-side handshake under gevent; raises ssl.SSLError / OSError / socket.timeout.
 
         On failure the plain socket is closed here: wrap_socket detached it."""
+        if self.context is None:
+            sock.close()
+            raise SecretsNotReady("the TLS context's SDS secrets are not ready")
         return _handshake(self.context.wrap_socket(sock, server_side=True,
                                                    do_handshake_on_connect=False), timeout)
 
@@ -153,18 +172,24 @@ class ClientTls:
     __slots__ = ("context", "sni")
 
     def __init__(self, config):
+        self.sni = config.sni or None
+        if secrets.not_ready(config.common_tls_context):
+            self.context = None
+            return
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         # Envoy verifies the chain when a trusted_ca is given and never checks the host
         # name unless match_subject_alt_names asks for it (not supported here).
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
         _common(ctx, config.common_tls_context, server=False)
-        if config.common_tls_context.validation_context.HasField("trusted_ca"):
+        if _has_ca(config.common_tls_context):
             ctx.verify_mode = ssl.CERT_REQUIRED
         self.context = ctx
-        self.sni = config.sni or None
 
     def wrap(self, sock, timeout: float):
+        if self.context is None:
+            sock.close()
+            raise SecretsNotReady("the TLS context's SDS secrets are not ready")
         return _handshake(self.context.wrap_socket(sock, server_hostname=self.sni,
                                                    do_handshake_on_connect=False), timeout)
 
@@ -218,6 +243,31 @@ def problems(transport_socket, path: tuple, upstream: bool) -> list:
         (ClientTls if upstream else ServerTls)(unpack(transport_socket.typed_config))
     except TlsConfigError as e:
         return [(tpath + e.path, e.reason)]
+    return []
+
+
+def secret_problems(secret, path: tuple) -> list:
+    """A Secret's certificate and validation context load, as (path, reason)."""
+    try:
+        if secret.HasField("tls_certificate"):
+            cert = secret.tls_certificate
+            cpath = path + ("tls_certificate",)
+            chain = read_data_source(cert.certificate_chain, cpath + ("certificate_chain",))
+            key = read_data_source(cert.private_key, cpath + ("private_key",))
+            password = (read_data_source(cert.password, cpath + ("password",))
+                        if cert.HasField("password") else None)
+            _load_cert_chain(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), chain, key, password, cpath)
+        vc = secret.validation_context
+        if secret.HasField("validation_context") and vc.HasField("trusted_ca"):
+            vpath = path + ("validation_context", "trusted_ca")
+            pem = read_data_source(vc.trusted_ca, vpath)
+            try:
+                ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT).load_verify_locations(
+                    cadata=pem.decode("ascii", "replace"))
+            except (ssl.SSLError, ValueError) as e:
+                return [(vpath, f"trusted_ca holds no usable CA certificate ({e})")]
+    except TlsConfigError as e:
+        return [(e.path, e.reason)]
     return []
 
 

@@ -8,7 +8,7 @@ import time
 import gevent
 from gevent import socket as gsocket
 
-from proxyd.transport.tls import client_tls
+from proxyd.transport.tls import SecretsNotReady, client_tls
 from proxyd.upstream.host import Host
 from proxyd.upstream import health, lb, outlier
 from proxyd.upstream.pool_http1 import Http1Pool
@@ -130,6 +130,10 @@ class Cluster:
         if self.tls is not None:
             self.ssl_handshake = store.counter("cluster.%s.ssl.handshake" % self.name)
             self.ssl_connection_error = store.counter("cluster.%s.ssl.connection_error" % self.name)
+            f = "cluster.%s.client_ssl_socket_factory." % self.name
+            self.secrets_not_ready = store.counter(f + "upstream_context_secrets_not_ready")
+            store.counter(f + "downstream_context_secrets_not_ready")
+            store.counter(f + "ssl_context_update_by_sds")   # counted by the master (dynamic.py)
         # health words are the master's (proxyd/master/health.py); a tracked cluster's
         # membership_healthy is the master's too, since its hosts' health changes
         # between snapshots
@@ -268,6 +272,10 @@ class Cluster:
         failure to the caller (503 UF), counted under cluster.<name>.ssl.connection_error."""
         try:
             ssock = self.tls.wrap(sock, self.connect_timeout)
+        except SecretsNotReady:
+            self.secrets_not_ready.inc()
+            raise UpstreamConnectError(host, False, "TLS error: Secret is not supplied by SDS") \
+                from None
         except Exception as e:  # noqa: BLE001 - ssl, socket and timeout errors alike
             self.ssl_connection_error.inc()
             raise UpstreamConnectError(host, False, "TLS handshake failed: %s" % e) from None

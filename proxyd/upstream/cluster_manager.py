@@ -1,6 +1,8 @@
 """The worker's clusters by name, rebuilt from each config snapshot."""
 from __future__ import annotations
 
+from proxyd.transport import secrets
+from proxyd.transport.tls import client_tls
 from proxyd.upstream.cluster import Cluster
 
 
@@ -23,6 +25,13 @@ class ClusterManager:
             eps = endpoints.get(cfg.name, [])
             cur = self.clusters.get(cfg.name)
             if cur is not None and cur.config == cfg:
+                cur.update_hosts(eps)
+                new[cfg.name] = cur
+            elif cur is not None and secrets.uses_sds(cfg) and \
+                    secrets.strip_material(cfg) == secrets.strip_material(cur.config):
+                # an SDS rotation: new connections use the new context, pools stay
+                cur.tls = client_tls(cfg)
+                cur.config = cfg
                 cur.update_hosts(eps)
                 new[cfg.name] = cur
             else:

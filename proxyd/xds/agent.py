@@ -15,7 +15,7 @@ Master -> agent (ipc.Channel frames):
   {"kind": "verdict", "id", "error": str|None}
 Agent -> master:
   {"kind": "update", "id", "type_url", "version", "resources": {name: (version, bytes)},
-   "removed": [...], "full_state": bool}
+   "removed": [...], "full_state": bool, "watched": [names subscribed] (SotW by name)}
   {"kind": "rejected", "type_url", "error"}   (NACKed here; the master counts it)
   {"kind": "failed", "type_url", "error"}     (a REST fetch failed; the master counts it)
   {"kind": "connected", "stream", "up": bool, "type_urls": [...]}
@@ -52,6 +52,7 @@ _SERVICES = {
     R.ROUTE: ("envoy.service.route.v3.RouteDiscoveryService", "Routes"),
     R.ENDPOINT: ("envoy.service.endpoint.v3.EndpointDiscoveryService", "Endpoints"),
     R.RUNTIME: ("envoy.service.runtime.v3.RuntimeDiscoveryService", "Runtime"),
+    R.SECRET: ("envoy.service.secret.v3.SecretDiscoveryService", "Secrets"),
 }
 _REST_PATHS = {
     R.LISTENER: "/v3/discovery:listeners",
@@ -59,6 +60,7 @@ _REST_PATHS = {
     R.ROUTE: "/v3/discovery:routes",
     R.ENDPOINT: "/v3/discovery:endpoints",
     R.RUNTIME: "/v3/discovery:runtime",
+    R.SECRET: "/v3/discovery:secrets",
 }
 DEFAULT_REQUEST_TIMEOUT = 1.0
 _API = config_source_pb2.ApiConfigSource
@@ -366,7 +368,7 @@ class Agent:
             box = self._waiting[rid] = [threading.Event(), None]
         self.send({"kind": "update", "id": rid, "type_url": update.type_url,
                    "version": update.version, "full_state": update.full_state,
-                   "removed": list(update.removed),
+                   "removed": list(update.removed), "watched": list(update.watched),
                    "resources": {n: (v, m.SerializeToString()) for n, (v, m) in
                                  update.resources.items()}})
         box[0].wait()

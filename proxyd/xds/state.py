@@ -29,6 +29,7 @@ class Update:
     resources: dict = field(default_factory=dict)  # name -> (resource version, message)
     removed: list = field(default_factory=list)    # names deleted (delta)
     full_state: bool = False                       # SotW LDS/CDS: absent names are deleted
+    watched: list = field(default_factory=list)    # SotW by name: every name subscribed
 
 
 class Invalid(Exception):
@@ -168,7 +169,8 @@ class Session:
 
     def _sotw_update(self, st: TypeState, resp) -> Update:
         update = Update(resp.type_url, resp.version_info, resp.nonce,
-                        full_state=resp.type_url in R.WILDCARD)
+                        full_state=resp.type_url in R.WILDCARD,
+                        watched=[] if st.wildcard else sorted(st.names))
         for any_msg in resp.resources:
             name, msg = decode(resp.type_url, any_msg, self.validate)
             if name in update.resources:

@@ -68,3 +68,46 @@ def cla(name: str, endpoints) -> endpoint_pb2.ClusterLoadAssignment:
         sa = loc.lb_endpoints.add().endpoint.address.socket_address
         sa.address, sa.port_value = host, port
     return out
+
+
+def secret(name: str, cert_pem: bytes = b"", key_pem: bytes = b"", ca_pem: bytes = b""):
+    """An SDS Secret: a tls_certificate from inline PEM, or a validation_context (ca_pem)."""
+    from envoy.extensions.transport_sockets.tls.v3 import secret_pb2
+    s = secret_pb2.Secret(name=name)
+    if ca_pem:
+        s.validation_context.trusted_ca.inline_bytes = ca_pem
+    else:
+        s.tls_certificate.certificate_chain.inline_bytes = cert_pem
+        s.tls_certificate.private_key.inline_bytes = key_pem
+    return s
+
+
+def with_sds_tls(lst, secret_name: str, ads: bool = True, initial_fetch_timeout_s: float | None = None):
+    """The listener's first filter chain terminates TLS with the certificate of SDS secret
+    `secret_name` (fetched over ADS)."""
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+    ctx = tls_pb2.DownstreamTlsContext()
+    ref = ctx.common_tls_context.tls_certificate_sds_secret_configs.add(name=secret_name)
+    if ads:
+        ref.sds_config.ads.SetInParent()
+    ref.sds_config.resource_api_version = 2
+    if initial_fetch_timeout_s is not None:
+        ref.sds_config.initial_fetch_timeout.FromMilliseconds(int(initial_fetch_timeout_s * 1000))
+    ts = lst.filter_chains[0].transport_socket
+    ts.name = "envoy.transport_sockets.tls"
+    ts.typed_config.Pack(ctx)
+    return lst
+
+
+def with_sds_ca(cluster, secret_name: str):
+    """The cluster talks TLS, trusting the CA of SDS secret `secret_name` (over ADS)."""
+    from envoy.extensions.transport_sockets.tls.v3 import tls_pb2
+    ctx = tls_pb2.UpstreamTlsContext()
+    ref = ctx.common_tls_context.validation_context_sds_secret_config
+    ref.name = secret_name
+    ref.sds_config.ads.SetInParent()
+    ref.sds_config.resource_api_version = 2
+    ts = cluster.transport_socket
+    ts.name = "envoy.transport_sockets.tls"
+    ts.typed_config.Pack(ctx)
+    return cluster
