@@ -1,0 +1,192 @@
+"""Network filters in front of the HTTP connection manager in one chain, side by side
+with real Envoy 1.40 on the same bootstrap: envoy.filters.network.rbac (a denied source
+address, 127.0.0.2, is closed; others get HTTP), envoy.filters.network.local_ratelimit
+(a token per connection), and envoy.filters.network.ext_authz (a real gRPC Authorization
+server allowing, one denying) before the HCM. The same connections get the same
+responses or closes, with the same filter and HCM stats."""
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from authz_services import POLICY, RegoAuthz
+
+ALLOW_ALL = 'package envoy.authz\n\ndecision := {"allow": true}\n'
+
+
+def _hcm(prefix):
+    return """
+      - name: envoy.filters.network.http_connection_manager
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager
+          stat_prefix: %s
+          route_config:
+            virtual_hosts:
+            - name: all
+              domains: ["*"]
+              routes: [{match: {prefix: /}, route: {cluster: upstream}}]
+          http_filters:
+          - name: envoy.filters.http.router
+            typed_config: {"@type": type.googleapis.com/envoy.extensions.filters.http.router.v3.Router}""" % prefix
+
+
+def _listener(name, port, front, prefix):
+    return """
+  - name: %s
+    address: {socket_address: {address: 127.0.0.1, port_value: %s}}
+    filter_chains:
+    - filters:%s%s""" % (name, port, front, _hcm(prefix))
+
+
+RBAC = """
+      - name: envoy.filters.network.rbac
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: chain_rbac
+          rules:
+            action: DENY
+            policies:
+              bad_source:
+                permissions: [{any: true}]
+                principals: [{direct_remote_ip: {address_prefix: 127.0.0.2, prefix_len: 32}}]"""
+
+LOCAL_RL = """
+      - name: envoy.filters.network.local_ratelimit
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.local_ratelimit.v3.LocalRateLimit
+          stat_prefix: chain_rl
+          token_bucket: {max_tokens: 2, fill_interval: 3600s}"""
+
+
+def _authz(prefix, cluster):
+    return """
+      - name: envoy.filters.network.ext_authz
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.ext_authz.v3.ExtAuthz
+          stat_prefix: %s
+          transport_api_version: V3
+          grpc_service: {envoy_grpc: {cluster_name: %s}, timeout: 1s}""" % (prefix, cluster)
+
+
+def _cluster(name, port, h2=False):
+    opts = """
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}""" if h2 else ""
+    return """
+  - name: %s
+    connect_timeout: 1s%s
+    load_assignment:
+      cluster_name: %s
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address:
+        {address: 127.0.0.1, port_value: %s}}}}]}]""" % (name, opts, name, port)
+
+
+def template(allow_port, deny_port):
+    return ("admin: {address: {socket_address: {address: 127.0.0.1, port_value: $admin}}}\n"
+            "static_resources:\n  clusters:"
+            + _cluster("upstream", "$upstream") + _cluster("allow", allow_port, True)
+            + _cluster("deny", deny_port, True)
+            + "\n  listeners:"
+            + _listener("rbac", "$listener", RBAC, "rbac_http")
+            + _listener("limited", "$limited", LOCAL_RL, "rl_http")
+            + _listener("authz_ok", "$authz_ok", _authz("authz_ok", "allow"), "authz_ok_http")
+            + _listener("authz_no", "$authz_no", _authz("authz_no", "deny"), "authz_no_http")
+            + "\n")
+
+
+@pytest.fixture(scope="module")
+def services():
+    allow, deny = RegoAuthz(ALLOW_ALL), RegoAuthz(POLICY)
+    yield allow, deny
+    for s in (allow, deny):
+        s.stop()
+
+
+@pytest.fixture(scope="module")
+def pair(pair_factory, services):
+    return pair_factory(template(services[0].port, services[1].port))
+
+
+def _session(port, source, n):
+    """`n` keep-alive GETs on one connection from `source`: each response's status line
+    and body, or b"" for each once the server closed."""
+    out = []
+    s = socket.create_connection(("127.0.0.1", port), timeout=5, source_address=(source, 0))
+    buf = b""
+    try:
+        for i in range(n):
+            try:
+                s.sendall(b"GET /chain/%d HTTP/1.1\r\nhost: x\r\n\r\n" % i)
+                while b"\r\n\r\n" not in buf:
+                    chunk = s.recv(65536)
+                    if not chunk:
+                        raise ConnectionResetError
+                    buf += chunk
+            except OSError:
+                out.append(b"")
+                continue
+            head, _, buf = buf.partition(b"\r\n\r\n")
+            length = next((int(ln.split(b":", 1)[1]) for ln in head.split(b"\r\n")
+                           if ln.lower().startswith(b"content-length:")), 0)
+            while len(buf) < length:
+                buf += s.recv(65536)
+            out.append(head.split(b"\r\n", 1)[0])
+            buf = buf[length:]
+    finally:
+        s.close()
+    return out
+
+
+PREFIXES = ("chain_rbac.", "local_rate_limit.chain_rl.", "ext_authz.authz_")
+HCM_STATS = ("downstream_cx_total", "downstream_cx_active", "downstream_cx_destroy",
+             "downstream_cx_destroy_local", "downstream_cx_destroy_remote",
+             "downstream_cx_http1_total", "downstream_rq_total", "downstream_rq_2xx",
+             "downstream_cx_protocol_error", "downstream_cx_idle_timeout")
+
+
+def _wanted(name):
+    if name.startswith(PREFIXES):
+        return True
+    parts = name.split(".")
+    return len(parts) == 3 and parts[0] == "http" and parts[1].endswith("_http") \
+        and parts[2] in HCM_STATS
+
+
+def _run(side):
+    p = side.ports
+    out = [
+        ("rbac ok", _session(p["listener"], "127.0.0.1", 3)),
+        ("rbac denied", _session(p["listener"], "127.0.0.2", 2)),
+        ("rbac other", _session(p["listener"], "127.0.0.3", 1)),
+        ("rl 1", _session(p["limited"], "127.0.0.1", 2)),
+        ("rl 2", _session(p["limited"], "127.0.0.1", 1)),
+        ("rl 3", _session(p["limited"], "127.0.0.1", 2)),
+        ("authz ok", _session(p["authz_ok"], "127.0.0.1", 2)),
+        ("authz denied", _session(p["authz_no"], "127.0.0.1", 1)),
+    ]
+    deadline = time.monotonic() + 10
+    while True:   # the closes are counted as each side sees them
+        text = side.admin("/stats").body.decode()
+        stats = {k: v for k, v in (ln.split(": ", 1) for ln in text.splitlines() if ": " in ln)
+                 if _wanted(k)}
+        settled = all(v == "0" for k, v in stats.items() if k.endswith("downstream_cx_active"))
+        if (settled and stats.get("ext_authz.authz_no.cx_closed") == "1") \
+                or time.monotonic() > deadline:
+            return out, stats
+        time.sleep(0.05)
+
+
+def test_network_filters_before_hcm_match_envoy(pair):
+    envoy, proxyd = pair.both(_run)
+    ok = b"HTTP/1.1 200 OK"
+    assert dict(envoy[0]) == {
+        "rbac ok": [ok] * 3, "rbac denied": [b""] * 2, "rbac other": [ok],
+        "rl 1": [ok] * 2, "rl 2": [ok], "rl 3": [b""] * 2,
+        "authz ok": [ok] * 2, "authz denied": [b""]}
+    assert envoy[1]["chain_rbac.rbac.denied"] == "1"
+    assert proxyd[0] == envoy[0]
+    assert proxyd[1] == envoy[1]
