@@ -25,6 +25,7 @@ from gevent.event import Event
 
 class ChainSocket:
     __slots__ = ("conn", "sock", "manager", "buf", "eof", "ready", "timeout", "_direct")
+    through_chain = True   # an upgraded tunnel copies through it rather than splicing the fd
 
     def __init__(self, conn, sock):
         self.conn = conn            # the FilterChainConnection (its manager, its close)
@@ -94,6 +95,8 @@ class ChainSocket:
                     raise socket.timeout("timed out")
             return
         data = self.sock.recv(size)
+        if self.conn.closed:        # a filter closed it meanwhile (a side call's denial)
+            return
         if not data:
             self.conn.read_ended = True
         self.manager.on_read(data, not data)

@@ -12,6 +12,7 @@ proxyd process, with real clients and a real upstream:
 from __future__ import annotations
 
 import socket
+import subprocess
 import time
 import urllib.request
 
@@ -213,3 +214,29 @@ def test_rbac_before_tcp_proxy_still_works(px):
     stats = _stats(px, {"tcp_rbac.rbac.denied": "1"})
     assert stats["tcp_rbac.rbac.denied"] == "1"
     assert stats["tcp_rbac.rbac.allowed"] == "1"
+
+
+def _nghttp(*args):
+    return subprocess.run(["nghttp", "-v", "-n", "-t", "10", *args],
+                          capture_output=True, text=True, timeout=30)
+
+
+def test_h2c_behind_rbac(px):
+    """HTTP/2 prior knowledge through the chain: the codec AUTO sniff reads through it,
+    two requests share one connection; a denied source gets nothing."""
+    port = px.chain_ports[0]
+    before = _stats(px)
+    url = "http://127.0.0.1:%d/h2" % port
+    r = _nghttp(url, url + "?second")
+    assert r.returncode == 0 and r.stdout.count(":status: 200") == 2, r
+    denied = subprocess.run(["curl", "-s", "--max-time", "10", "--http2-prior-knowledge",
+                             "--interface", "127.0.0.2", url],
+                            capture_output=True, text=True, timeout=30)
+    assert denied.returncode != 0 and denied.stdout == ""
+    n = lambda s, k: int(s.get(k, "0"))  # noqa: E731
+    after = _stats(px, {"http.rbac_http.downstream_cx_active": "0"})
+    assert n(after, "http.rbac_http.downstream_cx_http2_total") - \
+        n(before, "http.rbac_http.downstream_cx_http2_total") == 1
+    assert n(after, "http.rbac_http.downstream_rq_http2_total") - \
+        n(before, "http.rbac_http.downstream_rq_http2_total") == 2
+    assert n(after, "net_rbac.rbac.denied") - n(before, "net_rbac.rbac.denied") == 1
