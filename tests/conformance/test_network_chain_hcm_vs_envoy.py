@@ -1,8 +1,9 @@
 """Network filters in front of the HTTP connection manager in one chain, side by side
 with real Envoy 1.40 on the same bootstrap: envoy.filters.network.rbac (a denied source
 address, 127.0.0.2, is closed; others get HTTP), envoy.filters.network.local_ratelimit
-(a token per connection), and envoy.filters.network.ext_authz (a real gRPC Authorization
-server allowing, one denying) before the HCM. The same connections get the same
+(a token per connection), envoy.filters.network.ext_authz (a real gRPC Authorization
+server allowing, one denying) and envoy.filters.network.ratelimit (a RateLimitService
+counting in redis, 2 connections an hour) before the HCM. The same connections get the same
 responses or closes, with the same filter and HCM stats."""
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import time
 import pytest
 
 from authz_services import POLICY, RegoAuthz
+from ratelimit_service import RateLimitService, RedisServer
 
 ALLOW_ALL = 'package envoy.authz\n\ndecision := {"allow": true}\n'
 
@@ -70,6 +72,19 @@ def _authz(prefix, cluster):
           grpc_service: {envoy_grpc: {cluster_name: %s}, timeout: 1s}""" % (prefix, cluster)
 
 
+RLS = """
+      - name: envoy.filters.network.ratelimit
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.ratelimit.v3.RateLimit
+          stat_prefix: chain_rls
+          domain: http_chain
+          timeout: 1s
+          descriptors: [{entries: [{key: generic_key, value: conn}]}]
+          rate_limit_service:
+            transport_api_version: V3
+            grpc_service: {envoy_grpc: {cluster_name: rls}}"""
+
+
 def _cluster(name, port, h2=False):
     opts = """
     typed_extension_protocol_options:
@@ -85,30 +100,33 @@ def _cluster(name, port, h2=False):
         {address: 127.0.0.1, port_value: %s}}}}]}]""" % (name, opts, name, port)
 
 
-def template(allow_port, deny_port):
+def template(allow_port, deny_port, rls_port):
     return ("admin: {address: {socket_address: {address: 127.0.0.1, port_value: $admin}}}\n"
             "static_resources:\n  clusters:"
             + _cluster("upstream", "$upstream") + _cluster("allow", allow_port, True)
-            + _cluster("deny", deny_port, True)
+            + _cluster("deny", deny_port, True) + _cluster("rls", rls_port, True)
             + "\n  listeners:"
             + _listener("rbac", "$listener", RBAC, "rbac_http")
             + _listener("limited", "$limited", LOCAL_RL, "rl_http")
             + _listener("authz_ok", "$authz_ok", _authz("authz_ok", "allow"), "authz_ok_http")
             + _listener("authz_no", "$authz_no", _authz("authz_no", "deny"), "authz_no_http")
+            + _listener("rls", "$rls", RLS, "rls_http")
             + "\n")
 
 
 @pytest.fixture(scope="module")
 def services():
     allow, deny = RegoAuthz(ALLOW_ALL), RegoAuthz(POLICY)
-    yield allow, deny
-    for s in (allow, deny):
+    redis_server = RedisServer()
+    rls = RateLimitService(redis_server.port, {("http_chain", "generic_key=conn"): (2, "HOUR")})
+    yield allow, deny, rls
+    for s in (allow, deny, rls, redis_server):
         s.stop()
 
 
 @pytest.fixture(scope="module")
 def pair(pair_factory, services):
-    return pair_factory(template(services[0].port, services[1].port))
+    return pair_factory(template(services[0].port, services[1].port, services[2].port))
 
 
 def _session(port, source, n):
@@ -141,7 +159,7 @@ def _session(port, source, n):
     return out
 
 
-PREFIXES = ("chain_rbac.", "local_rate_limit.chain_rl.", "ext_authz.authz_")
+PREFIXES = ("chain_rbac.", "local_rate_limit.chain_rl.", "ext_authz.authz_", "ratelimit.chain_rls.")
 HCM_STATS = ("downstream_cx_total", "downstream_cx_active", "downstream_cx_destroy",
              "downstream_cx_destroy_local", "downstream_cx_destroy_remote",
              "downstream_cx_http1_total", "downstream_rq_total", "downstream_rq_2xx",
@@ -156,7 +174,8 @@ def _wanted(name):
         and parts[2] in HCM_STATS
 
 
-def _run(side):
+def _run(side, rls):
+    rls.reset()
     p = side.ports
     out = [
         ("rbac ok", _session(p["listener"], "127.0.0.1", 3)),
@@ -167,6 +186,9 @@ def _run(side):
         ("rl 3", _session(p["limited"], "127.0.0.1", 2)),
         ("authz ok", _session(p["authz_ok"], "127.0.0.1", 2)),
         ("authz denied", _session(p["authz_no"], "127.0.0.1", 1)),
+        ("rls 1", _session(p["rls"], "127.0.0.1", 2)),
+        ("rls 2", _session(p["rls"], "127.0.0.1", 1)),
+        ("rls 3", _session(p["rls"], "127.0.0.1", 1)),
     ]
     deadline = time.monotonic() + 10
     while True:   # the closes are counted as each side sees them
@@ -174,19 +196,23 @@ def _run(side):
         stats = {k: v for k, v in (ln.split(": ", 1) for ln in text.splitlines() if ": " in ln)
                  if _wanted(k)}
         settled = all(v == "0" for k, v in stats.items() if k.endswith("downstream_cx_active"))
-        if (settled and stats.get("ext_authz.authz_no.cx_closed") == "1") \
+        if (settled and stats.get("ext_authz.authz_no.cx_closed") == "1"
+                and stats.get("ratelimit.chain_rls.cx_closed") == "1") \
                 or time.monotonic() > deadline:
             return out, stats
         time.sleep(0.05)
 
 
-def test_network_filters_before_hcm_match_envoy(pair):
-    envoy, proxyd = pair.both(_run)
+def test_network_filters_before_hcm_match_envoy(pair, services):
+    envoy, proxyd = pair.both(lambda side: _run(side, services[2]))
     ok = b"HTTP/1.1 200 OK"
     assert dict(envoy[0]) == {
         "rbac ok": [ok] * 3, "rbac denied": [b""] * 2, "rbac other": [ok],
         "rl 1": [ok] * 2, "rl 2": [ok], "rl 3": [b""] * 2,
-        "authz ok": [ok] * 2, "authz denied": [b""]}
+        "authz ok": [ok] * 2, "authz denied": [b""],
+        "rls 1": [ok] * 2, "rls 2": [ok], "rls 3": [b""]}
     assert envoy[1]["chain_rbac.rbac.denied"] == "1"
+    assert envoy[1]["ratelimit.chain_rls.over_limit"] == "1"
+    assert envoy[1]["http.rls_http.downstream_cx_destroy_local"] == "1"
     assert proxyd[0] == envoy[0]
     assert proxyd[1] == envoy[1]
