@@ -33,7 +33,7 @@ class ChainSocket:
         self.manager = conn.manager
         self.buf = b""              # delivered by the chain, not yet returned by recv
         self.eof = False            # the chain delivered the end of stream
-        self.ready = Event()        # set on delivery and when the connection closes
+        self.ready = None           # while recv waits: an Event, set on delivery or close
         self.timeout = None
         self._direct = not conn.manager.has_write_filters()
         conn.add_connection_callbacks(self)
@@ -45,11 +45,15 @@ class ChainSocket:
             self.buf = self.buf + data if self.buf else data
         if end_stream:
             self.eof = True
-        self.ready.set()
+        ready = self.ready
+        if ready is not None:
+            ready.set()
 
     def on_event(self, event) -> None:
         """The connection closed (a filter closed it, or the peer went away)."""
-        self.ready.set()
+        ready = self.ready
+        if ready is not None:
+            ready.set()
 
     def wait_data(self, timeout: float | None) -> bool:
         """Pull until the chain has delivered bytes (True) or ended or closed (False);
@@ -89,10 +93,14 @@ class ChainSocket:
         """Read the socket once into the read filters; or, while a filter in front holds
         bytes, wait for it to let them go (or close the connection)."""
         if self.manager.holding():
-            self.ready.clear()
-            if self.manager.holding() and not self.conn.closed:
-                if not self.ready.wait(self.timeout):
+            if self.conn.closed:
+                return
+            ready = self.ready = Event()
+            try:
+                if not ready.wait(self.timeout):
                     raise socket.timeout("timed out")
+            finally:
+                self.ready = None
             return
         data = self.sock.recv(size)
         if self.conn.closed:        # a filter closed it meanwhile (a side call's denial)
