@@ -14,7 +14,8 @@ waits for them to be delivered, or for the connection to close, without reading 
 the rest stays in the kernel's buffer (Envoy reads it into its own; either way the
 filters see it after the call, in order). `settimeout()` bounds that wait as it bounds a
 socket read. Writes go through the write filters when the chain has any, straight to
-the socket otherwise.
+the socket otherwise. A driver that reads file descriptors itself (splice, an fd watcher)
+must not use it behind a chain: `through_chain` says so, and `_sock` is not exposed.
 """
 from __future__ import annotations
 
@@ -138,5 +139,8 @@ class ChainSocket:
         return self.sock.fileno()
 
     def __getattr__(self, name):
-        # anything else a codec or a filter asks of the socket (TLS details, names)
+        # anything else a codec or a filter asks of the socket (TLS details, names); not
+        # the raw socket, which fast paths (WaitingReader) read bypassing the chain
+        if name == "_sock":
+            raise AttributeError(name)
         return getattr(object.__getattribute__(self, "sock"), name)

@@ -234,3 +234,24 @@ def test_recv_into_respects_the_buffer(size):
                     out = b""
     got, _ = run([Front(log), IntoTerminal(log)], [b"abcdefgh\n"])
     assert got == b"ABCDEFGH\n"
+
+
+def test_raw_socket_fast_paths_do_not_bypass_the_chain():
+    """WaitingReader reads `sock._sock` directly when it exists: a ChainSocket hides it,
+    so such a reader falls back to recv() through the filters."""
+    from proxyd.network.chain_socket import ChainSocket
+    from proxyd.network.io import WaitingReader
+    log = []
+
+    class ReaderTerminal(EchoTerminal):
+        def serve(self, conn):
+            assert not hasattr(conn.sock, "_sock") and conn.sock.through_chain
+            reader = WaitingReader(conn.sock, 65536)
+            try:
+                while data := reader.recv():
+                    conn.sock.sendall(data.upper())
+            finally:
+                reader.close()
+    got, _ = run([Front(log), ReaderTerminal(log)], [b"r\n"])
+    assert got == b"R\n" and "front:b'r\\n'" in log
+    assert ChainSocket.through_chain
