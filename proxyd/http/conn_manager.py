@@ -363,6 +363,10 @@ class HcmReadFilter:
         if not self.codec_ran:    # the codec counts how it ended itself
             (stats.downstream_cx_destroy_remote if event is ConnectionEvent.REMOTE_CLOSE
              else stats.downstream_cx_destroy_local).inc()
+        # Envoy counts every byte read on the connection (the codec counts those it got)
+        unreturned = self.sink.unreturned_bytes() if self.sink is not None else 0
+        if unreturned:
+            stats.downstream_cx_rx_bytes_total.inc(unreturned)
         stats.downstream_cx_active.dec()
         stats.downstream_cx_destroy.inc()
         stats.downstream_cx_length_ms.record((time.monotonic() - self.t0) * 1000.0)

@@ -25,7 +25,8 @@ from gevent.event import Event
 
 
 class ChainSocket:
-    __slots__ = ("conn", "sock", "manager", "buf", "eof", "ready", "timeout", "_direct")
+    __slots__ = ("conn", "sock", "manager", "buf", "eof", "ready", "timeout", "_direct",
+                 "read_bytes", "delivered_bytes")
     through_chain = True   # an upgraded tunnel copies through it rather than splicing the fd
 
     def __init__(self, conn, sock):
@@ -36,6 +37,8 @@ class ChainSocket:
         self.eof = False            # the chain delivered the end of stream
         self.ready = None           # while recv waits: an Event, set on delivery or close
         self.timeout = None
+        self.read_bytes = 0         # read from the socket
+        self.delivered_bytes = 0    # of those, handed to the terminal filter
         self._direct = not conn.manager.has_write_filters()
         conn.add_connection_callbacks(self)
 
@@ -44,6 +47,7 @@ class ChainSocket:
         """Bytes (and the end of stream) that reached the terminal filter."""
         if data:
             self.buf = self.buf + data if self.buf else data
+            self.delivered_bytes += len(data)
         if end_stream:
             self.eof = True
         ready = self.ready
@@ -68,6 +72,11 @@ class ChainSocket:
             return True
         finally:
             self.settimeout(None)
+
+    def unreturned_bytes(self) -> int:
+        """Bytes read from the socket that recv never returned: held or dropped by a
+        filter in front, or delivered after the codec stopped reading."""
+        return self.read_bytes - self.delivered_bytes + len(self.buf)
 
     # --- what the codecs see (a socket) ----------------------------------------------
     def recv(self, size: int) -> bytes:
@@ -108,6 +117,7 @@ class ChainSocket:
             return
         if not data:
             self.conn.read_ended = True
+        self.read_bytes += len(data)
         self.manager.on_read(data, not data)
 
     def send(self, data) -> int:

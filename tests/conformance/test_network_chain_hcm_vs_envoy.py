@@ -163,7 +163,8 @@ PREFIXES = ("chain_rbac.", "local_rate_limit.chain_rl.", "ext_authz.authz_", "ra
 HCM_STATS = ("downstream_cx_total", "downstream_cx_active", "downstream_cx_destroy",
              "downstream_cx_destroy_local", "downstream_cx_destroy_remote",
              "downstream_cx_http1_total", "downstream_rq_total", "downstream_rq_2xx",
-             "downstream_cx_protocol_error", "downstream_cx_idle_timeout")
+             "downstream_cx_protocol_error", "downstream_cx_idle_timeout",
+             "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total")
 
 
 def _wanted(name):
