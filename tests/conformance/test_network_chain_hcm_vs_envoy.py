@@ -239,3 +239,40 @@ def test_network_filters_before_hcm_match_envoy(pair, services):
     assert envoy[1]["http.rls_http.downstream_cx_destroy_local"] == "1"
     assert proxyd[0] == envoy[0]
     assert proxyd[1] == envoy[1]
+
+
+IDLE_TEMPLATE = ("admin: {address: {socket_address: {address: 127.0.0.1, port_value: $admin}}}\n"
+                 "static_resources:\n  clusters:" + _cluster("upstream", "$upstream")
+                 + "\n  listeners:"
+                 + _listener("idle", "$listener", RBAC, "idle_http").replace(
+                     "          stat_prefix: idle_http\n",
+                     "          stat_prefix: idle_http\n"
+                     "          common_http_protocol_options: {idle_timeout: 0.3s}\n")
+                 + "\n")
+
+
+def test_idle_connection_behind_rbac_times_out_as_envoy(pair_factory):
+    """No byte ever comes: RBAC never decides, the HCM's idle timeout closes it."""
+    pair = pair_factory(IDLE_TEMPLATE)
+
+    def run(side):
+        s = socket.create_connection(("127.0.0.1", side.ports["listener"]), timeout=10)
+        try:
+            closed = s.recv(1) == b""
+        finally:
+            s.close()
+        deadline = time.monotonic() + 10
+        while True:
+            text = side.admin("/stats").body.decode()
+            stats = {k: v for k, v in (ln.split(": ", 1) for ln in text.splitlines()
+                                       if ": " in ln) if _wanted(k) and "idle_http" in k}
+            if stats.get("http.idle_http.downstream_cx_destroy") == "1" \
+                    or time.monotonic() > deadline:
+                return closed, stats
+            time.sleep(0.05)
+
+    envoy, proxyd = pair.both(run)
+    assert envoy[0] is True
+    assert envoy[1]["http.idle_http.downstream_cx_idle_timeout"] == "1"
+    assert envoy[1]["http.idle_http.downstream_cx_destroy_local"] == "1"
+    assert proxyd == envoy
