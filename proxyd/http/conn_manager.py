@@ -352,6 +352,8 @@ class HcmReadFilter:
         except socket.timeout:
             hcm.stats.downstream_cx_idle_timeout.inc()
             return
+        except OSError:           # reset before its first bytes: a remote close
+            return
         self.codec_ran = True
         hcm.serve_codec(conn)
 

@@ -112,7 +112,13 @@ class ChainSocket:
             finally:
                 self.ready = None
             return
-        data = self.sock.recv(size)
+        try:
+            data = self.sock.recv(size)
+        except socket.timeout:
+            raise
+        except OSError:
+            self.conn.read_ended = True     # reset by the peer: a remote close
+            raise
         if self.conn.closed:        # a filter closed it meanwhile (a side call's denial)
             return
         if not data:

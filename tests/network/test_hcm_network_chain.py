@@ -247,3 +247,19 @@ def test_h2c_behind_rbac(px):
     assert n(after, "http.rbac_http.downstream_rq_http2_total") - \
         n(before, "http.rbac_http.downstream_rq_http2_total") == 2
     assert n(after, "net_rbac.rbac.denied") - n(before, "net_rbac.rbac.denied") == 1
+
+
+def test_reset_before_any_byte_is_a_remote_close(px):
+    """A client that resets the connection before sending anything: the HCM counts a
+    remote close, and the worker logs no filter failure."""
+    import struct
+    port = px.chain_ports[0]
+    before = _stats(px)
+    s = _connect(port)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    s.close()                                 # RST
+    want = int(before.get("http.rbac_http.downstream_cx_destroy", "0")) + 1
+    after = _stats(px, {"http.rbac_http.downstream_cx_destroy": str(want)})
+    assert _delta(before, after, "http.rbac_http.downstream_cx_destroy_remote") == 1
+    assert _delta(before, after, "http.rbac_http.downstream_cx_destroy_local") == 0
+    assert "network_filter_failed" not in px.log()
