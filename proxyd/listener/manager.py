@@ -89,7 +89,8 @@ class FilterChain:
         self.on_connection = getattr(only, "on_connection", None)
         if self.on_connection is None:
             self.on_connection = self._serve_pulled \
-                if getattr(self.filters[-1], "pulls_from_chain", False) else self._serve_managed
+                if self.filters and getattr(self.filters[-1], "pulls_from_chain", False) \
+                else self._serve_managed
         self.tls = server_tls(config.transport_socket) if config.HasField("transport_socket") \
             else None
         t = config.transport_socket_connect_timeout
