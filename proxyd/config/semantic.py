@@ -185,9 +185,6 @@ def _listener(listener, path, clusters, out):
                 if j != len(chain.filters) - 1:
                     out.append((fpath, 'http_connection_manager is a terminal filter and must be '
                                        'the last network filter of its chain'))
-                elif j:
-                    out.append((fpath, 'proxyd runs http_connection_manager only as the one '
-                                       'network filter of its chain'))
                 hcm = loader.unpack(f.typed_config)
                 _hcm(hcm, fpath + ('typed_config',), clusters, out)
                 if hcm.HasField('tracing') and listener.traffic_direction == base_pb2.OUTBOUND:

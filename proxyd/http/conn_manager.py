@@ -21,6 +21,7 @@ from proxyd.observability.tracing.hcm import REASONS as TRACE_REASONS, build_tra
 from proxyd.http.codec.http2 import Http2Options
 from proxyd.http.filter_manager import FilterSpec
 from proxyd.http.per_filter_config import PerFilterCompiler
+from proxyd.network.filter import ConnectionEvent, FilterStatus
 from proxyd.router.route_table import RouteTable
 from proxyd.stats.scope import Scope
 
@@ -248,7 +249,8 @@ class HttpConnectionManager:
         return "%s-%s-%s-%s-%s" % (h[:8], h[8:12], h[12:16], h[16:20], h[20:])
 
     def on_connection(self, conn) -> None:
-        """Serve `conn` (a DownstreamConnection) until it closes."""
+        """The HCM alone in its chain: serve `conn` (a DownstreamConnection) until it
+        closes, reading its socket directly (the fast path)."""
         stats = self.stats
         stats.downstream_cx_total.inc()
         stats.downstream_cx_active.inc()
@@ -256,31 +258,44 @@ class HttpConnectionManager:
         duration = (_ConnectionDuration(self, conn, self.max_connection_duration)
                     if self.max_connection_duration else None)
         try:
-            http2, first = self._pick_codec(conn)
-            if http2 is None:
-                return
-            if http2:
-                from proxyd.http.http2_connection import Http2Connection
-                stats.downstream_cx_http2_total.inc()
-                stats.downstream_cx_http2_active.inc()
-                try:
-                    Http2Connection(self, conn, first).serve()
-                finally:
-                    stats.downstream_cx_http2_active.dec()
-                return
-            from proxyd.http.http1_connection import Http1Connection
-            stats.downstream_cx_http1_total.inc()
-            stats.downstream_cx_http1_active.inc()
-            try:
-                Http1Connection(self, conn, first).serve()
-            finally:
-                stats.downstream_cx_http1_active.dec()
+            self.serve_codec(conn)
         finally:
             if duration is not None:
                 duration.close()
             stats.downstream_cx_active.dec()
             stats.downstream_cx_destroy.inc()
             stats.downstream_cx_length_ms.record((time.monotonic() - t0) * 1000.0)
+
+    # the listener serves a chain ending in the HCM with FilterChainConnection.serve_pulled
+    pulls_from_chain = True
+
+    def __call__(self, filter_manager) -> None:
+        """The filter factory, for chains where other network filters (RBAC, rate
+        limits, ext_authz) run in front of the HCM as the terminal filter."""
+        filter_manager.add_read_filter(HcmReadFilter(self))
+
+    def serve_codec(self, conn) -> None:
+        """Pick the codec and run it until the connection closes."""
+        stats = self.stats
+        http2, first = self._pick_codec(conn)
+        if http2 is None:
+            return
+        if http2:
+            from proxyd.http.http2_connection import Http2Connection
+            stats.downstream_cx_http2_total.inc()
+            stats.downstream_cx_http2_active.inc()
+            try:
+                Http2Connection(self, conn, first).serve()
+            finally:
+                stats.downstream_cx_http2_active.dec()
+            return
+        from proxyd.http.http1_connection import Http1Connection
+        stats.downstream_cx_http1_total.inc()
+        stats.downstream_cx_http1_active.inc()
+        try:
+            Http1Connection(self, conn, first).serve()
+        finally:
+            stats.downstream_cx_http1_active.dec()
 
     def _pick_codec(self, conn) -> tuple[bool | None, bytes]:
         """(HTTP/2?, bytes already read): codec_type HTTP2 or HTTP1, ALPN on TLS, or
@@ -343,6 +358,81 @@ class _ConnectionDuration:
         proto = self.conn.protocol
         if proto is not None and proto.idle:  # blocked waiting for a next request
             self.glet.throw(socket.timeout("max connection duration"))
+
+
+class HcmReadFilter:
+    """The HCM as the terminal read filter of a chain (Envoy's ConnectionManagerImpl as a
+    Network::ReadFilter): the filters in front see each byte first, and what they let
+    through is delivered to the codec's socket (`proxyd.network.chain_socket`), which the
+    codec loop (`serve`, run by the chain's driver) reads.
+
+    As Envoy counts them: the connection is an HCM connection from the moment its
+    filters are made (`downstream_cx_total/active`), also when a filter in front closes
+    it before any byte reaches the HCM (then `downstream_cx_destroy_local`, or
+    `_remote` when the peer left first); the codec is chosen on the first bytes that
+    reach it."""
+    __slots__ = ("hcm", "callbacks", "sink", "t0", "codec_ran", "done")
+
+    def __init__(self, hcm: HttpConnectionManager):
+        self.hcm = hcm
+        self.sink = None
+        self.codec_ran = False
+        self.done = False
+
+    def initialize_read_filter_callbacks(self, callbacks) -> None:
+        self.callbacks = callbacks
+        stats = self.hcm.stats
+        stats.downstream_cx_total.inc()
+        stats.downstream_cx_active.inc()
+        self.t0 = time.monotonic()
+        callbacks.connection.add_connection_callbacks(self)
+
+    def attach(self, sink) -> None:
+        self.sink = sink
+
+    def on_new_connection(self):
+        return FilterStatus.CONTINUE
+
+    def on_data(self, data: bytes, end_stream: bool):
+        self.sink.deliver(data, end_stream)
+        return FilterStatus.STOP_ITERATION   # terminal, as Envoy's HCM
+
+    def serve(self, conn) -> None:
+        """The codec loop: waits (idle_timeout) for the first bytes the chain lets
+        through, then runs the codec on them."""
+        hcm = self.hcm
+        try:
+            if not self.sink.wait_data(hcm.idle_timeout):
+                return
+        except socket.timeout:
+            hcm.stats.downstream_cx_idle_timeout.inc()
+            return
+        except OSError:           # reset before its first bytes: a remote close
+            return
+        self.codec_ran = True
+        duration = (_ConnectionDuration(hcm, conn, hcm.max_connection_duration)
+                    if hcm.max_connection_duration else None)
+        try:
+            hcm.serve_codec(conn)
+        finally:
+            if duration is not None:
+                duration.close()
+
+    def on_event(self, event) -> None:
+        if self.done:
+            return
+        self.done = True
+        stats = self.hcm.stats
+        if not self.codec_ran:    # the codec counts how it ended itself
+            (stats.downstream_cx_destroy_remote if event is ConnectionEvent.REMOTE_CLOSE
+             else stats.downstream_cx_destroy_local).inc()
+        # Envoy counts every byte read on the connection (the codec counts those it got)
+        unreturned = self.sink.unreturned_bytes() if self.sink is not None else 0
+        if unreturned:
+            stats.downstream_cx_rx_bytes_total.inc(unreturned)
+        stats.downstream_cx_active.dec()
+        stats.downstream_cx_destroy.inc()
+        stats.downstream_cx_length_ms.record((time.monotonic() - self.t0) * 1000.0)
 
 
 def _read_until_decided(sock, timeout) -> bytes | None:

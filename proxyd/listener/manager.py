@@ -84,13 +84,19 @@ class FilterChain:
     """A filter chain's network filters, built through the registry. The HTTP connection
     manager or tcp_proxy alone serves the connection in its own loop (`on_connection`);
     any other chain runs through a `FilterManager`, each extension's `create()` having
-    returned a factory that adds its filters to it."""
+    returned a factory that adds its filters to it. A chain ending in the HCM (filters in
+    front of it) is driven by the HCM's codec loop reading through the chain
+    (`serve_pulled`); the others by the manager's own read loop (`serve`)."""
 
     def __init__(self, config, ctx):
         self.filters = [registry.factory(f.typed_config.type_url).create(unpack(f.typed_config), ctx)
                         for f in config.filters]
         only = self.filters[0] if len(self.filters) == 1 else None
-        self.on_connection = getattr(only, "on_connection", None) or self._serve_managed
+        self.on_connection = getattr(only, "on_connection", None)
+        if self.on_connection is None:
+            self.on_connection = self._serve_pulled \
+                if self.filters and getattr(self.filters[-1], "pulls_from_chain", False) \
+                else self._serve_managed
         self.tls = server_tls(config.transport_socket) if config.HasField("transport_socket") \
             else None
         t = config.transport_socket_connect_timeout
@@ -99,6 +105,9 @@ class FilterChain:
 
     def _serve_managed(self, conn) -> None:
         FilterChainConnection(conn, self.filters).serve()
+
+    def _serve_pulled(self, conn) -> None:
+        FilterChainConnection(conn, self.filters).serve_pulled()
 
 
 class SslStats:

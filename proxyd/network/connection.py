@@ -126,6 +126,31 @@ class FilterChainConnection:
             reader.close()
             self._close(ConnectionEvent.LOCAL_CLOSE)
 
+    def serve_pulled(self) -> None:
+        """Run until the connection closes, for a chain whose terminal filter runs its own
+        blocking loop (the HTTP connection manager): that loop reads through a
+        `ChainSocket`, each read running the filters in front of it (see there)."""
+        from proxyd.network.chain_socket import ChainSocket
+        downstream = self.downstream
+        downstream.protocol = self
+        real = self.sock
+        sock = ChainSocket(self, real)
+        terminal = self.manager.terminal()
+        terminal.attach(sock)
+        event = ConnectionEvent.LOCAL_CLOSE
+        try:
+            self.manager.initialize_read_filters()
+            if not self.closed:
+                downstream.sock = sock
+                terminal.serve(downstream)
+            if sock.eof or self.read_ended:
+                event = ConnectionEvent.REMOTE_CLOSE
+        except Exception as e:  # noqa: BLE001 - a filter bug ends its connection, not the worker
+            _logger().exception("network_filter_failed", connection=self.id, error=str(e))
+        finally:
+            downstream.sock = real
+            self._close(event)
+
     def _close(self, event: ConnectionEvent) -> None:
         if self.closed:
             return

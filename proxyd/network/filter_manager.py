@@ -89,6 +89,20 @@ class FilterManager:
         self._iterate(0, b"", False)
         return True
 
+    def holding(self) -> bool:
+        """A filter stopped on bytes (or an end of stream) it has not let go yet."""
+        for active in self._read:
+            if active.held or active.held_end:
+                return True
+        return False
+
+    def has_write_filters(self) -> bool:
+        return bool(self._write)
+
+    def terminal(self):
+        """The last read filter (the chain's terminal filter), None without any."""
+        return self._read[-1].filter if self._read else None
+
     def on_read(self, data: bytes, end_stream: bool) -> None:
         self._iterate(0, data, end_stream)
 

@@ -57,7 +57,9 @@ def tunnel(down, down_rest: bytes, up, up_rest: bytes, idle_timeout: float | Non
             down.sendall(up_rest)
     except OSError:
         return "error"
-    pump = copy_pump if (is_tls(down) or is_tls(up)) else splice_pump
+    # behind network filters (a ChainSocket) the tunnel's bytes go through them too
+    pump = copy_pump if (is_tls(down) or is_tls(up) or getattr(down, "through_chain", False)) \
+        else splice_pump
     pumps = [gevent.spawn(pump, down, up, down_rx, noop),
              gevent.spawn(pump, up, down, up_rx, noop)]
     why = None

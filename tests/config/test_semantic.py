@@ -222,3 +222,35 @@ def test_re2_program_size_limits_follow_the_runtime():
     assert regex_problem('/(a{50}|b{60})x', rt) is None
     rt = runtime.Runtime(runtime.flatten({"re2.max_program_size.error_level": 10}))
     assert "RE2 program size of 20 > max program size of 10" in regex_problem('/abc[0-9]+x{10}', rt)
+
+
+NETWORK_RBAC = '''\
+    - filters:
+      - name: envoy.filters.network.rbac
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: net
+          rules: { action: DENY, policies: {} }
+      - name: envoy.filters.network.http_connection_manager
+'''
+FIRST_FILTER = '    - filters:\n      - name: envoy.filters.network.http_connection_manager\n'
+
+
+def test_network_filters_in_front_of_the_hcm_load(config):
+    """As in Envoy: RBAC (or rate limits, ext_authz) before the HCM as terminal filter."""
+    from proxyd.config import load_bootstrap
+    bs = load_bootstrap(config(replace={FIRST_FILTER: NETWORK_RBAC}).path)
+    names = [f.name for f in bs.static_resources.listeners[0].filter_chains[0].filters]
+    assert names == ['envoy.filters.network.rbac', 'envoy.filters.network.http_connection_manager']
+
+
+def test_hcm_must_be_the_last_network_filter(config):
+    router_end = ('              "@type": type.googleapis.com/envoy.extensions.filters.http.'
+                  'router.v3.Router\n  clusters:\n')
+    rbac_after = NETWORK_RBAC.split('\n', 1)[1].rsplit('      - name: envoy.filters.network.'
+                                                     'http_connection_manager\n', 1)[0]
+    cfg = config(replace={router_end: router_end.replace('  clusters:\n', rbac_after
+                                                         + '  clusters:\n')})
+    assert cfg.error('static_resources.listeners[0].filter_chains[0].filters[0]')[1] == (
+        'http_connection_manager is a terminal filter and must be the last network filter of '
+        'its chain')

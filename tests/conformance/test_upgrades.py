@@ -113,3 +113,29 @@ def test_websocket_upgrades_match_envoy(pair_factory, ws_port):
     assert proxyd[0] == envoy[0]
     assert proxyd[1] == envoy[1]
     assert proxyd[2] == envoy[2]
+
+
+RBAC_IN_FRONT = """      - name: envoy.filters.network.rbac
+        typed_config:
+          "@type": type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC
+          stat_prefix: ws_rbac
+          rules:
+            action: DENY
+            policies:
+              nobody: {permissions: [{any: true}], principals: [{not_id: {any: true}}]}
+      - name: envoy.filters.network.http_connection_manager
+"""
+
+
+def test_websocket_upgrade_behind_network_rbac_matches_envoy(pair_factory, ws_port):
+    """The HCM behind a network filter: the tunnel's bytes go through the chain too."""
+    template = TEMPLATE.replace("@ws@", str(ws_port)).replace(
+        "      - name: envoy.filters.network.http_connection_manager\n", RBAC_IN_FRONT, 1)
+    pair = pair_factory(template)
+    envoy, proxyd = pair.both(_observe)
+    assert envoy[0][0][0] == 101 and envoy[0][3][0] == 403
+    assert proxyd == envoy
+    allowed = pair.both(lambda s: dict(
+        line.split(": ", 1) for line in s.admin("/stats").body.decode().splitlines()
+        if ": " in line).get("ws_rbac.rbac.allowed"))
+    assert allowed == ("2", "2")

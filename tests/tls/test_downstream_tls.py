@@ -201,3 +201,38 @@ def test_handshake_timeout(pki, proxyd_factory):
     with socket.create_connection(("127.0.0.1", port), timeout=5) as s:
         assert s.recv(1) == b""
     assert wait_stat(px, "listener.127.0.0.1_%d.ssl.connection_error" % port, 1) == 1
+
+
+NET_RBAC_DENY_NOTHING = {
+    "name": "envoy.filters.network.rbac", "typed_config": {
+        "@type": "type.googleapis.com/envoy.extensions.filters.network.rbac.v3.RBAC",
+        "stat_prefix": "tls_rbac",
+        "rules": {"action": "DENY", "policies": {"bad_source": {
+            "permissions": [{"any": True}],
+            "principals": [{"direct_remote_ip": {"address_prefix": "127.0.0.2",
+                                                 "prefix_len": 32}}]}}}}}
+
+
+def test_https_h1_and_h2_behind_network_rbac(pki, upstream, proxyd_factory):
+    """TLS under a chain with a network filter in front of the HCM: the chain reads the
+    decrypted bytes; ALPN still picks the codec; keep-alive works on both."""
+    port = free_port()
+    fc = chain(hcm(), downstream_tls(pki.a, alpn=["h2", "http/1.1"]))
+    fc["filters"].insert(0, NET_RBAC_DENY_NOTHING)
+    px = proxyd_factory(bootstrap([tls_listener(port, [fc], inspector=False)],
+                                  [cluster("upstream", [("127.0.0.1", upstream.port)])]))
+    base = "https://a.example.com:%d" % port
+    common = ("--cacert", pki.ca_path, "--resolve", "a.example.com:%d:127.0.0.1" % port,
+              "-o", "/dev/null", "-w", "%{http_code} %{http_version}\n")
+    r = curl("--http1.1", *common, base + "/one", "-o", "/dev/null", base + "/two")
+    assert r.returncode == 0 and r.stdout == "200 1.1\n200 1.1\n", (r.stdout, r.stderr)
+    r = curl("--http2", *common, base + "/h2")
+    assert r.returncode == 0 and r.stdout == "200 2\n", (r.stdout, r.stderr)
+    r = curl("--http1.1", "--interface", "127.0.0.2", *common, base + "/denied")
+    assert r.returncode != 0
+    assert wait_stat(px, "tls_rbac.rbac.denied", 1) == 1
+    s = stats(px)
+    assert s["tls_rbac.rbac.allowed"] == 2
+    assert s["http.ingress_http.downstream_cx_http1_total"] == 1
+    assert s["http.ingress_http.downstream_cx_http2_total"] == 1
+    assert s["http.ingress_http.downstream_rq_total"] == 3
