@@ -243,7 +243,8 @@ class Http1Stream(Stream):
             # this response (or, after a 101, with the tunnel)
             self._keep_alive = False
             self.closing = True
-            if status == 101:
+            if status == 101 or (200 <= status < 300 and req.method == "CONNECT"):
+                # the tunnel's head: no framing, the bytes after it are the tunnel's
                 self._out.append(encode_response_head(status, h, "HTTP/1.1"))
                 self.headers_sent = True
                 return

@@ -21,7 +21,8 @@ import time
 import gevent
 
 from proxyd.http import grpc, local_reply
-from proxyd.http.headers import HOP_BY_HOP
+from proxyd.http.headers import HOP_BY_HOP, Headers
+from proxyd.http.message import ResponseHead
 from proxyd.http.http2_transport import ConnectionClosed
 from proxyd.http.stream_errors import DownstreamGone
 from proxyd.router import upgrade as upgrades
@@ -134,6 +135,8 @@ class UpstreamRequest:
         if pool is None or req.upgrade is not None or not (
                 self.cluster.http2_mode == "h2" or req.version == "HTTP/2"):
             pool = host.pool
+        # a CONNECT (or allow_post POST) the route's connect_config terminates: raw TCP
+        terminate = route.connect_config is not None and upgrades.terminates(route, req)
         pump = None
         # counted as started (the `finally` ends it), then the route timeout armed; the
         # timer raises this very instance, so a nested one is told apart
@@ -161,7 +164,8 @@ class UpstreamRequest:
                 self.headers.set("x-envoy-attempt-count", str(info.attempt_count))
             for replay in (False, True):
                 try:
-                    us = self.us = pool.new_stream()
+                    us = self.us = (upgrades.TcpUpstream(self.cluster, host) if terminate
+                                    else pool.new_stream())
                 except UpstreamConnectError as e:
                     host.rq_error.inc()
                     if should_retry(retry, retry.policy.retry_failure(CONNECT_FAILURE)
@@ -174,6 +178,9 @@ class UpstreamRequest:
                     return
                 info.upstream_local_address = us.local_address
                 info.upstream_start_mono = time.monotonic()
+                if terminate:  # Envoy's TcpUpstream: a 200 as soon as the connection is up
+                    self._tunnel(us, ResponseHead(200, Headers([])))
+                    return
                 # whether the head is all there is to send (HTTP/2: a retry replays a
                 # buffered body as DATA even when the downstream is done)
                 if us.multiplexed:
@@ -290,7 +297,8 @@ class UpstreamRequest:
                     else:
                         us.reset(False)
                     raise Retry()
-                if resp.status == 101 and stream.request.upgrade is not None:
+                if stream.request.upgrade is not None and (resp.status == 101 or (
+                        200 <= resp.status < 300 and stream.request.method == "CONNECT")):
                     self._tunnel(us, resp)
                     return
                 ended = ev[2]
@@ -309,55 +317,71 @@ class UpstreamRequest:
                 stream.flush()
 
     def _tunnel(self, us, resp) -> None:
-        """The upstream accepted the upgrade: its 101 goes downstream, then both
-        connections carry the upgraded protocol until they close (neither goes back to a
-        pool; the downstream connection closes after it)."""
+        """The upstream accepted the upgrade (a 101, a 2xx to CONNECT, or the TCP
+        connection of a terminated CONNECT): its head goes downstream, then both sides
+        carry the tunnel until they close (neither connection goes back to a pool; an
+        HTTP/1 downstream connection closes after it, an HTTP/2 stream ends)."""
         stream = self.stream
         self.timer.close()  # the route timeout ends with the response head, as in Envoy
+        req = stream.request
+        post = req.method == "POST"  # connect_config.allow_post: an ordinary response
         h = resp.headers
-        self._send_response_head(resp, False, (h.get("upgrade"), h.get("connection")))
+        self._send_response_head(resp, False, None if post else (h.get("upgrade"),
+                                                                 h.get("connection")))
         stream.flush()
         hcm = stream.hcm
-        down = stream.fm.stream       # the downstream HTTP/1 stream
-        h1 = down.h1
-        rest = h1.parser.upgrade_rest or b""
-        h1.parser.upgrade_rest = b""
         up_sock, up_rest = us.detach()
-        down_sock = h1.sock
-        down_sock.settimeout(None)    # the tunnel's own idle timer watches both sides
         cstats = self.cluster.stats
         hstats = hcm.stats
-        hstats.downstream_cx_upgrades_total.inc()
-        hstats.downstream_cx_upgrades_active.inc()
         info = stream.info
+        h1 = None
+        if req.version == "HTTP/2" or post:
+            why = upgrades.relay_stream(stream, up_sock, up_rest,
+                                        cstats.upstream_cx_tx_bytes_total.inc,
+                                        cstats.upstream_cx_rx_bytes_total.inc,
+                                        not isinstance(us, upgrades.TcpUpstream))
+        else:
+            down = stream.fm.stream       # the downstream HTTP/1 stream
+            h1 = down.h1
+            rest = h1.parser.upgrade_rest or b""
+            h1.parser.upgrade_rest = b""
+            down_sock = h1.sock
+            down_sock.settimeout(None)    # the tunnel's own idle timer watches both sides
 
-        def down_rx(n: int) -> None:
-            hstats.downstream_cx_rx_bytes_total.inc(n)
-            cstats.upstream_cx_tx_bytes_total.inc(n)
-            info.bytes_received += n
+            def down_rx(n: int) -> None:
+                hstats.downstream_cx_rx_bytes_total.inc(n)
+                cstats.upstream_cx_tx_bytes_total.inc(n)
+                info.bytes_received += n
 
-        def up_rx(n: int) -> None:
-            cstats.upstream_cx_rx_bytes_total.inc(n)
-            hstats.downstream_cx_tx_bytes_total.inc(n)
-            info.bytes_sent += n
+            def up_rx(n: int) -> None:
+                cstats.upstream_cx_rx_bytes_total.inc(n)
+                hstats.downstream_cx_tx_bytes_total.inc(n)
+                info.bytes_sent += n
 
-        try:
             why = upgrades.tunnel(down_sock, rest, up_sock, up_rest, hcm.stream_idle_timeout,
                                   down_rx, up_rx)
-        finally:
-            hstats.downstream_cx_upgrades_active.dec()
         if why == "idle":
             hstats.downstream_rq_idle_timeout.inc()
             info.response_flags.append("SI")
-        elif why == "upstream_closed":  # Envoy 1.40 logs the upstream's close this way
+        elif why == "upstream_closed" and h1 is not None:  # Envoy 1.40 logs it this way
             info.response_flags.append("UC")
-        down.closing = True
-        us.done()
-        stream.send_data(b"", True)
+        elif why == "downstream_closed" and h1 is not None and req.method == "CONNECT":
+            info.response_flags.append("DC")
+        if h1 is None and why != "error" and isinstance(us, upgrades.TcpUpstream):
+            us.done(remote=True)  # the relay read the upstream's FIN
+        else:
+            us.done()
+        if h1 is not None:
+            stream.fm.stream.closing = True
+            stream.send_data(b"", True)
+        elif why == "upstream_reset":
+            info.response_flags.append("UC")
         self._complete(resp)
-        if why == "upstream_closed":
+        if why == "upstream_reset" or (h1 is not None and why == "upstream_closed"):
             info.response_code_details = ("upstream_reset_after_response_started"
                                           "{connection_termination}")
+        elif why == "downstream_closed" and h1 is not None and req.method == "CONNECT":
+            info.response_code_details = "downstream_remote_disconnect"
 
     def _retry_response(self, resp) -> bool:
         """Whether this response head is retried rather than sent downstream; a retried

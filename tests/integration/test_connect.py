@@ -1,0 +1,130 @@
+"""CONNECT through proxyd (`connect_matcher` routes, `upgrade_configs: [{upgrade_type:
+CONNECT}]`, a route's `connect_config`): curl tunnelling HTTP through proxyd to a real
+HTTP upstream (`curl -p -x`), HTTP/2 CONNECT with the python `h2` client moving a
+megabyte each way through flow control, CONNECT refused when no upgrade_configs allows
+it, and the config errors for what proxyd does not implement. The side-by-side
+comparison with Envoy is tests/conformance/test_connect_vs_envoy.py."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+
+import pytest
+import yaml
+
+from harness import free_port, run_cli, simple_config, virtual_host
+from tunnel_peers import H2Client, TcpEcho, h1_connect
+
+CONNECT = [{"upgrade_type": "CONNECT"}]
+TERMINATE = [{"upgrade_type": "CONNECT", "connect_config": {}}]
+
+
+def _config(port, upstream_port, hcm_upgrades=CONNECT, route_upgrades=TERMINATE):
+    action = {"cluster": "upstream"}
+    if route_upgrades is not None:
+        action["upgrade_configs"] = route_upgrades
+    vh = virtual_host([{"match": {"connect_matcher": {}}, "route": action},
+                       {"match": {"prefix": "/"}, "route": {"cluster": "upstream"}}])
+    extra = {"upgrade_configs": hcm_upgrades} if hcm_upgrades else {}
+    return simple_config(port, upstream_port, virtual_hosts=[vh], **extra)
+
+
+@pytest.fixture
+def echo():
+    e = TcpEcho()
+    yield e
+    e.stop()
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_curl_tunnels_http_through_a_terminated_connect(proxyd_factory, upstream):
+    port = free_port()
+    proxyd_factory(_config(port, upstream.port))
+    out = subprocess.run(["curl", "-sS", "-p", "-x", "http://127.0.0.1:%d" % port,
+                          "-D", "-", "http://service.test:8080/through/the/tunnel"],
+                         capture_output=True, timeout=30)
+    assert out.returncode == 0, out.stderr
+    text = out.stdout.decode("latin-1")
+    # curl's CONNECT answer from proxyd, then the upstream's own response in the tunnel
+    assert text.startswith("HTTP/1.1 200 OK\r\n")
+    body = json.loads(text.rsplit("\r\n\r\n", 1)[1])
+    assert body["path"] == "/through/the/tunnel"
+    assert ["host", "service.test:8080"] in [list(h) for h in body["headers"]]
+
+
+def test_h2_connect_moves_a_megabyte_each_way(proxyd_factory, echo):
+    port = free_port()
+    proxyd_factory(_config(port, echo.port))
+    c = H2Client(port)
+    try:
+        sid = c.request([(":method", "CONNECT"), (":authority", "echo.test:7")])
+        assert c.response(sid)[0] == "200"
+        payload = bytes(range(256)) * 4096  # 1 MiB, past the 64 KiB initial windows
+        sent = 0
+        while sent < len(payload):  # as the stream's window allows
+            window = min(c.conn.local_flow_control_window(sid), 16384)
+            if window <= 0:
+                c._read()
+                continue
+            c.send(sid, payload[sent:sent + window])
+            sent += window
+        c.end(sid)
+        assert c.received(sid, len(payload), timeout=30) == payload
+        assert c.outcome(sid) == "end"
+    finally:
+        c.close()
+
+
+def test_h1_connect_half_close_still_gets_the_echo(proxyd_factory, echo):
+    port = free_port()
+    proxyd_factory(_config(port, echo.port))
+    status, _, echoes, tail = h1_connect(port, "echo.test:7", (b"ping",))
+    assert status == "HTTP/1.1 200 OK" and echoes == [b"ping"] and tail == b""
+
+
+def test_connect_no_upgrade_config_allows_is_refused_403(proxyd_factory, echo):
+    port = free_port()
+    proxyd_factory(_config(port, echo.port, hcm_upgrades=None, route_upgrades=None))
+    status, headers, echoes, _ = h1_connect(port, "echo.test:7")
+    assert status == "HTTP/1.1 403 Forbidden" and echoes == []
+
+
+def test_h2_extended_connect_needs_allow_connect(proxyd_factory, echo):
+    """Without http2_protocol_options.allow_connect proxyd offers no extended CONNECT
+    (SETTINGS_ENABLE_CONNECT_PROTOCOL stays 0) and resets a :protocol request."""
+    port = free_port()
+    proxyd_factory(_config(port, echo.port))
+    c = H2Client(port)
+    try:
+        assert c.settings.get(8, 0) == 0
+        sid = c.request([(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+                         (":path", "/chat"), (":authority", "echo.test")])
+        assert c.response(sid) == ("reset", 1)
+    finally:
+        c.close()
+
+
+@pytest.mark.parametrize("change, error", [
+    (lambda cfg: _route(cfg)["route"].update(upgrade_configs=[
+        {"upgrade_type": "websocket", "connect_config": {}}]),
+     "Non-CONNECT upgrade type websocket has ConnectConfig"),
+    (lambda cfg: _route(cfg)["route"].update(upgrade_configs=[
+        {"upgrade_type": "CONNECT", "connect_config": {"proxy_protocol_config": {}}}]),
+     "proxy_protocol_config"),
+    (lambda cfg: cfg["static_resources"]["clusters"][0].update(
+        http2_protocol_options={"allow_connect": True}),
+     "allow_connect upstream"),
+])
+def test_config_errors(tmp_path, change, error):
+    cfg = _config(free_port(), 1)
+    change(cfg)
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    out = run_cli("check", "-c", str(path))
+    assert out.returncode != 0 and error in out.stdout + out.stderr, out.stdout + out.stderr
+
+
+def _route(cfg):
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    return hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]
