@@ -11,6 +11,7 @@ import time
 import h2.config
 import h2.connection
 import h2.events
+import h2.exceptions
 
 
 class TcpEcho:
@@ -121,6 +122,13 @@ class H2Client:
         self.sock = socket.create_connection(("127.0.0.1", port), timeout=timeout)
         self.conn = h2.connection.H2Connection(h2.config.H2Configuration(
             client_side=True, header_encoding="utf-8"))
+        # a GOAWAY (Envoy's drain notice) leaves the connection open for the streams it
+        # lets finish (RFC 9113 6.8), where h2 would close it and fail the next frame
+        CS, CI = h2.connection.ConnectionState, h2.connection.ConnectionInputs
+        t = dict(self.conn.state_machine._transitions)
+        for state in (CS.IDLE, CS.CLIENT_OPEN, CS.SERVER_OPEN):
+            t[(state, CI.RECV_GOAWAY)] = (None, state)
+        self.conn.state_machine._transitions = t
         self.settings: dict = {}
         self.events: list = []
         self.conn.initiate_connection()
@@ -135,10 +143,18 @@ class H2Client:
             self.sock.sendall(data)
 
     def _read(self) -> bool:
-        d = self.sock.recv(65536)
+        try:
+            d = self.sock.recv(65536)
+        except socket.timeout:
+            return False
         if not d:
             return False
-        for ev in self.conn.receive_data(d):
+        try:
+            events = self.conn.receive_data(d)
+        except h2.exceptions.ProtocolError as e:  # the peer broke HTTP/2: say so
+            self.events.append(("h2 error", str(e)))
+            return False
+        for ev in events:
             if isinstance(ev, h2.events.RemoteSettingsChanged):
                 self.settings.update({int(k): v.new_value for k, v in ev.changed_settings.items()})
             elif isinstance(ev, h2.events.DataReceived):
@@ -169,10 +185,14 @@ class H2Client:
         if isinstance(ev, h2.events.StreamReset):
             return "reset", int(ev.error_code)
         if ev is None:
-            return None
+            errors = [e for e in self.events if isinstance(e, tuple)]
+            return errors[0] if errors else None
         hs = dict(ev.headers)
-        return hs.get(":status"), sorted((k, v) for k, v in ev.headers
-                                         if k not in (":status", "date"))
+        goaway = [e.last_stream_id for e in self.events
+                  if isinstance(e, h2.events.ConnectionTerminated)]
+        out = hs.get(":status"), sorted((k, v) for k, v in ev.headers
+                                        if k not in (":status", "date"))
+        return out + (("goaway", goaway[0]),) if goaway else out
 
     def send(self, sid: int, data: bytes, end_stream: bool = False) -> None:
         self.conn.send_data(sid, data, end_stream=end_stream)
@@ -224,5 +244,71 @@ def h2_connect(port: int, authority: str, payload: bytes = b"hello") -> tuple:
             echo = c.received(sid, len(payload))
             c.end(sid)
         return c.settings.get(8, 0), resp, echo, c.outcome(sid)
+    finally:
+        c.close()
+
+
+def ws_frame(payload: bytes | str, opcode: int | None = None) -> bytes:
+    """One masked client WebSocket frame (text for str, binary for bytes)."""
+    from websockets.frames import Frame, Opcode
+    if opcode is None:
+        opcode = Opcode.TEXT if isinstance(payload, str) else Opcode.BINARY
+    data = payload.encode() if isinstance(payload, str) else payload
+    return Frame(Opcode(opcode), data).serialize(mask=True)
+
+
+def ws_parse(data: bytes) -> list:
+    """The server's (unmasked) WebSocket frames in `data`: [(opcode, payload)]; a frame
+    cut short at the end is left out."""
+    out = []
+    i = 0
+    while i + 2 <= len(data):
+        op, n = data[i] & 0x0F, data[i + 1] & 0x7F
+        j = i + 2
+        if n == 126:
+            n, j = int.from_bytes(data[j:j + 2], "big"), j + 2
+        elif n == 127:
+            n, j = int.from_bytes(data[j:j + 8], "big"), j + 8
+        if j + n > len(data):
+            break
+        out.append((op, bytes(data[j:j + n])))
+        i = j + n
+    return out
+
+
+def h2_websocket(port: int, path: str, messages=("hello",), handshake: bool = True,
+                 authority: str = "ws.test", timeout: float = 10.0) -> tuple:
+    """WebSocket over HTTP/2 (RFC 8441 extended CONNECT) with the python `h2` client:
+    `handshake` adds the HTTP/1.1 Sec-WebSocket-Key/-Version an HTTP/1.1 upstream wants.
+    Sends each message, then a close frame. Returns (SETTINGS_ENABLE_CONNECT_PROTOCOL,
+    response, [(opcode, payload)] received, how the stream ended)."""
+    c = H2Client(port)
+    try:
+        headers = [(":method", "CONNECT"), (":protocol", "websocket"), (":scheme", "http"),
+                   (":path", path), (":authority", authority)]
+        if handshake:
+            headers += [("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                        ("sec-websocket-version", "13")]
+        sid = c.request(headers)
+        resp = c.response(sid)
+        frames = []
+        if resp and resp[0] == "200":
+            def frames_after(n):  # wait for n frames (or the stream's end)
+                c._wait(lambda e: len(ws_parse(c.received(sid, 0, 0))) >= n or (
+                    getattr(e, "stream_id", None) == sid and isinstance(
+                        e, (h2.events.StreamEnded, h2.events.StreamReset))))
+                return ws_parse(c.received(sid, 0, 0))
+            frames = frames_after(1)  # the server speaks first
+            for m in list(messages) + [None]:
+                if m is None:
+                    c.send(sid, ws_frame(b"\x03\xe8", 8))  # close, 1000
+                else:
+                    c.send(sid, ws_frame(m))
+                frames = frames_after(len(frames) + 1)
+        outcome = c.outcome(sid) if resp and resp[0] == "200" else None
+        if outcome == "open":
+            c.end(sid)
+            outcome = "open, then " + c.outcome(sid)
+        return c.settings.get(8, 0), resp, frames, outcome
     finally:
         c.close()

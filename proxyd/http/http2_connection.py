@@ -78,7 +78,7 @@ class Http2Connection(H2Transport):
     def on_tx(self, n: int) -> None:
         self.hcm.stats.downstream_cx_tx_bytes_total.inc(n)
 
-    def on_drain(self) -> None:
+    def on_drain(self, count: bool = True) -> None:
         """Graceful close (drain, hot restart) as Envoy does it: a GOAWAY notice with
         the largest stream id now (streams the client already sent are still served),
         the final GOAWAY with the last stream id we took after HCM drain_timeout; the
@@ -86,7 +86,8 @@ class Http2Connection(H2Transport):
         if self.drain_notice or self.draining or self.closed:
             return
         self.drain_notice = True
-        self.hcm.stats.downstream_cx_drain_close.inc()
+        if count:  # not for the drain a refused upgrade starts (Envoy 1.40)
+            self.hcm.stats.downstream_cx_drain_close.inc()
         self.codec.goaway(MAX_STREAM_ID)
         self.flush()
         self._drain_timer = gevent.spawn_later(self.hcm.drain_timeout, self._final_goaway)

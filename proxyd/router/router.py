@@ -52,6 +52,9 @@ class Router(BlockingTerminalFilter):
                 name = route.cluster_for(stream.request)
                 if self.ctx.cluster_manager.get(name) is not None:
                     stream.info.upstream_cluster = name
+            h2 = getattr(stream.fm.stream, "h2", None)
+            if h2 is not None:  # Envoy 1.40 drain-closes an HTTP/2 connection then
+                h2.on_drain(count=False)
             stream.local_reply(403, b"", "upgrade_failed")
             return False
         # counted once its filter chain is made (Envoy's createUpgradeFilterChain), whatever

@@ -407,7 +407,9 @@ class UpstreamRequest:
             for name, value in zip(("upgrade", "connection"), upgrade):
                 if value is not None:
                     h.add(name, value)
-        else:
+        elif stream.request.upgrade is None:
+            # Envoy stamps it only once the downstream request is complete, which an
+            # upgrade request never is (whatever the upstream answers)
             h.set("x-envoy-upstream-service-time", str(int((now - self.t0) * 1000)))
         if self.route.attempt_count_in_response:
             h.set("x-envoy-attempt-count", str(stream.info.attempt_count))

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from harness import free_port, run_cli, simple_config, virtual_host
-from tunnel_peers import H2Client, TcpEcho, h1_connect
+from tunnel_peers import H2Client, TcpEcho, h1_connect, ws_frame, ws_parse
 
 CONNECT = [{"upgrade_type": "CONNECT"}]
 TERMINATE = [{"upgrade_type": "CONNECT", "connect_config": {}}]
@@ -128,3 +128,59 @@ def test_config_errors(tmp_path, change, error):
 def _route(cfg):
     hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
     return hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"][0]
+
+
+@pytest.fixture
+def ws_server():
+    """A websockets echo server (in a thread); answers "path:<request path>" first."""
+    import threading
+
+    from websockets.sync.server import serve
+
+    def echo(ws):
+        ws.send("path:" + ws.request.path)
+        for msg in ws:
+            ws.send(msg)
+
+    server = serve(echo, "127.0.0.1", 0)
+    t = threading.Thread(target=server.serve_forever, daemon=True)
+    t.start()
+    yield server.socket.getsockname()[1]
+    server.shutdown()
+    t.join(5)
+
+
+def test_two_websockets_over_one_http2_connection(proxyd_factory, ws_server):
+    """RFC 8441 through proxyd to a real websockets server: two extended CONNECT streams
+    side by side on one connection (Envoy #38645 broke all but the first), each its own
+    HTTP/1.1 upgrade upstream, a 256 KiB binary message through the stream windows."""
+    port = free_port()
+    cfg = simple_config(port, ws_server, upgrade_configs=[{"upgrade_type": "websocket"}],
+                        http2_protocol_options={"allow_connect": True})
+    proxyd_factory(cfg)
+    c = H2Client(port)
+    try:
+        assert c.settings.get(8) == 1
+        sids = [c.request([(":method", "CONNECT"), (":protocol", "websocket"),
+                           (":scheme", "http"), (":path", "/room/%d" % i),
+                           (":authority", "ws.test"),
+                           ("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ=="),
+                           ("sec-websocket-version", "13")]) for i in range(2)]
+        for sid in sids:
+            assert c.response(sid)[0] == "200"
+        big = bytes(range(256)) * 1024
+        for i, sid in enumerate(sids):
+            c.send(sid, ws_frame("hi %d" % i))
+        for i, sid in enumerate(sids):
+            frames = ws_parse(c.received(sid, len("path:/room/0") + 2 + len("hi 0") + 2))
+            assert frames[:2] == [(1, b"path:/room/%d" % i), (1, b"hi %d" % i)]
+        frame = ws_frame(big)
+        for at in range(0, len(frame), 16384):
+            while c.conn.local_flow_control_window(sids[1]) < 16384:
+                c._read()
+            c.send(sids[1], frame[at:at + 16384])
+        have = len(c.received(sids[1], 0, 0))
+        data = c.received(sids[1], have + len(big) + 10, timeout=30)
+        assert ws_parse(data)[2] == (2, big)
+    finally:
+        c.close()
