@@ -372,10 +372,15 @@ class UpstreamRequest:
         else:
             us.done()
         if h1 is not None:
-            stream.fm.stream.closing = True
+            down = stream.fm.stream
+            down.closing = True
+            # both FINs came (the client's too): Envoy counts a remote close
+            down.peer_closed = why in ("downstream_closed", "upstream_closed")
             stream.send_data(b"", True)
         elif why == "upstream_reset":
             info.response_flags.append("UC")
+            if stream.request_complete:  # else counted as answered before its end
+                hstats.downstream_rq_rx_reset.inc()  # Envoy 1.40 counts the reset so
         self._complete(resp)
         if why == "upstream_reset" or (h1 is not None and why == "upstream_closed"):
             info.response_code_details = ("upstream_reset_after_response_started"

@@ -89,6 +89,8 @@ STATS = ("http.ingress_http.downstream_cx_upgrades_total",
          "http.ingress_http.downstream_rq_1xx", "http.ingress_http.downstream_rq_2xx",
          "http.ingress_http.downstream_rq_4xx", "http.ingress_http.downstream_rq_total",
          "http.ingress_http.downstream_rq_http2_total", "http.ingress_http.downstream_rq_tx_reset",
+         "http.ingress_http.downstream_rq_rx_reset",
+         "http.ingress_http.downstream_rq_response_before_rq_complete",
          "cluster.ws.upstream_rq_101", "cluster.ws.upstream_rq_400", "cluster.ws.upstream_rq_total",
          "cluster.ws.upstream_cx_total", "http.ingress_http.downstream_cx_drain_close")
 
