@@ -312,3 +312,61 @@ def h2_websocket(port: int, path: str, messages=("hello",), handshake: bool = Tr
         return c.settings.get(8, 0), resp, frames, outcome
     finally:
         c.close()
+
+
+class H2ConnectEcho:
+    """An HTTP/2 (prior knowledge) server, with python `h2`, that answers every CONNECT
+    with a 200 (`x-up: 1`) and echoes the stream's DATA, ending its side when the client
+    ends its own; other requests get a 404. `heads` keeps each request's header list."""
+
+    def __init__(self):
+        self.heads: list = []
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(64)
+        self.port = self.sock.getsockname()[1]
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                c, _ = self.sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+
+    def _serve(self, c: socket.socket) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(
+            client_side=False, header_encoding="utf-8", validate_inbound_headers=False))
+        conn.initiate_connection()
+        try:
+            c.sendall(conn.data_to_send())
+            while True:
+                d = c.recv(65536)
+                if not d:
+                    return
+                for ev in conn.receive_data(d):
+                    if isinstance(ev, h2.events.RequestReceived):
+                        self.heads.append(sorted(ev.headers))
+                        method = dict(ev.headers).get(":method")
+                        if method == "CONNECT":
+                            conn.send_headers(ev.stream_id, [(":status", "200"), ("x-up", "1")])
+                        else:
+                            conn.send_headers(ev.stream_id, [(":status", "404")], end_stream=True)
+                    elif isinstance(ev, h2.events.DataReceived):
+                        conn.acknowledge_received_data(ev.flow_controlled_length, ev.stream_id)
+                        if ev.data:
+                            conn.send_data(ev.stream_id, ev.data)
+                    elif isinstance(ev, h2.events.StreamEnded):
+                        try:
+                            conn.end_stream(ev.stream_id)
+                        except h2.exceptions.StreamClosedError:
+                            pass
+                c.sendall(conn.data_to_send())
+        except (OSError, h2.exceptions.ProtocolError):
+            pass
+        finally:
+            c.close()
+
+    def stop(self) -> None:
+        self.sock.close()

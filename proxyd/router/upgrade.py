@@ -12,7 +12,9 @@ becomes (Envoy's `upgrade_configs` on the HCM and on routes).
   as a 200, and the stream's DATA is the tunnel (`relay_stream`), END_STREAM its FIN.
 - CONNECT (HTTP/1.1 authority-form, or HTTP/2 without :protocol), routed by
   `connect_matcher`: without a route `connect_config` it is proxied upstream like any
-  request over HTTP/1.1, and a 2xx answer starts the tunnel; with one, proxyd
+  request (over HTTP/1.1, or as an HTTP/2 CONNECT to an HTTP/2 cluster, whose stream
+  then carries the tunnel: `relay_upstream_stream`), and a 2xx answer starts the
+  tunnel; with one, proxyd
   terminates it: a new TCP connection to the cluster's host (`TcpUpstream`), a 200
   downstream once it is up, then the payload both ways (`connect_config.allow_post`
   does the same for POST, with the request body upstream and the upstream's bytes as
@@ -210,3 +212,51 @@ def tunnel(down, down_rest: bytes, up, up_rest: bytes, idle_timeout: float | Non
                                                                     gevent.GreenletExit)):
             raise p.exception
     return why
+
+
+def relay_upstream_stream(down_read, down_write, down_end, us) -> str:
+    """A tunnel whose upstream side is an HTTP/2 stream (a CONNECT proxied to an HTTP/2
+    cluster): `down_read()` gives the downstream's next bytes (None at its end),
+    `down_write(data)` / `down_end()` send and end toward it; the upstream stream `us`
+    carries DATA both ways, END_STREAM as each side's FIN. Returns "upstream_closed" or
+    "downstream_closed" (whose end came first), or "upstream_reset" (the upstream reset
+    its stream: StreamReset is not raised, the caller resets the downstream)."""
+    from proxyd.http.stream_errors import DownstreamGone
+    from proxyd.upstream.conn_pool import DATA, StreamReset
+    first = []
+
+    def upward() -> None:
+        try:
+            while True:
+                data = down_read()
+                if data is None:
+                    if not first:
+                        first.append("downstream_closed")
+                    us.encode_data(b"", True)
+                    return
+                us.encode_data(data, False)
+        except BaseException as e:  # the client went away: wake the reading side
+            us.interrupt(e if isinstance(e, DownstreamGone) else DownstreamGone())
+            raise
+
+    pump = gevent.spawn(upward)
+    try:
+        try:
+            while True:
+                ev = us.next_event()
+                if ev[0] == DATA:
+                    down_write(ev[1])
+                else:  # its END_STREAM (with trailers or not)
+                    break
+        except StreamReset:
+            return "upstream_reset"
+        if not first:
+            first.append("upstream_closed")
+        down_end()
+        pump.join()
+        if pump.exception is not None and not isinstance(pump.exception, OSError):
+            raise pump.exception
+        return first[0]
+    finally:
+        if not pump.dead:
+            pump.kill(block=False)

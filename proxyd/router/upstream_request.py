@@ -16,6 +16,7 @@ a response message before sending more).
 """
 from __future__ import annotations
 
+import socket
 import time
 
 import gevent
@@ -131,8 +132,9 @@ class UpstreamRequest:
         req = stream.request
         # HTTP/2 when the cluster always speaks it, or mirrors the downstream protocol and
         # the request came over HTTP/2 (an upgrade goes over HTTP/1.1)
+        # (an upgrade goes over HTTP/1.1, except a CONNECT, which HTTP/2 carries itself)
         pool = host.h2pool
-        if pool is None or req.upgrade is not None or not (
+        if pool is None or (req.upgrade is not None and req.upgrade != "CONNECT") or not (
                 self.cluster.http2_mode == "h2" or req.version == "HTTP/2"):
             pool = host.pool
         # a CONNECT (or allow_post POST) the route's connect_config terminates: raw TCP
@@ -185,6 +187,8 @@ class UpstreamRequest:
                 # buffered body as DATA even when the downstream is done)
                 if us.multiplexed:
                     end = stream.request_complete and (retry is None or not retry.chunks)
+                    if req.upgrade is not None:  # a CONNECT: the tunnel sends and ends it
+                        end = None
                 else:
                     end = not req.has_body
                 try:
@@ -193,7 +197,7 @@ class UpstreamRequest:
                         if not end:
                             self._send_body(us, read_body)
                         info.request_end_mono = time.monotonic()
-                    elif not end:
+                    elif end is False:
                         pump = gevent.spawn(_pump, stream, us, read_body)
                     self._relay(us)
                     return
@@ -329,6 +333,8 @@ class UpstreamRequest:
         self._send_response_head(resp, False, None if post else (h.get("upgrade"),
                                                                  h.get("connection")))
         stream.flush()
+        if us.multiplexed:
+            return self._tunnel_h2(us, resp)
         hcm = stream.hcm
         up_sock, up_rest = us.detach()
         cstats = self.cluster.stats
@@ -386,6 +392,69 @@ class UpstreamRequest:
             info.response_code_details = ("upstream_reset_after_response_started"
                                           "{connection_termination}")
         elif why == "downstream_closed" and h1 is not None and req.method == "CONNECT":
+            info.response_code_details = "downstream_remote_disconnect"
+
+    def _tunnel_h2(self, us, resp) -> None:
+        """A CONNECT the HTTP/2 upstream answered 2xx: its stream is the tunnel's upstream
+        side, the downstream HTTP/1 connection's socket or HTTP/2 stream the other."""
+        stream = self.stream
+        req = stream.request
+        info = stream.info
+        hstats = stream.hcm.stats
+        h1 = None
+        if req.version == "HTTP/2":
+            def down_write(data):
+                stream.send_data(data, False)
+                stream.flush()
+
+            def down_end():
+                stream.send_data(b"", True)
+                stream.flush()
+            down_read = stream.read_body
+        else:
+            down = stream.fm.stream
+            h1 = down.h1
+            rest = [h1.parser.upgrade_rest or b""]
+            h1.parser.upgrade_rest = b""
+            sock = h1.sock
+            sock.settimeout(stream.hcm.stream_idle_timeout or None)
+
+            def down_read():
+                data = rest.pop() if rest and rest[0] else sock.recv(upgrades.RECV_SIZE)
+                rest.clear()
+                if not data:
+                    return None
+                hstats.downstream_cx_rx_bytes_total.inc(len(data))
+                info.bytes_received += len(data)
+                return data
+
+            def down_write(data):
+                sock.sendall(data)
+                hstats.downstream_cx_tx_bytes_total.inc(len(data))
+                info.bytes_sent += len(data)
+
+            def down_end():
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+        why = upgrades.relay_upstream_stream(down_read, down_write, down_end, us)
+        us.done()
+        if h1 is not None:
+            stream.fm.stream.closing = True
+            stream.fm.stream.peer_closed = why != "upstream_reset"
+            if why != "upstream_reset":
+                stream.send_data(b"", True)  # the response's end (no bytes on the wire)
+        if why == "upstream_reset":
+            info.response_flags.append("UR")
+            info.response_code_details = "upstream_reset_after_response_started"
+            stream.reset(*((upgrades.CONNECT_ERROR,) if h1 is None else ()))
+        elif h1 is not None and why == "downstream_closed":
+            info.response_flags.append("DC")
+        self._complete(resp)
+        if why == "upstream_reset":
+            info.response_code_details = "upstream_reset_after_response_started"
+        elif h1 is not None and why == "downstream_closed":
             info.response_code_details = "downstream_remote_disconnect"
 
     def _retry_response(self, resp) -> bool:

@@ -10,7 +10,7 @@ import time
 
 import pytest
 
-from tunnel_peers import TcpEcho, h1_connect, h2_connect
+from tunnel_peers import H2ConnectEcho, TcpEcho, h1_connect, h2_connect
 
 TEMPLATE = """
 admin:
@@ -45,6 +45,11 @@ static_resources:
               routes:
               - match: {connect_matcher: {}}
                 route: {cluster: connect_up}
+            - name: proxy_h2
+              domains: ["h2proxy.test:443"]
+              routes:
+              - match: {connect_matcher: {}}
+                route: {cluster: connect_h2}
             - name: "off"
               domains: ["off.test:443"]
               routes:
@@ -81,6 +86,16 @@ static_resources:
     load_assignment:
       cluster_name: connect_up
       endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: @connect@}}}}]}]
+  - name: connect_h2
+    type: STATIC
+    connect_timeout: 1s
+    typed_extension_protocol_options:
+      envoy.extensions.upstreams.http.v3.HttpProtocolOptions:
+        "@type": type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions
+        explicit_http_config: {http2_protocol_options: {}}
+    load_assignment:
+      cluster_name: connect_h2
+      endpoints: [{lb_endpoints: [{endpoint: {address: {socket_address: {address: 127.0.0.1, port_value: @h2@}}}}]}]
   - name: dead
     type: STATIC
     connect_timeout: 1s
@@ -103,16 +118,18 @@ STATS = ("http.ingress_http.downstream_cx_upgrades_total",
          "cluster.echo.upstream_cx_destroy_remote",
          "cluster.echo.upstream_cx_rx_bytes_total", "cluster.echo.upstream_cx_tx_bytes_total",
          "cluster.connect_up.upstream_rq_total", "cluster.connect_up.upstream_rq_200",
-         "cluster.connect_up.upstream_cx_total",
+         "cluster.connect_up.upstream_cx_total", "cluster.connect_h2.upstream_rq_total",
+         "cluster.connect_h2.upstream_rq_200", "cluster.connect_h2.upstream_cx_total",
          "cluster.dead.upstream_cx_connect_fail", "cluster.dead.upstream_rq_503")
 
 
 @pytest.fixture(scope="module")
 def peers():
-    echo, connect = TcpEcho(), TcpEcho(connect=True)
-    yield echo, connect
+    echo, connect, h2 = TcpEcho(), TcpEcho(connect=True), H2ConnectEcho()
+    yield echo, connect, h2
     echo.stop()
     connect.stop()
+    h2.stop()
 
 
 def _upstream_head(head: bytes) -> tuple:
@@ -121,10 +138,11 @@ def _upstream_head(head: bytes) -> tuple:
     return lines[0], sorted(h.split(":", 1)[0].lower() for h in lines[1:])
 
 
-def _observe(side, connect_peer):
+def _observe(side, connect_peer, h2_peer):
     port = side.ports["listener"]
     out = {}
     connect_peer.heads.clear()
+    h2_peer.heads.clear()
     out["h1 terminated"] = h1_connect(port, "term.test:443", (b"hello", b"x" * 100000))
     out["h1 proxied"] = h1_connect(port, "proxy.test:443", (b"hello",))
     out["h1 upstream head"] = [_upstream_head(h) for h in connect_peer.heads]
@@ -133,6 +151,11 @@ def _observe(side, connect_peer):
     out["h1 connect failure"] = h1_connect(port, "dead.test:443")
     out["h2 terminated"] = h2_connect(port, "term.test:443", b"hello" * 1000)
     out["h2 proxied"] = h2_connect(port, "proxy.test:443")
+    # proxied to an HTTP/2 cluster: CONNECT over HTTP/2 upstream, its stream the tunnel
+    out["h1 proxied over h2"] = h1_connect(port, "h2proxy.test:443", (b"hello", b"z" * 70000))
+    out["h2 proxied over h2"] = h2_connect(port, "h2proxy.test:443")
+    out["h2 upstream heads"] = [[(k, v) for k, v in h if k not in ("x-request-id",)]
+                                for h in h2_peer.heads]
     r = side.http("/p", method="POST", body=b"posted", host="post.test")
     out["post"] = (r.status, r.body)
     deadline = time.monotonic() + 10
@@ -140,16 +163,17 @@ def _observe(side, connect_peer):
         stats = dict(line.split(": ", 1) for line in side.admin("/stats").body.decode().splitlines()
                      if ": " in line)
         lines = side.read("access.log").splitlines()
-        if (stats.get(STATS[1]) == "0" and len(lines) >= 8) or time.monotonic() > deadline:
+        if (stats.get(STATS[1]) == "0" and len(lines) >= 10) or time.monotonic() > deadline:
             break
         time.sleep(0.1)
     return out, sorted(lines), {n: stats.get(n, "0") for n in STATS}
 
 
 def test_connect_matches_envoy(pair_factory, peers):
-    echo, connect = peers
-    template = TEMPLATE.replace("@echo@", str(echo.port)).replace("@connect@", str(connect.port))
-    envoy, proxyd = pair_factory(template).both(lambda side: _observe(side, connect))
+    echo, connect, h2 = peers
+    template = (TEMPLATE.replace("@echo@", str(echo.port)).replace("@connect@", str(connect.port))
+                .replace("@h2@", str(h2.port)))
+    envoy, proxyd = pair_factory(template).both(lambda side: _observe(side, connect, h2))
     seen = envoy[0]
     # the cases reach what they test
     assert seen["h1 terminated"][0] == "HTTP/1.1 200 OK"
@@ -160,6 +184,8 @@ def test_connect_matches_envoy(pair_factory, peers):
     assert seen["h1 disabled"][0].startswith("HTTP/1.1 403")
     assert seen["h1 connect failure"][0].startswith("HTTP/1.1 503")
     assert seen["post"] == (200, b"posted")
+    assert seen["h1 proxied over h2"][2] == [b"hello", b"z" * 70000]
+    assert seen["h2 proxied over h2"][2] == b"hello"
     for case in seen:
         assert proxyd[0][case] == seen[case], case
     assert proxyd[1] == envoy[1]
