@@ -184,3 +184,47 @@ def test_two_websockets_over_one_http2_connection(proxyd_factory, ws_server):
         assert ws_parse(data)[2] == (2, big)
     finally:
         c.close()
+
+
+def _stats(admin_port: int) -> dict:
+    import urllib.request
+    txt = urllib.request.urlopen("http://127.0.0.1:%d/stats" % admin_port, timeout=5).read()
+    return {k: v for k, _, v in (line.partition(": ") for line in txt.decode().splitlines())}
+
+
+@pytest.mark.parametrize("protocol", ["HTTP/1.1", "HTTP/2"])
+def test_an_idle_tunnel_ends_at_the_stream_idle_timeout(proxyd_factory, echo, protocol):
+    """A terminated CONNECT nobody writes to ends after the HCM's stream_idle_timeout:
+    HTTP/1.1 by closing the connection, HTTP/2 by resetting the stream; counted in
+    downstream_rq_idle_timeout, and the upgrade is no longer active."""
+    import time
+    port, admin = free_port(), free_port()
+    cfg = _config(port, echo.port)
+    cfg["admin"] = {"address": {"socket_address": {"address": "127.0.0.1", "port_value": admin}}}
+    hcm = cfg["static_resources"]["listeners"][0]["filter_chains"][0]["filters"][0]
+    hcm["typed_config"]["stream_idle_timeout"] = "0.5s"
+    proxyd_factory(cfg)
+    if protocol == "HTTP/1.1":
+        import socket
+        s = socket.create_connection(("127.0.0.1", port), timeout=20)
+        s.sendall(b"CONNECT echo.test:7 HTTP/1.1\r\nHost: echo.test:7\r\n\r\n")
+        assert s.recv(4096).startswith(b"HTTP/1.1 200 OK\r\n")
+        assert s.recv(4096) == b""  # proxyd closed the idle tunnel
+        s.close()
+    else:
+        c = H2Client(port, timeout=20)
+        try:
+            sid = c.request([(":method", "CONNECT"), (":authority", "echo.test:7")])
+            assert c.response(sid)[0] == "200"
+            assert c.outcome(sid, timeout=20).startswith("reset")
+        finally:
+            c.close()
+    deadline = time.monotonic() + 10
+    while True:
+        s = _stats(admin)
+        if s.get("http.ingress_http.downstream_cx_upgrades_active") == "0" or \
+                time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    assert s["http.ingress_http.downstream_rq_idle_timeout"] == "1"
+    assert s["http.ingress_http.downstream_cx_upgrades_active"] == "0"
