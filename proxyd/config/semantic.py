@@ -310,6 +310,10 @@ def _route_action(ra, path, clusters, out):
         if clusters is not None and name not in clusters:
             out.append((npath, f"unknown cluster '{name}'" + suggest(name, clusters)))
 
+    for i, u in enumerate(ra.upgrade_configs):
+        if u.HasField('connect_config') and u.upgrade_type.lower() != 'connect':
+            out.append((path + ('upgrade_configs', i, 'connect_config'),
+                        f"Non-CONNECT upgrade type {u.upgrade_type} has ConnectConfig"))
     if ra.WhichOneof('cluster_specifier') == 'cluster':
         known(ra.cluster, path + ('cluster',))
     elif ra.WhichOneof('cluster_specifier') == 'weighted_clusters':
@@ -345,7 +349,35 @@ def _lb_config(c, path, out):
                     'The table size of maglev must be prime number'))
 
 
+def _upstream_extended_connect(c, path, out):
+    """allow_connect on an upstream's HTTP/2 options asks for WebSocket over HTTP/2
+    upstream (RFC 8441); proxyd sends every upgrade upstream over HTTP/1.1."""
+    found = []
+    if c.HasField('http2_protocol_options'):
+        found.append((path + ('http2_protocol_options', 'allow_connect'), c.http2_protocol_options))
+    key = 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions'
+    any_msg = c.typed_extension_protocol_options.get(key)
+    if any_msg is not None:
+        try:
+            opts = loader.unpack(any_msg)
+        except Exception:  # noqa: BLE001 (reported by the supported-field check)
+            opts = None
+        base = path + ('typed_extension_protocol_options', MapKey(key))
+        if opts is not None and opts.DESCRIPTOR.full_name == key:
+            e, d = opts.explicit_http_config, opts.use_downstream_protocol_config
+            found.append((base + ('explicit_http_config', 'http2_protocol_options',
+                                  'allow_connect'), e.http2_protocol_options))
+            found.append((base + ('use_downstream_protocol_config', 'http2_protocol_options',
+                                  'allow_connect'), d.http2_protocol_options))
+    for fpath, h2 in found:
+        if h2.allow_connect:
+            out.append((fpath, 'allow_connect upstream (extended CONNECT, WebSocket over '
+                               'HTTP/2 to the cluster) is not supported by proxyd: it sends '
+                               'upgrades upstream over HTTP/1.1'))
+
+
 def _cluster(c, path, out):
+    _upstream_extended_connect(c, path, out)
     if c.HasField('transport_socket'):
         out.extend(tls.problems(c.transport_socket, path + ('transport_socket',), True))
     if c.HasField('outlier_detection'):

@@ -229,11 +229,15 @@ for _name, _more in {  # redis_proxy, and the consistent-hash balancers it hashe
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 _UPH = 'envoy.extensions.upstreams.http.v3.HttpProtocolOptions'
-for _name, _more in {  # upgrades (WebSocket over HTTP/1.1)
+for _name, _more in {  # upgrades (WebSocket over HTTP/1.1 and HTTP/2, CONNECT)
     _HCM: 'upgrade_configs',
     _HCM + '.UpgradeConfig': 'upgrade_type enabled',
     _ROUTE + 'RouteAction': 'upgrade_configs',
-    _ROUTE + 'RouteAction.UpgradeConfig': 'upgrade_type enabled',
+    _ROUTE + 'RouteAction.UpgradeConfig': 'upgrade_type enabled connect_config',
+    _ROUTE + 'RouteAction.UpgradeConfig.ConnectConfig': 'allow_post',
+    _ROUTE + 'RouteMatch': 'connect_matcher',
+    _ROUTE + 'RouteMatch.ConnectMatcher': '',
+    _CORE + 'Http2ProtocolOptions': 'allow_connect',
 }.items():
     _FIELDS[_name] = (_FIELDS.get(_name, '') + ' ' + _more).strip()
 for _name, _more in {  # HTTP/2 both ways, gRPC deadlines

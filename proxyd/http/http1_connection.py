@@ -129,7 +129,7 @@ class Http1Connection:
                 stream.run()
                 self.stream = None
                 if stream.closing or not stream.request_complete:
-                    closed_by = "local"
+                    closed_by = "remote" if stream.peer_closed else "local"
                     break
         except ProtocolError as e:
             closed_by = "local"
@@ -194,7 +194,8 @@ class Http1Connection:
 
 
 class Http1Stream(Stream):
-    __slots__ = ("h1", "_out", "_chunked", "_no_body", "_keep_alive", "_continue_sent")
+    __slots__ = ("h1", "_out", "_chunked", "_no_body", "_keep_alive", "_continue_sent",
+                 "peer_closed")
 
     def __init__(self, hcm, conn, request, h1: Http1Connection):
         super().__init__(hcm, conn, request, request.version)
@@ -204,6 +205,7 @@ class Http1Stream(Stream):
         self._no_body = False
         self._keep_alive = request.keep_alive
         self._continue_sent = False
+        self.peer_closed = False  # a tunnel the client's FIN ended: a remote close
 
     def read_body(self):
         """The next request body chunk, or None at the end of the request."""
@@ -245,7 +247,8 @@ class Http1Stream(Stream):
             # this response (or, after a 101, with the tunnel)
             self._keep_alive = False
             self.closing = True
-            if status == 101:
+            if status == 101 or (200 <= status < 300 and req.method == "CONNECT"):
+                # the tunnel's head: no framing, the bytes after it are the tunnel's
                 self._out.append(encode_response_head(status, h, "HTTP/1.1"))
                 self.headers_sent = True
                 return

@@ -89,7 +89,7 @@ class Http2Connection(H2Transport):
         if self.drain_notice or self.draining or self.closed:
             return
         self.drain_notice = True
-        if count:
+        if count:  # not for the drain a refused upgrade starts (Envoy 1.40)
             self.hcm.stats.downstream_cx_drain_close.inc()
         self.codec.goaway(MAX_STREAM_ID)
         self.flush()
@@ -275,7 +275,7 @@ class Http2Connection(H2Transport):
         if self.draining:
             self.codec.reset(sid, h2c.REFUSED_STREAM)
             return
-        method = path = authority = None
+        method = path = authority = protocol = None
         scheme = self.conn.scheme
         items = []
         cookies = None
@@ -289,6 +289,8 @@ class Http2Connection(H2Transport):
                     authority = v
                 elif n == ":scheme":
                     scheme = v
+                elif n == ":protocol":
+                    protocol = v
             elif n == "cookie":
                 # RFC 9113 8.2.3: crumbs are joined for HTTP/1 and for our matchers
                 cookies = v if cookies is None else cookies + "; " + v
@@ -299,8 +301,21 @@ class Http2Connection(H2Transport):
         headers = Headers(items)
         if authority is None:
             authority = headers.get("host") or ""
-        req = RequestHead(method or "GET", path or "/", authority, scheme, "HTTP/2", headers)
-        if not end_stream:
+        upgrade = None
+        if method == "CONNECT":  # its DATA is a tunnel's (proxyd/router/upgrade.py)
+            if protocol is None:
+                upgrade, path = "CONNECT", ""
+            elif not hcm.http2_options.allow_connect:  # RFC 8441 3: not offered
+                self.codec.reset(sid, h2c.PROTOCOL_ERROR)
+                return
+            else:  # extended CONNECT becomes an HTTP/1.1 Upgrade request, as in Envoy
+                upgrade, method = protocol, "GET"
+                headers.add("upgrade", protocol)
+                headers.add("connection", "upgrade")
+        req = RequestHead(method or "GET", "" if path == "" else (path or "/"), authority,
+                          scheme, "HTTP/2", headers)
+        req.upgrade = upgrade
+        if not end_stream and upgrade is None:
             cl = headers.get("content-length")
             if cl is not None and cl.isdigit():
                 req.content_length = int(cl)
@@ -501,7 +516,10 @@ class Http2Stream(Stream):
     def send_headers(self, resp, end_stream: bool) -> None:
         self._check()
         self.finalize_response_headers(resp)
-        out = [(":status", str(resp.status))]
+        status = resp.status
+        if status == 101 and self.request.upgrade is not None:
+            status = 200  # RFC 8441 5: an extended CONNECT's upgrade succeeds with a 200
+        out = [(":status", str(status))]
         drop = h2c.CONNECTION_SPECIFIC
         out.extend(kv for kv in resp.headers.items if kv[0] not in drop)
         if self.request.method == "HEAD" or resp.status in (204, 304):

@@ -208,10 +208,17 @@ class Stream:
         if code:
             stats.downstream_rq_xx[code // 100 if 1 <= code // 100 <= 5 else 5].inc()
             stats.downstream_rq_completed.inc()
-            if not self.request_complete:
+            req = self.request
+            # Envoy 1.40: a request answered before its end is reset (HTTP/1: by the
+            # close; HTTP/2: RST_STREAM NO_ERROR) and counted so; an HTTP/1 upgrade never
+            # ends (its body is the tunnel), and any upgrade or CONNECT counts as answered
+            # before its end
+            incomplete = not self.request_complete or (
+                req.upgrade is not None and req.version != "HTTP/2")
+            if incomplete or req.upgrade is not None:
                 stats.downstream_rq_response_before_rq_complete.inc()
-                if self.request.version != "HTTP/2":  # HTTP/1: the close resets it (Envoy)
-                    stats.downstream_rq_rx_reset.inc()
+            if incomplete:
+                stats.downstream_rq_rx_reset.inc()
         stats.downstream_rq_time.record((now - info.start_mono) * 1000.0)
         if info.trace is not None:
             hcm.tracer.finish(info.trace, info)

@@ -85,12 +85,25 @@ def _nonnegative(duration, path: str) -> float:
     return t
 
 
+def _is_connect_request(req) -> bool:
+    return req.method == "CONNECT"
+
+
 def _is_grpc_request(req) -> bool:
     """Envoy's Grpc::Common::isGrpcRequestHeaders: content-type application/grpc, or
     application/grpc+<codec> / ;<params> (gRPC-Web is not gRPC here)."""
     ct = req.headers.get("content-type")
     return ct is not None and (ct == "application/grpc" or
                                ct.startswith(("application/grpc+", "application/grpc;")))
+
+
+class ConnectConfig:
+    """RouteAction.UpgradeConfig.connect_config: proxyd terminates CONNECT (and, with
+    allow_post, POST) and relays the payload over a TCP connection to the cluster."""
+    __slots__ = ("allow_post",)
+
+    def __init__(self, allow_post: bool):
+        self.allow_post = allow_post
 
 
 class RouteEntry:
@@ -103,7 +116,7 @@ class RouteEntry:
         "grpc_timeout_offset", "idle_timeout", "stream_duration", "stream_timeouts", "auto_host_rewrite", "retry_policy", "attempt_count_in_response",
         "attempt_count_in_request",
         "append_x_forwarded_host", "host_rewrite", "prefix_rewrite", "regex_rewrite",
-        "cluster_not_found_status", "upgrades", "direct_status", "direct_body", "_cluster",
+        "cluster_not_found_status", "upgrades", "connect_config", "direct_status", "direct_body", "_cluster",
         "_cluster_header", "_weights", "_cum_weights", "_total_weight", "_matched_len",
         "_request_mutations", "_response_mutations", "_redirect",
         "per_filter_config", "per_filter_levels", "disabled_filters",
@@ -310,9 +323,15 @@ def _path_matcher(m, path: str, ignore_params: bool) -> tuple[Callable[[str, str
         f = lambda full, bare: fullmatch(bare)
         n = -1
         desc = f"safe_regex {m.safe_regex.regex!r}"
+    elif which == "connect_matcher":
+        # CONNECT requests only (their method is tested with the headers); they carry no
+        # :path, so this is the one path specifier that matches them
+        f = lambda full, bare: True
+        n = -1
+        desc = "connect_matcher"
     else:
-        raise ValueError(f"{path}: one of prefix, path, safe_regex or path_separated_prefix "
-                         f"is required" if which is None else f"{path}.{which}: not supported by proxyd")
+        raise ValueError(f"{path}: one of prefix, path, safe_regex, path_separated_prefix "
+                         f"or connect_matcher is required" if which is None else f"{path}.{which}: not supported by proxyd")
     if ignore_params:
         inner = f
 
@@ -480,6 +499,8 @@ class RouteTable:
             fn, desc = header_matcher(hm, f"{path}.match.headers[{hi}]")
             headers.append(fn)
             header_desc.append(desc)
+        if r.match.WhichOneof("path_specifier") == "connect_matcher":
+            headers.insert(0, _is_connect_request)
         if r.match.HasField("grpc"):   # RouteMatch.grpc: gRPC requests only
             headers.append(_is_grpc_request)
             header_desc.append("grpc")
@@ -515,6 +536,7 @@ class RouteTable:
         e.regex_rewrite = None  # (Regex, substitution)
         e.cluster_not_found_status = 503
         e.upgrades = None  # RouteAction.upgrade_configs: {type (lower case): enabled}
+        e.connect_config = None  # its CONNECT entry's connect_config: ConnectConfig or None
         e.direct_status = 0
         e.direct_body = None
         e._cluster = None
@@ -606,6 +628,12 @@ class RouteTable:
         if a.upgrade_configs:
             e.upgrades = {u.upgrade_type.lower(): u.enabled.value if u.HasField("enabled")
                           else True for u in a.upgrade_configs}
+            for u in a.upgrade_configs:
+                if u.HasField("connect_config"):
+                    if u.upgrade_type.lower() != "connect":
+                        raise ValueError(f"{path}: Non-CONNECT upgrade type "
+                                         f"{u.upgrade_type} has ConnectConfig")
+                    e.connect_config = ConnectConfig(u.connect_config.allow_post)
         if a.HasField("timeout"):
             t = _seconds(a.timeout)
             if t < 0:

@@ -41,16 +41,33 @@ class Router(BlockingTerminalFilter):
         stream = self
         route = stream.route
         upgrade = stream.request.upgrade
-        if upgrade is not None and not upgrades.allowed(
-                stream.hcm.upgrades, route.upgrades if route is not None else None, upgrade):
+        if upgrade is None:
+            return self._serve(route)
+        hstats = stream.hcm.stats
+        if not upgrades.allowed(stream.hcm.upgrades, route.upgrades if route is not None
+                                else None, upgrade):
             # Envoy refuses an upgrade no upgrade_configs allows before its router runs
-            stream.hcm.stats.downstream_rq_ws_on_non_ws_route.inc()
+            hstats.downstream_rq_ws_on_non_ws_route.inc()
             if route is not None and route.kind == "cluster":
                 name = route.cluster_for(stream.request)
                 if self.ctx.cluster_manager.get(name) is not None:
                     stream.info.upstream_cluster = name
+            h2 = getattr(stream.fm.stream, "h2", None)
+            if h2 is not None:  # Envoy 1.40 drain-closes an HTTP/2 connection then
+                h2.on_drain(count=False)
             stream.local_reply(403, b"", "upgrade_failed")
             return False
+        # counted once its filter chain is made (Envoy's createUpgradeFilterChain), whatever
+        # the upstream answers; active until the stream ends
+        hstats.downstream_cx_upgrades_total.inc()
+        hstats.downstream_cx_upgrades_active.inc()
+        try:
+            return self._serve(route)
+        finally:
+            hstats.downstream_cx_upgrades_active.dec()
+
+    def _serve(self, route):
+        stream = self
         stream.hcm.stats.rq_total.inc()  # every request that reaches the router (Envoy)
         if route is None:
             stream.hcm.stats.no_route.inc()
@@ -126,7 +143,7 @@ def forward(stream, route, cluster, host) -> None:
         internal = stream.hcm.is_internal(req, stream.fm.stream.conn.remote_ip)
         policy = request_policy(policy, req.headers, internal, timeout)
     headers = _upstream_headers(stream, route, host)
-    if route.mirror_policies:
+    if route.mirror_policies and req.upgrade is None:  # never an upgrade's (Envoy)
         shadow.mirror(stream, route, headers)
     if policy is None:
         UpstreamRequest(stream, route, cluster, host, timeout, headers, None).run()

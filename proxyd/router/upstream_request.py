@@ -16,12 +16,14 @@ a response message before sending more).
 """
 from __future__ import annotations
 
+import socket
 import time
 
 import gevent
 
 from proxyd.http import grpc, local_reply
-from proxyd.http.headers import HOP_BY_HOP
+from proxyd.http.headers import HOP_BY_HOP, Headers
+from proxyd.http.message import ResponseHead
 from proxyd.http.http2_transport import ConnectionClosed
 from proxyd.http.stream_errors import DownstreamGone
 from proxyd.router import upgrade as upgrades
@@ -134,10 +136,13 @@ class UpstreamRequest:
         req = stream.request
         # HTTP/2 when the cluster always speaks it, or mirrors the downstream protocol and
         # the request came over HTTP/2 (an upgrade goes over HTTP/1.1)
+        # (an upgrade goes over HTTP/1.1, except a CONNECT, which HTTP/2 carries itself)
         pool = host.h2pool
-        if pool is None or req.upgrade is not None or not (
+        if pool is None or (req.upgrade is not None and req.upgrade != "CONNECT") or not (
                 self.cluster.http2_mode == "h2" or req.version == "HTTP/2"):
             pool = host.pool
+        # a CONNECT (or allow_post POST) the route's connect_config terminates: raw TCP
+        terminate = route.connect_config is not None and upgrades.terminates(route, req)
         pump = None
         # counted as started (the `finally` ends it), then the route timeout armed; the
         # timer raises this very instance, so a nested one is told apart
@@ -167,7 +172,8 @@ class UpstreamRequest:
                 self.headers.set("x-envoy-attempt-count", str(info.attempt_count))
             for replay in (False, True):
                 try:
-                    us = self.us = pool.new_stream()
+                    us = self.us = (upgrades.TcpUpstream(self.cluster, host) if terminate
+                                    else pool.new_stream())
                 except UpstreamConnectError as e:
                     host.rq_error.inc()
                     if should_retry(retry, retry.policy.retry_failure(CONNECT_FAILURE)
@@ -185,10 +191,15 @@ class UpstreamRequest:
                     max_duration = UpstreamMaxDuration()
                     duration_timer = _start_timer(self.cluster.max_stream_duration,
                                                   max_duration)
+                if terminate:  # Envoy's TcpUpstream: a 200 as soon as the connection is up
+                    self._tunnel(us, ResponseHead(200, Headers([])))
+                    return
                 # whether the head is all there is to send (HTTP/2: a retry replays a
                 # buffered body as DATA even when the downstream is done)
                 if us.multiplexed:
                     end = stream.request_complete and (retry is None or not retry.chunks)
+                    if req.upgrade is not None:  # a CONNECT: the tunnel sends and ends it
+                        end = None
                 else:
                     end = not req.has_body
                 try:
@@ -197,7 +208,7 @@ class UpstreamRequest:
                         if not end:
                             self._send_body(us, read_body)
                         info.request_end_mono = time.monotonic()
-                    elif not end:
+                    elif end is False:
                         pump = gevent.spawn(_pump, stream, us, read_body)
                     self._relay(us)
                     return
@@ -320,7 +331,8 @@ class UpstreamRequest:
                     else:
                         us.reset(False)
                     raise Retry()
-                if resp.status == 101 and stream.request.upgrade is not None:
+                if stream.request.upgrade is not None and (resp.status == 101 or (
+                        200 <= resp.status < 300 and stream.request.method == "CONNECT")):
                     self._tunnel(us, resp)
                     return
                 ended = ev[2]
@@ -339,55 +351,141 @@ class UpstreamRequest:
                 stream.flush()
 
     def _tunnel(self, us, resp) -> None:
-        """The upstream accepted the upgrade: its 101 goes downstream, then both
-        connections carry the upgraded protocol until they close (neither goes back to a
-        pool; the downstream connection closes after it)."""
+        """The upstream accepted the upgrade (a 101, a 2xx to CONNECT, or the TCP
+        connection of a terminated CONNECT): its head goes downstream, then both sides
+        carry the tunnel until they close (neither connection goes back to a pool; an
+        HTTP/1 downstream connection closes after it, an HTTP/2 stream ends)."""
         stream = self.stream
         self.timer.close()  # the route timeout ends with the response head, as in Envoy
+        req = stream.request
+        post = req.method == "POST"  # connect_config.allow_post: an ordinary response
         h = resp.headers
-        self._send_response_head(resp, False, (h.get("upgrade"), h.get("connection")))
+        self._send_response_head(resp, False, None if post else (h.get("upgrade"),
+                                                                 h.get("connection")))
         stream.flush()
+        if us.multiplexed:
+            return self._tunnel_h2(us, resp)
         hcm = stream.hcm
-        down = stream.fm.stream       # the downstream HTTP/1 stream
-        h1 = down.h1
-        rest = h1.parser.upgrade_rest or b""
-        h1.parser.upgrade_rest = b""
         up_sock, up_rest = us.detach()
-        down_sock = h1.sock
-        down_sock.settimeout(None)    # the tunnel's own idle timer watches both sides
         cstats = self.cluster.stats
         hstats = hcm.stats
-        hstats.downstream_cx_upgrades_total.inc()
-        hstats.downstream_cx_upgrades_active.inc()
         info = stream.info
+        h1 = None
+        if req.version == "HTTP/2" or post:
+            why = upgrades.relay_stream(stream, up_sock, up_rest,
+                                        cstats.upstream_cx_tx_bytes_total.inc,
+                                        cstats.upstream_cx_rx_bytes_total.inc,
+                                        not isinstance(us, upgrades.TcpUpstream))
+        else:
+            down = stream.fm.stream       # the downstream HTTP/1 stream
+            h1 = down.h1
+            rest = h1.parser.upgrade_rest or b""
+            h1.parser.upgrade_rest = b""
+            down_sock = h1.sock
+            down_sock.settimeout(None)    # the tunnel's own idle timer watches both sides
 
-        def down_rx(n: int) -> None:
-            hstats.downstream_cx_rx_bytes_total.inc(n)
-            cstats.upstream_cx_tx_bytes_total.inc(n)
-            info.bytes_received += n
+            def down_rx(n: int) -> None:
+                hstats.downstream_cx_rx_bytes_total.inc(n)
+                cstats.upstream_cx_tx_bytes_total.inc(n)
+                info.bytes_received += n
 
-        def up_rx(n: int) -> None:
-            cstats.upstream_cx_rx_bytes_total.inc(n)
-            hstats.downstream_cx_tx_bytes_total.inc(n)
-            info.bytes_sent += n
+            def up_rx(n: int) -> None:
+                cstats.upstream_cx_rx_bytes_total.inc(n)
+                hstats.downstream_cx_tx_bytes_total.inc(n)
+                info.bytes_sent += n
 
-        try:
             why = upgrades.tunnel(down_sock, rest, up_sock, up_rest, hcm.stream_idle_timeout,
                                   down_rx, up_rx)
-        finally:
-            hstats.downstream_cx_upgrades_active.dec()
         if why == "idle":
             hstats.downstream_rq_idle_timeout.inc()
             info.response_flags.append("SI")
-        elif why == "upstream_closed":  # Envoy 1.40 logs the upstream's close this way
+        elif why == "upstream_closed" and h1 is not None:  # Envoy 1.40 logs it this way
             info.response_flags.append("UC")
-        down.closing = True
-        us.done()
-        stream.send_data(b"", True)
+        elif why == "downstream_closed" and h1 is not None and req.method == "CONNECT":
+            info.response_flags.append("DC")
+        if h1 is None and why != "error" and isinstance(us, upgrades.TcpUpstream):
+            us.done(remote=True)  # the relay read the upstream's FIN
+        else:
+            us.done()
+        if h1 is not None:
+            down = stream.fm.stream
+            down.closing = True
+            # both FINs came (the client's too): Envoy counts a remote close
+            down.peer_closed = why in ("downstream_closed", "upstream_closed")
+            stream.send_data(b"", True)
+        elif why == "upstream_reset":
+            info.response_flags.append("UC")
+            if stream.request_complete:  # else counted as answered before its end
+                hstats.downstream_rq_rx_reset.inc()  # Envoy 1.40 counts the reset so
         self._complete(resp)
-        if why == "upstream_closed":
+        if why == "upstream_reset" or (h1 is not None and why == "upstream_closed"):
             info.response_code_details = ("upstream_reset_after_response_started"
                                           "{connection_termination}")
+        elif why == "downstream_closed" and h1 is not None and req.method == "CONNECT":
+            info.response_code_details = "downstream_remote_disconnect"
+
+    def _tunnel_h2(self, us, resp) -> None:
+        """A CONNECT the HTTP/2 upstream answered 2xx: its stream is the tunnel's upstream
+        side, the downstream HTTP/1 connection's socket or HTTP/2 stream the other."""
+        stream = self.stream
+        req = stream.request
+        info = stream.info
+        hstats = stream.hcm.stats
+        h1 = None
+        if req.version == "HTTP/2":
+            def down_write(data):
+                stream.send_data(data, False)
+                stream.flush()
+
+            def down_end():
+                stream.send_data(b"", True)
+                stream.flush()
+            down_read = stream.read_body
+        else:
+            down = stream.fm.stream
+            h1 = down.h1
+            rest = [h1.parser.upgrade_rest or b""]
+            h1.parser.upgrade_rest = b""
+            sock = h1.sock
+            sock.settimeout(stream.hcm.stream_idle_timeout or None)
+
+            def down_read():
+                data = rest.pop() if rest and rest[0] else sock.recv(upgrades.RECV_SIZE)
+                rest.clear()
+                if not data:
+                    return None
+                hstats.downstream_cx_rx_bytes_total.inc(len(data))
+                info.bytes_received += len(data)
+                return data
+
+            def down_write(data):
+                sock.sendall(data)
+                hstats.downstream_cx_tx_bytes_total.inc(len(data))
+                info.bytes_sent += len(data)
+
+            def down_end():
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+        why = upgrades.relay_upstream_stream(down_read, down_write, down_end, us)
+        us.done()
+        if h1 is not None:
+            stream.fm.stream.closing = True
+            stream.fm.stream.peer_closed = why != "upstream_reset"
+            if why != "upstream_reset":
+                stream.send_data(b"", True)  # the response's end (no bytes on the wire)
+        if why == "upstream_reset":
+            info.response_flags.append("UR")
+            info.response_code_details = "upstream_reset_after_response_started"
+            stream.reset(*((upgrades.CONNECT_ERROR,) if h1 is None else ()))
+        elif h1 is not None and why == "downstream_closed":
+            info.response_flags.append("DC")
+        self._complete(resp)
+        if why == "upstream_reset":
+            info.response_code_details = "upstream_reset_after_response_started"
+        elif h1 is not None and why == "downstream_closed":
+            info.response_code_details = "downstream_remote_disconnect"
 
     def _retry_response(self, resp) -> bool:
         """Whether this response head is retried rather than sent downstream; a retried
@@ -413,7 +511,9 @@ class UpstreamRequest:
             for name, value in zip(("upgrade", "connection"), upgrade):
                 if value is not None:
                     h.add(name, value)
-        else:
+        elif stream.request.upgrade is None:
+            # Envoy stamps it only once the downstream request is complete, which an
+            # upgrade request never is (whatever the upstream answers)
             h.set("x-envoy-upstream-service-time", str(int((now - self.t0) * 1000)))
         if self.route.attempt_count_in_response:
             h.set("x-envoy-attempt-count", str(stream.info.attempt_count))

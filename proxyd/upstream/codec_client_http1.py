@@ -39,7 +39,8 @@ class Http1Stream:
 
     def encode_headers(self, request, headers, end_stream: bool) -> None:
         self._chunked = request.chunked
-        p = self._parser = ResponseParser(head_only=request.method == "HEAD")
+        method = request.method
+        p = self._parser = ResponseParser(head_only=method == "HEAD", connect=method == "CONNECT")
         self.events = p.events
         data = encode_request_head(request, headers)
         try:
@@ -135,9 +136,11 @@ class Http1Stream:
         self.done()
 
     def detach(self):
-        """After a 101: (the connection's socket, the bytes that followed the 101 head).
+        """After a 101 (or a 2xx to CONNECT): (the connection's socket, the bytes that
+        followed the head; none when no request was sent, as for a terminated CONNECT).
         The connection stays this stream's, and closes with `done()`."""
-        return self.conn.sock, self._parser.upgrade_rest or b""
+        p = self._parser
+        return self.conn.sock, (p.upgrade_rest or b"") if p is not None else b""
 
     # -- ending ----------------------------------------------------------------------------
 

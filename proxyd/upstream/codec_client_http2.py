@@ -55,10 +55,14 @@ class Http2Stream:
         request, Host folded into :authority, hop-by-hop fields dropped except
         `te: trailers` (gRPC servers require it)."""
         conn = self.conn
-        out = [(":method", request.method),
-               (":scheme", "https" if getattr(conn.cluster, "tls", None) is not None else "http"),
-               (":authority", request.authority or headers.get("host") or ""),
-               (":path", request.path)]
+        authority = request.authority or headers.get("host") or ""
+        if request.method == "CONNECT":  # RFC 9113 8.5: no :scheme, no :path
+            out = [(":method", "CONNECT"), (":authority", authority)]
+        else:
+            out = [(":method", request.method),
+                   (":scheme", "https" if getattr(conn.cluster, "tls", None) is not None
+                    else "http"),
+                   (":authority", authority), (":path", request.path)]
         drop = h2c.CONNECTION_SPECIFIC
         out.extend(kv for kv in headers.items if kv[0] not in drop)
         te = request.headers.get("te")

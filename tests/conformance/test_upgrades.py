@@ -58,7 +58,11 @@ STATS = ("http.ingress_http.downstream_cx_upgrades_total",
          "http.ingress_http.downstream_rq_ws_on_non_ws_route",
          "http.ingress_http.downstream_rq_1xx", "http.ingress_http.downstream_rq_4xx",
          "http.ingress_http.downstream_rq_total", "cluster.ws.upstream_rq_101",
-         "cluster.ws.upstream_rq_total", "cluster.ws.upstream_cx_total")
+         "cluster.ws.upstream_rq_total", "cluster.ws.upstream_cx_total",
+         "http.ingress_http.downstream_rq_rx_reset",
+         "http.ingress_http.downstream_rq_response_before_rq_complete",
+         "http.ingress_http.downstream_cx_destroy_local",
+         "http.ingress_http.downstream_cx_destroy_remote")
 VOLATILE = {"date", "sec-websocket-accept", "x-envoy-upstream-service-time"}
 
 

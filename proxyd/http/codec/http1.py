@@ -209,7 +209,12 @@ class RequestParser:
         end = window.find(b"\r\n\r\n", at)
         self._pos = end + 4 if end >= 0 else len(window)
         headers = Headers(self._headers)
-        if url[:1] != "/" and "://" in url:
+        if raw_method == b"CONNECT":
+            # authority-form (RFC 9112 3.2.3): the target is the :authority, and there
+            # is no :path (as Envoy's codec; only connect_matcher routes match it)
+            authority = url
+            url = ""
+        elif url[:1] != "/" and "://" in url:
             # absolute-form (RFC 9112 3.2.2): the target's authority replaces Host and the
             # path goes on as origin-form, as Envoy's allow_absolute_url does.
             authority, _, path = url.split("://", 1)[1].partition("/")
@@ -260,9 +265,11 @@ class ResponseParser:
     """
 
     __slots__ = ("_p", "events", "_headers", "_head_only", "head", "done", "extra",
-                 "_reason", "_until_close", "_max_head", "_head_bytes", "upgrade_rest")
+                 "_reason", "_until_close", "_max_head", "_head_bytes", "upgrade_rest",
+                 "_connect")
 
-    def __init__(self, head_only: bool = False, max_header_bytes: int = 80 * 1024):
+    def __init__(self, head_only: bool = False, max_header_bytes: int = 80 * 1024,
+                 connect: bool = False):
         self._p = httptools.HttpResponseParser(self)
         self.events: deque = deque()
         self._headers: list = []
@@ -275,6 +282,9 @@ class ResponseParser:
         self.extra = False  # bytes arrived beyond the end of the response
         self._until_close = False
         self.upgrade_rest = None  # after a 101: the upgraded protocol's first bytes
+        # a response to CONNECT: a 2xx head starts the tunnel (llhttp cannot be told);
+        # the bytes fed so far, to find where the head ended
+        self._connect = b"" if connect else None
 
     def feed(self, data: bytes) -> None:
         """Raises ProtocolError(502) on a malformed response. Bytes past the end of the
@@ -283,6 +293,8 @@ class ResponseParser:
             if data:
                 self.extra = True
             return
+        if self._connect is not None:
+            self._connect += data
         try:
             self._p.feed_data(data)
         except httptools.HttpParserUpgrade as e:
@@ -291,7 +303,11 @@ class ResponseParser:
             self.upgrade_rest = data[offset:]
             self.done = True
         except httptools.HttpParserCallbackError as e:
-            if not isinstance(e.__context__, _BeyondResponse):
+            if isinstance(e.__context__, _TunnelStart):
+                buf = self._connect
+                self.upgrade_rest = buf[buf.find(b"\r\n\r\n") + 4:]
+                self._connect = None
+            elif not isinstance(e.__context__, _BeyondResponse):
                 raise ProtocolError(502, "upstream_protocol_error") from e
         except httptools.HttpParserError as e:
             if not self.done:
@@ -347,6 +363,10 @@ class ResponseParser:
             return
         self.head = resp
         self.events.append((HEAD, resp))
+        if self._connect is not None and 200 <= status < 300:
+            self.done = True  # the CONNECT tunnel starts after this head
+            self.events.append((END, None))
+            raise _TunnelStart()
         bodyless = self._head_only or status in (204, 304)
         if bodyless:
             self.done = True
@@ -371,6 +391,10 @@ class _BeyondResponse(Exception):
     """Raised inside llhttp to stop at bytes past the end of the response."""
 
 
+class _TunnelStart(Exception):
+    """Raised inside llhttp at a 2xx head answering CONNECT: the tunnel's bytes follow."""
+
+
 def _header_lines(items: list) -> str:
     """`name: value` lines, each ending CRLF. map(": ".join) runs in C: a third of the
     cost of formatting each pair in a generator."""
@@ -381,7 +405,8 @@ def _header_lines(items: list) -> str:
 
 def encode_request_head(req: RequestHead, headers: Headers) -> bytes:
     """Serialise a request line and headers for an upstream (always HTTP/1.1)."""
-    return ("%s %s HTTP/1.1\r\n%s\r\n" % (req.method, req.path, _header_lines(headers.items))
+    target = req.path if req.method != "CONNECT" else req.authority  # authority-form
+    return ("%s %s HTTP/1.1\r\n%s\r\n" % (req.method, target, _header_lines(headers.items))
             ).encode("latin-1")
 
 

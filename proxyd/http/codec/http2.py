@@ -112,7 +112,7 @@ class Http2Options:
     """The subset of envoy.config.core.v3.Http2ProtocolOptions proxyd implements."""
 
     __slots__ = ("max_concurrent_streams", "initial_stream_window_size",
-                 "initial_connection_window_size") + tuple(http2_limits.DEFAULTS)
+                 "initial_connection_window_size", "allow_connect") + tuple(http2_limits.DEFAULTS)
 
     def __init__(self, msg=None):
         def get(field, default):
@@ -123,6 +123,8 @@ class Http2Options:
                                                   DEFAULT_CONNECTION_WINDOW)
         for field, default in http2_limits.DEFAULTS.items():
             setattr(self, field, get(field, default))
+        # RFC 8441 extended CONNECT (SETTINGS_ENABLE_CONNECT_PROTOCOL), server side
+        self.allow_connect = bool(msg is not None and msg.allow_connect)
 
 
 def _transitions_surviving_goaway() -> dict:
@@ -136,6 +138,29 @@ def _transitions_surviving_goaway() -> dict:
 
 
 _TRANSITIONS = _transitions_surviving_goaway()
+
+
+def _allow_plain_connect() -> None:
+    """h2 requires :scheme and :path in every request, but a CONNECT without :protocol
+    has neither (RFC 9113 8.5): it is :method and :authority alone. Extended CONNECT
+    (RFC 8441) and every other request keep h2's checks."""
+    utilities = importlib.import_module(IMPL + ".utilities")
+    check = utilities._check_pseudo_header_field_acceptability
+
+    def acceptable(pseudo_headers, method, flags):
+        if (method == b"CONNECT" and not flags.is_response_header and not flags.is_trailer
+                and not pseudo_headers & {":protocol", b":protocol"}):
+            if pseudo_headers & {":scheme", b":scheme", ":path", b":path"}:
+                raise H2ProtocolError("CONNECT with :scheme or :path")
+            if not pseudo_headers & {":authority", b":authority"}:
+                raise H2ProtocolError("CONNECT without :authority")
+            return
+        check(pseudo_headers, method, flags)
+    if getattr(check, "__name__", "") != "acceptable":
+        utilities._check_pseudo_header_field_acceptability = acceptable
+
+
+_allow_plain_connect()
 
 
 class _Connection(_connection.H2Connection):
@@ -259,6 +284,7 @@ class Http2Codec:
             S.MAX_CONCURRENT_STREAMS: o.max_concurrent_streams,
             S.INITIAL_WINDOW_SIZE: o.initial_stream_window_size,
             S.MAX_HEADER_LIST_SIZE: max_header_list_size,
+            **({S.ENABLE_CONNECT_PROTOCOL: 1} if o.allow_connect and not client_side else {}),
         })
         self.client_side = client_side
         # Envoy's flood limits guard the server side (a client may not make us queue

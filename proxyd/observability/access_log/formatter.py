@@ -332,7 +332,9 @@ class _Gen:
         first = True
         for name in names:
             pseudo = _REQ_PSEUDO.get(name) if src == "qh" else None
-            if pseudo is not None:
+            if pseudo == "path":  # a CONNECT has no :path ("" here)
+                expr = "((rq.path or None) if rq is not None else None)"
+            elif pseudo is not None:
                 expr = f"(rq.{pseudo} if rq is not None else None)"
             elif src == "sh" and name == ":status":
                 expr = "(str(rs.status) if rs is not None else None)"
