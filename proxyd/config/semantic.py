@@ -302,7 +302,12 @@ def _route_config(rc, path, clusters, out):
         for j, route in enumerate(vh.routes):
             _header_values(route, vpath + ('routes', j), out)
             if route.WhichOneof('action') == 'route':
-                _route_action(route.route, vpath + ('routes', j, 'route'), clusters, out)
+                rpath = vpath + ('routes', j, 'route')
+                _route_action(route.route, rpath, clusters, out)
+                for k, u in enumerate(route.route.upgrade_configs):
+                    if u.HasField('connect_config') and u.upgrade_type.lower() != 'connect':
+                        out.append((rpath + ('upgrade_configs', k, 'connect_config'),
+                                    f"Non-CONNECT upgrade type {u.upgrade_type} has ConnectConfig"))
 
 
 def _route_action(ra, path, clusters, out):
@@ -310,10 +315,6 @@ def _route_action(ra, path, clusters, out):
         if clusters is not None and name not in clusters:
             out.append((npath, f"unknown cluster '{name}'" + suggest(name, clusters)))
 
-    for i, u in enumerate(ra.upgrade_configs):
-        if u.HasField('connect_config') and u.upgrade_type.lower() != 'connect':
-            out.append((path + ('upgrade_configs', i, 'connect_config'),
-                        f"Non-CONNECT upgrade type {u.upgrade_type} has ConnectConfig"))
     if ra.WhichOneof('cluster_specifier') == 'cluster':
         known(ra.cluster, path + ('cluster',))
     elif ra.WhichOneof('cluster_specifier') == 'weighted_clusters':
